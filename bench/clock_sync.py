@@ -1,0 +1,148 @@
+"""Clock-sync error of N Python sync clients against a running conductor, with and without jitter.
+
+    .venv/bin/python bench/clock_sync.py [--clients 10] [--seconds 20] [--json out.json]
+
+Every client follows Tutti's schedule (bursts of 8 exchanges every 3 s; here every 1 s to gather
+more in a short run) and records its exchanges. At the end each client's estimate is compared
+with the true offset, which is known exactly because the conductor and the clients share one
+system clock. The same exchanges are also fed to two common rules, as baselines in the same run:
+the exchange with the minimum round trip, and the `timesync` npm library's rule (Drawsocket):
+the latest 5 exchanges, drop round trips above median + sd, mean of the rest.
+Figures are printed as median and p99 of |error| over the clients, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from conductor.client import TuttiClient  # noqa: E402
+from conductor.clock import Exchange  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def min_rtt_rule(exchanges: list[Exchange]) -> float:
+    best = min(exchanges, key=lambda e: e.rtt)
+    return (best.up - best.down) / 2
+
+
+def timesync_rule(exchanges: list[Exchange]) -> float:
+    last = exchanges[-5:]
+    rtts = [e.rtt for e in last]
+    limit = statistics.median(rtts) + (statistics.pstdev(rtts) if len(rtts) > 1 else 0)
+    kept = [e for e in last if e.rtt <= limit] or last
+    return statistics.mean((e.up - e.down) / 2 for e in kept)
+
+
+async def start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "conductor",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    while line := (await proc.stdout.readline()).decode():
+        if m := re.search(r"(listening on http://\S+|emulating a link \S+)", line):
+            return proc, m[1].split()[-1]
+    raise RuntimeError(f"{args[0]} did not start")
+
+
+async def run_case(url: str, status_url: str, token: str, clients: int, seconds: float) -> dict[str, list[float]]:
+    recorded: list[list[Exchange]] = [[] for _ in range(clients)]
+    syncers = []
+    for i in range(clients):
+        c = TuttiClient(url, "node", token, name=f"bench-{i}", resync=1.0)
+        add = c.clock.add
+
+        def recording(t0: float, t1: float, t2: float, t3: float, _add=add, _log=recorded[i]) -> bool:
+            ok = _add(t0, t1, t2, t3)
+            if ok:
+                _log.append(Exchange(t0, t1, t2, t3))
+            return ok
+
+        c.clock.add = recording  # type: ignore[method-assign]
+        syncers.append(c)
+    await asyncio.gather(*(c.connect() for c in syncers))
+    await asyncio.sleep(seconds)
+    async with aiohttp.ClientSession() as session, session.get(status_url) as r:
+        truth = (await r.json())["clock_minus_wall"]
+    out: dict[str, list[float]] = {"tutti": [], "min_rtt": [], "timesync": []}
+    for c, exchanges in zip(syncers, recorded, strict=True):
+        assert c.clock.estimate is not None
+        out["tutti"].append(abs(c.clock.estimate - truth) * 1000)
+        out["min_rtt"].append(abs(min_rtt_rule(exchanges) - truth) * 1000)
+        out["timesync"].append(abs(timesync_rule(exchanges) - truth) * 1000)
+    await asyncio.gather(*(c.close() for c in syncers))
+    return out
+
+
+async def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    folder = Path("/tmp") / f"tutti-bench-{time.time_ns()}"
+    folder.mkdir()
+    concert = folder / "concert.yaml"
+    settings = {
+        "score": str(ROOT / "scores/demo.yaml"),
+        "port": 0,
+        "journal": str(folder / "journal.jsonl"),
+        "tokens": {"conductor": "b", "node": "n"},
+    }
+    concert.write_text(json.dumps(settings))
+    conductor, url = await start("serve", str(concert))
+    host_port = url.removeprefix("http://")
+    results = {}
+    try:
+        results["loopback"] = await run_case(url, url + "/api/status", "n", args.clients, args.seconds)
+        link, link_addr = await start("emulate", "--to", host_port, "--jitter", "0.020", "--seed", "1")
+        try:
+            link_url = "http://127.0.0.1:" + link_addr.rsplit(":", 1)[1]
+            results["jitter 0-20 ms"] = await run_case(link_url, url + "/api/status", "n", args.clients, args.seconds)
+        finally:
+            link.kill()
+            await link.wait()
+    finally:
+        conductor.terminate()
+        await conductor.wait()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    results = asyncio.run(measure(args))
+    print(f"clock-sync error, {args.clients} clients, {args.seconds:g} s each case (|error| in ms)")
+    print(f"{'case':<16}{'rule':<12}{'median':>9}{'p99':>9}{'p99 vs tutti':>14}")
+    figures = {}
+    for case, rules in results.items():
+        base = percentile(rules["tutti"], 0.99)
+        for rule, errors in rules.items():
+            med, p99 = statistics.median(errors), percentile(errors, 0.99)
+            figures[f"{case}/{rule}"] = {"median_ms": med, "p99_ms": p99}
+            print(f"{case:<16}{rule:<12}{med:9.3f}{p99:9.3f}{p99 / base if base else float('nan'):13.1f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+// Browser client of the Tutti conductor: joins with a role, keeps its clock in step, follows the state.
+// Views render every frame from `position()`, which reads the synced clock: never from message arrival.
+// The protocol is documented in docs/protocol.md.
+
+import { OffsetEstimator } from "./clocksync.js";
+
+export function positionAt(state, t, duration) {
+  // The segment in effect at conductor time t: the last one starting at or before t.
+  const segs = state.segments;
+  let seg = segs[0];
+  for (const s of segs) if (s.t <= t) seg = s;
+  const pos = seg.playing ? seg.pos + (t - seg.t) * seg.rate : seg.pos;
+  return Math.min(Math.max(pos, 0), duration);
+}
+
+export function paramAt(state, name, t) {
+  const entries = state.params[name];
+  if (!entries) return undefined;
+  let value = entries[0][1];
+  for (const [at, v] of entries) if (at <= t) value = v;
+  return value;
+}
+
+export class Conductor extends EventTarget {
+  constructor({ url = location.origin, auth, burst = 8, spacing = 0.02, resync = 3 } = {}) {
+    super();
+    Object.assign(this, { burst, spacing, resync });
+    this.clock = new OffsetEstimator();
+    this.score = null;
+    this.state = null;
+    this.you = null;
+    this.connected = false;
+    this.socket = io(url, { auth, transports: ["websocket"], reconnectionDelayMax: 2000 });
+    this.socket.on("welcome", (msg) => {
+      this.you = msg.you;
+      this.score = msg.score;
+      this.state = msg.state;
+      this.connected = true;
+      this.syncBurst();
+      this.emit("welcome", msg);
+    });
+    this.socket.on("state", (msg) => {
+      if (!this.state || msg.state.seq >= this.state.seq) this.state = msg.state;
+      this.emit("state", msg);
+    });
+    this.socket.on("error", (err) => this.emit("refused", err));
+    this.socket.on("disconnect", (reason) => {
+      this.connected = false;
+      this.emit("disconnected", reason);
+    });
+    this.timer = setInterval(() => this.connected && this.syncBurst(), resync * 1000);
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  async syncOnce() {
+    const t0 = this.clock.local();
+    const reply = await this.socket.timeout(5000).emitWithAck("sync", t0);
+    const t3 = this.clock.local();
+    if (Array.isArray(reply) && reply.length === 3 && reply[0] === t0) this.clock.add(t0, reply[1], reply[2], t3);
+  }
+
+  async syncBurst() {
+    if (this.syncing) return;
+    this.syncing = true;
+    try {
+      for (let i = 0; i < this.burst; i++) {
+        await this.syncOnce().catch(() => {});
+        await new Promise((r) => setTimeout(r, this.spacing * 1000));
+      }
+      const c = this.clock;
+      if (c.synced) this.socket.emit("report", { rtt: Math.min(c.rtt, 60), offset: c.offset, error: Math.min(c.error, 60) });
+    } finally {
+      this.syncing = false;
+    }
+  }
+
+  now() {
+    return this.clock.now();
+  }
+
+  position(t = this.now()) {
+    return this.state && this.score ? positionAt(this.state, t, this.score.duration) : 0;
+  }
+
+  param(name, t = this.now()) {
+    return this.state ? paramAt(this.state, name, t) : undefined;
+  }
+
+  section(t = this.now()) {
+    const pos = this.position(t);
+    const sections = this.score?.sections ?? [];
+    let current = null;
+    let next = null;
+    for (const s of sections) {
+      if (s.start <= pos) current = s;
+      else if (!next) next = s;
+    }
+    return { current, next, untilNext: next ? next.start - pos : null };
+  }
+
+  command(cmd, fields = {}) {
+    return this.socket.timeout(5000).emitWithAck("command", { cmd, ...fields });
+  }
+}

@@ -1,0 +1,148 @@
+"""The ``tutti`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import journal
+from .concert import is_concert, load_concert
+from .score import load_score
+from .yamlcheck import InvalidFile
+
+
+def check(paths: list[str]) -> int:
+    """Validate scores and concert files; print every problem; exit 1 if there are any."""
+    failed = 0
+    for path in paths:
+        try:
+            if is_concert(path):
+                concert = load_concert(path)
+                print(f"{path}: ok: concert '{concert.title}' with score {concert.score.path}")
+            else:
+                score = load_score(path).score
+                print(
+                    f"{path}: ok: '{score.title}', {len(score.parts)} parts, {len(score.sections)} sections, "
+                    f"{len(score.cues)} cues, {score.duration:g} s"
+                )
+        except InvalidFile as e:
+            failed += 1
+            print(e, file=sys.stderr)
+            print(f"{path}: {len(e.problems)} problem(s)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool, play: bool) -> int:
+    from .protocol import Play
+    from .server import Conductor
+
+    concert = load_concert(path)
+    conductor = Conductor(concert, fresh=fresh)
+    hosts = host or concert.hosts
+    runner, bound = await conductor.start(hosts, concert.settings.port if port is None else port)
+    shown = "localhost" if hosts[0] in ("::", "0.0.0.0") else hosts[0]
+    base = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
+    print(f"Tutti conductor: {concert.title}")
+    print(f"  listening on {base} ({', '.join(hosts)})")
+    print(f"  open {base}/ for the concert page; {base}/api/status for the state")
+    print(f"  journal: {conductor.journal.path}", flush=True)
+    if play and conductor.transport.seq == 0:  # a resumed performance is left as it was
+        await conductor.apply(Play(cmd="play"), {"role": "conductor", "name": "tutti serve --play"})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    conductor.close()
+    return 0
+
+
+async def replay(path: str, url: str | None, token: str, speed: float) -> int:
+    """Re-emit a recorded performance in time: print each change, and send it to a conductor if given."""
+    from .client import TuttiClient
+
+    contents = journal.read(Path(path))
+    for problem in contents.skipped:
+        print(problem, file=sys.stderr)
+    client = None
+    if url:
+        client = TuttiClient(url, "conductor", token, name="replay")
+        await client.connect()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        for delay, record in journal.replay_times(contents.records):
+            await asyncio.sleep(max(0.0, start + delay / speed - loop.time()))
+            command = {k: v for k, v in record.change.command.items() if k != "at"}
+            words = " ".join(f"{k}={v}" for k, v in command.items() if k != "cmd")
+            print(f"{delay:9.3f} s  #{record.change.seq:<4} {command['cmd']} {words}".rstrip(), flush=True)
+            if client:
+                answer = await client.command(**command)
+                if not answer.get("ok"):
+                    print(f"           refused: {answer.get('message')}", file=sys.stderr)
+    finally:
+        if client:
+            await client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tutti", description="Networked laptop-ensemble performance.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every join, change and rejection")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the conductor for a concert")
+    p.add_argument("concert", help="concert file (YAML)")
+    p.add_argument("--host", action="append", help="address to listen on (repeatable; default from the concert)")
+    p.add_argument("--port", type=int, help="port (0 picks a free one; default from the concert)")
+    p.add_argument("--fresh", action="store_true", help="set an existing journal aside and start a new performance")
+    p.add_argument("--play", action="store_true", help="start playing at once (unless resuming a performance)")
+
+    p = sub.add_parser("check", help="validate scores and concert files")
+    p.add_argument("files", nargs="+")
+
+    p = sub.add_parser("replay", help="re-emit a recorded performance from its journal, in time")
+    p.add_argument("journal")
+    p.add_argument("--url", help="a conductor to send the changes to (as the conductor role)")
+    p.add_argument("--token", default="", help="the conductor token for --url")
+    p.add_argument("--speed", type=float, default=1.0, help="playback speed (2 = twice as fast)")
+
+    p = sub.add_parser("emulate", help="emulate a site link: a TCP proxy adding delay and jitter")
+    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on (port 0 picks one)")
+    p.add_argument("--to", required=True, help="HOST:PORT to forward to")
+    p.add_argument("--delay", type=float, default=0.0, help="one-way delay, seconds")
+    p.add_argument("--jitter", type=float, default=0.0, help="extra uniform random delay up to this, seconds")
+    p.add_argument("--seed", type=int, help="random seed, to repeat a run")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        if args.command == "check":
+            return check(args.files)
+        if args.command == "serve":
+            return asyncio.run(serve(args.concert, args.host, args.port, args.fresh, args.play))
+        if args.command == "replay":
+            return asyncio.run(replay(args.journal, args.url, args.token, args.speed))
+        if args.command == "emulate":
+            from . import emulate
+
+            asyncio.run(emulate.run(args.listen, args.to, args.delay, args.jitter, args.seed))
+    except (InvalidFile, journal.JournalError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,138 @@
+"""A Python client of the conductor: joins with a role, keeps its clock in step, follows the state.
+
+Node agents, the replay tool, tests and benchmarks use it; browsers use the same protocol from
+``clients/lib``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import socketio
+
+from . import protocol
+from .clock import OffsetEstimator
+from .score import Score
+from .transport import Transport
+
+log = logging.getLogger("tutti.client")
+
+
+class TuttiClient:
+    """Connect with ``await client.connect()``; ``client.position()`` is then the score position now.
+
+    Clock sync runs in bursts of ``burst`` exchanges every ``resync`` seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        role: str,
+        token: str = "",
+        *,
+        part: str | None = None,
+        site: str | None = None,
+        name: str | None = None,
+        burst: int = 8,
+        spacing: float = 0.02,
+        resync: float = 3.0,
+        estimator: OffsetEstimator | None = None,
+    ):
+        self.url = url
+        self.auth = {
+            k: v
+            for k, v in {"role": role, "token": token, "part": part, "site": site, "name": name}.items()
+            if v is not None
+        }
+        self.burst, self.spacing, self.resync = burst, spacing, resync
+        self.clock = estimator or OffsetEstimator()
+        self.transport: Transport | None = None
+        self.you: dict[str, Any] = {}
+        self.errors: list[dict[str, Any]] = []
+        self.changes: list[dict[str, Any]] = []  # every state change received, with local receipt time
+        self._joined: asyncio.Future[None] | None = None
+        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=0.2, reconnection_delay_max=2)
+        self.sio.on(protocol.WELCOME, self._welcome)
+        self.sio.on(protocol.STATE, self._state)
+        self.sio.on(protocol.ERROR, self._error)
+        self._sync_task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        """Connect and wait for the welcome; raises ConnectionError with the conductor's reason."""
+        self._joined = asyncio.get_running_loop().create_future()
+        await self.sio.connect(self.url, auth=self.auth, transports=["websocket"], wait_timeout=10)
+        async with asyncio.timeout(10):
+            await self._joined
+        await self.sync_burst()
+        self._sync_task = asyncio.create_task(self._sync_loop())
+
+    async def close(self) -> None:
+        if self._sync_task:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        await self.sio.disconnect()
+
+    async def _welcome(self, data: dict[str, Any]) -> None:
+        self.you = data["you"]
+        self.transport = Transport(Score.model_validate(data["score"]))
+        self.transport.restore(data["state"])
+        if self._joined and not self._joined.done():
+            self._joined.set_result(None)
+
+    async def _state(self, data: dict[str, Any]) -> None:
+        self.changes.append({**data["change"], "received": time.time()})
+        if self.transport and data["state"]["seq"] >= self.transport.seq:
+            self.transport.restore(data["state"])
+
+    async def _error(self, data: dict[str, Any]) -> None:
+        log.warning("conductor refused %s: %s", data.get("event"), data.get("message"))
+        self.errors.append(data)
+        if data.get("event") == "connect" and self._joined and not self._joined.done():
+            self._joined.set_exception(ConnectionError(f"{data.get('code')}: {data.get('message')}"))
+
+    async def sync_once(self) -> bool:
+        t0 = self.clock.local()
+        reply = await self.sio.call(protocol.SYNC, t0, timeout=5)
+        t3 = self.clock.local()
+        if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == t0):
+            return False
+        return self.clock.add(t0, reply[1], reply[2], t3)
+
+    async def sync_burst(self, n: int | None = None) -> None:
+        for _ in range(n or self.burst):
+            with contextlib.suppress(socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
+                await self.sync_once()
+            await asyncio.sleep(self.spacing)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync)
+            if not self.sio.connected:
+                continue
+            await self.sync_burst()
+            with contextlib.suppress(socketio.exceptions.BadNamespaceError):
+                await self.sio.emit(
+                    protocol.REPORT,
+                    {
+                        "rtt": min(self.clock.rtt, 60.0),
+                        "offset": self.clock.offset,
+                        "error": min(self.clock.error, 60.0),
+                    },
+                )
+
+    async def command(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        """Send a transport command; returns the conductor's answer ({"ok": ...})."""
+        return await self.sio.call(protocol.COMMAND, {"cmd": cmd, **fields}, timeout=5)
+
+    def now(self) -> float:
+        """Conductor time now, by this client's clock estimate."""
+        return self.clock.now()
+
+    def position(self, conductor_t: float | None = None) -> float:
+        assert self.transport is not None, "not joined"
+        return self.transport.position(self.now() if conductor_t is None else conductor_t)

@@ -1,0 +1,107 @@
+"""A concert file: which score, where the conductor listens, the tokens per role, the journal.
+
+Paths are relative to the concert file. A token is written as the token itself, as
+``env:NAME`` (read from the environment) or ``file:PATH`` (first line of a file); an empty or
+absent token leaves that role open (usual for the audience).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from .score import LoadedScore, load_score
+from .yamlcheck import InvalidFile, YamlDocument
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tokens(_Strict):
+    conductor: StrictStr
+    performer: StrictStr | None = None
+    audience: StrictStr | None = None
+    node: StrictStr | None = None
+
+
+class ConcertFile(_Strict):
+    title: StrictStr | None = None
+    score: StrictStr
+    host: StrictStr | list[StrictStr] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    lookahead: Annotated[float, Field(gt=0, le=10)] = 0.2  # seconds between a command and its effect
+    journal: StrictStr = "journal.jsonl"
+    tokens: Tokens
+    cors_origins: list[StrictStr] = []  # other web origins allowed to connect ("*" for any)
+
+
+class Concert:
+    """A loaded concert: its settings, resolved tokens and validated score."""
+
+    def __init__(self, path: Path, settings: ConcertFile, tokens: dict[str, str], score: LoadedScore):
+        self.path = path
+        self.settings = settings
+        self.tokens = tokens  # role -> token; a role missing here is open
+        self.score = score
+
+    @property
+    def title(self) -> str:
+        return self.settings.title or self.score.score.title
+
+    @property
+    def hosts(self) -> list[str]:
+        host = self.settings.host
+        return [host] if isinstance(host, str) else host
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path.parent / self.settings.journal
+
+
+def _resolve(spec: str) -> str:
+    kind, _, rest = spec.partition(":")
+    if kind == "env":
+        if rest not in os.environ:
+            raise ValueError(f"environment variable {rest} is not set")
+        return os.environ[rest]
+    if kind == "file":
+        try:
+            return Path(rest).read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError) as e:
+            raise ValueError(f"cannot read a token from {rest}: {e}") from e
+    return spec
+
+
+def load_concert(path: Path | str) -> Concert:
+    """Load a concert file and its score; raise InvalidFile listing every problem."""
+    path = Path(path)
+    doc = YamlDocument(path)
+    settings = doc.validate(ConcertFile)
+    problems = []
+    tokens = {}
+    for role, spec in settings.tokens.model_dump().items():
+        if not spec:
+            continue
+        try:
+            tokens[role] = _resolve(spec)
+        except ValueError as e:
+            problems.append(doc.problem(("tokens", role), str(e)))
+    score_path = path.parent / settings.score
+    if not score_path.is_file():
+        problems.append(doc.problem(("score",), f"no score file at {score_path}"))
+    if problems:
+        raise InvalidFile(problems)
+    return Concert(path, settings, tokens, load_score(score_path))
+
+
+def is_concert(path: Path | str) -> bool:
+    """Whether a YAML file is a concert file (it names a score) rather than a score."""
+    try:
+        data = YamlDocument(path).data
+    except InvalidFile:
+        return False
+    return isinstance(data, dict) and "score" in data and "parts" not in data

@@ -1,0 +1,102 @@
+"""Socket.IO protocol between the conductor and its clients, defined once.
+
+``docs/protocol.md`` documents it for client authors. Every payload a client sends is validated
+against a model here; anything else is rejected with an ``error`` event and counted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter
+
+# Events a client may send.
+SYNC = "sync"  # payload: t0 (number); ack: [t0, t1, t2]
+COMMAND = "command"  # payload: Command; ack: {"ok": true, "seq": N} or {"ok": false, "code", "message"}
+REPORT = "report"  # payload: Report; no ack
+# Events the conductor sends.
+WELCOME = "welcome"  # to a client that joined: {"you", "score", "state", "now"}
+STATE = "state"  # to everyone, after each accepted change: {"change", "state"}
+ERROR = "error"  # to one client: {"code", "message", "event"}
+
+ROLES = ("conductor", "performer", "audience", "node")
+MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Num = StrictInt | StrictFloat
+Name = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+class Auth(Message):
+    """The ``auth`` object given when connecting (``io(url, {auth: {...}})``)."""
+
+    role: Literal["conductor", "performer", "audience", "node"]
+    token: Annotated[StrictStr, Field(max_length=256)] = ""
+    part: Name | None = None  # performers: the part they play
+    site: Name | None = None
+    name: Name | None = None  # how the console lists this client
+
+
+class _Command(Message):
+    at: Num | None = None  # conductor time to take effect; default: now + lookahead
+
+
+class Play(_Command):
+    cmd: Literal["play"]
+
+
+class Pause(_Command):
+    cmd: Literal["pause"]
+
+
+class Stop(_Command):
+    cmd: Literal["stop"]
+
+
+class Seek(_Command):
+    cmd: Literal["seek"]
+    position: Annotated[Num, Field(ge=0)]  # score seconds
+
+
+class GoToSection(_Command):
+    cmd: Literal["section"]
+    id: Name
+
+
+class SetTempo(_Command):
+    cmd: Literal["tempo"]
+    bpm: Annotated[Num, Field(gt=0, le=600)]
+
+
+class SetParam(_Command):
+    cmd: Literal["param"]
+    name: Name
+    value: Num
+
+
+Command = Annotated[Play | Pause | Stop | Seek | GoToSection | SetTempo | SetParam, Field(discriminator="cmd")]
+command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+class Report(Message):
+    """A client's own view of its clock sync, shown on the console."""
+
+    rtt: Annotated[Num, Field(ge=0, le=60)]
+    offset: Annotated[Num, Field(ge=-1e10, le=1e10)]
+    error: Annotated[Num, Field(ge=0, le=60)]
+
+
+class Rejected(Exception):
+    """A request the conductor refuses: sent to the client as an ``error`` event and counted."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def payload(self, event: str) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "event": event}

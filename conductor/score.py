@@ -1,0 +1,391 @@
+"""The score: a piece as YAML, validated into typed models. The format is documented in
+``scores/README.md``; this module is its definition.
+
+Times in a score are score seconds, written as a number (``12.5``), as minutes and seconds
+(``"1:30"``), or as bar and beat on the score's beat grid (``"b5"``, ``"b5.3"``; both 1-based).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    model_validator,
+)
+
+from .yamlcheck import InvalidFile, Loc, YamlDocument
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _matching(pattern: str, explanation: str) -> AfterValidator:
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(explanation)
+        return value
+
+    return AfterValidator(check)
+
+
+Ident = Annotated[
+    StrictStr,
+    _matching(r"[a-z][a-z0-9_-]{0,31}", "an id is a lower-case letter, then letters, digits, - or _ (32 at most)"),
+]
+Color = Annotated[StrictStr, _matching(r"#[0-9a-fA-F]{6}", "a colour is written #rrggbb")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("should be a number")
+    return float(value)
+
+
+def _osc_arg(value: Any) -> int | float | str:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("OSC arguments are numbers or strings")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+OscArg = Annotated[int | float | str, PlainValidator(_osc_arg)]  # int and float stay distinct for OSC
+
+_MINSEC = re.compile(r"^(\d+):([0-5]?\d(?:\.\d+)?)$")
+_BAR = re.compile(r"^b(\d+)(?:\.(\d+(?:\.\d+)?))?$")
+
+
+def _score_time(value: Any, info: ValidationInfo) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a time is a number of seconds, 'M:SS' or 'bBAR.BEAT'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _MINSEC.match(value.strip())):
+        seconds = int(m[1]) * 60 + float(m[2])
+    elif isinstance(value, str) and (m := _BAR.match(value.strip())):
+        grid = (info.context or {}).get("tempo") or Tempo()
+        bar, beat = int(m[1]), float(m[2] or 1)
+        if bar < 1 or not 1 <= beat < grid.beats_per_bar + 1:
+            raise ValueError(f"bars count from 1 and beats from 1 to {grid.beats_per_bar}")
+        seconds = ((bar - 1) * grid.beats_per_bar + beat - 1) * 60.0 / grid.bpm
+    else:
+        raise ValueError("a time is a number of seconds, 'M:SS' or 'bBAR.BEAT'")
+    if seconds < 0:
+        raise ValueError("a time cannot be negative")
+    return seconds
+
+
+Time = Annotated[float, BeforeValidator(_score_time)]
+
+
+class Tempo(Strict):
+    bpm: Annotated[Number, Field(gt=0, le=600)] = 60
+    beats_per_bar: Annotated[StrictInt, Field(ge=1, le=32)] = 4
+
+
+class Section(Strict):
+    id: Ident
+    name: StrictStr | None = None
+    start: Time
+
+
+class Parameter(Strict):
+    id: Ident
+    min: Number = 0.0
+    max: Number = 1.0
+    default: Number = 0.0
+    label: StrictStr | None = None
+
+    def check(self, value: float) -> str | None:
+        if not self.min <= value <= self.max:
+            return f"{self.id} must be between {self.min:g} and {self.max:g}"
+        return None
+
+    @model_validator(mode="after")
+    def _range(self) -> Parameter:
+        if self.min >= self.max:
+            raise ValueError("max must be greater than min")
+        if self.check(self.default):
+            raise ValueError(f"default must be between {self.min:g} and {self.max:g}")
+        return self
+
+
+# --- graphic layers -------------------------------------------------------------------------
+
+Area = tuple[Fraction, Fraction, Fraction, Fraction]  # x, y, width, height as fractions of the view
+
+
+class Shape(Strict):
+    """A mark on the scrolling timeline. y runs from 0 (top) to 1 (bottom)."""
+
+    shape: Literal["bar", "line", "dot", "wave", "label"]
+    start: Time
+    end: Time | None = None  # all shapes but dot and label span start..end
+    y: Fraction = 0.5
+    to_y: Fraction | None = None  # line: glissando to this height
+    height: Annotated[float, Field(gt=0, le=1)] = 0.08  # bar thickness, dot size, wave amplitude
+    cycles: Annotated[float, Field(gt=0, le=200)] = 4  # wave
+    color: Color | None = None
+    text: StrictStr | None = None  # label, or a caption on any shape
+
+    @model_validator(mode="after")
+    def _span(self) -> Shape:
+        if self.shape in ("dot", "label"):
+            if self.end is not None:
+                raise ValueError(f"a {self.shape} has a start only")
+            if self.shape == "label" and not self.text:
+                raise ValueError("a label needs text")
+        elif self.end is None:
+            raise ValueError(f"a {self.shape} needs an end")
+        elif self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class TimelineLayer(Strict):
+    type: Literal["timeline"]
+    window: Annotated[float, Field(gt=0, le=600)] = 20.0  # seconds visible across the view
+    playhead: Fraction = 0.25  # where "now" sits, from the left
+    area: Area = (0.0, 0.15, 1.0, 0.7)
+    shapes: list[Shape] = []
+
+
+class TextItem(Strict):
+    start: Time
+    end: Time
+    text: StrictStr
+    size: Annotated[float, Field(gt=0, le=1)] = 0.05  # height as a fraction of the view
+
+    @model_validator(mode="after")
+    def _span(self) -> TextItem:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class TextLayer(Strict):
+    type: Literal["text"]
+    area: Area = (0.0, 0.85, 1.0, 0.15)
+    items: list[TextItem] = []
+
+
+class CountdownLayer(Strict):
+    type: Literal["countdown"]
+    area: Area = (0.75, 0.0, 0.25, 0.15)
+    warn: Annotated[float, Field(ge=0)] = 10.0  # seconds before the next section to start counting
+
+
+class SketchLayer(Strict):
+    type: Literal["sketch"]
+    src: StrictStr  # a p5.js sketch file, relative to the score
+    area: Area = (0.0, 0.0, 1.0, 1.0)
+    params: list[Ident] = []  # parameters the sketch reads
+
+
+Layer = Annotated[TimelineLayer | TextLayer | CountdownLayer | SketchLayer, Field(discriminator="type")]
+
+
+# --- performer controls ---------------------------------------------------------------------
+
+
+class Fader(Strict):
+    type: Literal["fader"]
+    id: Ident
+    label: StrictStr | None = None
+    min: Number = 0.0
+    max: Number = 1.0
+    default: Number = 0.0
+    param: Ident | None = None  # the parameter it moves
+
+    @model_validator(mode="after")
+    def _range(self) -> Fader:
+        if self.min >= self.max or not self.min <= self.default <= self.max:
+            raise ValueError("a fader needs min < max and its default between them")
+        return self
+
+
+class Toggle(Strict):
+    type: Literal["toggle"]
+    id: Ident
+    label: StrictStr | None = None
+    default: StrictBool = False
+    param: Ident | None = None
+
+
+class XY(Strict):
+    type: Literal["xy"]
+    id: Ident
+    label: StrictStr | None = None
+    default: tuple[Fraction, Fraction] = (0.5, 0.5)
+    param: Ident | None = None  # x and y go to PARAM_x and PARAM_y
+
+
+Control = Annotated[Fader | Toggle | XY, Field(discriminator="type")]
+
+
+class Part(Strict):
+    id: Ident
+    name: StrictStr
+    site: Ident | None = None
+    color: Color = "#3b6ea8"
+    layers: list[Layer] = []
+    controls: list[Control] = []
+
+
+# --- sound cues -----------------------------------------------------------------------------
+
+
+def _target(value: str) -> str:
+    kind, _, name = value.partition(":")
+    if value != "all" and (kind not in ("site", "part", "node") or not name):
+        raise ValueError("target is 'all', 'site:ID', 'part:ID' or 'node:NAME'")
+    return value
+
+
+class Cue(Strict):
+    at: Time
+    target: Annotated[StrictStr, AfterValidator(_target)] = "all"
+    to: Literal["scsynth", "sclang"] = "scsynth"
+    address: Annotated[StrictStr, _matching(r"/\S+", "an OSC address starts with / and has no spaces")]
+    args: list[OscArg] = []
+
+
+class Score(Strict):
+    title: StrictStr
+    composer: StrictStr | None = None
+    duration: Annotated[Time, Field(gt=0)]
+    tempo: Tempo = Tempo()
+    sites: list[Ident] | None = None  # if given, every part's site must be one of these
+    parts: Annotated[list[Part], Field(min_length=1)]
+    sections: list[Section] = []
+    parameters: list[Parameter] = []
+    cues: list[Cue] = []
+
+    def part(self, part_id: str) -> Part | None:
+        return next((p for p in self.parts if p.id == part_id), None)
+
+    def section(self, section_id: str) -> Section | None:
+        return next((s for s in self.sections if s.id == section_id), None)
+
+    def parameter(self, param_id: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.id == param_id), None)
+
+
+class LoadedScore:
+    """A validated score with where it came from: its file, its folder (for sketches) and hash."""
+
+    def __init__(self, path: Path, score: Score, sha256: str):
+        self.path = path
+        self.score = score
+        self.sha256 = sha256
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def to_json(self) -> dict[str, Any]:
+        return self.score.model_dump(mode="json")
+
+
+def load_score(path: Path | str) -> LoadedScore:
+    """Load and validate a score; raise InvalidFile listing every problem as file:line: field."""
+    path = Path(path)
+    doc = YamlDocument(path)
+    tempo = Tempo()
+    if isinstance(doc.data, dict) and isinstance(doc.data.get("tempo"), dict):
+        # bar-and-beat times need the grid; a broken tempo is reported by the full validation
+        with contextlib.suppress(ValueError):
+            tempo = Tempo.model_validate(doc.data["tempo"])
+    score = doc.validate(Score, context={"tempo": tempo})
+    problems = [doc.problem(loc, msg) for loc, msg in _cross_checks(score, path.parent)]
+    if problems:
+        raise InvalidFile(problems)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return LoadedScore(path, score, sha)
+
+
+def _duplicates(items: list[Any], field: str, loc: Loc) -> list[tuple[Loc, str]]:
+    seen: dict[str, int] = {}
+    out = []
+    for i, item in enumerate(items):
+        key = getattr(item, field)
+        if key in seen:
+            out.append(((*loc, i, field), f"'{key}' is used twice (also {loc[-1]}[{seen[key]}])"))
+        seen.setdefault(key, i)
+    return out
+
+
+def _cross_checks(score: Score, folder: Path) -> list[tuple[Loc, str]]:
+    """Problems a field-by-field schema cannot see: references, order, spans."""
+    out = _duplicates(score.parts, "id", ("parts",))
+    out += _duplicates(score.sections, "id", ("sections",))
+    out += _duplicates(score.parameters, "id", ("parameters",))
+    parts = {p.id for p in score.parts}
+    params = {p.id: p for p in score.parameters}
+    sites = set(score.sites or []) | {p.site for p in score.parts if p.site}
+
+    def in_piece(loc: Loc, t: float) -> None:
+        if t > score.duration:
+            out.append((loc, f"{t:g} s is after the end of the piece ({score.duration:g} s)"))
+
+    prev = -1.0
+    for i, s in enumerate(score.sections):
+        in_piece(("sections", i, "start"), s.start)
+        if s.start <= prev:
+            out.append((("sections", i, "start"), "sections must start in order, each after the one before"))
+        prev = s.start
+    for i, part in enumerate(score.parts):
+        loc: Loc = ("parts", i)
+        if score.sites is not None and part.site is not None and part.site not in score.sites:
+            out.append(((*loc, "site"), f"'{part.site}' is not one of the score's sites"))
+        out += _duplicates(list(part.controls), "id", (*loc, "controls"))
+        for j, layer in enumerate(part.layers):
+            lloc: Loc = (*loc, "layers", j)
+            if isinstance(layer, TimelineLayer):
+                for k, shape in enumerate(layer.shapes):
+                    sloc: Loc = (*lloc, "shapes", k)
+                    in_piece((*sloc, "start"), shape.start)
+                    if shape.end is not None:
+                        in_piece((*sloc, "end"), shape.end)
+            elif isinstance(layer, TextLayer):
+                for k, item in enumerate(layer.items):
+                    in_piece((*lloc, "items", k, "start"), item.start)
+            elif isinstance(layer, SketchLayer):
+                if not (folder / layer.src).is_file():
+                    out.append(((*lloc, "src"), f"no sketch file '{layer.src}' next to the score"))
+                for k, name in enumerate(layer.params):
+                    if name not in params:
+                        out.append(((*lloc, "params", k), f"no parameter '{name}' in the score"))
+        for j, control in enumerate(part.controls):
+            if control.param is None:
+                continue
+            names = [f"{control.param}_x", f"{control.param}_y"] if isinstance(control, XY) else [control.param]
+            for name in names:
+                if name not in params:
+                    out.append(((*loc, "controls", j, "param"), f"no parameter '{name}' in the score"))
+    for i, cue in enumerate(score.cues):
+        in_piece(("cues", i, "at"), cue.at)
+        kind, _, name = cue.target.partition(":")
+        if (kind == "part" and name not in parts) or (kind == "site" and name not in sites):
+            out.append((("cues", i, "target"), f"no {kind} '{name}' in the score"))
+    return out
+
+
+__all__ = ["InvalidFile", "LoadedScore", "Score", "load_score"]

@@ -1,0 +1,313 @@
+"""The conductor server: one clock, the score, the transport and the journal, over Socket.IO.
+
+Clients join with a role and token (``protocol.Auth``), are sent a ``welcome`` with the score
+and a snapshot of the performance, keep their clocks in step with ``sync``, and receive a
+``state`` event for every accepted change. Only the conductor role may send commands. Every
+accepted change is journalled before it is broadcast. Nothing a client sends can stop the
+server: anything malformed, oversized, unknown or forbidden is answered with an ``error`` event
+and counted in ``/api/status``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import socketio
+from aiohttp import web
+
+from . import journal, protocol
+from .clock import ConductorClock
+from .concert import Concert
+from .protocol import Auth, Rejected, Report
+from .transport import Change, Transport
+
+log = logging.getLogger("tutti.conductor")
+CLIENTS_DIR = Path(__file__).resolve().parent.parent / "clients"
+VENDOR = {
+    "socket.io": CLIENTS_DIR / "node_modules" / "socket.io-client" / "dist",
+    "p5": CLIENTS_DIR / "node_modules" / "p5" / "lib",
+}
+
+
+@dataclass
+class Client:
+    sid: str
+    role: str
+    name: str
+    part: str | None
+    site: str | None
+    joined: float
+    last_seen: float
+    rtt: float | None = None
+    offset: float | None = None
+    error: float | None = None
+
+
+class _Server(socketio.AsyncServer):
+    """python-socketio logs a traceback for a packet it cannot decode; count and answer it instead."""
+
+    def __init__(self, on_malformed: Callable[[str, Exception], Awaitable[None]], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._on_malformed = on_malformed
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            await self._on_malformed(eio_sid, e)
+
+
+def _summary(error: pydantic.ValidationError) -> str:
+    parts = []
+    for err in error.errors(include_url=False)[:3]:
+        where = ".".join(str(x) for x in err["loc"]) or "payload"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class Conductor:
+    def __init__(self, concert: Concert, fresh: bool = False):
+        self.concert = concert
+        self.score = concert.score
+        self.clock = ConductorClock()
+        self.transport = Transport(self.score.score)
+        self.clients: dict[str, Client] = {}
+        self.rejections: Counter[str] = Counter()
+        self.started = time.time()
+        cors = concert.settings.cors_origins
+        self.sio = _Server(
+            self._malformed,
+            async_mode="aiohttp",
+            always_connect=True,  # so the welcome (or the reason for refusal) follows the CONNECT packet
+            max_http_buffer_size=1_000_000,  # engine.io drops a client beyond this; we refuse far smaller
+            cors_allowed_origins="*" if "*" in cors else cors,
+            ping_interval=5,
+            ping_timeout=10,
+        )
+        self.app = web.Application()
+        self.sio.attach(self.app)
+        self._routes()
+        self._events()
+        self.journal = self._open_journal(fresh)
+
+    # --- journal ------------------------------------------------------------------------------
+
+    def _open_journal(self, fresh: bool) -> journal.Journal:
+        path = self.concert.journal_path
+        if path.exists() and path.stat().st_size and fresh:
+            path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"))
+        if path.exists() and path.stat().st_size:
+            contents = journal.read(path)
+            if contents.header.get("score_sha256") != self.score.sha256:
+                raise journal.JournalError(
+                    f"{path}: this journal belongs to another version of the score "
+                    f"({contents.header.get('score')}); start with --fresh to begin a new performance"
+                )
+            for problem in contents.skipped:
+                log.warning(problem)
+            for record in contents.records:
+                self.transport.apply(record.change)
+            log.info(
+                "resumed %d changes from %s; position %.3f s",
+                len(contents.records),
+                path,
+                self.transport.position(self.clock.now()),
+            )
+        return journal.Journal(
+            path, {"score": str(self.score.path), "score_sha256": self.score.sha256, "started": self.clock.now()}
+        )
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    def _routes(self) -> None:
+        self.app.router.add_get("/api/status", self._status)
+        self.app.router.add_get("/api/score", self._score)
+        self.app.router.add_get("/", self._index)
+        self.app.router.add_static("/clients/", CLIENTS_DIR / "lib")
+        # Browser libraries installed from npm at set-up, served from here: a concert needs no internet.
+        for name, folder in VENDOR.items():
+            if folder.is_dir():
+                self.app.router.add_static(f"/vendor/{name}/", folder)
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(CLIENTS_DIR / "index.html")
+
+    async def _score(self, request: web.Request) -> web.Response:
+        return web.json_response(self.score.to_json())
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.now()
+        return {
+            "title": self.concert.title,
+            "now": now,
+            "clock_minus_wall": now - time.time(),
+            "position": self.transport.position(now),
+            "state": self.transport.snapshot(now),
+            "clients": [asdict(c) for c in self.clients.values()],
+            "rejections": dict(self.rejections),
+            "journal": str(self.journal.path),
+        }
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    # --- Socket.IO ----------------------------------------------------------------------------
+
+    def _events(self) -> None:
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        self._guarded(protocol.SYNC, self._sync)
+        self._guarded(protocol.COMMAND, self._command)
+        self._guarded(protocol.REPORT, self._report)
+        self.sio.on("*", self._unknown)
+
+    async def _reject(self, sid: str, event: str, rejected: Rejected) -> dict[str, Any]:
+        self.rejections[rejected.code] += 1
+        log.info("rejected %s from %s: %s", event, sid, rejected.message)
+        payload = rejected.payload(event)
+        await self.sio.emit(protocol.ERROR, payload, to=sid)
+        return {"ok": False, **payload}
+
+    def _guarded(self, event: str, handler: Callable[[Client, Any], Awaitable[Any]]) -> None:
+        """Register ``handler`` for ``event``: one payload, from a joined client, never raising."""
+
+        async def run(sid: str, *args: Any) -> Any:
+            try:
+                client = self.clients.get(sid)
+                if client is None:
+                    raise Rejected("not_joined", "join first")
+                client.last_seen = self.clock.now()
+                if len(args) != 1:
+                    raise Rejected("bad_payload", f"'{event}' takes exactly one payload, not {len(args)}")
+                return await handler(client, args[0])
+            except Rejected as r:
+                return await self._reject(sid, event, r)
+            except pydantic.ValidationError as e:
+                return await self._reject(sid, event, Rejected("bad_payload", _summary(e)))
+            except Exception:
+                log.exception("error handling %s from %s", event, sid)
+                return await self._reject(sid, event, Rejected("internal", "the conductor could not handle this"))
+
+        self.sio.on(event, run)
+
+    async def _malformed(self, eio_sid: str, error: Exception) -> None:
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        self.rejections["malformed"] += 1
+        log.info("malformed packet from %s: %s", sid or eio_sid, error)
+        if sid:
+            await self.sio.emit(
+                protocol.ERROR, Rejected("malformed", f"undecodable packet: {error}").payload("(packet)"), to=sid
+            )
+
+    async def _unknown(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        return await self._reject(sid, str(event)[:64], Rejected("unknown_event", f"no event '{str(event)[:64]}'"))
+
+    def _check_token(self, auth: Auth) -> None:
+        expected = self.concert.tokens.get(auth.role)
+        if expected is not None and not hmac.compare_digest(expected.encode(), auth.token.encode()):
+            raise Rejected("bad_token", f"wrong token for role '{auth.role}'")
+        if auth.role == "performer" and (auth.part is None or self.score.score.part(auth.part) is None):
+            known = ", ".join(p.id for p in self.score.score.parts)
+            raise Rejected("unknown_part", f"a performer needs one of the parts: {known}")
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> bool:
+        try:
+            if not isinstance(auth, dict):
+                raise Rejected("bad_auth", "connect with auth {role, token, part?, site?, name?}")
+            try:
+                joined = Auth.model_validate(auth)
+            except pydantic.ValidationError as e:
+                raise Rejected("bad_auth", _summary(e)) from e
+            self._check_token(joined)
+        except Rejected as r:
+            await self._reject(sid, "connect", r)
+            return False
+        now = self.clock.now()
+        part = self.score.score.part(joined.part) if joined.part else None
+        site = joined.site or (part.site if part else None)
+        client = Client(sid, joined.role, joined.name or f"{joined.role}-{sid[:4]}", joined.part, site, now, now)
+        self.clients[sid] = client
+        await self.sio.enter_room(sid, f"role:{client.role}")
+        log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
+        await self.sio.emit(
+            protocol.WELCOME,
+            {
+                "you": asdict(client),
+                "score": self.score.to_json(),
+                "state": self.transport.snapshot(now),
+                "now": self.clock.now(),
+            },
+            to=sid,
+        )
+        return True
+
+    async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        client = self.clients.pop(sid, None)
+        if client:
+            log.info("%s left (%s)", client.name, reason)
+
+    async def _sync(self, client: Client, t0: Any) -> list[float]:
+        t1 = self.clock.now()
+        if isinstance(t0, bool) or not isinstance(t0, int | float):
+            raise Rejected("bad_payload", "sync takes the client's send time, a number")
+        return [t0, t1, self.clock.now()]
+
+    async def _report(self, client: Client, payload: Any) -> None:
+        _check_size(payload)
+        report = Report.model_validate(payload)
+        client.rtt, client.offset, client.error = report.rtt, report.offset, report.error
+
+    async def _command(self, client: Client, payload: Any) -> dict[str, Any]:
+        _check_size(payload)
+        command = protocol.command_adapter.validate_python(payload)
+        if client.role != "conductor":
+            raise Rejected("forbidden", f"only the conductor may send commands (you are {client.role})")
+        change = await self.apply(command, {"role": client.role, "name": client.name})
+        return {"ok": True, "seq": change.seq, "t": change.t}
+
+    async def apply(self, command: protocol.Command, by: dict[str, Any]) -> Change:
+        """Plan, journal, apply and broadcast one command. Raises Rejected if it cannot be done."""
+        now = self.clock.now()
+        if command.at is None:
+            t = now + self.concert.settings.lookahead
+        elif command.at < now:
+            raise Rejected("too_late", f"'at' is {now - command.at:.3f} s in the past")
+        else:
+            t = float(command.at)
+        change = self.transport.plan(command, t)
+        self.journal.append(journal.Record(change, now, by))
+        self.transport.apply(change)
+        await self.sio.emit(protocol.STATE, {"change": change.to_json(), "state": self.transport.snapshot(now)})
+        return change
+
+    # --- running ------------------------------------------------------------------------------
+
+    async def start(self, hosts: list[str], port: int) -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        bound = port
+        for host in hosts:
+            site = web.TCPSite(runner, host, bound)
+            await site.start()
+            if bound == 0:  # an ephemeral port: every host shares the first one picked
+                server = site._server
+                bound = server.sockets[0].getsockname()[1] if server and server.sockets else 0
+        return runner, bound
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def _check_size(payload: Any) -> None:
+    size = len(json.dumps(payload, separators=(",", ":"), default=str))
+    if size > protocol.MAX_EVENT_BYTES:
+        raise Rejected("too_large", f"payload of {size} bytes (at most {protocol.MAX_EVENT_BYTES})")

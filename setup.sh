@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up Tutti on Debian (run as root) and starts the demo concert.
+#   ./setup.sh            install what is missing, then serve the demo
+#   ./setup.sh --no-demo  install only (the test command uses this)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Debian packages: the real components Tutti drives, plus Python and Node for itself.
+packages=()
+need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
+need python3 python3
+need node nodejs
+need npm npm
+need scsynth supercollider-server
+need sclang supercollider-language
+need jackd jackd2
+need jacktrip jacktrip
+need chromium chromium
+need redis-server redis-server
+python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+if ((${#packages[@]})); then
+    echo "installing Debian packages: ${packages[*]}"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
+fi
+
+# Python packages in .venv, at the versions the project is tested with.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+
+# Browser libraries for clients/, served by the conductor itself (no internet at concert time).
+(cd clients && npm ci --no-audit --no-fund --loglevel=error)
+
+if [[ "${1:-}" != "--no-demo" ]]; then
+    exec .venv/bin/tutti serve deploy/demo.yaml --play
+fi

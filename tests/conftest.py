@@ -1,0 +1,121 @@
+"""Shared fixtures: real conductor processes on loopback, concert files in temporary folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCORES = ROOT / "scores"
+TOKENS = {"conductor": "t-conductor", "performer": "t-performer", "node": "t-node"}
+
+
+def write_concert(folder: Path, score: Path = SCORES / "demo.yaml", **extra: Any) -> Path:
+    settings = {
+        "score": str(score),
+        "host": "127.0.0.1",
+        "port": 0,
+        "lookahead": 0.2,
+        "journal": str(folder / "journal.jsonl"),
+        "tokens": dict(TOKENS),
+        **extra,
+    }
+    path = folder / "concert.yaml"
+    path.write_text(json.dumps(settings))  # JSON is YAML
+    return path
+
+
+class ConductorProcess:
+    """``python -m conductor serve`` in a subprocess, as an operator would run it."""
+
+    def __init__(self, concert: Path, *args: str):
+        self.concert = concert
+        self.args = args
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "conductor", "-v", "serve", str(self.concert), *self.args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        lines = []
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if m := re.search(r"listening on (http://\S+)", line):
+                self.url = m[1]
+                self.log_lines = lines
+                # Keep reading its output, or a full pipe would stall the server.
+                self._reader = threading.Thread(target=self._drain, daemon=True)
+                self._reader.start()
+                return
+        raise RuntimeError("conductor did not start:\n" + "".join(lines))
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log_lines.append(line)
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/api/status", timeout=5) as r:
+            return json.loads(r.read())
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self) -> str:
+        """SIGTERM and wait; returns what the process printed."""
+        assert self.proc is not None and self.proc.stdout is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._reader.join(5)
+        return "".join(self.log_lines)
+
+
+@pytest.fixture
+def concert(tmp_path: Path) -> Path:
+    return write_concert(tmp_path)
+
+
+@pytest.fixture
+def conductor(concert: Path) -> Iterator[ConductorProcess]:
+    proc = ConductorProcess(concert)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests talk to loopback only; never through a proxy from the environment.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")

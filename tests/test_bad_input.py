@@ -1,0 +1,149 @@
+"""Malformed input is refused with an error event and counted; the conductor keeps serving everyone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conductor.client import TuttiClient
+from tests.conftest import TOKENS, ConductorProcess
+
+BAD_EVENTS: list[tuple[str, Any, str]] = [
+    ("command", "play", "bad_payload"),
+    ("command", {"cmd": "play", "extra": 1}, "bad_payload"),
+    ("command", {"cmd": "jump"}, "bad_payload"),
+    ("command", {"cmd": "seek"}, "bad_payload"),
+    ("command", {"cmd": "seek", "position": "10"}, "bad_payload"),
+    ("command", {"cmd": "seek", "position": -1}, "bad_payload"),
+    ("command", {"cmd": "tempo", "bpm": 1e9}, "bad_payload"),
+    ("command", {"cmd": "play", "at": 1.0}, "too_late"),
+    ("command", {"cmd": "play", "pad": "x" * 100_000}, "too_large"),
+    ("command", [1, 2, 3], "bad_payload"),
+    ("command", None, "bad_payload"),
+    ("sync", "now", "bad_payload"),
+    ("sync", True, "bad_payload"),
+    ("sync", {"t0": 1}, "bad_payload"),
+    ("report", {"rtt": -1, "offset": 0, "error": 0}, "bad_payload"),
+    ("report", {"rtt": 0.1}, "bad_payload"),
+    ("no_such_event", {"a": 1}, "unknown_event"),
+]
+
+
+async def test_every_bad_event_gets_an_error_and_is_counted(conductor: ConductorProcess) -> None:
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    await boss.connect()
+    for event, payload, code in BAD_EVENTS:
+        answer = await boss.sio.call(event, payload, timeout=5)
+        assert answer["ok"] is False and answer["code"] == code, (event, payload, answer)
+    answer = await boss.sio.call("command", ({"cmd": "play"}, "second"), timeout=5)  # two payloads
+    assert answer["code"] == "bad_payload" and "exactly one payload" in answer["message"]
+    await asyncio.sleep(0.2)
+    assert len(boss.errors) == len(BAD_EVENTS) + 1
+    assert all(e["message"] for e in boss.errors)
+    status = conductor.status()
+    assert sum(status["rejections"].values()) == len(BAD_EVENTS) + 1
+    assert status["state"]["seq"] == 0  # nothing changed
+    assert (await boss.command("play"))["ok"]  # and it still works
+    await boss.close()
+
+
+async def raw_socket(url: str, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+    """An Engine.IO v4 WebSocket, joined to the default namespace as audience."""
+    ws = await session.ws_connect(url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.receive_str()).startswith("0{")
+    await ws.send_str("40" + json.dumps({"role": "audience"}))
+    assert (await ws.receive_str()).startswith("40{")
+    assert (await ws.receive_str()).startswith('42["welcome"')
+    return ws
+
+
+async def next_event(ws: aiohttp.ClientWebSocketResponse, prefix: str) -> str:
+    async with asyncio.timeout(5):
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT and msg.data.startswith(prefix):
+                return msg.data
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                raise ConnectionError("closed")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '42["sync", 1',
+        "42{not a list}",
+        "4Z",
+        "49[]",
+        "42[1,2]",
+        "42",
+        "4-1[]",
+        '451-["x",{"_placeholder":true,"num":0}]',
+    ],
+)
+async def test_undecodable_packets_are_answered_and_counted(conductor: ConductorProcess, frame: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        ws = await raw_socket(conductor.url, session)
+        await ws.send_str(frame)
+        if frame.startswith("451-"):
+            await ws.send_bytes(b"\x00\xff garbage")
+        error = json.loads((await next_event(ws, '42["error"'))[2:])[1]
+        assert error["code"] in ("malformed", "unknown_event") and error["message"]
+        await ws.send_str('421["sync",1.5]')  # the same socket is still served
+        reply = json.loads((await next_event(ws, "431"))[3:])
+        assert reply[0][0] == 1.5
+        await ws.close()
+    assert sum(conductor.status()["rejections"].values()) == 1
+
+
+async def test_an_oversized_message_drops_only_its_sender(conductor: ConductorProcess) -> None:
+    bystander = TuttiClient(conductor.url, "performer", TOKENS["performer"], part="drones")
+    await bystander.connect()
+    async with aiohttp.ClientSession() as session:
+        ws = await raw_socket(conductor.url, session)
+        await ws.send_str('42["command",{"pad":"' + "x" * 2_000_000 + '"}]')
+        with pytest.raises(ConnectionError):
+            await next_event(ws, "never")
+    assert await bystander.sync_once()
+    assert bystander.sio.connected
+    await bystander.close()
+
+
+async def test_garbage_from_many_clients_while_others_are_served(conductor: ConductorProcess) -> None:
+    good = TuttiClient(conductor.url, "node", TOKENS["node"])
+    await good.connect()
+    frames = [
+        '42["sync"',
+        "42[[[[",
+        "4\x00",
+        '42["command",{"cmd":"seek","position":{"a":1}}]',
+        "42[null]",
+        '42["welcome",{}]',
+        "40",
+        "41",
+        "43[]",
+        '42["report",{"rtt":1e999}]',
+    ]
+
+    async def attacker() -> None:
+        async with aiohttp.ClientSession() as session:
+            ws = await raw_socket(conductor.url, session)
+            for i in range(200):
+                await ws.send_str(frames[i % len(frames)])
+            await ws.close()
+
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    attack = asyncio.gather(*(attacker() for _ in range(5)), return_exceptions=True)
+    while not attack.done():
+        start = loop.time()
+        assert await good.sync_once()
+        worst = max(worst, loop.time() - start)
+    await attack
+    assert await good.sync_once()
+    await good.close()
+    assert worst < 0.5, f"a good client waited {worst * 1000:.0f} ms"
+    assert sum(conductor.status()["rejections"].values()) > 100
