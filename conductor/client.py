@@ -53,6 +53,7 @@ class TuttiClient:
         self.transport: Transport | None = None
         self.you: dict[str, Any] = {}
         self.errors: list[dict[str, Any]] = []
+        self.sync_timeouts = 0  # exchanges that got no answer in time
         self.changes: list[dict[str, Any]] = []  # every state change received, with local receipt time
         self._joined: asyncio.Future[None] | None = None
         self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=0.2, reconnection_delay_max=2)
@@ -105,8 +106,12 @@ class TuttiClient:
 
     async def sync_burst(self, n: int | None = None) -> None:
         for _ in range(n or self.burst):
-            with contextlib.suppress(socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
+            try:
                 await self.sync_once()
+            except socketio.exceptions.TimeoutError:
+                self.sync_timeouts += 1
+            except socketio.exceptions.BadNamespaceError:
+                pass  # reconnecting: the next burst will sync
             await asyncio.sleep(self.spacing)
 
     async def _sync_loop(self) -> None:
