@@ -59,7 +59,7 @@ class Concert:
 
     @property
     def journal_path(self) -> Path:
-        return self.path.parent / self.settings.journal
+        return Path(os.path.normpath(self.path.parent / self.settings.journal))
 
 
 def _resolve(spec: str) -> str:
