@@ -58,8 +58,7 @@ async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()
-    conductor.close()
+    await conductor.stop(runner)
     return 0
 
 

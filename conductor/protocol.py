@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 SYNC = "sync"  # payload: t0 (number); ack: [t0, t1, t2]
 COMMAND = "command"  # payload: Command; ack: {"ok": true, "seq": N} or {"ok": false, "code", "message"}
 REPORT = "report"  # payload: Report; no ack
+CONTROL = "control"  # payload: ControlInput, from a performer; ack like COMMAND
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: {"you", "score", "state", "now"}
 STATE = "state"  # to everyone, after each accepted change: {"change", "state"}
+CLIENTS = "clients"  # to conductors, every second: {"clients", "rejections", "recent", "now"}
 ERROR = "error"  # to one client: {"code", "message", "event"}
 
 ROLES = ("conductor", "performer", "audience", "node")
@@ -88,6 +90,13 @@ class Report(Message):
     rtt: Annotated[Num, Field(ge=0, le=60)]
     offset: Annotated[Num, Field(ge=-1e10, le=1e10)]
     error: Annotated[Num, Field(ge=0, le=60)]
+
+
+class ControlInput(Message):
+    """A performer moving one of their part's controls: a number (fader), a bool (toggle) or [x, y] (xy)."""
+
+    id: Name
+    value: Num | bool | tuple[Num, Num]
 
 
 class Rejected(Exception):

@@ -303,6 +303,10 @@ class LoadedScore:
     def to_json(self) -> dict[str, Any]:
         return self.score.model_dump(mode="json")
 
+    def files(self) -> set[str]:
+        """Files beside the score that it names (sketches), as written in the score."""
+        return {layer.src for part in self.score.parts for layer in part.layers if isinstance(layer, SketchLayer)}
+
 
 def load_score(path: Path | str) -> LoadedScore:
     """Load and validate a score; raise InvalidFile listing every problem as file:line: field."""

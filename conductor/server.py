@@ -10,11 +10,12 @@ and counted in ``/api/status``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ from aiohttp import web
 from . import journal, protocol
 from .clock import ConductorClock
 from .concert import Concert
-from .protocol import Auth, Rejected, Report
+from .protocol import Auth, ControlInput, Rejected, Report, SetParam
+from .score import XY, Fader, Toggle
 from .transport import Change, Transport
 
 log = logging.getLogger("tutti.conductor")
@@ -82,6 +84,8 @@ class Conductor:
         self.transport = Transport(self.score.score)
         self.clients: dict[str, Client] = {}
         self.rejections: Counter[str] = Counter()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)  # the latest refusals, for the console
+        self.controls: dict[str, Any] = {}  # "part/control" -> latest value from a performer
         self.started = time.time()
         cors = concert.settings.cors_origins
         self.sio = _Server(
@@ -131,15 +135,30 @@ class Conductor:
     def _routes(self) -> None:
         self.app.router.add_get("/api/status", self._status)
         self.app.router.add_get("/api/score", self._score)
-        self.app.router.add_get("/", self._index)
+        self.app.router.add_get("/", self._page("index.html"))
+        self.app.router.add_get("/perform", self._page("perform.html"))
+        self.app.router.add_get("/console", self._page("console.html"))
+        self.app.router.add_get("/audience", self._page("audience.html"))
+        self.app.router.add_get("/score-files/{name:.+}", self._score_file)
         self.app.router.add_static("/clients/", CLIENTS_DIR / "lib")
+        self.app.router.add_static("/examples/", CLIENTS_DIR / "examples")
         # Browser libraries installed from npm at set-up, served from here: a concert needs no internet.
         for name, folder in VENDOR.items():
             if folder.is_dir():
                 self.app.router.add_static(f"/vendor/{name}/", folder)
 
-    async def _index(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(CLIENTS_DIR / "index.html")
+    def _page(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def page(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(CLIENTS_DIR / name, headers={"Cache-Control": "no-cache"})
+
+        return page
+
+    async def _score_file(self, request: web.Request) -> web.StreamResponse:
+        # Only files the score names (its sketches) are served from the score's folder.
+        name = request.match_info["name"]
+        if name not in self.score.files():
+            raise web.HTTPNotFound(text=f"the score names no file '{name}'")
+        return web.FileResponse(self.score.folder / name, headers={"Content-Type": "text/javascript"})
 
     async def _score(self, request: web.Request) -> web.Response:
         return web.json_response(self.score.to_json())
@@ -168,10 +187,21 @@ class Conductor:
         self._guarded(protocol.SYNC, self._sync)
         self._guarded(protocol.COMMAND, self._command)
         self._guarded(protocol.REPORT, self._report)
+        self._guarded(protocol.CONTROL, self._control)
         self.sio.on("*", self._unknown)
 
     async def _reject(self, sid: str, event: str, rejected: Rejected) -> dict[str, Any]:
         self.rejections[rejected.code] += 1
+        client = self.clients.get(sid)
+        self.recent.append(
+            {
+                "t": self.clock.now(),
+                "code": rejected.code,
+                "message": rejected.message,
+                "event": event,
+                "client": client.name if client else sid,
+            }
+        )
         log.info("rejected %s from %s: %s", event, sid, rejected.message)
         payload = rejected.payload(event)
         await self.sio.emit(protocol.ERROR, payload, to=sid)
@@ -274,6 +304,51 @@ class Conductor:
         change = await self.apply(command, {"role": client.role, "name": client.name})
         return {"ok": True, "seq": change.seq, "t": change.t}
 
+    async def _control(self, client: Client, payload: Any) -> dict[str, Any]:
+        _check_size(payload)
+        data = ControlInput.model_validate(payload)
+        part = self.score.score.part(client.part or "")
+        control = next((c for c in part.controls if c.id == data.id), None) if part else None
+        if client.role != "performer" or control is None:
+            raise Rejected("forbidden", f"no control '{data.id}' in your part")
+        value = data.value
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(control, Fader) and not (number and control.min <= value <= control.max):  # type: ignore[operator]
+            raise Rejected("out_of_range", f"fader '{control.id}' takes {control.min:g} to {control.max:g}")
+        if isinstance(control, Toggle) and not isinstance(value, bool):
+            raise Rejected("bad_payload", f"toggle '{control.id}' takes true or false")
+        if isinstance(control, XY) and not (isinstance(value, tuple) and all(0 <= v <= 1 for v in value)):
+            raise Rejected("out_of_range", f"xy pad '{control.id}' takes [x, y] from 0 to 1")
+        self.controls[f"{client.part}/{control.id}"] = value
+        if control.param is not None:
+            by = {"role": client.role, "name": client.name, "part": client.part, "control": control.id}
+            if isinstance(value, tuple):
+                values = list(zip((f"{control.param}_x", f"{control.param}_y"), value, strict=True))
+            else:
+                values = [(control.param, float(value))]
+            for name, v in values:
+                await self.apply(SetParam(cmd="param", name=name, value=v), by)
+        return {"ok": True, "seq": self.transport.seq}
+
+    async def _feed_console(self) -> None:
+        """Every second, the conductors' consoles get the table of clients and the latest refusals."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.sio.emit(
+                    protocol.CLIENTS,
+                    {
+                        "clients": [asdict(c) for c in self.clients.values()],
+                        "rejections": dict(self.rejections),
+                        "recent": list(self.recent)[-10:],
+                        "controls": self.controls,
+                        "now": self.clock.now(),
+                    },
+                    room="role:conductor",
+                )
+            except Exception:
+                log.exception("console feed")
+
     async def apply(self, command: protocol.Command, by: dict[str, Any]) -> Change:
         """Plan, journal, apply and broadcast one command. Raises Rejected if it cannot be done."""
         now = self.clock.now()
@@ -292,8 +367,9 @@ class Conductor:
     # --- running ------------------------------------------------------------------------------
 
     async def start(self, hosts: list[str], port: int) -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(self.app, access_log=None)
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
+        self._feed = asyncio.create_task(self._feed_console())
         bound = port
         for host in hosts:
             site = web.TCPSite(runner, host, bound)
@@ -303,7 +379,13 @@ class Conductor:
                 bound = server.sockets[0].getsockname()[1] if server and server.sockets else 0
         return runner, bound
 
-    def close(self) -> None:
+    async def stop(self, runner: web.AppRunner) -> None:
+        """Say goodbye to every client, then stop serving and close the journal."""
+        self._feed.cancel()
+        # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
+        await asyncio.gather(*(self.sio.disconnect(sid) for sid in list(self.clients)))
+        await self.sio.shutdown()
+        await runner.cleanup()
         self.journal.close()
 
 

@@ -89,6 +89,13 @@ export class Conductor extends EventTarget {
     return this.state ? paramAt(this.state, name, t) : undefined;
   }
 
+  playing(t = this.now()) {
+    if (!this.state) return false;
+    let seg = this.state.segments[0];
+    for (const s of this.state.segments) if (s.t <= t) seg = s;
+    return seg.playing;
+  }
+
   section(t = this.now()) {
     const pos = this.position(t);
     const sections = this.score?.sections ?? [];
@@ -103,5 +110,9 @@ export class Conductor extends EventTarget {
 
   command(cmd, fields = {}) {
     return this.socket.timeout(5000).emitWithAck("command", { cmd, ...fields });
+  }
+
+  control(id, value) {
+    return this.socket.timeout(5000).emitWithAck("control", { id, value });
   }
 }

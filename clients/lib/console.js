@@ -1,0 +1,130 @@
+// The conductor's console: runs the transport and shows every client, its clock and the refusals.
+import { join } from "./join.js";
+import { formatTime, sectionAt } from "./score-view.js";
+
+const $ = (id) => document.getElementById(id);
+const ms = (s) => (s == null ? "–" : (s * 1000).toFixed(2));
+
+function parseTime(text) {
+  const m = text.trim().match(/^(?:(\d+):)?(\d+(?:\.\d+)?)$/);
+  return m ? Number(m[1] ?? 0) * 60 + Number(m[2]) : null;
+}
+
+function showError(message) {
+  const li = document.createElement("li");
+  li.textContent = `${new Date().toLocaleTimeString()} ${message}`;
+  $("errors").prepend(li);
+  while ($("errors").children.length > 12) $("errors").lastChild.remove();
+}
+
+async function main() {
+  const conductor = await join({ role: "conductor", name: "console" });
+  window.tutti = conductor;
+  const score = conductor.score;
+  $("title").textContent = score.title;
+  $("tempo").value = score.tempo.bpm;
+  const send = async (cmd, fields) => {
+    try {
+      const answer = await conductor.command(cmd, fields);
+      if (!answer.ok) showError(`${cmd}: ${answer.message}`);
+    } catch {
+      showError(`${cmd}: no answer from the conductor`);
+    }
+  };
+  document.querySelectorAll("[data-cmd]").forEach((b) => b.addEventListener("click", () => send(b.dataset.cmd)));
+  $("seek").addEventListener("change", () => {
+    const position = parseTime($("seek").value);
+    if (position == null) showError("seek: write a time as m:ss or seconds");
+    else send("seek", { position });
+  });
+  $("tempo").addEventListener("change", () => send("tempo", { bpm: Number($("tempo").value) }));
+  for (const s of score.sections) {
+    const b = document.createElement("button");
+    b.textContent = `${s.name ?? s.id} (${formatTime(s.start)})`;
+    b.addEventListener("click", () => send("section", { id: s.id }));
+    $("sections").append(b);
+  }
+  const sliders = {};
+  for (const p of score.parameters) {
+    const row = document.createElement("div");
+    row.className = "param";
+    row.innerHTML = `<label></label><input type="range"><span></span>`;
+    row.querySelector("label").textContent = p.label ?? p.id;
+    const input = Object.assign(row.querySelector("input"), { min: p.min, max: p.max, step: (p.max - p.min) / 100 });
+    input.addEventListener("change", () => send("param", { name: p.id, value: Number(input.value) }));
+    sliders[p.id] = { input, out: row.querySelector("span") };
+    $("params").append(row);
+  }
+  conductor.addEventListener("refused", ({ detail }) => showError(`${detail.event}: ${detail.message}`));
+  conductor.addEventListener("disconnected", () => $("banner").classList.add("show"));
+  conductor.addEventListener("welcome", () => $("banner").classList.remove("show"));
+
+  const history = {}; // site -> [[conductor time, median rtt]]
+  conductor.socket.on("clients", (feed) => {
+    const rows = feed.clients.map((c) => {
+      const tr = document.createElement("tr");
+      const seen = feed.now - c.last_seen;
+      for (const [text, cls] of [[c.name], [c.role], [c.part ?? ""], [c.site ?? ""], [ms(c.rtt), "num"],
+        [ms(c.offset), "num"], [ms(c.error), "num"], [`${seen.toFixed(0)} s`, seen > 10 ? "num stale" : "num"]]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        if (cls) td.className = cls;
+        tr.append(td);
+      }
+      return tr;
+    });
+    $("clients").replaceChildren(...rows);
+    const bySite = {};
+    for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);
+    for (const [site, rtts] of Object.entries(bySite)) {
+      rtts.sort((a, b) => a - b);
+      (history[site] ??= []).push([feed.now, rtts[Math.floor(rtts.length / 2)]]);
+      while (history[site][0][0] < feed.now - 120) history[site].shift();
+    }
+    drawPlots(feed.now);
+    $("counts").textContent = Object.entries(feed.rejections).map(([k, v]) => `${k}: ${v}`).join(" · ") || "none";
+  });
+
+  function drawPlots(now) {
+    const plots = $("plots");
+    for (const [site, points] of Object.entries(history)) {
+      let canvas = plots.querySelector(`[data-site="${CSS.escape(site)}"]`);
+      if (!canvas) {
+        canvas = Object.assign(document.createElement("canvas"), { width: 480, height: 60 });
+        canvas.dataset.site = site;
+        plots.append(canvas);
+      }
+      const g = canvas.getContext("2d");
+      const top = Math.max(0.002, ...points.map((p) => p[1])) * 1.2;
+      g.clearRect(0, 0, 480, 60);
+      g.strokeStyle = "#5fa8d3";
+      g.beginPath();
+      points.forEach(([t, rtt], i) => {
+        const x = 480 - ((now - t) / 120) * 480;
+        const y = 58 - (rtt / top) * 50;
+        if (i === 0) g.moveTo(x, y);
+        else g.lineTo(x, y);
+      });
+      g.stroke();
+      g.fillStyle = "#aeb7c2";
+      g.font = "12px system-ui";
+      g.fillText(`${site}: ${ms(points.at(-1)[1])} ms (scale ${ms(top)} ms)`, 6, 14);
+    }
+  }
+
+  function frame() {
+    const pos = conductor.position();
+    $("clock").textContent = formatTime(pos);
+    const { current, next, untilNext } = sectionAt(score, pos);
+    $("section").textContent = `${current?.name ?? current?.id ?? ""}${next ? ` — ${next.name ?? next.id} in ${Math.ceil(untilNext)} s` : ""}${conductor.playing() ? "" : " (paused)"}`;
+    for (const [name, { input, out }] of Object.entries(sliders)) {
+      const value = conductor.param(name);
+      if (document.activeElement !== input) input.value = value;
+      out.textContent = Number(value).toFixed(2);
+    }
+    requestAnimationFrame(frame);
+  }
+  requestAnimationFrame(frame);
+}
+
+main();

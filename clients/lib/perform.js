@@ -1,0 +1,119 @@
+// The performer view: one part, drawn every frame from the synced conductor clock.
+import { join, keepAwake, params } from "./join.js";
+import { drawPart, formatTime } from "./score-view.js";
+import { mountSketch } from "./sketch.js";
+
+const stage = document.getElementById("stage");
+const canvas = document.getElementById("score");
+const hud = document.getElementById("hud");
+const banner = document.getElementById("banner");
+
+async function pickPart() {
+  const score = await (await fetch("/api/score")).json();
+  const box = document.createElement("div");
+  box.className = "picker";
+  box.innerHTML = `<h1></h1><p>Choose your part</p>`;
+  box.querySelector("h1").textContent = score.title;
+  for (const part of score.parts) {
+    const a = document.createElement("a");
+    a.href = `?part=${encodeURIComponent(part.id)}`;
+    a.textContent = part.site ? `${part.name} — ${part.site}` : part.name;
+    a.style.borderLeft = `6px solid ${part.color}`;
+    box.append(a);
+  }
+  stage.replaceWith(box);
+}
+
+function makeControl(conductor, control) {
+  const el = document.createElement("div");
+  el.className = "control";
+  const label = document.createElement("div");
+  label.textContent = control.label ?? control.id;
+  const send = (value) => conductor.control(control.id, value).catch(() => {});
+  if (control.type === "fader") {
+    const input = Object.assign(document.createElement("input"), {
+      type: "range", min: control.min, max: control.max, step: (control.max - control.min) / 200, value: control.default,
+    });
+    input.addEventListener("input", () => send(Number(input.value)));
+    el.append(input);
+  } else if (control.type === "toggle") {
+    const button = document.createElement("button");
+    let on = control.default;
+    const show = () => { button.classList.toggle("on", on); button.textContent = on ? "on" : "off"; };
+    button.addEventListener("click", () => { on = !on; show(); send(on); });
+    show();
+    el.append(button);
+  } else if (control.type === "xy") {
+    const pad = Object.assign(document.createElement("canvas"), { className: "xy", width: 120, height: 120 });
+    let [x, y] = control.default;
+    const draw = () => {
+      const g = pad.getContext("2d");
+      g.clearRect(0, 0, 120, 120);
+      g.fillStyle = "#f2c14e";
+      g.beginPath();
+      g.arc(x * 120, (1 - y) * 120, 8, 0, 2 * Math.PI);
+      g.fill();
+    };
+    const move = (e) => {
+      const r = pad.getBoundingClientRect();
+      x = Math.min(1, Math.max(0, (e.clientX - r.left) / r.width));
+      y = Math.min(1, Math.max(0, 1 - (e.clientY - r.top) / r.height));
+      draw();
+      send([x, y]);
+    };
+    pad.addEventListener("pointerdown", (e) => { pad.setPointerCapture(e.pointerId); move(e); });
+    pad.addEventListener("pointermove", (e) => e.buttons && move(e));
+    draw();
+    el.append(pad);
+  }
+  el.append(label);
+  return el;
+}
+
+async function main() {
+  const partId = params().get("part");
+  if (!partId) return pickPart();
+  const conductor = await join({ role: "performer", part: partId, name: params().get("name") ?? undefined });
+  const score = conductor.score;
+  const part = score.parts.find((p) => p.id === partId);
+  document.title = `${part.name} — ${score.title}`;
+  const view = { frames: 0, position: 0, wall: 0, sketches: [] }; // a hook for tests
+  window.tutti = conductor;
+  window.tuttiView = view;
+  for (const layer of part.layers.filter((l) => l.type === "sketch")) {
+    view.sketches.push(await mountSketch(stage, layer, conductor, part));
+  }
+  if (part.controls.length) {
+    const panel = document.createElement("div");
+    panel.className = "controls";
+    for (const control of part.controls) panel.append(makeControl(conductor, control));
+    stage.append(panel);
+  }
+  conductor.addEventListener("disconnected", () => banner.classList.add("show"));
+  conductor.addEventListener("welcome", () => banner.classList.remove("show"));
+  keepAwake();
+
+  const ctx = canvas.getContext("2d");
+  function frame() {
+    const dpr = window.devicePixelRatio || 1;
+    const width = canvas.clientWidth;
+    const height = canvas.clientHeight;
+    if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
+      canvas.width = Math.round(width * dpr); // follows rotation and resizing
+      canvas.height = Math.round(height * dpr);
+    }
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    const pos = conductor.position();
+    drawPart(ctx, score, part, pos, width, height);
+    hud.innerHTML = `${formatTime(pos)}<small></small>`;
+    hud.querySelector("small").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
+    view.frames += 1;
+    view.position = pos;
+    view.wall = performance.timeOrigin + performance.now();
+    requestAnimationFrame(frame);
+  }
+  requestAnimationFrame(frame);
+}
+
+main();
