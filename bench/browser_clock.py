@@ -14,28 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 from playwright.async_api import async_playwright
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import CHROMIUM, CHROMIUM_ARGS, concert_file, report, start
+
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
 PAGE_SAMPLE = """() => {
   const c = window.tutti.clock;
   const wall = (performance.timeOrigin + performance.now()) / 1000;
@@ -54,47 +42,12 @@ PAGE_SAMPLE = """() => {
 }"""
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def start_conductor() -> tuple[asyncio.subprocess.Process, str]:
-    folder = Path("/tmp") / f"tutti-bench-{time.time_ns()}"
-    folder.mkdir()
-    (folder / "concert.yaml").write_text(
-        json.dumps(
-            {
-                "score": str(ROOT / "scores/demo.yaml"),
-                "port": 0,
-                "journal": str(folder / "journal.jsonl"),
-                "tokens": {"conductor": "b", "performer": "p"},
-            }
-        )
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "conductor",
-        "serve",
-        str(folder / "concert.yaml"),
-        "--play",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    while line := (await proc.stdout.readline()).decode():
-        if m := re.search(r"listening on (http://\S+)", line):
-            return proc, m[1]
-    raise RuntimeError("the conductor did not start")
-
-
 async def measure(counts: list[int], settle: float) -> dict[int, dict[str, list[float]]]:
-    conductor, url = await start_conductor()
+    conductor, url = await start("serve", str(concert_file(conductor="b", performer="p")), "--play")
     results = {}
     try:
         async with async_playwright() as p, aiohttp.ClientSession() as http:
-            browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for count in counts:
                 context = await browser.new_context(viewport={"width": 640, "height": 480})
                 pages = []
@@ -132,17 +85,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     results = asyncio.run(measure(args.pages, args.settle))
-    print("browser clock error against the conductor (|error| in ms, 5 samples per page)")
-    print(f"{'pages':>6}  {'rule':<10}{'median':>9}{'p99':>9}{'p99 vs tutti':>14}")
-    figures = {}
-    for count, rules in results.items():
-        base = percentile(rules["tutti"], 0.99)
-        for rule, errors in rules.items():
-            med, p99 = statistics.median(errors), percentile(errors, 0.99)
-            figures[f"{count}/{rule}"] = {"median_ms": med, "p99_ms": p99}
-            print(f"{count:>6}  {rule:<10}{med:9.3f}{p99:9.3f}{p99 / base if base else float('nan'):13.1f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+    report("browser clock error against the conductor (|error| in ms, 5 samples per page)", "pages", results, args.json)
 
 
 if __name__ == "__main__":

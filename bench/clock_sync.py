@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -27,13 +24,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import concert_file, report, start  # noqa: E402
 from conductor.client import TuttiClient  # noqa: E402
 from conductor.clock import Exchange  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def min_rtt_rule(exchanges: list[Exchange]) -> float:
@@ -47,23 +40,6 @@ def timesync_rule(exchanges: list[Exchange]) -> float:
     limit = statistics.median(rtts) + (statistics.pstdev(rtts) if len(rtts) > 1 else 0)
     kept = [e for e in last if e.rtt <= limit] or last
     return statistics.mean((e.up - e.down) / 2 for e in kept)
-
-
-async def start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "conductor",
-        *args,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    while line := (await proc.stdout.readline()).decode():
-        if m := re.search(r"(listening on http://\S+|emulating a link \S+)", line):
-            return proc, m[1].split()[-1]
-    raise RuntimeError(f"{args[0]} did not start")
 
 
 async def run_case(url: str, status_url: str, token: str, clients: int, seconds: float) -> dict[str, list[float]]:
@@ -96,17 +72,7 @@ async def run_case(url: str, status_url: str, token: str, clients: int, seconds:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    folder = Path("/tmp") / f"tutti-bench-{time.time_ns()}"
-    folder.mkdir()
-    concert = folder / "concert.yaml"
-    settings = {
-        "score": str(ROOT / "scores/demo.yaml"),
-        "port": 0,
-        "journal": str(folder / "journal.jsonl"),
-        "tokens": {"conductor": "b", "node": "n"},
-    }
-    concert.write_text(json.dumps(settings))
-    conductor, url = await start("serve", str(concert))
+    conductor, url = await start("serve", str(concert_file(conductor="b", node="n")))
     host_port = url.removeprefix("http://")
     results = {}
     try:
@@ -131,17 +97,12 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     results = asyncio.run(measure(args))
-    print(f"clock-sync error, {args.clients} clients, {args.seconds:g} s each case (|error| in ms)")
-    print(f"{'case':<16}{'rule':<12}{'median':>9}{'p99':>9}{'p99 vs tutti':>14}")
-    figures = {}
-    for case, rules in results.items():
-        base = percentile(rules["tutti"], 0.99)
-        for rule, errors in rules.items():
-            med, p99 = statistics.median(errors), percentile(errors, 0.99)
-            figures[f"{case}/{rule}"] = {"median_ms": med, "p99_ms": p99}
-            print(f"{case:<16}{rule:<12}{med:9.3f}{p99:9.3f}{p99 / base if base else float('nan'):13.1f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+    report(
+        f"clock-sync error, {args.clients} clients, {args.seconds:g} s each case (|error| in ms)",
+        "case",
+        results,
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from .score import Score
 from .transport import Transport
 
 log = logging.getLogger("tutti.client")
+FAST_UNTIL = 32  # exchanges
+FAST_INTERVAL = 0.5  # seconds
 
 
 class TuttiClient:
@@ -116,7 +118,8 @@ class TuttiClient:
 
     async def _sync_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.resync)
+            # Often until the estimate rests on enough exchanges, then every `resync` seconds.
+            await asyncio.sleep(FAST_INTERVAL if self.clock.samples < FAST_UNTIL else self.resync)
             if not self.sio.connected:
                 continue
             await self.sync_burst()

@@ -15,7 +15,7 @@ delay this is several times more accurate than minimum-round-trip or median rule
 estimator can remove is asymmetry between the legs' minimum delays.
 
 The offset applied to readings slews toward each new estimate at a bounded rate, so a score
-never jumps; only the first burst and large corrections (a changed network path) step.
+never jumps; only the first exchanges after joining and large corrections (a changed network path) step.
 
 The same algorithm runs in browsers: ``clients/lib/clocksync.js``. Keep the two in step.
 """
@@ -72,14 +72,14 @@ class OffsetEstimator:
         max_age: float = 60.0,
         max_slew: float = 0.002,
         step_threshold: float = 0.05,
-        settle: int = 8,
+        settle: int = 32,
         local: Callable[[], float] = time.time,
     ):
         self.window = window
         self.max_age = max_age
         self.max_slew = max_slew  # seconds of correction per second: 0.2 % is invisible in a score
         self.step_threshold = step_threshold
-        self.settle = settle  # the first exchanges (one burst) step: there is nothing to keep smooth yet
+        self.settle = settle  # the first exchanges (just after joining) step: there is nothing to keep smooth yet
         self.local = local
         self._exchanges: deque[Exchange] = deque(maxlen=window)
         self.estimate: float | None = None  # raw estimate from the window

@@ -18,23 +18,13 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from bench.harness import CHROMIUM, CHROMIUM_ARGS
 from conductor.client import TuttiClient
 from conductor.emulate import TcpDelayProxy
 from conductor.score import Score
 from conductor.transport import Transport
 from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
 SHOTS = ROOT / "test-output"
 SAMPLE = "() => [(performance.timeOrigin + performance.now()) / 1000, window.tutti.position()]"
 
@@ -42,7 +32,7 @@ SAMPLE = "() => [(performance.timeOrigin + performance.now()) / 1000, window.tut
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         await b.close()
 

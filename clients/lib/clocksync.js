@@ -4,7 +4,7 @@
 // t2 conductor send, t3 client receive): t1 - t0 = up + offset and t3 - t2 = down - offset, so
 // over a window  -min(t3 - t2) <= offset <= min(t1 - t0). The estimate is the middle of that
 // interval and half its width bounds the error. The applied offset slews toward the estimate at
-// a bounded rate so the score never jumps; the first burst and large corrections step.
+// a bounded rate so the score never jumps; the first exchanges after joining and large corrections step.
 // All times are seconds.
 
 export class OffsetEstimator {
@@ -13,7 +13,7 @@ export class OffsetEstimator {
     maxAge = 60,
     maxSlew = 0.002,
     stepThreshold = 0.05,
-    settle = 8,
+    settle = 32,
     local = () => (performance.timeOrigin + performance.now()) / 1000,
   } = {}) {
     Object.assign(this, { window, maxAge, maxSlew, stepThreshold, settle, local });

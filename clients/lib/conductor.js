@@ -4,6 +4,9 @@
 
 import { OffsetEstimator } from "./clocksync.js";
 
+const FAST_UNTIL = 32; // exchanges
+const FAST_INTERVAL = 0.5; // seconds
+
 export function positionAt(state, t, duration) {
   // The segment in effect at conductor time t: the last one starting at or before t.
   const segs = state.segments;
@@ -48,7 +51,16 @@ export class Conductor extends EventTarget {
       this.connected = false;
       this.emit("disconnected", reason);
     });
-    this.timer = setInterval(() => this.connected && this.syncBurst(), resync * 1000);
+    const loop = async () => {
+      if (this.connected) await this.syncBurst();
+      this.timer = setTimeout(loop, this.nextSync() * 1000);
+    };
+    this.timer = setTimeout(loop, 500);
+  }
+
+  // Sync often until the estimate rests on enough exchanges, then every `resync` seconds.
+  nextSync() {
+    return this.clock.samples < FAST_UNTIL ? FAST_INTERVAL : this.resync;
   }
 
   emit(type, detail) {

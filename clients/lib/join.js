@@ -40,7 +40,7 @@ export async function join(auth, { open = false } = {}) {
       return conductor;
     }
     conductor.socket.close();
-    clearInterval(conductor.timer);
+    clearTimeout(conductor.timer);
     localStorage.removeItem(key);
     if (outcome.code !== "bad_token") throw new Error(outcome.message);
     token = await askToken(auth.role, "That token was refused; try again");

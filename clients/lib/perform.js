@@ -106,7 +106,7 @@ async function main() {
     ctx.clearRect(0, 0, width, height);
     const pos = conductor.position();
     drawPart(ctx, score, part, pos, width, height);
-    hud.innerHTML = `${formatTime(pos)}<small></small>`;
+    hud.innerHTML = `${formatTime(pos)}${conductor.playing() ? "" : " ❚❚"}<small></small>`;
     hud.querySelector("small").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
     view.frames += 1;
     view.position = pos;

@@ -1,0 +1,84 @@
+"""What the benchmarks share: starting Tutti's processes, launching Chromium, printing figures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Debian's Chromium, headless, quiet on a closed network, and not throttled when in the background
+# (a concert laptop may run several views at once).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def concert_file(**tokens: str) -> Path:
+    """A concert of the demo score on a free port, in a fresh temporary folder."""
+    folder = Path("/tmp") / f"tutti-bench-{time.time_ns()}"
+    folder.mkdir()
+    path = folder / "concert.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "score": str(ROOT / "scores/demo.yaml"),
+                "port": 0,
+                "journal": str(folder / "journal.jsonl"),
+                "tokens": tokens,
+            }
+        )
+    )
+    return path
+
+
+async def start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    """Run ``tutti ARGS`` (serve or emulate); returns the process and the address it announced."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "conductor",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    while line := (await proc.stdout.readline()).decode():
+        if m := re.search(r"(listening on http://\S+|emulating a link \S+)", line):
+            return proc, m[1].split()[-1]
+    raise RuntimeError(f"tutti {args[0]} did not start")
+
+
+def report(title: str, label: str, results: dict[object, dict[str, list[float]]], json_path: str | None) -> None:
+    """Print median and p99 per case and rule, with each rule's p99 as a ratio to Tutti's."""
+    print(title)
+    print(f"{label:<16}{'rule':<12}{'median':>9}{'p99':>9}{'p99 vs tutti':>14}")
+    figures = {}
+    for case, rules in results.items():
+        base = percentile(rules["tutti"], 0.99)
+        for rule, errors in rules.items():
+            med, p99 = statistics.median(errors), percentile(errors, 0.99)
+            figures[f"{case}/{rule}"] = {"median_ms": med, "p99_ms": p99}
+            print(f"{case!s:<16}{rule:<12}{med:9.3f}{p99:9.3f}{p99 / base if base else float('nan'):13.1f}x")
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=2))
