@@ -91,6 +91,25 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
     return 0
 
 
+def synths_command(action: str) -> int:
+    from . import synths
+
+    try:
+        if action == "build":
+            names = synths.build()
+            print(f"built {len(names)} synths into {synths.SYNTHS_DIR}: {', '.join(names)}")
+            return 0
+        stale = synths.check()
+    except synths.BuildError as e:
+        print(e, file=sys.stderr)
+        return 1
+    for problem in stale:
+        print(problem, file=sys.stderr)
+    if not stale:
+        print("the compiled synths are up to date")
+    return 1 if stale else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tutti", description="Networked laptop-ensemble performance.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every join, change and rejection")
@@ -119,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jitter", type=float, default=0.0, help="extra uniform random delay up to this, seconds")
     p.add_argument("--seed", type=int, help="random seed, to repeat a run")
 
+    p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")
+    p.add_argument("action", choices=["build", "check"])
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(serve(args.concert, args.host, args.port, args.fresh, args.play))
         if args.command == "replay":
             return asyncio.run(replay(args.journal, args.url, args.token, args.speed))
+        if args.command == "synths":
+            return synths_command(args.action)
         if args.command == "emulate":
             from . import emulate
 
