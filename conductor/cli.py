@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -91,6 +92,26 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
     return 0
 
 
+async def run_node(args: argparse.Namespace) -> int:
+    from .node import NodeAgent, Scsynth
+
+    token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
+    scsynth = Scsynth(args.port, args.jack_server, f"scsynth-{args.name}", start_jack=not args.no_jack)
+    agent = NodeAgent(args.url, token, args.site, args.name, args.part, scsynth)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(agent.run())
+    await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    print(f"node {args.name}: stopping", flush=True)
+    task.cancel()
+    await agent.close()
+    if task.done() and not task.cancelled() and task.exception():
+        raise task.exception()  # type: ignore[misc]
+    return 0
+
+
 def synths_command(action: str) -> int:
     from . import synths
 
@@ -138,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jitter", type=float, default=0.0, help="extra uniform random delay up to this, seconds")
     p.add_argument("--seed", type=int, help="random seed, to repeat a run")
 
+    p = sub.add_parser("node", help="run a node agent: a supervised scsynth that plays the conductor's cues")
+    p.add_argument("--url", required=True, help="the conductor, e.g. http://127.0.0.1:8080")
+    p.add_argument("--token", default="", help="the node token (or set TUTTI_NODE_TOKEN)")
+    p.add_argument("--site", help="this node's site")
+    p.add_argument("--name", required=True, help="this node's name (cues may target node:NAME)")
+    p.add_argument("--part", action="append", default=[], help="a part whose cues this node plays (repeatable)")
+    p.add_argument("--port", type=int, default=57110, help="scsynth's UDP port")
+    p.add_argument("--jack-server", default="tutti-node", help="JACK server name")
+    p.add_argument("--no-jack", action="store_true", help="use a JACK server already running (a real sound card)")
+
     p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")
     p.add_argument("action", choices=["build", "check"])
 
@@ -152,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(serve(args.concert, args.host, args.port, args.fresh, args.play))
         if args.command == "replay":
             return asyncio.run(replay(args.journal, args.url, args.token, args.speed))
+        if args.command == "node":
+            return asyncio.run(run_node(args))
         if args.command == "synths":
             return synths_command(args.action)
         if args.command == "emulate":

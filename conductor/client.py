@@ -39,6 +39,7 @@ class TuttiClient:
         part: str | None = None,
         site: str | None = None,
         name: str | None = None,
+        parts: list[str] | None = None,
         burst: int = 8,
         spacing: float = 0.02,
         resync: float = 3.0,
@@ -47,7 +48,7 @@ class TuttiClient:
         self.url = url
         self.auth = {
             k: v
-            for k, v in {"role": role, "token": token, "part": part, "site": site, "name": name}.items()
+            for k, v in {"role": role, "token": token, "part": part, "site": site, "name": name, "parts": parts}.items()
             if v is not None
         }
         self.burst, self.spacing, self.resync = burst, spacing, resync

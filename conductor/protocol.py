@@ -15,9 +15,11 @@ SYNC = "sync"  # payload: t0 (number); ack: [t0, t1, t2]
 COMMAND = "command"  # payload: Command; ack: {"ok": true, "seq": N} or {"ok": false, "code", "message"}
 REPORT = "report"  # payload: Report; no ack
 CONTROL = "control"  # payload: ControlInput, from a performer; ack like COMMAND
+HEALTH = "health"  # payload: a node's health (scsynth, cues, clock), every second; no ack
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: {"you", "score", "state", "now"}
 STATE = "state"  # to everyone, after each accepted change: {"change", "state"}
+CUE = "cue"  # to the nodes a cue targets: {"id", "t", "to", "address", "args", "target"}
 CLIENTS = "clients"  # to conductors, every second: {"clients", "rejections", "recent", "now"}
 ERROR = "error"  # to one client: {"code", "message", "event"}
 
@@ -41,6 +43,7 @@ class Auth(Message):
     part: Name | None = None  # performers: the part they play
     site: Name | None = None
     name: Name | None = None  # how the console lists this client
+    parts: Annotated[list[Name], Field(max_length=32)] = []  # nodes: the parts whose cues they play
 
 
 class _Command(Message):
@@ -97,6 +100,15 @@ class ControlInput(Message):
 
     id: Name
     value: Num | bool | tuple[Num, Num]
+
+
+class Health(Message):
+    """A node agent's report: its scsynth, the cues it played, its clock."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # newer agents may report more
+    up: bool
+    late: Annotated[int, Field(ge=0)]
+    cues: Annotated[int, Field(ge=0)]
 
 
 class Rejected(Exception):

@@ -28,11 +28,13 @@ from aiohttp import web
 from . import journal, protocol
 from .clock import ConductorClock
 from .concert import Concert
-from .protocol import Auth, ControlInput, Rejected, Report, SetParam
+from .protocol import Auth, ControlInput, Health, Rejected, Report, SetParam
+from .scheduler import cues_between
 from .score import XY, Fader, Toggle
 from .transport import Change, Transport
 
 log = logging.getLogger("tutti.conductor")
+CUE_TICK = 0.01  # seconds between looks for cues entering the lookahead
 CLIENTS_DIR = Path(__file__).resolve().parent.parent / "clients"
 VENDOR = {
     "socket.io": CLIENTS_DIR / "node_modules" / "socket.io-client" / "dist",
@@ -52,6 +54,7 @@ class Client:
     rtt: float | None = None
     offset: float | None = None
     error: float | None = None
+    health: dict[str, Any] | None = None  # nodes: their last report
 
 
 class _Server(socketio.AsyncServer):
@@ -188,6 +191,7 @@ class Conductor:
         self._guarded(protocol.COMMAND, self._command)
         self._guarded(protocol.REPORT, self._report)
         self._guarded(protocol.CONTROL, self._control)
+        self._guarded(protocol.HEALTH, self._health)
         self.sio.on("*", self._unknown)
 
     async def _reject(self, sid: str, event: str, rejected: Rejected) -> dict[str, Any]:
@@ -267,6 +271,9 @@ class Conductor:
         client = Client(sid, joined.role, joined.name or f"{joined.role}-{sid[:4]}", joined.part, site, now, now)
         self.clients[sid] = client
         await self.sio.enter_room(sid, f"role:{client.role}")
+        if client.role == "node":  # the rooms cues are sent to: all nodes, a site, a part, one node
+            for room in [f"site:{site}", f"node:{client.name}", *(f"part:{p}" for p in joined.parts)]:
+                await self.sio.enter_room(sid, f"nodes:{room}")
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
         await self.sio.emit(
             protocol.WELCOME,
@@ -330,6 +337,27 @@ class Conductor:
                 await self.apply(SetParam(cmd="param", name=name, value=v), by)
         return {"ok": True, "seq": self.transport.seq}
 
+    async def _health(self, client: Client, payload: Any) -> None:
+        _check_size(payload)
+        if client.role != "node":
+            raise Rejected("forbidden", "only nodes report health")
+        client.health = Health.model_validate(payload).model_dump()
+
+    async def _send_cues(self) -> None:
+        """Send each score cue to its nodes once it falls within the lookahead."""
+        sent_until = self.clock.now()
+        while True:
+            await asyncio.sleep(CUE_TICK)
+            horizon = self.clock.now() + self.concert.settings.lookahead
+            try:
+                for timed in cues_between(self.score.score, self.transport, sent_until, horizon):
+                    target = timed.cue.target
+                    room = "role:node" if target == "all" else f"nodes:{target}"
+                    await self.sio.emit(protocol.CUE, timed.to_json(), room=room)
+            except Exception:
+                log.exception("sending cues")
+            sent_until = horizon
+
     async def _feed_console(self) -> None:
         """Every second, the conductors' consoles get the table of clients and the latest refusals."""
         while True:
@@ -370,6 +398,7 @@ class Conductor:
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         self._feed = asyncio.create_task(self._feed_console())
+        self._cues = asyncio.create_task(self._send_cues())
         bound = port
         for host in hosts:
             site = web.TCPSite(runner, host, bound)
@@ -382,6 +411,7 @@ class Conductor:
     async def stop(self, runner: web.AppRunner) -> None:
         """Say goodbye to every client, then stop serving and close the journal."""
         self._feed.cancel()
+        self._cues.cancel()
         # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
         await asyncio.gather(*(self.sio.disconnect(sid) for sid in list(self.clients)))
         await self.sio.shutdown()

@@ -1,0 +1,284 @@
+"""The node agent: one per performer machine or site, between the conductor and a local scsynth.
+
+It joins the conductor as role ``node``, keeps its clock in step like every client, supervises a
+scsynth (and, when no audio device is configured, a JACK server with the dummy driver), and turns
+each ``cue`` (a conductor time and an OSC message) into an OSC bundle timetagged in this machine's
+clock, which scsynth plays sample-accurately. It reports its health every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pythonosc.osc_bundle_builder import OscBundleBuilder
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from . import protocol
+from .client import TuttiClient
+from .synths import SYNTHS_DIR
+
+log = logging.getLogger("tutti.node")
+SCLANG_PORT = 57120
+
+
+def osc_message(address: str, args: list[Any]) -> OscMessageBuilder:
+    builder = OscMessageBuilder(address)
+    for arg in args:
+        builder.add_arg(arg)
+    return builder
+
+
+def osc_bundle(at: float, address: str, args: list[Any]) -> bytes:
+    """A bundle to run at ``at`` (epoch seconds on this machine's clock)."""
+    bundle = OscBundleBuilder(at)
+    bundle.add_content(osc_message(address, args).build())
+    return bundle.build().dgram
+
+
+class _Replies(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.waiting: dict[str, list[asyncio.Future[OscMessage]]] = {}
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            message = OscMessage(data)
+        except Exception:
+            return  # scsynth sends well-formed replies; anything else is not for us
+        for future in self.waiting.pop(message.address, []):
+            if not future.done():
+                future.set_result(message)
+
+    def error_received(self, exc: Exception) -> None:  # scsynth not listening (yet): ignore
+        pass
+
+
+@dataclass
+class Health:
+    up: bool = False
+    restarts: int = 0
+    late: int = 0  # bundles scsynth reported late (it says so only on its stdout)
+    ugens: int = 0
+    synths: int = 0
+    cpu_avg: float = 0.0
+    cpu_peak: float = 0.0
+    last_error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Scsynth:
+    """A supervised scsynth on UDP ``port``, on JACK server ``jack_server`` (started here if asked)."""
+
+    def __init__(
+        self,
+        port: int,
+        jack_server: str,
+        client_name: str,
+        *,
+        start_jack: bool = True,
+        synth_dir: Path = SYNTHS_DIR,
+        channels: int = 2,
+    ):
+        self.port = port
+        self.jack_server = jack_server
+        self.client_name = client_name
+        self.start_jack = start_jack
+        self.synth_dir = synth_dir
+        self.channels = channels
+        self.health = Health()
+        self.env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_DEFAULT_SERVER": jack_server}
+        self._jack: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._replies = _Replies()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: self._replies, local_addr=("127.0.0.1", 0))
+        if self.start_jack:
+            await self._start_jack()
+        await self._start_scsynth()
+        self._tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._poll_status())]
+
+    async def _start_jack(self) -> None:
+        self._jack = await asyncio.create_subprocess_exec(
+            "jackd",
+            "-n",
+            self.jack_server,
+            "-d",
+            "dummy",
+            "-r",
+            "48000",
+            "-p",
+            "128",
+            "-C",
+            str(self.channels),
+            "-P",
+            str(self.channels),
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # JACK servers must be up before anyone joins them
+            probe = await asyncio.create_subprocess_exec(
+                "jack_lsp",
+                "-s",
+                self.jack_server,
+                env=self.env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            if await probe.wait() == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"JACK server {self.jack_server} did not start")
+
+    async def _start_scsynth(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            "scsynth",
+            "-u",
+            str(self.port),
+            "-i",
+            str(self.channels),
+            "-o",
+            str(self.channels),
+            "-R",
+            "0",
+            "-l",
+            "8",
+            "-H",
+            f"{self.jack_server}:{self.client_name}",
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read_output(self._proc))
+        await self.ask("/status", [], "/status.reply", within=10)
+        await self.ask("/d_loadDir", [str(self.synth_dir)], "/done", within=10)
+        self.health.up = True
+        log.info("scsynth up on port %d with the synths of %s", self.port, self.synth_dir)
+
+    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            text = line.decode(errors="replace").strip()
+            if text.startswith("late "):
+                self.health.late += 1
+            elif "error" in text.lower() or "fail" in text.lower():
+                self.health.last_error = text[:200]
+
+    async def _supervise(self) -> None:
+        while True:
+            assert self._proc is not None
+            code = await self._proc.wait()
+            self.health.up = False
+            self.health.restarts += 1
+            self.health.last_error = f"scsynth exited ({code}); restarting"
+            log.warning("scsynth exited with %s; restarting", code)
+            while True:
+                try:
+                    await self._start_scsynth()
+                    break
+                except (TimeoutError, OSError) as e:
+                    self.health.last_error = f"restart failed: {e}"
+                    await asyncio.sleep(0.5)
+
+    async def _poll_status(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if not self.health.up:
+                continue
+            try:
+                reply = await self.ask("/status", [], "/status.reply", within=0.5, tries=1)
+            except TimeoutError:
+                continue
+            _, ugens, synths, _groups, _defs, avg, peak = reply.params[:7]
+            self.health.ugens, self.health.synths = ugens, synths
+            self.health.cpu_avg, self.health.cpu_peak = round(avg, 2), round(peak, 2)
+
+    def send(self, dgram: bytes, port: int | None = None) -> None:
+        assert self._transport is not None
+        self._transport.sendto(dgram, ("127.0.0.1", port or self.port))
+
+    async def ask(self, address: str, args: list[Any], reply: str, *, within: float, tries: int = 20) -> OscMessage:
+        """Send a command and wait for its reply, retrying while scsynth starts."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        for _ in range(tries):
+            future: asyncio.Future[OscMessage] = loop.create_future()
+            self._replies.waiting.setdefault(reply, []).append(future)
+            self.send(osc_message(address, args).build().dgram)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.01, min(0.5, deadline - loop.time()))):
+                    return await future
+            if loop.time() >= deadline:
+                break
+        raise TimeoutError(f"no {reply} from scsynth on port {self.port}")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for proc in (self._proc, self._jack):
+            if proc and proc.returncode is None:
+                proc.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    await asyncio.wait_for(proc.wait(), 10)
+        if self._transport:
+            self._transport.close()
+
+
+class NodeAgent:
+    def __init__(self, url: str, token: str, site: str | None, name: str, parts: list[str], scsynth: Scsynth):
+        self.scsynth = scsynth
+        self.client = TuttiClient(url, "node", token, site=site, name=name, parts=parts)
+        self.client.sio.on(protocol.CUE, self._cue)
+        self.cues_played = 0
+        self.cues_late = 0
+
+    async def _cue(self, data: dict[str, Any]) -> None:
+        local = self.client.clock.to_local(float(data["t"]))
+        if local < time.time():
+            self.cues_late += 1  # scsynth plays it at once and says "late"
+        port = SCLANG_PORT if data.get("to") == "sclang" else None
+        self.scsynth.send(osc_bundle(local, data["address"], list(data.get("args", []))), port)
+        self.cues_played += 1
+
+    async def run(self) -> None:
+        await self.scsynth.start()
+        await self.client.connect()
+        while True:
+            await asyncio.sleep(1.0)
+            if self.client.sio.connected:
+                h = self.scsynth.health
+                with contextlib.suppress(Exception):
+                    await self.client.sio.emit(
+                        protocol.HEALTH,
+                        {
+                            "up": h.up,
+                            "restarts": h.restarts,
+                            "late": h.late,
+                            "ugens": h.ugens,
+                            "synths": h.synths,
+                            "cpu_avg": h.cpu_avg,
+                            "cpu_peak": h.cpu_peak,
+                            "last_error": h.last_error,
+                            "cues": self.cues_played,
+                            "cues_late": self.cues_late,
+                            "offset": self.client.clock.offset,
+                            "samples": self.client.clock.samples,
+                            "error": min(self.client.clock.error, 60.0),
+                        },
+                    )
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.scsynth.close()
