@@ -232,6 +232,7 @@ async def test_audience_and_part_picker(browser: Browser, conductor: ConductorPr
     assert await page.evaluate("window.tutti.you.role") == "audience"
     picker = await browser.new_page()
     await picker.goto(f"{conductor.url}/perform")
+    await picker.wait_for_selector(".picker a")  # built once the score has been fetched
     links = await picker.eval_on_selector_all(".picker a", "as => as.map(a => a.getAttribute('href'))")
     assert links == ["?part=drones", "?part=pulses", "?part=sketch"]
     assert (await picker.goto(f"{conductor.url}/score-files/../concert.yaml")).status == 404
