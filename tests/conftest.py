@@ -11,11 +11,14 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, async_playwright
+
+from bench.harness import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = ROOT / "scores"
@@ -110,6 +113,15 @@ def conductor(concert: Path) -> Iterator[ConductorProcess]:
     proc = ConductorProcess(concert)
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, through Playwright."""
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
 
 
 @pytest.fixture(autouse=True)

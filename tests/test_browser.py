@@ -11,14 +11,12 @@ import asyncio
 import itertools
 import json
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
-from bench.harness import CHROMIUM, CHROMIUM_ARGS
 from conductor.client import TuttiClient
 from conductor.emulate import TcpDelayProxy
 from conductor.score import Score
@@ -27,14 +25,6 @@ from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
 
 SHOTS = ROOT / "test-output"
 SAMPLE = "() => [(performance.timeOrigin + performance.now()) / 1000, window.tutti.position()]"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
 
 
 @pytest.fixture

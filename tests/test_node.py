@@ -25,6 +25,7 @@ from typing import Any
 import jack
 import numpy as np
 import pytest
+from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
 from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
@@ -188,3 +189,12 @@ async def test_cues_sound_at_their_time_and_survive_a_scsynth_crash(node: dict[s
     finally:
         await boss.close()
         recorder.close()
+
+
+async def test_the_console_shows_each_node_and_its_scsynth(node: dict[str, Any], browser: Browser) -> None:
+    conductor: ConductorProcess = node["conductor"]
+    page = await browser.new_page()
+    await page.goto(f"{conductor.url}/console?token={TOKENS['conductor']}")
+    await page.wait_for_function("document.querySelector('#clients').innerText.includes('scsynth up')")
+    row = await page.inner_text("#clients")
+    assert "n1" in row and "node" in row and "here" in row

@@ -10,6 +10,15 @@ function parseTime(text) {
   return m ? Number(m[1] ?? 0) * 60 + Number(m[2]) : null;
 }
 
+// A node's scsynth at a glance: a crashed or late one must stand out.
+function soundOf(client) {
+  const h = client.health;
+  if (!h) return [client.role === "node" ? "no report yet" : ""];
+  if (!h.up) return [`scsynth DOWN (${h.restarts} restarts) ${h.last_error ?? ""}`, "stale"];
+  const text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues`;
+  return h.late || h.cues_late ? [`${text} · ${h.late + h.cues_late} late`, "stale"] : [text];
+}
+
 function showError(message) {
   const li = document.createElement("li");
   li.textContent = `${new Date().toLocaleTimeString()} ${message}`;
@@ -65,7 +74,8 @@ async function main() {
       const tr = document.createElement("tr");
       const seen = feed.now - c.last_seen;
       for (const [text, cls] of [[c.name], [c.role], [c.part ?? ""], [c.site ?? ""], [ms(c.rtt), "num"],
-        [ms(c.offset), "num"], [ms(c.error), "num"], [`${seen.toFixed(0)} s`, seen > 10 ? "num stale" : "num"]]) {
+        [ms(c.offset), "num"], [ms(c.error), "num"], [`${seen.toFixed(0)} s`, seen > 10 ? "num stale" : "num"],
+        soundOf(c)]) {
         const td = document.createElement("td");
         td.textContent = text;
         if (cls) td.className = cls;
