@@ -49,6 +49,9 @@ async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool
     shown = "localhost" if hosts[0] in ("::", "0.0.0.0") else hosts[0]
     base = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
     print(f"Tutti conductor: {concert.title}")
+    if conductor.osc:
+        tcp = f", TCP (SLIP) {conductor.osc.tcp_port}" if conductor.osc.tcp_port else ""
+        print(f"  OSC on UDP {conductor.osc.udp_port}{tcp}")
     print(f"  listening on {base} ({', '.join(hosts)})")
     print(f"  open {base}/ for the concert page; {base}/api/status for the state")
     print(f"  journal: {conductor.journal.path}", flush=True)

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from .osc import OscSettings
 from .score import LoadedScore, load_score
 from .yamlcheck import InvalidFile, YamlDocument
 
@@ -37,6 +38,7 @@ class ConcertFile(_Strict):
     journal: StrictStr = "journal.jsonl"
     tokens: Tokens
     cors_origins: list[StrictStr] = []  # other web origins allowed to connect ("*" for any)
+    osc: OscSettings | None = None  # OSC controllers: ports, allow-list, routes
 
 
 class Concert:
@@ -95,7 +97,15 @@ def load_concert(path: Path | str) -> Concert:
         problems.append(doc.problem(("score",), f"no score file at {score_path}"))
     if problems:
         raise InvalidFile(problems)
-    return Concert(path, settings, tokens, load_score(score_path))
+    score = load_score(score_path)
+    for i, route in enumerate(settings.osc.routes if settings.osc else []):
+        if score.score.parameter(route.param) is None:
+            problems.append(doc.problem(("osc", "routes", i, "param"), f"no parameter '{route.param}' in the score"))
+        if route.range[0] == route.range[1]:
+            problems.append(doc.problem(("osc", "routes", i, "range"), "the two ends of a range must differ"))
+    if problems:
+        raise InvalidFile(problems)
+    return Concert(path, settings, tokens, score)
 
 
 def is_concert(path: Path | str) -> bool:

@@ -28,6 +28,7 @@ from aiohttp import web
 from . import journal, protocol
 from .clock import ConductorClock
 from .concert import Concert
+from .osc import OscIngress
 from .protocol import Auth, ControlInput, Health, Rejected, Report, SetParam
 from .scheduler import cues_between
 from .score import XY, Fader, Toggle
@@ -105,6 +106,10 @@ class Conductor:
         self._routes()
         self._events()
         self.journal = self._open_journal(fresh)
+        self.osc: OscIngress | None = None
+        if concert.settings.osc is not None:
+            ranges = {p.id: (p.min, p.max) for p in self.score.score.parameters}
+            self.osc = OscIngress(concert.settings.osc, ranges, self.apply, self._count)
 
     # --- journal ------------------------------------------------------------------------------
 
@@ -193,6 +198,12 @@ class Conductor:
         self._guarded(protocol.CONTROL, self._control)
         self._guarded(protocol.HEALTH, self._health)
         self.sio.on("*", self._unknown)
+
+    def _count(self, code: str, message: str) -> None:
+        """A refusal with no client to answer (OSC): counted and shown on the console."""
+        self.rejections[code] += 1
+        self.recent.append({"t": self.clock.now(), "code": code, "message": message, "event": "osc", "client": ""})
+        log.info("rejected: %s", message)
 
     async def _reject(self, sid: str, event: str, rejected: Rejected) -> dict[str, Any]:
         self.rejections[rejected.code] += 1
@@ -389,6 +400,8 @@ class Conductor:
         change = self.transport.plan(command, t)
         self.journal.append(journal.Record(change, now, by))
         self.transport.apply(change)
+        if self.osc and change.param is not None and change.value is not None:
+            self.osc.echo(change.param, change.value)
         await self.sio.emit(protocol.STATE, {"change": change.to_json(), "state": self.transport.snapshot(now)})
         return change
 
@@ -399,6 +412,8 @@ class Conductor:
         await runner.setup()
         self._feed = asyncio.create_task(self._feed_console())
         self._cues = asyncio.create_task(self._send_cues())
+        if self.osc:
+            await self.osc.start(hosts[0])
         bound = port
         for host in hosts:
             site = web.TCPSite(runner, host, bound)
@@ -412,6 +427,8 @@ class Conductor:
         """Say goodbye to every client, then stop serving and close the journal."""
         self._feed.cancel()
         self._cues.cancel()
+        if self.osc:
+            self.osc.close()
         # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
         await asyncio.gather(*(self.sio.disconnect(sid) for sid in list(self.clients)))
         await self.sio.shutdown()

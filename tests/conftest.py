@@ -66,6 +66,8 @@ class ConductorProcess:
             if not line:
                 break
             lines.append(line)
+            if m := re.search(r"OSC on UDP (\d+)(?:, TCP \(SLIP\) (\d+))?", line):
+                self.osc_udp, self.osc_tcp = int(m[1]), int(m[2] or 0)
             if m := re.search(r"listening on (http://\S+)", line):
                 self.url = m[1]
                 self.log_lines = lines
