@@ -21,7 +21,7 @@ import aiohttp
 from playwright.async_api import async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import CHROMIUM, CHROMIUM_ARGS, concert_file, report, start
+from bench.harness import CHROMIUM, CHROMIUM_ARGS, concert_file, report, running
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_SAMPLE = """() => {
@@ -43,38 +43,32 @@ PAGE_SAMPLE = """() => {
 
 
 async def measure(counts: list[int], settle: float) -> dict[int, dict[str, list[float]]]:
-    conductor, url = await start("serve", str(concert_file(conductor="b", performer="p")), "--play")
     results = {}
-    try:
-        async with async_playwright() as p, aiohttp.ClientSession() as http:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            for count in counts:
-                context = await browser.new_context(viewport={"width": 640, "height": 480})
-                pages = []
-                for i in range(count):
-                    page = await context.new_page()
-                    await page.goto(f"{url}/perform?part={('drones', 'pulses')[i % 2]}&token=p&name=bench-{i}")
-                    pages.append(page)
+    concert = str(concert_file(conductor="b", performer="p"))
+    async with running("serve", concert, "--play") as url, async_playwright() as p, aiohttp.ClientSession() as http:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for count in counts:
+            context = await browser.new_context(viewport={"width": 640, "height": 480})
+            pages = []
+            for i in range(count):
+                page = await context.new_page()
+                await page.goto(f"{url}/perform?part={('drones', 'pulses')[i % 2]}&token=p&name=bench-{i}")
+                pages.append(page)
+            for page in pages:
+                await page.wait_for_function("() => window.tutti && window.tutti.clock.samples >= 8", timeout=60_000)
+            await asyncio.sleep(settle)
+            errors: dict[str, list[float]] = {"tutti": [], "min_rtt": [], "timesync": []}
+            for _ in range(5):
+                async with http.get(url + "/api/status") as r:
+                    truth = (await r.json())["clock_minus_wall"]
                 for page in pages:
-                    await page.wait_for_function(
-                        "() => window.tutti && window.tutti.clock.samples >= 8", timeout=60_000
-                    )
-                await asyncio.sleep(settle)
-                errors: dict[str, list[float]] = {"tutti": [], "min_rtt": [], "timesync": []}
-                for _ in range(5):
-                    async with http.get(url + "/api/status") as r:
-                        truth = (await r.json())["clock_minus_wall"]
-                    for page in pages:
-                        sample = await page.evaluate(PAGE_SAMPLE)
-                        for rule in errors:
-                            errors[rule].append(abs(sample[rule] - truth) * 1000)
-                    await asyncio.sleep(1)
-                results[count] = errors
-                await context.close()
-            await browser.close()
-    finally:
-        conductor.terminate()
-        await conductor.wait()
+                    sample = await page.evaluate(PAGE_SAMPLE)
+                    for rule in errors:
+                        errors[rule].append(abs(sample[rule] - truth) * 1000)
+                await asyncio.sleep(1)
+            results[count] = errors
+            await context.close()
+        await browser.close()
     return results
 
 

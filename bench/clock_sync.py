@@ -24,7 +24,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, report, start  # noqa: E402
+from bench.harness import concert_file, report, running  # noqa: E402
 from conductor.client import TuttiClient  # noqa: E402
 from conductor.clock import Exchange  # noqa: E402
 
@@ -72,21 +72,13 @@ async def run_case(url: str, status_url: str, token: str, clients: int, seconds:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    conductor, url = await start("serve", str(concert_file(conductor="b", node="n")))
-    host_port = url.removeprefix("http://")
     results = {}
-    try:
+    async with running("serve", str(concert_file(conductor="b", node="n"))) as url:
         results["loopback"] = await run_case(url, url + "/api/status", "n", args.clients, args.seconds)
-        link, link_addr = await start("emulate", "--to", host_port, "--jitter", "0.020", "--seed", "1")
-        try:
+        host_port = url.removeprefix("http://")
+        async with running("emulate", "--to", host_port, "--jitter", "0.020", "--seed", "1") as link_addr:
             link_url = "http://127.0.0.1:" + link_addr.rsplit(":", 1)[1]
             results["jitter 0-20 ms"] = await run_case(link_url, url + "/api/status", "n", args.clients, args.seconds)
-        finally:
-            link.kill()
-            await link.wait()
-    finally:
-        conductor.terminate()
-        await conductor.wait()
     return results
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +53,9 @@ def concert_file(**tokens: str) -> Path:
     return path
 
 
-async def start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
-    """Run ``tutti ARGS`` (serve or emulate); returns the process and the address it announced."""
+@contextlib.asynccontextmanager
+async def running(*args: str) -> AsyncIterator[str]:
+    """Run ``tutti ARGS`` (serve or emulate) for the block; yields the address it announced."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -63,10 +66,19 @@ async def start(*args: str) -> tuple[asyncio.subprocess.Process, str]:
         stderr=asyncio.subprocess.STDOUT,
     )
     assert proc.stdout is not None
-    while line := (await proc.stdout.readline()).decode():
-        if m := re.search(r"(listening on http://\S+|emulating a link \S+)", line):
-            return proc, m[1].split()[-1]
-    raise RuntimeError(f"tutti {args[0]} did not start")
+    try:
+        while line := (await proc.stdout.readline()).decode():
+            if m := re.search(r"(listening on http://\S+|emulating a link \S+)", line):
+                break
+        else:
+            raise RuntimeError(f"tutti {args[0]} did not start")
+        drain = asyncio.create_task(proc.stdout.read())  # keep reading, or a full pipe would stall it
+        yield m[1].split()[-1]
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+    await drain
 
 
 def report(title: str, label: str, results: dict[object, dict[str, list[float]]], json_path: str | None) -> None:

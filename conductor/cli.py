@@ -38,6 +38,15 @@ def check(paths: list[str]) -> int:
     return 1 if failed else 0
 
 
+def stop_signal() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool, play: bool) -> int:
     from .protocol import Play
     from .server import Conductor
@@ -57,11 +66,7 @@ async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool
     print(f"  journal: {conductor.journal.path}", flush=True)
     if play and conductor.transport.seq == 0:  # a resumed performance is left as it was
         await conductor.apply(Play(cmd="play"), {"role": "conductor", "name": "tutti serve --play"})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_signal().wait()
     await conductor.stop(runner)
     return 0
 
@@ -101,10 +106,7 @@ async def run_node(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
     scsynth = Scsynth(args.port, args.jack_server, f"scsynth-{args.name}", start_jack=not args.no_jack)
     agent = NodeAgent(args.url, token, args.site, args.name, args.part, scsynth)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_signal()
     task = asyncio.create_task(agent.run())
     await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     print(f"node {args.name}: stopping", flush=True)

@@ -40,7 +40,7 @@ def cues_between(score: Score, transport: Transport, start: float, end: float) -
         a, b = max(start, seg_start), min(end, seg_end)
         if a >= b or not seg.playing or seg.rate <= 0:
             continue
-        lo, hi = transport.position(a), seg.position(b)
+        lo, hi = seg.position(a), seg.position(b)
         for index, cue in enumerate(score.cues):
             if lo <= cue.at < hi and cue.at <= score.duration:
                 out.append(TimedCue(index, seg.t + (cue.at - seg.pos) / seg.rate, cue))

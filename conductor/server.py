@@ -199,25 +199,15 @@ class Conductor:
         self._guarded(protocol.HEALTH, self._health)
         self.sio.on("*", self._unknown)
 
-    def _count(self, code: str, message: str) -> None:
-        """A refusal with no client to answer (OSC): counted and shown on the console."""
+    def _count(self, code: str, message: str, event: str = "osc", client: str = "") -> None:
+        """Count a refusal and keep it for the console (OSC refusals have no client to answer)."""
         self.rejections[code] += 1
-        self.recent.append({"t": self.clock.now(), "code": code, "message": message, "event": "osc", "client": ""})
-        log.info("rejected: %s", message)
+        self.recent.append({"t": self.clock.now(), "code": code, "message": message, "event": event, "client": client})
+        log.info("rejected %s from %s: %s", event, client or "?", message)
 
     async def _reject(self, sid: str, event: str, rejected: Rejected) -> dict[str, Any]:
-        self.rejections[rejected.code] += 1
         client = self.clients.get(sid)
-        self.recent.append(
-            {
-                "t": self.clock.now(),
-                "code": rejected.code,
-                "message": rejected.message,
-                "event": event,
-                "client": client.name if client else sid,
-            }
-        )
-        log.info("rejected %s from %s: %s", event, sid, rejected.message)
+        self._count(rejected.code, rejected.message, event, client.name if client else sid)
         payload = rejected.payload(event)
         await self.sio.emit(protocol.ERROR, payload, to=sid)
         return {"ok": False, **payload}
@@ -283,7 +273,8 @@ class Conductor:
         self.clients[sid] = client
         await self.sio.enter_room(sid, f"role:{client.role}")
         if client.role == "node":  # the rooms cues are sent to: all nodes, a site, a part, one node
-            for room in [f"site:{site}", f"node:{client.name}", *(f"part:{p}" for p in joined.parts)]:
+            rooms = [f"node:{client.name}", *(f"part:{p}" for p in joined.parts)] + ([f"site:{site}"] if site else [])
+            for room in rooms:
                 await self.sio.enter_room(sid, f"nodes:{room}")
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
         await self.sio.emit(

@@ -198,22 +198,26 @@ def test_the_server_refuses_an_invalid_score(tmp_path: Path) -> None:
 
 def test_osc_routes_must_name_score_parameters(tmp_path: Path) -> None:
     path = tmp_path / "concert.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        score: {SCORES / 'demo.yaml'}
+    path.write_text(
+        textwrap.dedent(f"""\
+        score: {SCORES / "demo.yaml"}
         tokens: {{conductor: x}}
         osc:
           routes:
             - {{address: /1/fader1, param: densty}}
             - {{address: /1/fader2, param: density, range: [1, 1]}}
             - {{address: fader3, param: density}}
-        """))
+        """)
+    )
     with pytest.raises(InvalidFile) as caught:
         load_concert(path)
     assert [str(p) for p in caught.value.problems] == [
-        f"{path}:7: osc.routes[2].address: String should match pattern '^/\\S+$' (got 'fader3')"]
+        f"{path}:7: osc.routes[2].address: String should match pattern '^/\\S+$' (got 'fader3')"
+    ]
     path.write_text(path.read_text().replace("    - {address: fader3, param: density}\n", ""))
     with pytest.raises(InvalidFile) as caught:
         load_concert(path)
     assert [str(p) for p in caught.value.problems] == [
         f"{path}:5: osc.routes[0].param: no parameter 'densty' in the score",
-        f"{path}:6: osc.routes[1].range: the two ends of a range must differ"]
+        f"{path}:6: osc.routes[1].range: the two ends of a range must differ",
+    ]

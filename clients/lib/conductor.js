@@ -7,11 +7,15 @@ import { OffsetEstimator } from "./clocksync.js";
 const FAST_UNTIL = 32; // exchanges
 const FAST_INTERVAL = 0.5; // seconds
 
+// The segment in effect at conductor time t: the last one starting at or before t.
+function segmentAt(state, t) {
+  let seg = state.segments[0];
+  for (const s of state.segments) if (s.t <= t) seg = s;
+  return seg;
+}
+
 export function positionAt(state, t, duration) {
-  // The segment in effect at conductor time t: the last one starting at or before t.
-  const segs = state.segments;
-  let seg = segs[0];
-  for (const s of segs) if (s.t <= t) seg = s;
+  const seg = segmentAt(state, t);
   const pos = seg.playing ? seg.pos + (t - seg.t) * seg.rate : seg.pos;
   return Math.min(Math.max(pos, 0), duration);
 }
@@ -102,10 +106,7 @@ export class Conductor extends EventTarget {
   }
 
   playing(t = this.now()) {
-    if (!this.state) return false;
-    let seg = this.state.segments[0];
-    for (const s of this.state.segments) if (s.t <= t) seg = s;
-    return seg.playing;
+    return this.state ? segmentAt(this.state, t).playing : false;
   }
 
   section(t = this.now()) {
