@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
 
 # Events a client may send.
 SYNC = "sync"  # payload: t0 (number); ack: [t0, t1, t2]
@@ -106,9 +106,9 @@ class Health(Message):
     """A node agent's report: its scsynth, the cues it played, its clock."""
 
     model_config = ConfigDict(extra="allow", frozen=True)  # newer agents may report more
-    up: bool
-    late: Annotated[int, Field(ge=0)]
-    cues: Annotated[int, Field(ge=0)]
+    up: StrictBool
+    late: Annotated[StrictInt, Field(ge=0)]
+    cues: Annotated[StrictInt, Field(ge=0)]
 
 
 class Rejected(Exception):

@@ -29,8 +29,46 @@ BAD_EVENTS: list[tuple[str, Any, str]] = [
     ("sync", {"t0": 1}, "bad_payload"),
     ("report", {"rtt": -1, "offset": 0, "error": 0}, "bad_payload"),
     ("report", {"rtt": 0.1}, "bad_payload"),
+    ("control", {"id": "level"}, "bad_payload"),
+    ("control", {"id": "level", "value": "loud"}, "bad_payload"),
+    ("control", {"id": "level", "value": 0.5}, "forbidden"),  # a conductor plays no part
+    ("health", {"up": True, "late": 0, "cues": 0}, "forbidden"),  # only nodes report health
     ("no_such_event", {"a": 1}, "unknown_event"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("part", "payload", "code"),
+    [
+        ("drones", {"id": "level", "value": 1.5}, "out_of_range"),
+        ("drones", {"id": "level", "value": True}, "out_of_range"),
+        ("pulses", {"id": "accent", "value": 1}, "bad_payload"),
+        ("sketch", {"id": "swell", "value": [0.5, 2]}, "out_of_range"),
+        ("sketch", {"id": "swell", "value": [0.5]}, "bad_payload"),
+        ("drones", {"id": "accent", "value": True}, "forbidden"),  # another part's control
+    ],
+)
+async def test_bad_control_input_is_refused(
+    conductor: ConductorProcess, part: str, payload: dict[str, Any], code: str
+) -> None:
+    player = TuttiClient(conductor.url, "performer", TOKENS["performer"], part=part)
+    await player.connect()
+    answer = await player.sio.call("control", payload, timeout=5)
+    await player.close()
+    assert answer["ok"] is False and answer["code"] == code, answer
+    assert conductor.status()["state"]["seq"] == 0
+
+
+async def test_bad_health_reports_are_refused(conductor: ConductorProcess) -> None:
+    node = TuttiClient(conductor.url, "node", TOKENS["node"], name="n1")
+    await node.connect()
+    for garbage in ({"up": "yes", "late": 0, "cues": 0}, {"up": True, "late": -1, "cues": 0}, {"up": True}):
+        answer = await node.sio.call("health", garbage, timeout=5)
+        assert answer["code"] == "bad_payload", answer
+    await node.sio.emit("health", {"up": True, "late": 2, "cues": 7, "cpu_avg": 3.5})
+    await asyncio.sleep(0.3)
+    await node.close()
+    assert conductor.status()["rejections"] == {"bad_payload": 3}
 
 
 async def test_every_bad_event_gets_an_error_and_is_counted(conductor: ConductorProcess) -> None:
