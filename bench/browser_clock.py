@@ -44,7 +44,7 @@ PAGE_SAMPLE = """() => {
 
 async def measure(counts: list[int], settle: float) -> dict[int, dict[str, list[float]]]:
     results = {}
-    concert = str(concert_file(conductor="b", performer="p"))
+    concert = str(concert_file({"conductor": "b", "performer": "p"}))
     async with running("serve", concert, "--play") as url, async_playwright() as p, aiohttp.ClientSession() as http:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for count in counts:

@@ -73,7 +73,7 @@ async def run_case(url: str, status_url: str, token: str, clients: int, seconds:
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     results = {}
-    async with running("serve", str(concert_file(conductor="b", node="n"))) as url:
+    async with running("serve", str(concert_file({"conductor": "b", "node": "n"}))) as url:
         results["loopback"] = await run_case(url, url + "/api/status", "n", args.clients, args.seconds)
         host_port = url.removeprefix("http://")
         async with running("emulate", "--to", host_port, "--jitter", "0.020", "--seed", "1") as link_addr:

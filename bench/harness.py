@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,21 +39,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def concert_file(**tokens: str) -> Path:
-    """A concert of the demo score on a free port, in a fresh temporary folder."""
+def concert_file(tokens: dict[str, str], score: str | None = None, **settings: Any) -> Path:
+    """A concert on a free port in a fresh temporary folder: of ``score`` (YAML text), or the demo."""
     folder = Path("/tmp") / f"tutti-bench-{time.time_ns()}"
     folder.mkdir()
+    if score is not None:
+        (folder / "score.yaml").write_text(score)
     path = folder / "concert.yaml"
-    path.write_text(
-        json.dumps(
-            {
-                "score": str(ROOT / "scores/demo.yaml"),
-                "port": 0,
-                "journal": str(folder / "journal.jsonl"),
-                "tokens": tokens,
-            }
-        )
-    )
+    concert = {
+        "score": str(folder / "score.yaml" if score is not None else ROOT / "scores/demo.yaml"),
+        "port": 0,
+        "journal": str(folder / "journal.jsonl"),
+        "tokens": tokens,
+        **settings,
+    }
+    path.write_text(json.dumps(concert))
     return path
 
 
@@ -79,6 +83,50 @@ async def running(*args: str) -> AsyncIterator[str]:
             proc.terminate()
         await proc.wait()
     await drain
+
+
+@contextlib.asynccontextmanager
+async def jack_server(name: str) -> AsyncIterator[str]:
+    """A JACK server with the dummy driver (48 kHz, 128-frame periods) for the block."""
+    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
+    jackd = await asyncio.create_subprocess_exec(
+        "jackd", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128", "-C", "2", "-P", "2",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            probe = await asyncio.create_subprocess_exec("jack_lsp", "-s", name, env=env, stdout=-3, stderr=-3)
+            if await probe.wait() == 0:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError("jackd did not start")
+        yield name
+    finally:
+        jackd.terminate()
+        await jackd.wait()
+
+
+async def node_agent(url: str, token: str, name: str, port: int, jack: str) -> asyncio.subprocess.Process:
+    """``tutti node`` on an existing JACK server; stop it with ``terminate()``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "conductor", "node", "--url", url, "--name", name, "--token", token,
+        "--port", str(port), "--jack-server", jack, "--no-jack",
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def nodes_up(url: str, count: int) -> None:
+    """Wait until ``count`` nodes report scsynth up and a settled clock."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            async with http.get(f"{url}/api/status") as r:
+                clients = (await r.json())["clients"]
+            up = [c for c in clients if c["role"] == "node" and (c["health"] or {}).get("samples", 0) >= 32]
+            if len(up) >= count and all(c["health"]["up"] for c in up):
+                return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"only {len(up)} of {count} nodes came up")
 
 
 def report(title: str, label: str, results: dict[object, dict[str, list[float]]], json_path: str | None) -> None:

@@ -105,7 +105,7 @@ async def run_node(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
     scsynth = Scsynth(args.port, args.jack_server, f"scsynth-{args.name}", start_jack=not args.no_jack)
-    agent = NodeAgent(args.url, token, args.site, args.name, args.part, scsynth)
+    agent = NodeAgent(args.url, token, args.site, args.name, args.part, scsynth, sclang_port=args.sclang_port)
     stop = stop_signal()
     task = asyncio.create_task(agent.run())
     await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="this node's name (cues may target node:NAME)")
     p.add_argument("--part", action="append", default=[], help="a part whose cues this node plays (repeatable)")
     p.add_argument("--port", type=int, default=57110, help="scsynth's UDP port")
+    p.add_argument("--sclang-port", type=int, default=57120, help="where cues for the language go (sclang's port)")
     p.add_argument("--jack-server", default="tutti-node", help="JACK server name")
     p.add_argument("--no-jack", action="store_true", help="use a JACK server already running (a real sound card)")
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -55,6 +56,8 @@ class TuttiClient:
         self.clock = estimator or OffsetEstimator()
         self.transport: Transport | None = None
         self.you: dict[str, Any] = {}
+        self.groups: dict[str, int] = {}  # nodes: the scsynth group of each part they sound
+        self.on_welcome: Callable[[], Awaitable[None]] | None = None  # after each (re)join
         self.errors: list[dict[str, Any]] = []
         self.sync_timeouts = 0  # exchanges that got no answer in time
         self.changes: list[dict[str, Any]] = []  # every state change received, with local receipt time
@@ -83,8 +86,11 @@ class TuttiClient:
 
     async def _welcome(self, data: dict[str, Any]) -> None:
         self.you = data["you"]
+        self.groups = data.get("groups", {})
         self.transport = Transport(Score.model_validate(data["score"]))
         self.transport.restore(data["state"])
+        if self.on_welcome:
+            await self.on_welcome()
         if self._joined and not self._joined.done():
             self._joined.set_result(None)
 

@@ -27,6 +27,7 @@ from .synths import SYNTHS_DIR
 
 log = logging.getLogger("tutti.node")
 SCLANG_PORT = 57120
+DEFAULT_GROUP = 1  # as sclang's Server makes it: where cues with target 1 put their synths
 
 
 def osc_message(address: str, args: list[Any]) -> OscMessageBuilder:
@@ -99,6 +100,10 @@ class Scsynth:
         self._replies = _Replies()
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # What the performance needs from any scsynth, sent again to a restarted one:
+        self.groups: list[int] = []  # a group per part, inside the default group
+        self.controls: dict[tuple[int, str], list[Any]] = {}  # the latest /n_set of each group's control
+        self._made: set[int] = set()  # groups created on the running scsynth
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -164,8 +169,21 @@ class Scsynth:
         self._reader = asyncio.create_task(self._read_output(self._proc))
         await self.ask("/status", [], "/status.reply", within=10)
         await self.ask("/d_loadDir", [str(self.synth_dir)], "/done", within=10)
+        self._made = set()
+        self.make_groups(self.groups)
+        for args in self.controls.values():
+            self.send(osc_message("/n_set", args).build().dgram)
+        await self.ask("/sync", [1], "/synced", within=5)
         self.health.up = True
         log.info("scsynth up on port %d with the synths of %s", self.port, self.synth_dir)
+
+    def make_groups(self, groups: list[int]) -> None:
+        """Create the default group and these part groups on this scsynth, once each."""
+        self.groups = sorted(set(self.groups) | set(groups))
+        for group, action, target in [(DEFAULT_GROUP, 0, 0), *((g, 1, DEFAULT_GROUP) for g in self.groups)]:
+            if group not in self._made:
+                self.send(osc_message("/g_new", [group, action, target]).build().dgram)
+                self._made.add(group)
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -237,19 +255,48 @@ class Scsynth:
 
 
 class NodeAgent:
-    def __init__(self, url: str, token: str, site: str | None, name: str, parts: list[str], scsynth: Scsynth):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        site: str | None,
+        name: str,
+        parts: list[str],
+        scsynth: Scsynth,
+        *,
+        sclang_port: int = SCLANG_PORT,
+    ):
         self.scsynth = scsynth
+        self.sclang_port = sclang_port
         self.client = TuttiClient(url, "node", token, site=site, name=name, parts=parts)
         self.client.sio.on(protocol.CUE, self._cue)
+        self.client.on_welcome = self._welcome
         self.cues_played = 0
         self.cues_late = 0
 
+    async def _welcome(self) -> None:
+        self.scsynth.make_groups(list(self.client.groups.values()))
+
     async def _cue(self, data: dict[str, Any]) -> None:
+        address, args = data["address"], list(data.get("args", []))
+        port = self.sclang_port if data.get("to") == "sclang" else None
+        if port is None and address == "/n_set" and len(args) >= 3:
+            self.scsynth.controls[(args[0], args[1])] = args
+        elif port is None and address == "/s_new" and len(args) >= 4 and args[2] in (0, 1):
+            # A synth started in a part's group starts with the part's current parameter values.
+            args += [
+                x
+                for (group, control), setting in self.scsynth.controls.items()
+                if group == args[3]
+                for x in (control, setting[2])
+            ]
+        if data.get("t") is None:  # a setting to take effect now
+            self.scsynth.send(osc_message(address, args).build().dgram, port)
+            return
         local = self.client.clock.to_local(float(data["t"]))
         if local < time.time():
             self.cues_late += 1  # scsynth plays it at once and says "late"
-        port = SCLANG_PORT if data.get("to") == "sclang" else None
-        self.scsynth.send(osc_bundle(local, data["address"], list(data.get("args", []))), port)
+        self.scsynth.send(osc_bundle(local, address, args), port)
         self.cues_played += 1
 
     async def run(self) -> None:

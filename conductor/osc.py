@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ from .protocol import SetParam
 
 log = logging.getLogger("tutti.osc")
 MAX_PACKET = 8192  # bytes: a controller's message is tiny; larger is refused
+UDP_BUFFER = 4 << 20  # bytes of OSC the kernel may hold while the conductor is busy
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 
 
@@ -131,6 +133,9 @@ class OscIngress:
                 ingress._spawn(ingress.receive(data, (addr[0], addr[1]), None))
 
         self._udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, self.settings.udp_port))
+        # A controller flings a fader in a burst; hold the burst in the kernel (Linux caps this at
+        # net.core.rmem_max) rather than drop the values that arrive while earlier ones are applied.
+        self._udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
         self.udp_port = self._udp.get_extra_info("sockname")[1]
         if self.settings.tcp_port is not None:
             self._tcp = await asyncio.start_server(self._tcp_client, host, self.settings.tcp_port)

@@ -18,6 +18,7 @@ class TimedCue:
     index: int  # in the score's cue list
     t: float  # conductor time at which it sounds
     cue: Cue
+    args: list[int | float | str]  # with the part's group in place of $group
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -25,7 +26,7 @@ class TimedCue:
             "t": self.t,
             "to": self.cue.to,
             "address": self.cue.address,
-            "args": list(self.cue.args),
+            "args": self.args,
             "target": self.cue.target,
         }
 
@@ -43,5 +44,5 @@ def cues_between(score: Score, transport: Transport, start: float, end: float) -
         lo, hi = seg.position(a), seg.position(b)
         for index, cue in enumerate(score.cues):
             if lo <= cue.at < hi and cue.at <= score.duration:
-                out.append(TimedCue(index, seg.t + (cue.at - seg.pos) / seg.rate, cue))
+                out.append(TimedCue(index, seg.t + (cue.at - seg.pos) / seg.rate, cue, score.cue_args(cue)))
     return sorted(out, key=lambda c: c.t)

@@ -106,17 +106,34 @@ class Section(Strict):
     start: Time
 
 
+class NSet(Strict):
+    """Where a parameter sounds: ``/n_set`` of a synth control on the group of each part's nodes."""
+
+    control: Annotated[StrictStr, _matching(r"[A-Za-z_][A-Za-z0-9_]{0,31}", "a synth control name")]
+    parts: list[Ident] | None = None  # default: every part
+    # The parameter's min..max maps onto [low, high]; without it, the value is sent as it is.
+    range: Annotated[list[Number], Field(min_length=2, max_length=2)] | None = None
+
+
 class Parameter(Strict):
     id: Ident
     min: Number = 0.0
     max: Number = 1.0
     default: Number = 0.0
     label: StrictStr | None = None
+    n_set: NSet | None = None
 
     def check(self, value: float) -> str | None:
         if not self.min <= value <= self.max:
             return f"{self.id} must be between {self.min:g} and {self.max:g}"
         return None
+
+    def synth_value(self, value: float) -> float:
+        """The value a synth control gets: scaled onto ``n_set.range`` when one is given."""
+        if self.n_set is None or self.n_set.range is None:
+            return value
+        lo, hi = self.n_set.range
+        return lo + (value - self.min) / (self.max - self.min) * (hi - lo)
 
     @model_validator(mode="after")
     def _range(self) -> Parameter:
@@ -259,6 +276,10 @@ def _target(value: str) -> str:
     return value
 
 
+GROUP_ARG = "$group"  # in a cue's args: the group of the cue's part on its nodes
+PART_GROUP_BASE = 1000  # part i of the score has group PART_GROUP_BASE + i on every node
+
+
 class Cue(Strict):
     at: Time
     target: Annotated[StrictStr, AfterValidator(_target)] = "all"
@@ -286,6 +307,15 @@ class Score(Strict):
 
     def parameter(self, param_id: str) -> Parameter | None:
         return next((p for p in self.parameters if p.id == param_id), None)
+
+    def group(self, part_id: str) -> int:
+        """The scsynth group that holds a part's sound on its nodes (created by the node agent)."""
+        return PART_GROUP_BASE + next(i for i, p in enumerate(self.parts) if p.id == part_id)
+
+    def cue_args(self, cue: Cue) -> list[int | float | str]:
+        """A cue's OSC arguments, with ``$group`` replaced by its part's group."""
+        _, _, part = cue.target.partition(":")
+        return [self.group(part) if arg == GROUP_ARG else arg for arg in cue.args]
 
 
 class LoadedScore:
@@ -384,11 +414,17 @@ def _cross_checks(score: Score, folder: Path) -> list[tuple[Loc, str]]:
             for name in names:
                 if name not in params:
                     out.append(((*loc, "controls", j, "param"), f"no parameter '{name}' in the score"))
+    for i, param in enumerate(score.parameters):
+        for j, name in enumerate(param.n_set.parts or [] if param.n_set else []):
+            if name not in parts:
+                out.append((("parameters", i, "n_set", "parts", j), f"no part '{name}' in the score"))
     for i, cue in enumerate(score.cues):
         in_piece(("cues", i, "at"), cue.at)
         kind, _, name = cue.target.partition(":")
         if (kind == "part" and name not in parts) or (kind == "site" and name not in sites):
             out.append((("cues", i, "target"), f"no {kind} '{name}' in the score"))
+        if GROUP_ARG in cue.args and kind != "part":
+            out.append((("cues", i, "args"), f"'{GROUP_ARG}' is a part's group: give the cue a target part:ID"))
     return out
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Client:
     offset: float | None = None
     error: float | None = None
     health: dict[str, Any] | None = None  # nodes: their last report
+    parts: list[str] = field(default_factory=list)  # nodes: the parts they sound
 
 
 class _Server(socketio.AsyncServer):
@@ -253,6 +254,16 @@ class Conductor:
         if auth.role == "performer" and (auth.part is None or self.score.score.part(auth.part) is None):
             known = ", ".join(p.id for p in self.score.score.parts)
             raise Rejected("unknown_part", f"a performer needs one of the parts: {known}")
+        unknown = [p for p in auth.parts if self.score.score.part(p) is None]
+        if unknown:
+            raise Rejected("unknown_part", f"no part {', '.join(unknown)} in the score")
+
+    def _node_parts(self, joined: Auth, site: str | None) -> list[str]:
+        """The parts a node sounds: those it names, else its site's, else (no site) every part."""
+        parts = self.score.score.parts
+        if joined.parts:
+            return list(joined.parts)
+        return [p.id for p in parts if site is None or p.site == site]
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> bool:
         try:
@@ -272,21 +283,20 @@ class Conductor:
         client = Client(sid, joined.role, joined.name or f"{joined.role}-{sid[:4]}", joined.part, site, now, now)
         self.clients[sid] = client
         await self.sio.enter_room(sid, f"role:{client.role}")
+        welcome: dict[str, Any] = {"score": self.score.to_json(), "state": self.transport.snapshot(now)}
         if client.role == "node":  # the rooms cues are sent to: all nodes, a site, a part, one node
-            rooms = [f"node:{client.name}", *(f"part:{p}" for p in joined.parts)] + ([f"site:{site}"] if site else [])
+            client.parts = self._node_parts(joined, site)
+            rooms = [f"node:{client.name}", *(f"part:{p}" for p in client.parts)] + ([f"site:{site}"] if site else [])
             for room in rooms:
                 await self.sio.enter_room(sid, f"nodes:{room}")
+            welcome["groups"] = {p: self.score.score.group(p) for p in client.parts}
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
-        await self.sio.emit(
-            protocol.WELCOME,
-            {
-                "you": asdict(client),
-                "score": self.score.to_json(),
-                "state": self.transport.snapshot(now),
-                "now": self.clock.now(),
-            },
-            to=sid,
-        )
+        await self.sio.emit(protocol.WELCOME, {"you": asdict(client), **welcome, "now": self.clock.now()}, to=sid)
+        if client.role == "node":  # what its synths should be set to now
+            for name, timeline in self.transport.params.items():
+                for part, cue in self._sounding(name, timeline.at(now), None):
+                    if part in client.parts:
+                        await self.sio.emit(protocol.CUE, cue, to=sid)
         return True
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
@@ -391,10 +401,25 @@ class Conductor:
         change = self.transport.plan(command, t)
         self.journal.append(journal.Record(change, now, by))
         self.transport.apply(change)
-        if self.osc and change.param is not None and change.value is not None:
-            self.osc.echo(change.param, change.value)
+        if change.param is not None and change.value is not None:
+            if self.osc:
+                self.osc.echo(change.param, change.value)
+            for part, cue in self._sounding(change.param, change.value, change.t):
+                await self.sio.emit(protocol.CUE, cue, room=f"nodes:part:{part}")
         await self.sio.emit(protocol.STATE, {"change": change.to_json(), "state": self.transport.snapshot(now)})
         return change
+
+    def _sounding(self, name: str, value: float, t: float | None) -> list[tuple[str, dict[str, Any]]]:
+        """The ``/n_set`` cues that make a parameter's value heard, one per part (``t`` None: at once)."""
+        param = self.score.score.parameter(name)
+        if param is None or param.n_set is None:
+            return []
+        parts = param.n_set.parts or [p.id for p in self.score.score.parts]
+        args = [param.n_set.control, param.synth_value(value)]
+        return [
+            (part, {"t": t, "to": "scsynth", "address": "/n_set", "args": [self.score.score.group(part), *args]})
+            for part in parts
+        ]
 
     # --- running ------------------------------------------------------------------------------
 

@@ -1,13 +1,16 @@
 """Node agents with real jackd (dummy driver) and scsynth: cues sound at their conductor time.
 
-The bound here is 10 ms, not the 1 ms sample accuracy aimed for: on these machines scsynth's mapping
-of timetags to samples on JACK's dummy driver (which runs about 0.1 % slow, unsteadily) drifts and
-jumps by about one 128-frame period, and onsets have been seen up to 5.5 ms from their targets.
-A relayed cue without a timetag would sound a whole lookahead (300 ms) early.
+A JACK client records scsynth's output and knows when each frame sounded (``conductor.jackio``);
+the conductor reports its clock minus wall time, so each onset is compared with the conductor time
+its cue was scheduled for.
 
-A JACK client in the test records scsynth's output. JACK frames are mapped to wall time by a
-linear fit of ``frame_time`` against ``time.time()``, and the conductor reports its clock minus wall
-time, so each onset can be compared with the conductor time its cue was scheduled for.
+Each cue's click must sound within 1 ms of where a perfectly timetagged click sent straight to the
+same scsynth 20 ms later sounds, and within 10 ms of its wall-clock time. Why both: between xruns,
+onsets land within ±0.3 ms of their time. But on these virtual machines JACK reports an xrun every
+few seconds even with only jackd and scsynth running, and scsynth answers each xrun by resetting its
+clock filter (SC_Jack.cpp, ``XRun``), which then takes seconds to settle: any bundle, Tutti's or not,
+sounds up to about 4 ms early until it has. ``bench/onsets.py`` prints the figures. A relayed cue
+without a timetag would sound a whole lookahead (300 ms) early.
 """
 
 from __future__ import annotations
@@ -15,22 +18,26 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import jack
-import numpy as np
 import pytest
 from playwright.async_api import Browser
+from pythonosc.osc_message import OscMessage
 
 from conductor.client import TuttiClient
+from conductor.jackio import Recorder
+from conductor.node import osc_bundle, osc_message
+from conductor.score import PART_GROUP_BASE
 from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
 
 CLICKS = [1.0, 1.5, 2.0, 2.75]
+HELLO = 1.25  # a cue for sclang
+PARTNER = 0.02  # seconds from each cue's click to the test's own
 BOUND = 0.010  # seconds; see above
 SCORE = """\
 title: Clicks
@@ -39,60 +46,12 @@ parts:
   - {id: one, name: One, site: here}
 cues:
 """ + "".join(f"  - {{at: {at}, target: all, address: /s_new, args: [tutti_click, -1, 0, 0]}}\n" for at in CLICKS)
+SCORE += f"  - {{at: {HELLO}, target: all, to: sclang, address: /tutti/hello, args: [42]}}\n"
 
 
-class Recorder:
-    """Records one JACK port; the process callback runs on JACK's thread, as JACK-Client requires."""
-
-    def __init__(self, server: str):
-        self.client = jack.Client("recorder-test", servername=server, no_start_server=True)
-        self.port = self.client.inports.register("in_1")
-        self.blocks: list[tuple[int, np.ndarray]] = []
-        self.pairs: list[tuple[int, float]] = []
-        self.lock = threading.Lock()
-
-        @self.client.set_process_callback
-        def process(frames: int) -> None:
-            with self.lock:
-                self.blocks.append((self.client.last_frame_time, self.port.get_array().copy()))
-
-        self.client.activate()
-
-    def listen_to(self, source: str) -> None:
-        for existing in self.client.get_all_connections(self.port):
-            self.client.disconnect(existing, self.port)
-        self.client.connect(source, self.port)
-
-    def stamp(self) -> None:
-        self.pairs.append((self.client.frame_time, time.time()))
-
-    def onsets(self) -> list[float]:
-        """Wall-clock times of every click heard (a sample above half scale after silence)."""
-        slope, intercept = np.polyfit([f for f, _ in self.pairs], [w for _, w in self.pairs], 1)
-        with self.lock:
-            blocks = list(self.blocks)
-        out = []
-        quiet_since = -1
-        for start, block in blocks:
-            for i in np.flatnonzero(np.abs(block) > 0.5):
-                frame = start + int(i)
-                if frame > quiet_since + 480:  # 10 ms of silence between clicks
-                    out.append(slope * frame + intercept)
-                quiet_since = frame
-        return out
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
-
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    (tmp_path / "score.yaml").write_text(SCORE)
-    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3))
-    server = f"tutti-node-test-{os.getpid()}"
-    port = 57400 + os.getpid() % 500
-    agent = await asyncio.create_subprocess_exec(
+async def start_node(conductor: ConductorProcess, name: str, site: str, port: int, server: str, *extra: str) -> Any:
+    """``tutti node`` as a subprocess, with its own JACK server (dummy driver) and scsynth."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "conductor",
@@ -103,33 +62,51 @@ async def node(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         "--token",
         TOKENS["node"],
         "--name",
-        "n1",
+        name,
         "--site",
-        "here",
+        site,
         "--port",
         str(port),
         "--jack-server",
         server,
+        *extra,
         cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+async def stop_node(agent: Any) -> None:
+    agent.send_signal(signal.SIGTERM)
     try:
-        await until(lambda: node_health(conductor).get("up") is True, 30, "the node never reported scsynth up")
-        # As in a concert, the node's clock has settled before the piece starts.
-        await until(lambda: node_health(conductor).get("samples", 0) >= 32, 30, "the node's clock never settled")
+        await asyncio.wait_for(agent.wait(), 15)
+    except TimeoutError:
+        agent.kill()
+
+
+async def node_ready(conductor: ConductorProcess, name: str) -> None:
+    await until(lambda: node_health(conductor, name).get("up") is True, 30, f"{name} never reported scsynth up")
+    # As in a concert, the node's clock has settled before the piece starts.
+    await until(lambda: node_health(conductor, name).get("samples", 0) >= 32, 30, f"{name}'s clock never settled")
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    (tmp_path / "score.yaml").write_text(SCORE)
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3))
+    server = f"tutti-node-test-{os.getpid()}"
+    port = 57400 + os.getpid() % 500
+    agent = await start_node(conductor, "n1", "here", port, server, "--sclang-port", str(port + 1))
+    try:
+        await node_ready(conductor, "n1")
         yield {"conductor": conductor, "server": server, "port": port, "agent": agent}
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(agent.wait(), 15)
-        except TimeoutError:
-            agent.kill()
+        await stop_node(agent)
         conductor.stop()
 
 
-def node_health(conductor: ConductorProcess) -> dict[str, Any]:
-    nodes = [c for c in conductor.status()["clients"] if c["role"] == "node"]
+def node_health(conductor: ConductorProcess, name: str = "n1") -> dict[str, Any]:
+    nodes = [c for c in conductor.status()["clients"] if c["role"] == "node" and c["name"] == name]
     return (nodes[0]["health"] or {}) if nodes else {}
 
 
@@ -140,35 +117,50 @@ async def until(condition: Any, seconds: float, message: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def play_and_record(conductor: ConductorProcess, recorder: Recorder, boss: TuttiClient) -> list[float]:
-    """Play from the top; returns each click's error (heard minus scheduled), in seconds."""
+async def play_and_record(conductor: ConductorProcess, recorder: Recorder, boss: TuttiClient, port: int) -> None:
+    """Play from the top and check when each click sounds.
+
+    Beside each cue's click, the test sends scsynth a click of its own, timetagged for exactly
+    ``PARTNER`` later: what a perfect timetag gives at that moment on this scsynth. Compared
+    with its partner, a cue must sound within 1 ms of its time. Against the wall clock, it must
+    sound within ``BOUND``: that includes how far scsynth's own timing has drifted after xruns.
+    """
     assert (await boss.command("stop"))["ok"]
     await asyncio.sleep(0.5)
-    with recorder.lock:
-        recorder.blocks.clear()
-    recorder.pairs.clear()
+    recorder.clear()
     assert (await boss.command("play"))["ok"]
     status = conductor.status()
     start = status["state"]["segments"][-1]
     assert start["playing"]
     targets = [start["t"] + at - status["clock_minus_wall"] for at in CLICKS]  # wall-clock times
-    while time.time() < targets[-1] + 0.5:
-        recorder.stamp()
-        await asyncio.sleep(0.01)
+    direct = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for target in targets:
+        await asyncio.sleep(max(0.0, target - 0.2 - time.time()))
+        direct.sendto(osc_bundle(target + PARTNER, "/s_new", ["tutti_click", -1, 0, 0]), ("127.0.0.1", port))
+    direct.close()
+    await asyncio.sleep(targets[-1] + 0.5 - time.time())
     heard = recorder.onsets()
-    assert len(heard) == len(CLICKS), f"heard {len(heard)} clicks, expected {len(CLICKS)}"
-    return [h - t for h, t in zip(heard, targets, strict=True)]
+    assert len(heard) == 2 * len(CLICKS), f"heard {len(heard)} clicks, expected {2 * len(CLICKS)}"
+    scheduled = [x + d for x in targets for d in (0, PARTNER)]
+    ms = [f"{(h.time - t) * 1000:.3f} ms" for h, t in zip(heard, scheduled, strict=True)]
+    compared = 0
+    for target, cue, partner in zip(targets, heard[::2], heard[1::2], strict=True):
+        assert abs(cue.time - target) < BOUND, ms
+        if not any(cue.time - 0.01 < x < partner.time + 0.01 for x in recorder.xruns):
+            # scsynth resets its clock filter on an xrun: the two are comparable only without one
+            assert abs((cue.time - target) - (partner.time - target - PARTNER)) < 0.001, ms
+            compared += 1
+    assert compared >= len(CLICKS) // 2, f"xruns at {recorder.xruns} left {compared} clicks to compare"
 
 
 async def test_cues_sound_at_their_time_and_survive_a_scsynth_crash(node: dict[str, Any]) -> None:
     conductor: ConductorProcess = node["conductor"]
-    recorder = Recorder(node["server"])
+    recorder = Recorder(node["server"], "recorder-test")
     boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
     await boss.connect()
     try:
         recorder.listen_to("scsynth-n1:out_1")
-        errors = await play_and_record(conductor, recorder, boss)
-        assert max(abs(e) for e in errors) < BOUND, [f"{e * 1000:.3f} ms" for e in errors]
+        await play_and_record(conductor, recorder, boss, node["port"])
         assert node_health(conductor)["late"] == 0
 
         pgrep = await asyncio.create_subprocess_exec(
@@ -182,10 +174,12 @@ async def test_cues_sound_at_their_time_and_survive_a_scsynth_crash(node: dict[s
             "scsynth was not restarted",
         )
         assert time.monotonic() - killed < 3.0  # back within 2 s, plus up to 1 s until the next report
+        # What the performance needs is there again: the part's group, inside the default group.
+        assert await asyncio.to_thread(query_tree, node["port"], PART_GROUP_BASE) == []
+        assert await asyncio.to_thread(query_tree, node["port"], 1) is not None
         await until(lambda: "scsynth-n1:out_1" in [p.name for p in recorder.client.get_ports()], 5, "no ports")
         recorder.listen_to("scsynth-n1:out_1")  # a new scsynth: new JACK ports
-        errors = await play_and_record(conductor, recorder, boss)
-        assert max(abs(e) for e in errors) < BOUND, [f"{e * 1000:.3f} ms" for e in errors]
+        await play_and_record(conductor, recorder, boss, node["port"])
     finally:
         await boss.close()
         recorder.close()
@@ -198,3 +192,153 @@ async def test_the_console_shows_each_node_and_its_scsynth(node: dict[str, Any],
     await page.wait_for_function("document.querySelector('#clients').innerText.includes('scsynth up')")
     row = await page.inner_text("#clients")
     assert "n1" in row and "node" in row and "here" in row
+
+
+# sclang answers each cue at the time its bundle carries, on the language's own clock.
+SCLANG_SCRIPT = """
+var reply = NetAddr("127.0.0.1", "TUTTI_TEST_REPLY".getenv.asInteger);
+OSCdef(\\tutti, { |msg, time|
+    SystemClock.schedAbs(time, { reply.sendMsg('/heard', *msg[1..]); nil });
+}, '/tutti/hello');
+("tutti-ready " ++ NetAddr.langPort).postln;
+"""
+
+
+async def test_a_cue_for_sclang_arrives_with_its_time(node: dict[str, Any], tmp_path: Path) -> None:
+    conductor: ConductorProcess = node["conductor"]
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.setblocking(False)
+    script = tmp_path / "hello.scd"
+    script.write_text(SCLANG_SCRIPT)
+    env = {
+        **os.environ,
+        "QT_QPA_PLATFORM": "offscreen",
+        "QTWEBENGINE_DISABLE_SANDBOX": "1",
+        "TUTTI_TEST_REPLY": str(listener.getsockname()[1]),
+    }
+    sclang = await asyncio.create_subprocess_exec(
+        "sclang", "-u", str(node["port"] + 1), str(script), env=env, stdout=asyncio.subprocess.PIPE
+    )
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    try:
+        assert sclang.stdout is not None
+        async with asyncio.timeout(60):
+            while not (line := (await sclang.stdout.readline()).decode()).startswith("tutti-ready"):
+                assert line, "sclang exited before it was ready"
+        assert line.split() == ["tutti-ready", str(node["port"] + 1)]
+        await boss.connect()
+        assert (await boss.command("play"))["ok"]
+        status = conductor.status()
+        target = status["state"]["segments"][-1]["t"] + HELLO - status["clock_minus_wall"]
+        async with asyncio.timeout(10):
+            data = await asyncio.get_running_loop().sock_recv(listener, 1024)
+        heard = time.time()
+        message = OscMessage(data)
+        assert (message.address, message.params) == ("/heard", [42])
+        # sclang's scheduler wakes within a millisecond or so; a cue relayed without its time
+        # would have been answered a whole lookahead (300 ms) early.
+        assert abs(heard - target) < 0.005, f"{(heard - target) * 1000:.1f} ms from its time"
+    finally:
+        await boss.close()
+        sclang.kill()
+        await sclang.wait()
+        listener.close()
+
+
+TWO_NODES = """\
+title: Two nodes
+duration: 60
+parameters:
+  - {id: density, min: 0, max: 1, default: 0.25, n_set: {control: amp, range: [0, 0.4]}}
+parts:
+  - {id: one, name: One, site: a}
+  - {id: two, name: Two, site: b}
+cues:
+  - {at: 0.5, target: part:one, address: /s_new, args: [tutti_drone, -1, 1, $group, dur, 100]}
+  - {at: 0.5, target: part:two, address: /s_new, args: [tutti_drone, -1, 1, $group, dur, 100]}
+"""
+
+
+def query_tree(port: int, group: int) -> list[tuple[str, dict[str, Any]]] | None:
+    """The synths in a group of the scsynth on ``port``, with their controls; None if no such group."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(0.5)
+    try:
+        sock.sendto(osc_message("/g_queryTree", [group, 1]).build().dgram, ("127.0.0.1", port))
+        reply = OscMessage(sock.recv(65536))
+    except TimeoutError:
+        return None
+    finally:
+        sock.close()
+    if reply.address != "/g_queryTree.reply":
+        return None  # "/fail": no such group
+    params, synths, i = reply.params, [], 1
+
+    def read_node() -> None:
+        nonlocal i
+        children = params[i + 1]
+        i += 2
+        if children == -1:  # a synth: name, number of controls, then name/value pairs
+            name, count = params[i], params[i + 1]
+            pairs = params[i + 2 : i + 2 + 2 * count]
+            synths.append((name, dict(zip(pairs[::2], pairs[1::2], strict=True))))
+            i += 2 + 2 * count
+        else:
+            for _ in range(children):
+                read_node()
+
+    read_node()
+    return synths
+
+
+async def amp_on(port: int, group: int) -> float | None:
+    synths = await asyncio.to_thread(query_tree, port, group)
+    return synths[0][1]["amp"] if synths else None
+
+
+async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -> None:
+    (tmp_path / "score.yaml").write_text(TWO_NODES)
+    routes = {"udp_port": 0, "routes": [{"address": "/1/fader1", "param": "density"}]}
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3, osc=routes))
+    base = 57000 + os.getpid() % 300
+    ports = {"a": base, "b": base + 1}
+    agents = []
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    try:
+        for site, port in ports.items():  # JACK servers start one at a time
+            agents.append(await start_node(conductor, f"n{site}", site, port, f"tutti-two-{site}-{os.getpid()}"))
+            await node_ready(conductor, f"n{site}")
+        await boss.connect()
+        assert (await boss.command("play"))["ok"]
+        groups = {"a": PART_GROUP_BASE, "b": PART_GROUP_BASE + 1}  # parts one and two, in score order
+
+        # Each node sounds its site's part, in that part's group, at the parameter's value now.
+        for site, port in ports.items():
+            await until_async(lambda p=port, s=site: amp_on(p, groups[s]), 5, f"no drone at site {site}")
+            assert await amp_on(port, groups[site]) == pytest.approx(0.1)  # density 0.25 on 0..0.4, not 0.2 as built
+
+        surface = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        surface.sendto(osc_message("/1/fader1", [0.75]).build().dgram, ("127.0.0.1", conductor.osc_udp))
+        surface.close()
+        for site, port in ports.items():
+            await until_async(
+                lambda p=port, s=site: _is(amp_on(p, groups[s]), 0.3), 5, f"density never reached site {site}"
+            )
+    finally:
+        await boss.close()
+        for agent in agents:
+            await stop_node(agent)
+        conductor.stop()
+
+
+async def _is(value: Any, expected: float) -> bool:
+    got = await value
+    return got is not None and abs(got - expected) < 1e-6
+
+
+async def until_async(condition: Any, seconds: float, message: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, message
+        await asyncio.sleep(0.1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conductor.concert import load_concert
-from conductor.score import load_score
+from conductor.score import PART_GROUP_BASE, load_score
 from conductor.yamlcheck import InvalidFile
 from tests.conftest import ROOT, SCORES
 
@@ -94,7 +94,33 @@ BROKEN = [
     ("parts:\n", "parts: []\nxparts:\n", (9, "parts", "at least 1 item")),
     ("tempo: {bpm: 120", "tempo: {bpm: 120, bpm: 90", (3, "tempo.bpm", "duplicate key")),
     ("title: Small", "title: [unclosed", (2, "(syntax)", "")),
+    (
+        "default: 0.5}",
+        "default: 0.5, n_set: {control: amp, parts: [six]}}",
+        (5, "parameters[0].n_set.parts[0]", "no part 'six'"),
+    ),
+    ("default: 0.5}", "default: 0.5, n_set: {control: 'a b'}}", (5, "parameters[0].n_set.control", "synth control")),
+    ("default: 0.5}", "default: 0.5, n_set: {control: amp, range: [0]}}", (5, "parameters[0].n_set.range", "2 items")),
+    (
+        "target: part:one, address: /s_new, args: [ping, -1, 0, 1,",
+        "target: all, address: /s_new, args: [ping, -1, 0, $group,",
+        (21, "cues[0].args", "give the cue a target part"),
+    ),
 ]
+
+
+def test_a_parameter_sounds_on_its_parts_groups(tmp_path: Path) -> None:
+    path = tmp_path / "score.yaml"
+    path.write_text(
+        GOOD.replace("default: 0.5}", "default: 0.5, n_set: {control: amp, range: [0.1, 0.3]}}").replace(
+            "args: [ping, -1, 0, 1,", "args: [ping, -1, 1, $group,"
+        )
+    )
+    score = load_score(path).score
+    density = score.parameters[0]
+    assert [density.synth_value(v) for v in (0, 0.5, 1)] == pytest.approx([0.1, 0.2, 0.3])
+    assert score.group("one") == PART_GROUP_BASE
+    assert score.cue_args(score.cues[0]) == ["ping", -1, 1, PART_GROUP_BASE, "freq", 440.0]
 
 
 @pytest.mark.parametrize(("old", "new", "expected"), BROKEN, ids=[b[2][1] + ":" + b[2][2][:20] for b in BROKEN])

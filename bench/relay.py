@@ -1,0 +1,232 @@
+"""OSC relay: a controller's messages through the conductor to 1, 4 and 8 node agents and their scsynth.
+
+    .venv/bin/python bench/relay.py [--messages 300] [--burst 2000] [--json out.json]
+
+(as root: arrivals are seen on the loopback interface with a packet socket.)
+
+A TouchOSC-style controller sends ``/seq N`` over UDP. The concert routes it to a parameter whose
+``n_set`` reaches every node; each agent sends the ``/n_set`` to its own scsynth (real ones, on one
+JACK server with the dummy driver). The baseline, in the same run, is the controller sending the
+same ``/n_set`` straight to every scsynth with python-osc. Both are timed where they meet: the
+packet arriving at a scsynth's port, read off the loopback interface, so nothing in either path is
+altered to be measured.
+
+- latency: messages paced 20 ms apart; each delivery's time from the controller's send to its
+  arrival at one scsynth (p50, p99 over all deliveries);
+- throughput: a burst sent as fast as the socket allows; controller messages per second until the
+  last delivery arrived (each message is delivered once to every scsynth), and deliveries lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import socket
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pythonosc.osc_packet import OscPacket
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running  # noqa: E402
+from conductor.node import osc_message  # noqa: E402
+from conductor.score import PART_GROUP_BASE  # noqa: E402
+
+SCORE = """\
+title: Relay bench
+duration: 3600
+parameters:
+  - {id: seq, min: 0, max: 10000000, n_set: {control: seq}}
+parts:
+  - {id: all, name: Everyone}
+"""
+JACK = f"tutti-relay-{os.getpid()}"
+TOKEN = "bench"
+BASE_PORT = 57700
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+SO_ATTACH_FILTER = 26
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sniffer:
+    """Arrival times of OSC packets to the scsynth ports, read off the loopback interface."""
+
+    def __init__(self, ports: set[int]):
+        self.ports = ports
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        # Let the kernel pass only incoming UDP: loopback also carries every WebSocket frame, and
+        # shows each packet twice (going out and coming in).
+        program = [
+            (0x20, 0, 0, 0xFFFFF004),  # load the packet type
+            (0x15, 3, 0, PACKET_OUTGOING),  # outgoing: drop
+            (0x30, 0, 0, 9),  # load the IP protocol
+            (0x15, 0, 1, socket.IPPROTO_UDP),
+            (0x06, 0, 0, 0xFFFF),  # keep
+            (0x06, 0, 0, 0),  # drop
+        ]
+        self._filter = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+        fprog = struct.pack("HL", len(program), ctypes.addressof(self._filter))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        self.sock.bind(("lo", 0))
+        self.sock.setblocking(False)
+        self.arrivals: list[tuple[float, int, float]] = []  # time, scsynth port, seq
+        self.enough = asyncio.Event()
+        self.expected = 0
+        asyncio.get_running_loop().add_reader(self.sock, self._read)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except BlockingIOError:
+                return
+            now = time.time()
+            if addr[2] == PACKET_OUTGOING or data[9] != socket.IPPROTO_UDP:
+                continue  # the filter is not attached yet
+            header = (data[0] & 0x0F) * 4
+            (port,) = struct.unpack("!H", data[header + 2 : header + 4])
+            if port not in self.ports:
+                continue
+            try:
+                for message in OscPacket(data[header + 8 :]).messages:
+                    if message.message.address == "/n_set" and message.message.params[1] == "seq":
+                        self.arrivals.append((now, port, message.message.params[2]))
+            except Exception:
+                continue
+            if len(self.arrivals) >= self.expected:
+                self.enough.set()
+
+    async def wait_for(self, count: int, seconds: float) -> None:
+        self.expected = count
+        if len(self.arrivals) < count:
+            self.enough.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.enough.wait(), seconds)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock)
+        self.sock.close()
+
+
+async def measure(
+    sniffer: Sniffer, send: Any, ports: list[int], first: int, count: int, gap: float
+) -> tuple[list[float], float, int]:
+    """Send seq first..first+count; returns delivery latencies (s), messages/s and deliveries lost."""
+    sniffer.arrivals.clear()
+    sent: dict[float, float] = {}
+    for seq in range(first, first + count):
+        sent[float(seq)] = time.time()
+        send(seq)
+        await asyncio.sleep(gap)
+    expected = count * len(ports)
+    await sniffer.wait_for(expected, 10)
+    arrivals = [(t, port, seq) for t, port, seq in sniffer.arrivals if seq in sent]
+    latencies = [t - sent[seq] for t, _, seq in arrivals]
+    span = max(t for t, _, _ in arrivals) - min(sent.values()) if arrivals else float("inf")
+    return latencies, len(arrivals) / len(ports) / span, expected - len(arrivals)
+
+
+def relay(controller: socket.socket, osc_port: int) -> Callable[[int], None]:
+    """Send as a controller would: to the conductor's OSC port."""
+
+    def send(n: int) -> None:
+        controller.sendto(osc_message("/seq", [float(n)]).build().dgram, ("127.0.0.1", osc_port))
+
+    return send
+
+
+def direct(controller: socket.socket, ports: list[int]) -> Callable[[int], None]:
+    """The baseline: the same /n_set straight to every scsynth."""
+
+    def send(n: int) -> None:
+        packet = osc_message("/n_set", [PART_GROUP_BASE, "seq", float(n)]).build().dgram
+        for port in ports:
+            controller.sendto(packet, ("127.0.0.1", port))
+
+    return send
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=300, help="paced messages per case, for latency")
+    parser.add_argument("--burst", type=int, default=2000, help="messages per case, for throughput")
+    parser.add_argument("--nodes", default="1,4,8")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    osc_port = free_udp_port()
+    route = {"address": "/seq", "param": "seq", "range": [0, 10000000]}
+    concert = concert_file(
+        {"conductor": TOKEN, "node": TOKEN}, SCORE, lookahead=0.2, osc={"udp_port": osc_port, "routes": [route]}
+    )
+    controller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    controller.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    agents: list[asyncio.subprocess.Process] = []
+    results: dict[str, Any] = {}
+    seq = 1
+    print(f"{'nodes':>5} {'path':<8}{'p50 ms':>9}{'p99 ms':>9}{'msg/s':>10}{'lost':>7}", end="")
+    print(f"{'p50 ratio':>11}{'msg/s ratio':>13}")
+    try:
+        async with jack_server(JACK), running("serve", str(concert)) as url:
+            sniffer = Sniffer(set())
+            for count in (int(n) for n in args.nodes.split(",")):
+                while len(agents) < count:
+                    n = len(agents)
+                    agents.append(await node_agent(url, TOKEN, f"n{n}", BASE_PORT + n, JACK))
+                await nodes_up(url, count)
+                ports = [BASE_PORT + i for i in range(count)]
+                sniffer.ports = set(ports)
+
+                row = {}
+                for name, send in (("direct", direct(controller, ports)), ("relay", relay(controller, osc_port))):
+                    latencies, _, _ = await measure(sniffer, send, ports, seq, args.messages, 0.02)
+                    seq += args.messages
+                    _, rate, lost = await measure(sniffer, send, ports, seq, args.burst, 0)
+                    seq += args.burst
+                    row[name] = {
+                        "p50_ms": statistics.median(latencies) * 1000,
+                        "p99_ms": percentile(latencies, 0.99) * 1000,
+                        "msgs_per_s": rate,
+                        "lost": lost,
+                    }
+                for name, r in row.items():
+                    ratio = r["p50_ms"] / row["direct"]["p50_ms"]
+                    rate_ratio = r["msgs_per_s"] / row["direct"]["msgs_per_s"]
+                    print(
+                        f"{count:>5} {name:<8}{r['p50_ms']:9.3f}{r['p99_ms']:9.3f}{r['msgs_per_s']:10.0f}"
+                        f"{r['lost']:7d}{ratio:10.1f}x{rate_ratio:12.3f}x"
+                    )
+                results[str(count)] = row
+            sniffer.close()
+            for agent in agents:
+                agent.terminate()
+            await asyncio.gather(*(a.wait() for a in agents))
+    finally:
+        for agent in agents:
+            if agent.returncode is None:
+                agent.kill()
+    if args.json:
+        with open(args.json, "w") as out:  # noqa: ASYNC230 (once, at the end)
+            json.dump(results, out, indent=2)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

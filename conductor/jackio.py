@@ -1,0 +1,89 @@
+"""Listening to JACK from Python: a recorder that knows when each frame sounded.
+
+JACK-Client calls back on JACK's own real-time thread (the one place Tutti uses a thread, as the
+library requires); the callback only copies the block and notes the time.
+
+When did a frame sound? Each block is played when JACK runs its cycle, which is when the process
+callback starts, give or take the few microseconds before Python gets the GIL. That delay is never
+negative, so the lowest offset among neighbouring cycles is the cycle's own time. A straight line
+of frames against time over the whole recording would be wrong: after every xrun JACK's drivers
+(and the dummy driver often, on virtual machines) restart their timing, and the line breaks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import jack
+import numpy as np
+
+NEIGHBOURS = 8  # cycles either side whose earliest start is taken as this cycle's
+
+
+@dataclass(frozen=True)
+class Onset:
+    time: float  # wall-clock seconds at which the sound began
+    frame: int  # JACK frame
+    peak: float
+
+
+class Recorder:
+    """Records one JACK input port, with each block's start time; counts xruns."""
+
+    def __init__(self, server: str, name: str = "tutti-recorder"):
+        self.client = jack.Client(name, servername=server, no_start_server=True)
+        self.port = self.client.inports.register("in_1")
+        self.rate = self.client.samplerate
+        self.lock = threading.Lock()
+        self.blocks: list[tuple[int, float, np.ndarray]] = []  # first frame, wall time, samples
+        self.xruns: list[float] = []  # wall-clock times
+
+        @self.client.set_process_callback
+        def process(frames: int) -> None:
+            started = time.time()
+            block = self.port.get_array().copy()
+            with self.lock:
+                self.blocks.append((self.client.last_frame_time, started, block))
+
+        @self.client.set_xrun_callback
+        def xrun(delay: float) -> None:
+            self.xruns.append(time.time())
+
+        self.client.activate()
+
+    def listen_to(self, source: str) -> None:
+        """Record ``source`` (a JACK output port name) and nothing else."""
+        for existing in self.client.get_all_connections(self.port):
+            self.client.disconnect(existing, self.port)
+        self.client.connect(source, self.port)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.blocks.clear()
+        self.xruns.clear()
+
+    def onsets(self, threshold: float = 0.5, silence: float = 0.01) -> list[Onset]:
+        """Every sound that rises above ``threshold`` after ``silence`` seconds below it."""
+        with self.lock:
+            blocks = list(self.blocks)
+        if not blocks:
+            return []
+        frames = np.array([b[0] for b in blocks], dtype=np.float64)
+        offsets = np.array([b[1] for b in blocks]) - frames / self.rate  # wall time minus frame time
+        quiet_frames = int(silence * self.rate)
+        out = []
+        quiet_since = -quiet_frames - 1
+        for k, (start, _, block) in enumerate(blocks):
+            for i in np.flatnonzero(np.abs(block) > threshold):
+                frame = start + int(i)
+                if frame > quiet_since + quiet_frames:
+                    offset = offsets[max(0, k - NEIGHBOURS) : k + NEIGHBOURS + 1].min()
+                    out.append(Onset(frame / self.rate + offset, frame, float(np.abs(block[i:]).max())))
+                quiet_since = frame
+        return out
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
