@@ -24,6 +24,8 @@ def check(paths: list[str]) -> int:
         try:
             if is_concert(path):
                 concert = load_concert(path)
+                for warning in concert.warnings:
+                    print(warning, file=sys.stderr)
                 print(f"{path}: ok: concert '{concert.title}' with score {concert.score.path}")
             else:
                 score = load_score(path).score
@@ -52,6 +54,8 @@ async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool
     from .server import Conductor
 
     concert = load_concert(path)
+    for warning in concert.warnings:
+        print(warning, file=sys.stderr)
     conductor = Conductor(concert, fresh=fresh)
     hosts = host or concert.hosts
     runner, bound = await conductor.start(hosts, concert.settings.port if port is None else port)

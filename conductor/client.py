@@ -56,6 +56,7 @@ class TuttiClient:
         self.clock = estimator or OffsetEstimator()
         self.transport: Transport | None = None
         self.you: dict[str, Any] = {}
+        self.welcome: dict[str, Any] = {}  # the latest welcome, as received
         self.groups: dict[str, int] = {}  # nodes: the scsynth group of each part they sound
         self.on_welcome: Callable[[], Awaitable[None]] | None = None  # after each (re)join
         self.errors: list[dict[str, Any]] = []
@@ -86,6 +87,7 @@ class TuttiClient:
 
     async def _welcome(self, data: dict[str, Any]) -> None:
         self.you = data["you"]
+        self.welcome = data
         self.groups = data.get("groups", {})
         self.transport = Transport(Score.model_validate(data["score"]))
         self.transport.restore(data["state"])

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from .jacktrip import AudioSettings, check_audio
 from .osc import OscSettings
 from .score import LoadedScore, load_score
 from .yamlcheck import InvalidFile, YamlDocument
@@ -39,16 +40,20 @@ class ConcertFile(_Strict):
     tokens: Tokens
     cors_origins: list[StrictStr] = []  # other web origins allowed to connect ("*" for any)
     osc: OscSettings | None = None  # OSC controllers: ports, allow-list, routes
+    audio: AudioSettings | None = None  # JackTrip links between the sites
 
 
 class Concert:
     """A loaded concert: its settings, resolved tokens and validated score."""
 
-    def __init__(self, path: Path, settings: ConcertFile, tokens: dict[str, str], score: LoadedScore):
+    def __init__(
+        self, path: Path, settings: ConcertFile, tokens: dict[str, str], score: LoadedScore, warnings: list[str]
+    ):
         self.path = path
         self.settings = settings
         self.tokens = tokens  # role -> token; a role missing here is open
         self.score = score
+        self.warnings = warnings  # "file:line: field: message" for settings that will have no effect
 
     @property
     def title(self) -> str:
@@ -103,9 +108,14 @@ def load_concert(path: Path | str) -> Concert:
             problems.append(doc.problem(("osc", "routes", i, "param"), f"no parameter '{route.param}' in the score"))
         if route.range[0] == route.range[1]:
             problems.append(doc.problem(("osc", "routes", i, "range"), "the two ends of a range must differ"))
+    warnings = []
+    if settings.audio is not None:
+        errors, cautions = check_audio(settings.audio)
+        problems += [doc.problem(loc, message) for loc, message in errors]
+        warnings = [f"{doc.problem(loc, message)} (warning)" for loc, message in cautions]
     if problems:
         raise InvalidFile(problems)
-    return Concert(path, settings, tokens, score)
+    return Concert(path, settings, tokens, score, warnings)
 
 
 def is_concert(path: Path | str) -> bool:

@@ -12,6 +12,7 @@ of frames against time over the whole recording would be wrong: after every xrun
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +84,98 @@ class Recorder:
                     out.append(Onset(frame / self.rate + offset, frame, float(np.abs(block[i:]).max())))
                 quiet_since = frame
         return out
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+class Patchbay:
+    """Makes JACK connections by exact port name (no patterns, so no name needs escaping)."""
+
+    def __init__(self, server: str, name: str):
+        self.client = jack.Client(name, servername=server, no_start_server=True)
+        self.rate = self.client.samplerate
+        self.client.activate()
+
+    def ports(self) -> set[str]:
+        return {port.name for port in self.client.get_ports()}
+
+    def connect(self, pairs: list[tuple[str, str]]) -> int:
+        """Connect each (output, input) pair not yet connected; returns how many were made."""
+        made = 0
+        for source, destination in pairs:
+            if destination not in {p.name for p in self.client.get_all_connections(source)}:
+                self.client.connect(source, destination)
+                made += 1
+        return made
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # it may have timed out already
+        future.set_result(None)
+
+
+class Prober:
+    """Sends one impulse into a port and times its return on another, in JACK frames."""
+
+    def __init__(self, server: str, name: str):
+        self.client = jack.Client(name, servername=server, no_start_server=True)
+        self.out = self.client.outports.register("probe")
+        self.back = self.client.inports.register("return")
+        self.rate = self.client.samplerate
+        self._arm = threading.Event()
+        self._sent_at: int | None = None
+        self._heard_at: int | None = None
+        self._back: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+        @self.client.set_process_callback
+        def process(frames: int) -> None:
+            out = self.out.get_array()
+            out.fill(0.0)
+            start = self.client.last_frame_time
+            if self._arm.is_set() and self._sent_at is None:
+                out[0] = 1.0
+                self._sent_at = start
+            elif self._sent_at is not None and self._heard_at is None:
+                loud = np.flatnonzero(np.abs(self.back.get_array()) > 0.3)
+                if loud.size and self._loop and self._back:
+                    self._heard_at = start + int(loud[0])
+                    self._loop.call_soon_threadsafe(_resolve, self._back)
+
+        self.client.activate()
+
+    def route(self, send: str, receive: str) -> None:
+        """Send the probe into ``send``; listen for it on ``receive`` (and nothing else)."""
+        for port, other in ((self.out, send), (self.back, receive)):
+            for existing in self.client.get_all_connections(port):
+                if existing.name != other:
+                    self.client.disconnect(port, existing)
+        if send not in {p.name for p in self.client.get_all_connections(self.out)}:
+            self.client.connect(self.out, send)
+        if receive not in {p.name for p in self.client.get_all_connections(self.back)}:
+            self.client.connect(receive, self.back)
+
+    async def round_trip(self, within: float) -> float | None:
+        """Seconds from the impulse leaving to its return; None if it did not come back in time."""
+        self._loop = asyncio.get_running_loop()
+        self._back = self._loop.create_future()
+        self._sent_at = self._heard_at = None
+        self._arm.set()
+        try:
+            async with asyncio.timeout(within):
+                await self._back
+        except TimeoutError:
+            return None
+        finally:
+            self._arm.clear()
+        assert self._heard_at is not None and self._sent_at is not None
+        return (self._heard_at - self._sent_at) / self.rate
 
     def close(self) -> None:
         self.client.deactivate()

@@ -23,6 +23,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from . import protocol
 from .client import TuttiClient
+from .jacktrip import AudioSettings, SiteAudio
 from .synths import SYNTHS_DIR
 
 log = logging.getLogger("tutti.node")
@@ -86,6 +87,7 @@ class Scsynth:
         start_jack: bool = True,
         synth_dir: Path = SYNTHS_DIR,
         channels: int = 2,
+        inputs: int = 8,  # room for audio from other sites (JackTrip links patch into in_3 and up)
     ):
         self.port = port
         self.jack_server = jack_server
@@ -93,6 +95,7 @@ class Scsynth:
         self.start_jack = start_jack
         self.synth_dir = synth_dir
         self.channels = channels
+        self.inputs = inputs
         self.health = Health()
         self.env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_DEFAULT_SERVER": jack_server}
         self._jack: asyncio.subprocess.Process | None = None
@@ -153,7 +156,7 @@ class Scsynth:
             "-u",
             str(self.port),
             "-i",
-            str(self.channels),
+            str(self.inputs),
             "-o",
             str(self.channels),
             "-R",
@@ -271,11 +274,22 @@ class NodeAgent:
         self.client = TuttiClient(url, "node", token, site=site, name=name, parts=parts)
         self.client.sio.on(protocol.CUE, self._cue)
         self.client.on_welcome = self._welcome
+        self.audio: SiteAudio | None = None  # this site's JackTrip end, if the concert gives it one
         self.cues_played = 0
         self.cues_late = 0
 
     async def _welcome(self) -> None:
         self.scsynth.make_groups(list(self.client.groups.values()))
+        plan = self.client.welcome.get("audio")
+        if plan is not None and self.audio is None and self.client.you.get("site"):
+            self.audio = SiteAudio(
+                AudioSettings.model_validate(plan),
+                self.client.you["site"],
+                self.scsynth.jack_server,
+                self.scsynth.client_name,
+                self.scsynth.env,
+            )
+            await self.audio.start()
 
     async def _cue(self, data: dict[str, Any]) -> None:
         address, args = data["address"], list(data.get("args", []))
@@ -323,9 +337,12 @@ class NodeAgent:
                             "offset": self.client.clock.offset,
                             "samples": self.client.clock.samples,
                             "error": min(self.client.clock.error, 60.0),
+                            "links": [state.report() for state in self.audio.states] if self.audio else [],
                         },
                     )
 
     async def close(self) -> None:
         await self.client.close()
+        if self.audio:
+            await self.audio.close()
         await self.scsynth.close()

@@ -102,13 +102,24 @@ class ControlInput(Message):
     value: Num | bool | tuple[Num, Num]
 
 
+class LinkReport(Message):
+    """One JackTrip end a node runs (see ``conductor/jacktrip.py``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    site: Name
+    role: Literal["hub", "client"]
+    state: Name
+    latency_ms: Num | None = None
+
+
 class Health(Message):
-    """A node agent's report: its scsynth, the cues it played, its clock."""
+    """A node agent's report: its scsynth, the cues it played, its clock, its JackTrip links."""
 
     model_config = ConfigDict(extra="allow", frozen=True)  # newer agents may report more
     up: StrictBool
     late: Annotated[StrictInt, Field(ge=0)]
     cues: Annotated[StrictInt, Field(ge=0)]
+    links: Annotated[list[LinkReport], Field(max_length=16)] = []
 
 
 class Rejected(Exception):

@@ -258,6 +258,14 @@ class Conductor:
         if unknown:
             raise Rejected("unknown_part", f"no part {', '.join(unknown)} in the score")
 
+    def _runs_audio(self, node: Client) -> bool:
+        """Whether a node runs an end of the JackTrip topology: its site's, if it is that end's node."""
+        audio = self.concert.settings.audio
+        if audio is None:
+            return False
+        ends = [audio.hub, *audio.links]
+        return any(end.site == node.site and end.node in (None, node.name) for end in ends)
+
     def _node_parts(self, joined: Auth, site: str | None) -> list[str]:
         """The parts a node sounds: those it names, else its site's, else (no site) every part."""
         parts = self.score.score.parts
@@ -290,6 +298,8 @@ class Conductor:
             for room in rooms:
                 await self.sio.enter_room(sid, f"nodes:{room}")
             welcome["groups"] = {p: self.score.score.group(p) for p in client.parts}
+            if self._runs_audio(client):
+                welcome["audio"] = self.concert.settings.audio.model_dump()  # type: ignore[union-attr]
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
         await self.sio.emit(protocol.WELCOME, {"you": asdict(client), **welcome, "now": self.clock.now()}, to=sid)
         if client.role == "node":  # what its synths should be set to now

@@ -19,6 +19,33 @@ function soundOf(client) {
   return h.late || h.cues_late ? [`${text} · ${h.late + h.cues_late} late`, "stale"] : [text];
 }
 
+// Every JackTrip end the nodes run: a link that is not connected, or that drops audio, stands out.
+function linkRows(clients) {
+  const rows = [];
+  for (const c of clients) {
+    for (const l of c.health?.links ?? []) {
+      const end = l.role === "hub" ? `hub (${l.peers} joined)` : "client";
+      const cells = [[l.site], [end], [c.name], [`${l.state} ${Math.round(l.for_s ?? 0)} s`, l.state === "connected" ? "" : "stale"],
+        [l.latency_ms == null ? "–" : l.latency_ms.toFixed(2), "num"], [String(l.underruns ?? 0), "num"],
+        [String(l.overflows ?? 0), "num"], [String(l.lost ?? 0), l.lost ? "num stale" : "num"],
+        [String(l.restarts ?? 0), "num"], [l.last_error ?? ""]];
+      rows.push(row(cells));
+    }
+  }
+  return rows;
+}
+
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const [text, cls] of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.append(td);
+  }
+  return tr;
+}
+
 function showError(message) {
   const li = document.createElement("li");
   li.textContent = `${new Date().toLocaleTimeString()} ${message}`;
@@ -71,19 +98,13 @@ async function main() {
   const history = {}; // site -> [[conductor time, median rtt]]
   conductor.socket.on("clients", (feed) => {
     const rows = feed.clients.map((c) => {
-      const tr = document.createElement("tr");
       const seen = feed.now - c.last_seen;
-      for (const [text, cls] of [[c.name], [c.role], [c.part ?? ""], [c.site ?? ""], [ms(c.rtt), "num"],
+      return row([[c.name], [c.role], [c.part ?? ""], [c.site ?? ""], [ms(c.rtt), "num"],
         [ms(c.offset), "num"], [ms(c.error), "num"], [`${seen.toFixed(0)} s`, seen > 10 ? "num stale" : "num"],
-        soundOf(c)]) {
-        const td = document.createElement("td");
-        td.textContent = text;
-        if (cls) td.className = cls;
-        tr.append(td);
-      }
-      return tr;
+        soundOf(c)]);
     });
     $("clients").replaceChildren(...rows);
+    $("links").replaceChildren(...linkRows(feed.clients));
     const bySite = {};
     for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);
     for (const [site, rtts] of Object.entries(bySite)) {

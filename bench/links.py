@@ -1,0 +1,133 @@
+"""JackTrip links: measured round trip for several queue lengths, and recovery after a kill.
+
+    .venv/bin/python bench/links.py [--queues 2,4,8] [--kills 3] [--json out.json]
+
+For each queue length: three JACK servers (dummy driver, 128-frame periods, 48 kHz), a hub at
+ucas and a client at pku, each run by its own ``tutti node`` from one concert file. The pku node
+measures the audio round trip on its measuring channel (an impulse out through the link, looped
+back at the hub, timed in JACK frames) on connecting and every 5 s; printed: the first and the
+last over 20 s, beside twice the queue in periods.
+
+Then, with queue 4, pku's jacktrip is killed ``--kills`` times; each time, the seconds until the
+node reports the link connected again, and until an impulse has been through it again (the node
+measures on every reconnection). The node reports once a second, so both are up to 1 s late.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import concert_file, jack_server, node_agent, nodes_up, running  # noqa: E402
+
+TOKEN = "bench"
+PERIOD_MS = 128 / 48000 * 1000
+SCORE = "title: Links\nduration: 600\nparts:\n  - {id: a, name: A, site: ucas}\n  - {id: c, name: C, site: pku}\n"
+
+
+async def link_of(http: aiohttp.ClientSession, url: str, name: str) -> dict[str, Any]:
+    async with http.get(f"{url}/api/status") as r:
+        clients = (await r.json())["clients"]
+    node = next((c for c in clients if c["name"] == name), None)
+    links = ((node or {}).get("health") or {}).get("links") or [{}]
+    return links[0]
+
+
+async def case(queue: int, kills: int, base: int, strategy: int) -> dict[str, Any]:
+    ends = {"queue": queue, "buffer_strategy": strategy}
+    audio = {
+        "hub": {"site": "ucas", "address": "127.0.0.1", "port": base, **ends},
+        "links": [{"site": "pku", "bind_port": base + 1, **ends}],
+    }
+    concert = concert_file({"conductor": TOKEN, "node": TOKEN}, SCORE, audio=audio)
+    jack = {site: f"tutti-links-{site}-{os.getpid()}" for site in ("ucas", "pku")}
+    out: dict[str, Any] = {"queue": queue, "round_trips_ms": [], "recoveries": []}
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(running("serve", str(concert)))
+        agents = []
+        for i, site in enumerate(("ucas", "pku")):
+            await stack.enter_async_context(jack_server(jack[site]))
+            agents.append(await node_agent(url, TOKEN, f"n{site}", 57500 + i, jack[site], "--site", site))
+            await nodes_up(url, i + 1)
+        try:
+            async with aiohttp.ClientSession() as http:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    out["round_trips_ms"] = (await link_of(http, url, "npku")).get("history_ms", [])
+                    await asyncio.sleep(0.5)
+                for _ in range(kills):
+                    pgrep = await asyncio.create_subprocess_exec(
+                        "pgrep", "-f", f"jacktrip -C 127.0.0.1 -P {base} ", stdout=-1
+                    )
+                    pid = int((await pgrep.communicate())[0].split()[0])
+                    before = await link_of(http, url, "npku")
+                    os.kill(pid, signal.SIGKILL)
+                    killed = time.monotonic()
+                    connected = measured = None
+                    states: list[str] = []
+                    while time.monotonic() - killed < 30 and measured is None:
+                        report = await link_of(http, url, "npku")
+                        if not states or states[-1] != report.get("state"):
+                            states.append(report.get("state", "?"))
+                        restarted = report.get("restarts", 0) > before.get("restarts", 0)
+                        if connected is None and restarted and report.get("state") == "connected":
+                            connected = time.monotonic() - killed
+                        if restarted and report.get("measured", 0) > before.get("measured", 0):
+                            measured = time.monotonic() - killed
+                        await asyncio.sleep(0.1)
+                    out["recoveries"].append({"connected_s": connected, "measured_s": measured, "states": states})
+                    await asyncio.sleep(12)  # a healthy spell, so the next restart starts without backoff
+        finally:
+            for agent in agents:
+                agent.terminate()
+                await agent.wait()
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queues", default="2,4,8")
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--strategy", type=int, default=1, help="jacktrip --bufstrategy")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    queues = [int(q) for q in args.queues.split(",")]
+    results = []
+    for i, queue in enumerate(queues):
+        results.append(await case(queue, args.kills if queue == 4 else 0, 21000 + 10 * i, args.strategy))
+    print(f"period {PERIOD_MS:.3f} ms (128 frames at 48 kHz)")
+    print(f"{'queue':>5}{'2q periods ms':>15}{'first ms':>10}{'periods':>9}{'last ms':>9}{'periods':>9}  all")
+    for r in results:
+        trips, q = r["round_trips_ms"], r["queue"]
+        if trips:
+            first, last = trips[0], trips[-1]
+            print(
+                f"{q:>5}{2 * q * PERIOD_MS:15.3f}{first:10.3f}{first / PERIOD_MS:9.2f}"
+                f"{last:9.3f}{last / PERIOD_MS:9.2f}  {trips}"
+            )
+        else:
+            print(f"{q:>5}  none measured")
+    for r in results:
+        for k in r["recoveries"]:
+            back = [f"{k[key]:.2f} s" if k[key] is not None else "never" for key in ("connected_s", "measured_s")]
+            print(f"kill: connected again after {back[0]}, audio through after {back[1]} ({' → '.join(k['states'])})")
+    if args.json:
+        with open(args.json, "w") as out:  # noqa: ASYNC230 (once, at the end)
+            json.dump(results, out, indent=2)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,246 @@
+"""JackTrip links with real jacktrip 1.7 and three JACK servers (dummy driver), one per site.
+
+The conductor's concert file gives the topology: ucas runs the hub, ccom and pku join it. Each
+site's node agent (``tutti node``) starts its own JACK server, scsynth and jacktrip, and patches.
+This process listens at pku only: libjack talks to one JACK server per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from playwright.async_api import Browser
+
+from conductor.concert import load_concert
+from conductor.jackio import Recorder
+from conductor.jacktrip import (
+    AudioSettings,
+    SiteAudio,
+    check_audio,
+    client_command,
+    hub_command,
+    wanted_connections,
+)
+from conductor.node import osc_message
+from conductor.yamlcheck import InvalidFile
+from tests.conftest import TOKENS, ConductorProcess, write_concert
+from tests.test_node import node_health, start_node, stop_node, until
+
+SCORE = """\
+title: Three sites
+duration: 600
+parts:
+  - {id: a, name: A, site: ucas}
+  - {id: b, name: B, site: ccom}
+  - {id: c, name: C, site: pku}
+"""
+SITES = ["ucas", "ccom", "pku"]  # started in this order: the hub first
+TONE = 440.0
+PERIOD = 128 / 48000
+
+
+def audio_settings(base: int, queue: int = 4) -> dict[str, Any]:
+    return {
+        "hub": {"site": "ucas", "address": "127.0.0.1", "port": base, "queue": queue},
+        "links": [
+            {"site": "ccom", "bind_port": base + 1, "queue": queue, "scsynth_to_send": 1},
+            {"site": "pku", "bind_port": base + 2, "queue": queue, "receive_to_scsynth": 3},
+        ],
+    }
+
+
+@pytest.fixture
+async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    (tmp_path / "score.yaml").write_text(SCORE)
+    base = 20000 + (os.getpid() % 1000) * 4
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", audio=audio_settings(base)))
+    agents = {}
+    ports = {site: 57200 + (os.getpid() % 200) * 3 + i for i, site in enumerate(SITES)}
+    servers = {site: f"tutti-jt-{site}-{os.getpid()}" for site in SITES}
+    try:
+        for site in SITES:  # JACK servers start one at a time
+            agents[site] = await start_node(conductor, f"n{site}", site, ports[site], servers[site])
+            await until(lambda s=site: node_health(conductor, f"n{s}").get("up") is True, 30, f"{site} never came up")
+        await until(lambda: all(link_state(conductor, s) == "connected" for s in ("ccom", "pku")), 20, "links down")
+        yield {"conductor": conductor, "ports": ports, "servers": servers, "base": base}
+    finally:
+        for agent in agents.values():
+            await stop_node(agent)
+        conductor.stop()
+
+
+def link(conductor: ConductorProcess, site: str) -> dict[str, Any]:
+    links = node_health(conductor, f"n{site}").get("links", [])
+    return links[0] if links else {}
+
+
+def link_state(conductor: ConductorProcess, site: str) -> str:
+    return link(conductor, site).get("state", "")
+
+
+def hears_tone(recorder: Recorder, seconds: float = 0.2) -> bool:
+    """Whether the last ``seconds`` of the recording are mostly the tone."""
+    with recorder.lock:
+        blocks = [b for _, _, b in recorder.blocks[-int(seconds * 48000 / 128) :]]
+    if not blocks:
+        return False
+    signal_ = np.concatenate(blocks)
+    if np.sqrt(np.mean(signal_**2)) < 0.05:
+        return False
+    spectrum = np.abs(np.fft.rfft(signal_ * np.hanning(len(signal_))))
+    peak = np.fft.rfftfreq(len(signal_), 1 / 48000)[np.argmax(spectrum)]
+    return abs(peak - TONE) < 20
+
+
+async def test_audio_passes_between_sites_and_a_killed_link_comes_back(sites: dict[str, Any]) -> None:
+    conductor: ConductorProcess = sites["conductor"]
+    # The hub sees both clients; pku's received audio goes into its scsynth, as configured.
+    assert link(conductor, "ucas")["peers"] == 2
+    recorder = Recorder(sites["servers"]["pku"], "recorder-pku")
+    try:
+        connected = {p.name for p in recorder.client.get_all_connections("jacktrip-pku:receive_1")}
+        assert "scsynth-npku:in_3" in connected
+
+        # A tone from ccom's scsynth, out through ccom's link, through the hub, arrives at pku.
+        tone = osc_message("/s_new", ["tutti_tone", 5000, 0, 0, "freq", TONE, "amp", 0.5]).build().dgram
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(tone, ("127.0.0.1", sites["ports"]["ccom"]))
+        recorder.listen_to("jacktrip-pku:receive_1")
+        await until(lambda: hears_tone(recorder), 5, "the tone from ccom never reached pku")
+
+        # Kill ccom's jacktrip: its node restarts it and patches it again; the tone comes back.
+        pgrep = await asyncio.create_subprocess_exec(
+            "pgrep", "-f", f"jacktrip -C 127.0.0.1 -P {sites['base']} -B {sites['base'] + 1} ", stdout=-1
+        )
+        os.kill(int((await pgrep.communicate())[0].split()[0]), signal.SIGKILL)
+        killed = time.monotonic()
+        await until(lambda: not hears_tone(recorder), 3, "the tone went on without ccom's link")
+        await until(lambda: hears_tone(recorder), 5, "the tone did not come back within 5 s")
+        print(f"audio back {time.monotonic() - killed:.2f} s after the kill")
+        await until(lambda: link(conductor, "ccom").get("restarts", 0) >= 1, 3, "the restart was not reported")
+    finally:
+        recorder.close()
+
+
+async def test_the_round_trip_is_measured_and_matches_the_buffering(sites: dict[str, Any]) -> None:
+    conductor: ConductorProcess = sites["conductor"]
+    await until(lambda: link(conductor, "pku").get("history_ms"), 10, "no round trip was measured")
+    first = link(conductor, "pku")["history_ms"][0] / 1000
+    expected = expected_round_trip(queue=4)
+    print(f"round trip {first * 1000:.3f} ms on connecting, expected {expected * 1000:.3f} ms")
+    assert abs(first - expected) <= PERIOD + 1e-6  # the report is rounded to the microsecond
+
+
+def expected_round_trip(queue: int) -> float:
+    """Out to the hub and back, on connecting: each way, a receive queue of ``queue`` periods.
+
+    jacktrip 1.7's jitter buffer then trims its queue while the link stays quiet, and the round
+    trip falls by a period or more over the following seconds (``bench/links.py`` shows it):
+    the reason Tutti measures links rather than computing their latency.
+    """
+    return 2 * queue * PERIOD
+
+
+# --- the topology in the concert file, without running anything --------------------------------
+
+
+def test_each_end_gets_the_options_that_take_effect() -> None:
+    audio = AudioSettings.model_validate(audio_settings(4464, queue=8))
+    hub = hub_command(audio)
+    assert hub[:3] == ["jacktrip", "-S", "-p"] and hub[3] == "5"  # Tutti patches the hub itself
+    assert "-n" not in hub and "-t" not in hub
+    ccom = client_command(audio, audio.links[0])
+    assert ccom[ccom.index("-C") + 1] == "127.0.0.1" and ccom[ccom.index("-P") + 1] == "4464"
+    assert ccom[ccom.index("-n") + 1] == "3"  # two channels and the measuring channel
+    assert ccom[ccom.index("-q") + 1] == "8" and ccom[ccom.index("-b") + 1] == "24" and "-D" in ccom
+
+
+def test_the_hub_fans_out_and_loops_the_measuring_channel_back() -> None:
+    audio = AudioSettings.model_validate(audio_settings(4464))
+    ports = {f"{s}:{d}_{i}" for s in ("ccom", "pku") for d in ("send", "receive") for i in (1, 2, 3)}
+    wanted = set(wanted_connections(audio, "ucas", "scsynth-nucas", ports))
+    assert ("ccom:receive_1", "pku:send_1") in wanted and ("pku:receive_2", "ccom:send_2") in wanted
+    assert ("ccom:receive_1", "ccom:send_1") not in wanted  # fan: nobody hears themselves
+    assert ("ccom:receive_3", "ccom:send_3") in wanted and ("ccom:receive_3", "pku:send_3") not in wanted
+    pku = wanted_connections(audio, "pku", "scsynth-npku", {"jacktrip-pku:receive_1", "scsynth-npku:in_3"})
+    assert pku == [("jacktrip-pku:receive_1", "scsynth-npku:in_3")]  # only ports that exist
+
+
+BAD = [
+    (
+        {"links": [{"site": "ccom", "bind_port": 4465, "sample_rate": 44100}]},
+        "links[0].sample_rate",
+        "does not resample",
+    ),
+    ({"links": [{"site": "ccom", "bind_port": 4465, "bit_depth": 16}]}, "links[0].bit_depth", "must agree"),
+    (
+        {
+            "links": [
+                {"site": "ccom", "host": "::1", "bind_port": 4465},
+                {"site": "pku", "host": "::1", "bind_port": 4465},
+            ]
+        },
+        "links[1].bind_port",
+        "share port 4465",
+    ),
+    ({"links": [{"site": "ucas", "bind_port": 4465}]}, "links[0].site", "runs the hub"),
+    (
+        {"links": [{"site": "ccom", "bind_port": 4465}, {"site": "ccom", "bind_port": 4466}]},
+        "links[1].site",
+        "two links",
+    ),
+    ({"links": [{"site": "ccom", "queue": 1}]}, "links[0].queue", "greater than or equal to 2"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "words"), BAD, ids=[b[1] for b in BAD])
+def test_bad_topologies_are_refused_with_file_line_and_field(
+    tmp_path: Path, change: dict[str, Any], field: str, words: str
+) -> None:
+    audio = {"hub": {"site": "ucas", "address": "::1"}, **change}
+    path = write_concert(tmp_path, audio=audio)
+    with pytest.raises(InvalidFile) as caught:
+        load_concert(path)
+    messages = [str(p) for p in caught.value.problems]
+    assert any(f": audio.{field}: " in m and words in m for m in messages), messages
+
+
+def test_options_with_no_effect_are_warned_about(tmp_path: Path) -> None:
+    audio = {"hub": {"site": "ucas", "address": "::1", "channels": 8, "timeout": True}, "links": [{"site": "ccom"}]}
+    concert = load_concert(write_concert(tmp_path, audio=audio))
+    assert any("audio.hub.channels: -n has no effect on a hub server" in w for w in concert.warnings), concert.warnings
+    assert any("audio.hub.timeout: -t has no effect" in w for w in concert.warnings)
+    errors, warnings = check_audio(AudioSettings.model_validate(audio))
+    assert errors == [] and len(warnings) == 2
+
+
+async def test_the_console_shows_every_link(sites: dict[str, Any], browser: Browser) -> None:
+    conductor: ConductorProcess = sites["conductor"]
+    page = await browser.new_page()
+    await page.goto(f"{conductor.url}/console?token={TOKENS['conductor']}")
+    await page.wait_for_function("document.querySelector('#links').innerText.includes('hub (2 joined)')")
+    await page.wait_for_function("document.querySelectorAll('#links tr').length === 3")
+    rows = await page.inner_text("#links")
+    assert "ccom" in rows and "pku" in rows and rows.count("connected") == 3, rows
+
+
+async def test_jacktrip_2_options_are_refused_by_jacktrip_1() -> None:
+    """Debian's jacktrip is 1.7: it has no buffer strategy 3 (2.x's packet loss concealment)."""
+    audio = AudioSettings.model_validate(
+        {"hub": {"site": "ucas", "address": "::1"}, "links": [{"site": "ccom", "buffer_strategy": 3}]}
+    )
+    site = SiteAudio(audio, "ccom", "no-such-jack-server", "scsynth-x", dict(os.environ))
+    await site.start()
+    [state] = site.states
+    assert state.state == "stopped" and state.version.startswith("1.")
+    assert "--bufstrategy 3 and 4 need jacktrip 2.x" in state.last_error
+    await site.close()
