@@ -152,10 +152,12 @@ class Prober:
 
     def route(self, send: str, receive: str) -> None:
         """Send the probe into ``send``; listen for it on ``receive`` (and nothing else)."""
-        for port, other in ((self.out, send), (self.back, receive)):
-            for existing in self.client.get_all_connections(port):
-                if existing.name != other:
-                    self.client.disconnect(port, existing)
+        for existing in self.client.get_all_connections(self.out):
+            if existing.name != send:
+                self.client.disconnect(self.out, existing)
+        for existing in self.client.get_all_connections(self.back):
+            if existing.name != receive:
+                self.client.disconnect(existing, self.back)
         if send not in {p.name for p in self.client.get_all_connections(self.out)}:
             self.client.connect(self.out, send)
         if receive not in {p.name for p in self.client.get_all_connections(self.back)}:

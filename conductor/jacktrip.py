@@ -30,7 +30,6 @@ log = logging.getLogger("tutti.jacktrip")
 Port = Annotated[int, Field(ge=1, le=65535)]
 Channels = Annotated[int, Field(ge=1, le=64)]
 SiteName = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
-HUB_PATCHES = {"server": 0, "loopback": 1, "fan": 2, "mix": 4}  # --hubpatch numbers, as Tutti applies them
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before each restart in a row
 STEADY = 10.0  # seconds connected after which a link counts as healthy again (backoff starts over)
 CONNECT_WITHIN = 2.5  # seconds a client may wait for the hub's audio, times the failures in a row
@@ -67,16 +66,47 @@ class LinkSettings(_End):
     measure: StrictBool = True  # one more channel, looped back at the hub, to measure the round trip
 
 
+class PairServer(_End):
+    address: StrictStr  # where the other end reaches this one
+    port: Port = 4464  # -B here, -P there
+
+
+class PairClient(_End):
+    host: StrictStr = "::"
+    bind_port: Port = 4464  # -B
+
+
+class PairSettings(_Strict):
+    """Two sites linked directly (jacktrip -s and -c), without the hub."""
+
+    server: PairServer
+    client: PairClient
+    channels: Channels = 2
+    measure: StrictBool = True  # one more channel, looped back at the server, to measure the round trip
+
+
 class AudioSettings(_Strict):
     sample_rate: StrictInt = 48000
     bit_depth: Literal[16, 24, 32] = 24
     period: Annotated[int, Field(ge=16, le=4096)] = 128  # JACK frames per period at every site
-    hub: HubSettings
-    links: list[LinkSettings] = []
+    hub: HubSettings | None = None
+    links: list[LinkSettings] = []  # hub clients
+    pairs: list[PairSettings] = []
 
-    def channels(self, link: LinkSettings) -> int:
-        """Channels jacktrip carries for a link: its audio, plus the measuring channel."""
+    def channels(self, link: LinkSettings | PairSettings) -> int:
+        """Channels jacktrip carries: the audio, plus the measuring channel."""
         return (link.channels or 2) + (1 if link.measure else 0)
+
+    def ends(self) -> list[_End]:
+        """Every end of every link: each is run by a node at its site."""
+        hub = [self.hub] if self.hub else []
+        return [*hub, *self.links, *(end for pair in self.pairs for end in (pair.server, pair.client))]
+
+    def rate(self, end: _End) -> int:
+        return end.sample_rate or self.sample_rate
+
+    def bits(self, end: _End) -> int:
+        return end.bit_depth or self.bit_depth
 
 
 Loc = tuple[str | int, ...]
@@ -87,39 +117,51 @@ def check_audio(audio: AudioSettings) -> tuple[list[tuple[Loc, str]], list[tuple
     errors: list[tuple[Loc, str]] = []
     warnings: list[tuple[Loc, str]] = []
     hub = audio.hub
-    hub_rate, hub_bits = hub.sample_rate or audio.sample_rate, hub.bit_depth or audio.bit_depth
-    if hub.channels is not None:
+    if hub is None and audio.links:
+        errors.append((("audio", "hub"), "links join a hub: say which site runs it"))
+    if hub is not None and hub.channels is not None:
         message = "-n has no effect on a hub server: each client brings its own channel count"
         warnings.append((("audio", "hub", "channels"), message))
-    if hub.timeout:
+    if hub is not None and hub.timeout:
         warnings.append((("audio", "hub", "timeout"), "-t has no effect on a hub server"))
-    bound: dict[tuple[str, int], int] = {}
+
+    def agree(loc: Loc, end: _End, other: _End, where: str) -> None:
+        here, there = audio.rate(end), audio.rate(other)
+        if here != there:
+            errors.append(((*loc, "sample_rate"), f"{here} Hz at {end.site} but {there} Hz at {where}: no resampling"))
+        here, there = audio.bits(end), audio.bits(other)
+        if here != there:
+            message = f"{here}-bit at {end.site} but {there}-bit at {where}: ends must agree"
+            errors.append(((*loc, "bit_depth"), message))
+
+    bound: dict[tuple[str, int], str] = {}  # (host, port) -> which end binds it
+
+    def bind(loc: Loc, field: str, host: str, port: int, what: str) -> None:
+        if (host, port) in bound:
+            errors.append(((*loc, field), f"{what} and {bound[host, port]} share port {port} on host {host}"))
+        bound.setdefault((host, port), what)
+
+    if hub is not None:
+        bind(("audio", "hub"), "port", hub.address, hub.port, "the hub")
     for i, link in enumerate(audio.links):
         loc: Loc = ("audio", "links", i)
-        if link.site == hub.site:
-            errors.append(((*loc, "site"), f"'{link.site}' runs the hub; it needs no link to itself"))
-        rate, bits = link.sample_rate or audio.sample_rate, link.bit_depth or audio.bit_depth
-        if rate != hub_rate:
-            message = f"{rate} Hz at {link.site} but {hub_rate} Hz at the hub: jacktrip does not resample"
-            errors.append(((*loc, "sample_rate"), message))
-        if bits != hub_bits:
-            message = f"{bits}-bit at {link.site} but {hub_bits}-bit at the hub: both ends must agree"
-            errors.append(((*loc, "bit_depth"), message))
-        key = (link.host, link.bind_port)
-        if key in bound:
-            errors.append(
-                ((*loc, "bind_port"), f"links {bound[key]} and {i} share port {link.bind_port} on host {link.host}")
-            )
-        bound.setdefault(key, i)
-        if link.host == hub.address and link.bind_port == hub.port:
-            errors.append(((*loc, "bind_port"), f"port {hub.port} on {link.host} is the hub's own"))
+        if hub is not None:
+            if link.site == hub.site:
+                errors.append(((*loc, "site"), f"'{link.site}' runs the hub; it needs no link to itself"))
+            agree(loc, link, hub, "the hub")
+        bind(loc, "bind_port", link.host, link.bind_port, f"link {i}")
         if link.timeout:
             message = "-t makes a client quit after 10 s of silence; Tutti restarts it anyway"
             warnings.append(((*loc, "timeout"), message))
-    sites = [link.site for link in audio.links]
-    for i, site in enumerate(sites):
-        if site in sites[:i]:
-            errors.append((("audio", "links", i, "site"), f"'{site}' has two links"))
+        if link.site in [other.site for other in audio.links[:i]]:
+            errors.append(((*loc, "site"), f"'{link.site}' has two links"))
+    for i, pair in enumerate(audio.pairs):
+        loc = ("audio", "pairs", i)
+        if pair.server.site == pair.client.site:
+            errors.append(((*loc, "client", "site"), "a pair links two different sites"))
+        agree((*loc, "client"), pair.client, pair.server, pair.server.site)
+        bind((*loc, "server"), "port", pair.server.address, pair.server.port, f"pair {i}'s server")
+        bind((*loc, "client"), "bind_port", pair.client.host, pair.client.bind_port, f"pair {i}'s client")
     return errors, warnings
 
 
@@ -137,26 +179,42 @@ async def jacktrip_version() -> tuple[int, ...]:
     return parse_version(out.decode(errors="replace"))
 
 
-def hub_command(audio: AudioSettings) -> list[str]:
-    hub = audio.hub
+def _common(audio: AudioSettings, end: _End) -> list[str]:
     return [
-        "jacktrip", "-S", "-p", "5", "-B", str(hub.port), "-q", str(hub.queue),
-        "--bufstrategy", str(hub.buffer_strategy), "-b", str(hub.bit_depth or audio.bit_depth), "-I", "1",
+        "-q", str(end.queue), "--bufstrategy", str(end.buffer_strategy), "-b", str(audio.bits(end)), "-I", "1",
     ]  # fmt: skip
 
 
-def client_command(audio: AudioSettings, link: LinkSettings) -> list[str]:
+def hub_command(audio: AudioSettings, hub: HubSettings) -> list[str]:
+    return ["jacktrip", "-S", "-p", "5", "-B", str(hub.port), *_common(audio, hub)]
+
+
+def client_command(audio: AudioSettings, hub: HubSettings, link: LinkSettings) -> list[str]:
     command = [
-        "jacktrip", "-C", audio.hub.address, "-P", str(audio.hub.port), "-B", str(link.bind_port),
-        "-K", link.site, "-J", client_name(link), "-n", str(audio.channels(link)), "-q", str(link.queue),
-        "--bufstrategy", str(link.buffer_strategy), "-b", str(link.bit_depth or audio.bit_depth),
-        "-D", "-I", "1",
+        "jacktrip", "-C", hub.address, "-P", str(hub.port), "-B", str(link.bind_port), "-K", link.site,
+        "-J", client_name(link), "-n", str(audio.channels(link)), "-D", *_common(audio, link),
     ]  # fmt: skip
     return command + (["-t"] if link.timeout else [])
 
 
+def pair_commands(audio: AudioSettings, pair: PairSettings) -> tuple[list[str], list[str]]:
+    """The server's and the client's command lines; each end's JACK client is named after the other."""
+    n = str(audio.channels(pair))
+    server, client = pair.server, pair.client
+    return (
+        [
+            "jacktrip", "-s", "-B", str(server.port), "-J", f"jacktrip-{client.site}", "-n", n, "-D",
+            *_common(audio, server),
+        ],
+        [
+            "jacktrip", "-c", server.address, "-P", str(server.port), "-B", str(client.bind_port),
+            "-J", f"jacktrip-{server.site}", "-n", n, "-D", *_common(audio, client),
+        ],
+    )  # fmt: skip
+
+
 def client_name(link: LinkSettings) -> str:
-    """The JACK client name of a link's jacktrip at its own site (never a JACK server's name)."""
+    """The JACK client name of a hub client's jacktrip at its own site (never a JACK server's name)."""
     return f"jacktrip-{link.site}"
 
 
@@ -167,10 +225,14 @@ IOSTAT = re.compile(
 )  # per second with -I 1: send underruns/overflows, receive underruns/overflows, lost/out of order/revived
 
 
+CLIENTS = ("client", "p2p client")  # the ends that connect out, and wait for audio to come back
+
+
 @dataclass
 class LinkState:
     site: str
-    role: Literal["hub", "client"]
+    role: Literal["hub", "client", "p2p server", "p2p client"]
+    peer: str = ""  # the site at the other end (a hub's are its clients)
     state: str = "starting"  # connecting, connected, peer lost, restarting, stopped
     since: float = field(default_factory=time.time)
     restarts: int = 0
@@ -202,7 +264,7 @@ class LinkState:
             if self.role == "hub":
                 self.set("connected" if self.peers else "waiting")
             else:
-                self.set("connecting")
+                self.set("connecting" if self.role in CLIENTS else "waiting")
         elif "Client Connection Received" in line:
             self.peers += 1
             self.set("connected")
@@ -218,6 +280,7 @@ class LinkState:
         return {
             "site": self.site,
             "role": self.role,
+            "peer": self.peer,
             "state": self.state,
             "for_s": round(time.time() - self.since, 1),
             "restarts": self.restarts,
@@ -237,10 +300,11 @@ class LinkState:
 class Link:
     """One jacktrip process, kept running: restarted with backoff whenever it exits."""
 
-    def __init__(self, command: list[str], state: LinkState, env: dict[str, str]):
+    def __init__(self, command: list[str], state: LinkState, env: dict[str, str], probe: tuple[str, int] | None = None):
         self.command = command
         self.state = state
         self.env = env
+        self.probe = probe  # (jacktrip's JACK client, channel) to measure the round trip on
         self.proc: asyncio.subprocess.Process | None = None
 
     async def run(self) -> None:
@@ -250,7 +314,7 @@ class Link:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.command, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
             )
-            self.state.set("connecting" if self.state.role == "client" else "waiting")
+            self.state.set("connecting" if self.state.role in CLIENTS else "waiting")
             reader = asyncio.create_task(self._read(self.proc))
             patience = CONNECT_WITHIN * (failures + 1)
             while not reader.done():
@@ -287,10 +351,10 @@ class Link:
 
 
 def wanted_connections(audio: AudioSettings, site: str, scsynth: str, ports: set[str]) -> list[tuple[str, str]]:
-    """The JACK connections this site's end needs now, among the ``ports`` that exist."""
+    """The JACK connections this site's ends need now, among the ``ports`` that exist."""
     out: list[tuple[str, str]] = []
-    if site == audio.hub.site:
-        hub = audio.hub
+    hub = audio.hub
+    if hub is not None and site == hub.site:
         for link in audio.links:
             n = link.channels or 2
             for other in audio.links:
@@ -299,13 +363,23 @@ def wanted_connections(audio: AudioSettings, site: str, scsynth: str, ports: set
             if hub.patch == "loopback":
                 out += [(f"{link.site}:receive_{i}", f"{link.site}:send_{i}") for i in range(1, n + 1)]
             if link.measure:  # the measuring channel comes straight back
-                m = audio.channels(link)
-                out.append((f"{link.site}:receive_{m}", f"{link.site}:send_{m}"))
+                out.append(_loop(link.site, audio.channels(link)))
             out += _scsynth_patch(hub, link.site, scsynth, n)
     for link in audio.links:
         if link.site == site:
             out += _scsynth_patch(link, client_name(link), scsynth, link.channels or 2)
+    for pair in audio.pairs:
+        if pair.server.site == site:
+            name = f"jacktrip-{pair.client.site}"
+            out += [_loop(name, audio.channels(pair))] if pair.measure else []
+            out += _scsynth_patch(pair.server, name, scsynth, pair.channels)
+        if pair.client.site == site:
+            out += _scsynth_patch(pair.client, f"jacktrip-{pair.server.site}", scsynth, pair.channels)
     return [(a, b) for a, b in out if a in ports and b in ports]
+
+
+def _loop(jacktrip: str, channel: int) -> tuple[str, str]:
+    return (f"{jacktrip}:receive_{channel}", f"{jacktrip}:send_{channel}")
 
 
 def _scsynth_patch(end: _End, jacktrip: str, scsynth: str, channels: int) -> list[tuple[str, str]]:
@@ -316,14 +390,6 @@ def _scsynth_patch(end: _End, jacktrip: str, scsynth: str, channels: int) -> lis
         if end.scsynth_to_send is not None:
             out.append((f"{scsynth}:out_{end.scsynth_to_send + i - 1}", f"{jacktrip}:send_{i}"))
     return out
-
-
-def scsynth_inputs(audio: AudioSettings, site: str) -> int:
-    """How many inputs this site's scsynth needs for the links patched into it."""
-    ends: list[tuple[_End, int]] = [(link, link.channels or 2) for link in audio.links if link.site == site]
-    if site == audio.hub.site:
-        ends += [(audio.hub, max((link.channels or 2 for link in audio.links), default=2))]
-    return max([2] + [end.receive_to_scsynth + n - 1 for end, n in ends if end.receive_to_scsynth is not None])
 
 
 class SiteAudio:
@@ -344,34 +410,52 @@ class SiteAudio:
     def states(self) -> list[LinkState]:
         return [link.state for link in self.links]
 
+    def _plan(self, version: str) -> list[tuple[LinkState, list[str], _End, tuple[str, int] | None]]:
+        """Each end this site runs: its state, command line, settings, and what to measure on."""
+        audio, site = self.audio, self.site
+        hub = audio.hub
+        out: list[tuple[LinkState, list[str], _End, tuple[str, int] | None]] = []
+        if hub is not None and hub.site == site:
+            out.append((LinkState(site, "hub", version=version), hub_command(audio, hub), hub, None))
+        for link in audio.links:
+            if hub is not None and link.site == site:
+                probe = (client_name(link), audio.channels(link)) if link.measure else None
+                state = LinkState(site, "client", peer=hub.site, version=version)
+                out.append((state, client_command(audio, hub, link), link, probe))
+        for pair in audio.pairs:
+            server, client = pair_commands(audio, pair)
+            if pair.server.site == site:
+                state = LinkState(site, "p2p server", peer=pair.client.site, version=version)
+                out.append((state, server, pair.server, None))
+            if pair.client.site == site:
+                probe = (f"jacktrip-{pair.server.site}", audio.channels(pair)) if pair.measure else None
+                state = LinkState(site, "p2p client", peer=pair.server.site, version=version)
+                out.append((state, client, pair.client, probe))
+        return out
+
     async def start(self) -> None:
         version = await jacktrip_version()
         label = ".".join(map(str, version))
-        ends: list[_End] = [self.audio.hub, *self.audio.links]
-        if version[0] < 2 and any(e.site == self.site and e.buffer_strategy >= 3 for e in ends):
-            state = LinkState(self.site, "hub" if self.site == self.audio.hub.site else "client", version=label)
-            state.set("stopped")
-            state.last_error = f"--bufstrategy 3 and 4 need jacktrip 2.x; this is {label}"
-            self.links.append(Link([], state, self.env))
+        for state, command, end, probe in self._plan(label):
+            if version[0] < 2 and end.buffer_strategy >= 3:
+                state.set("stopped")
+                state.last_error = f"--bufstrategy 3 and 4 need jacktrip 2.x; this is {label}"
+                self.links.append(Link([], state, self.env))
+            else:
+                self.links.append(Link(command, state, self.env, probe))
+        running = [link for link in self.links if link.command]
+        if not running:
             return
-        if self.site == self.audio.hub.site:
-            state = LinkState(self.site, "hub", version=label)
-            self.links.append(Link(hub_command(self.audio), state, self.env))
-        for settings in self.audio.links:
-            if settings.site == self.site:
-                state = LinkState(settings.site, "client", version=label)
-                self.links.append(Link(client_command(self.audio, settings), state, self.env))
         self.patchbay = Patchbay(self.jack_server, f"tutti-patch-{self.site}")
         if self.patchbay.rate != self.audio.sample_rate:
-            for link in self.links:
-                link.state.last_error = (
-                    f"JACK runs at {self.patchbay.rate} Hz here, the concert at {self.audio.sample_rate} Hz"
-                )
-        self._tasks = [asyncio.create_task(link.run()) for link in self.links]
+            problem = f"JACK runs at {self.patchbay.rate} Hz here, the concert at {self.audio.sample_rate} Hz"
+            for link in running:
+                link.state.last_error = problem
+        self._tasks = [asyncio.create_task(link.run()) for link in running]
         self._tasks.append(asyncio.create_task(self._keep_patched()))
-        if any(s.site == self.site and s.measure for s in self.audio.links):
+        if any(link.probe for link in running):
             self.prober = Prober(self.jack_server, f"tutti-probe-{self.site}")
-            self._tasks.append(asyncio.create_task(self._measure()))
+            self._tasks.append(asyncio.create_task(self._measure([link for link in running if link.probe])))
 
     async def _keep_patched(self) -> None:
         """Make the wanted connections whenever their ports exist: after a reconnect, a restart."""
@@ -386,31 +470,30 @@ class SiteAudio:
                 log.warning("patching: %s", e)
             await asyncio.sleep(0.25)
 
-    async def _measure(self) -> None:
-        """Measure the round trip on the measuring channel: on each (re)connection, then every so often."""
+    async def _measure(self, links: list[Link]) -> None:
+        """Measure each link's round trip on its measuring channel: on each (re)connection, then every so often."""
         assert self.prober is not None
-        settings = next(s for s in self.audio.links if s.site == self.site)
-        link = next(x for x in self.links if x.state.role == "client")
-        channel = self.audio.channels(settings)
-        name = client_name(settings)
-        last: tuple[int, float] = (-1, 0.0)  # (restarts, time) of the latest measurement
+        last: dict[int, tuple[int, float]] = {}  # link -> (restarts, time) of its latest measurement
         while True:
             await asyncio.sleep(0.1)
-            state = link.state
-            due = state.restarts != last[0] or time.monotonic() - last[1] >= PROBE_EVERY
-            if state.state != "connected" or not due:
-                continue
-            try:
-                self.prober.route(f"{name}:send_{channel}", f"{name}:receive_{channel}")
-                seconds = await self.prober.round_trip(within=1.0)
-            except Exception as e:  # the link's ports may be gone for a moment
-                log.debug("measuring %s: %s", self.site, e)
-                continue
-            if seconds is not None:
-                state.latency_ms = round(seconds * 1000, 3)
-                state.history.append((time.time(), state.latency_ms))
-                state.measured += 1
-                last = (state.restarts, time.monotonic())
+            for k, link in enumerate(links):
+                assert link.probe is not None
+                state, (name, channel) = link.state, link.probe
+                restarts, when = last.get(k, (-1, 0.0))
+                due = state.restarts != restarts or time.monotonic() - when >= PROBE_EVERY
+                if state.state != "connected" or not due:
+                    continue
+                try:
+                    self.prober.route(f"{name}:send_{channel}", f"{name}:receive_{channel}")
+                    seconds = await self.prober.round_trip(within=1.0)
+                except Exception as e:  # the link's ports may be gone for a moment
+                    log.debug("measuring %s: %s", name, e)
+                    continue
+                if seconds is not None:
+                    state.latency_ms = round(seconds * 1000, 3)
+                    state.history.append((time.time(), state.latency_ms))
+                    state.measured += 1
+                    last[k] = (state.restarts, time.monotonic())
 
     async def close(self) -> None:
         for task in self._tasks:

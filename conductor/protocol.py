@@ -107,7 +107,8 @@ class LinkReport(Message):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     site: Name
-    role: Literal["hub", "client"]
+    role: Literal["hub", "client", "p2p server", "p2p client"]
+    peer: StrictStr = ""
     state: Name
     latency_ms: Num | None = None
 

@@ -263,8 +263,7 @@ class Conductor:
         audio = self.concert.settings.audio
         if audio is None:
             return False
-        ends = [audio.hub, *audio.links]
-        return any(end.site == node.site and end.node in (None, node.name) for end in ends)
+        return any(end.site == node.site and end.node in (None, node.name) for end in audio.ends())
 
     def _node_parts(self, joined: Auth, site: str | None) -> list[str]:
         """The parts a node sounds: those it names, else its site's, else (no site) every part."""

@@ -49,11 +49,18 @@ PERIOD = 128 / 48000
 
 
 def audio_settings(base: int, queue: int = 4) -> dict[str, Any]:
+    """ucas runs the hub that ccom and pku join; ucas and pku also have a link of their own."""
     return {
         "hub": {"site": "ucas", "address": "127.0.0.1", "port": base, "queue": queue},
         "links": [
             {"site": "ccom", "bind_port": base + 1, "queue": queue, "scsynth_to_send": 1},
             {"site": "pku", "bind_port": base + 2, "queue": queue, "receive_to_scsynth": 3},
+        ],
+        "pairs": [
+            {
+                "server": {"site": "ucas", "address": "127.0.0.1", "port": base + 3, "scsynth_to_send": 1},
+                "client": {"site": "pku", "bind_port": base + 4, "queue": queue},
+            }
         ],
     }
 
@@ -70,7 +77,8 @@ async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         for site in SITES:  # JACK servers start one at a time
             agents[site] = await start_node(conductor, f"n{site}", site, ports[site], servers[site])
             await until(lambda s=site: node_health(conductor, f"n{s}").get("up") is True, 30, f"{site} never came up")
-        await until(lambda: all(link_state(conductor, s) == "connected" for s in ("ccom", "pku")), 20, "links down")
+        up = [("ccom", 0), ("pku", 0), ("pku", 1)]
+        await until(lambda: all(link(conductor, s, i).get("state") == "connected" for s, i in up), 20, "links down")
         yield {"conductor": conductor, "ports": ports, "servers": servers, "base": base}
     finally:
         for agent in agents.values():
@@ -78,13 +86,10 @@ async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         conductor.stop()
 
 
-def link(conductor: ConductorProcess, site: str) -> dict[str, Any]:
+def link(conductor: ConductorProcess, site: str, index: int = 0) -> dict[str, Any]:
+    """A site's report of one of its ends: the hub or hub client first, then its pairs."""
     links = node_health(conductor, f"n{site}").get("links", [])
-    return links[0] if links else {}
-
-
-def link_state(conductor: ConductorProcess, site: str) -> str:
-    return link(conductor, site).get("state", "")
+    return links[index] if len(links) > index else {}
 
 
 def hears_tone(recorder: Recorder, seconds: float = 0.2) -> bool:
@@ -131,6 +136,24 @@ async def test_audio_passes_between_sites_and_a_killed_link_comes_back(sites: di
         recorder.close()
 
 
+async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
+    conductor: ConductorProcess = sites["conductor"]
+    assert link(conductor, "ucas", 1)["role"] == "p2p server" and link(conductor, "pku", 1)["peer"] == "ucas"
+    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-pair")
+    try:
+        tone = osc_message("/s_new", ["tutti_tone", 5001, 0, 0, "freq", TONE, "amp", 0.5]).build().dgram
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(tone, ("127.0.0.1", sites["ports"]["ucas"]))
+        recorder.listen_to("jacktrip-ucas:receive_1")
+        await until(lambda: hears_tone(recorder), 5, "the tone from ucas never reached pku directly")
+    finally:
+        recorder.close()
+    await until(lambda: link(conductor, "pku", 1).get("history_ms"), 10, "no round trip was measured on the pair")
+    first = link(conductor, "pku", 1)["history_ms"][0] / 1000
+    print(f"pair round trip {first * 1000:.3f} ms on connecting")
+    assert abs(first - expected_round_trip(queue=4)) <= PERIOD + 1e-6  # a receive queue at each end, too
+
+
 async def test_the_round_trip_is_measured_and_matches_the_buffering(sites: dict[str, Any]) -> None:
     conductor: ConductorProcess = sites["conductor"]
     await until(lambda: link(conductor, "pku").get("history_ms"), 10, "no round trip was measured")
@@ -155,10 +178,11 @@ def expected_round_trip(queue: int) -> float:
 
 def test_each_end_gets_the_options_that_take_effect() -> None:
     audio = AudioSettings.model_validate(audio_settings(4464, queue=8))
-    hub = hub_command(audio)
+    assert audio.hub is not None
+    hub = hub_command(audio, audio.hub)
     assert hub[:3] == ["jacktrip", "-S", "-p"] and hub[3] == "5"  # Tutti patches the hub itself
     assert "-n" not in hub and "-t" not in hub
-    ccom = client_command(audio, audio.links[0])
+    ccom = client_command(audio, audio.hub, audio.links[0])
     assert ccom[ccom.index("-C") + 1] == "127.0.0.1" and ccom[ccom.index("-P") + 1] == "4464"
     assert ccom[ccom.index("-n") + 1] == "3"  # two channels and the measuring channel
     assert ccom[ccom.index("-q") + 1] == "8" and ccom[ccom.index("-b") + 1] == "24" and "-D" in ccom
@@ -175,30 +199,20 @@ def test_the_hub_fans_out_and_loops_the_measuring_channel_back() -> None:
     assert pku == [("jacktrip-pku:receive_1", "scsynth-npku:in_3")]  # only ports that exist
 
 
+CCOM = {"site": "ccom", "host": "::1", "bind_port": 4465}
+PAIR = {"server": {"site": "ucas", "address": "::1", "port": 4474}, "client": {"site": "whcm", "bind_port": 4475}}
 BAD = [
-    (
-        {"links": [{"site": "ccom", "bind_port": 4465, "sample_rate": 44100}]},
-        "links[0].sample_rate",
-        "does not resample",
-    ),
-    ({"links": [{"site": "ccom", "bind_port": 4465, "bit_depth": 16}]}, "links[0].bit_depth", "must agree"),
-    (
-        {
-            "links": [
-                {"site": "ccom", "host": "::1", "bind_port": 4465},
-                {"site": "pku", "host": "::1", "bind_port": 4465},
-            ]
-        },
-        "links[1].bind_port",
-        "share port 4465",
-    ),
-    ({"links": [{"site": "ucas", "bind_port": 4465}]}, "links[0].site", "runs the hub"),
-    (
-        {"links": [{"site": "ccom", "bind_port": 4465}, {"site": "ccom", "bind_port": 4466}]},
-        "links[1].site",
-        "two links",
-    ),
-    ({"links": [{"site": "ccom", "queue": 1}]}, "links[0].queue", "greater than or equal to 2"),
+    ({"links": [{**CCOM, "sample_rate": 44100}]}, "links[0].sample_rate", "no resampling"),
+    ({"links": [{**CCOM, "bit_depth": 16}]}, "links[0].bit_depth", "ends must agree"),
+    ({"links": [CCOM, {**CCOM, "site": "pku"}]}, "links[1].bind_port", "share port 4465 on host ::1"),
+    ({"links": [{**CCOM, "bind_port": 4464}]}, "links[0].bind_port", "link 0 and the hub share port 4464"),
+    ({"links": [{**CCOM, "site": "ucas"}]}, "links[0].site", "runs the hub"),
+    ({"links": [CCOM, {**CCOM, "bind_port": 4466}]}, "links[1].site", "two links"),
+    ({"links": [{**CCOM, "queue": 1}]}, "links[0].queue", "greater than or equal to 2"),
+    ({"pairs": [{**PAIR, "client": {"site": "whcm", "bit_depth": 16}}]}, "pairs[0].client.bit_depth", "must agree"),
+    ({"pairs": [{**PAIR, "client": {"site": "ucas"}}]}, "pairs[0].client.site", "two different sites"),
+    ({"pairs": [{**PAIR, "server": {**PAIR["server"], "port": 4464}}]}, "pairs[0].server.port", "share port 4464"),
+    ({"hub": None, "links": [CCOM]}, "hub", "say which site runs it"),
 ]
 
 
@@ -228,9 +242,10 @@ async def test_the_console_shows_every_link(sites: dict[str, Any], browser: Brow
     page = await browser.new_page()
     await page.goto(f"{conductor.url}/console?token={TOKENS['conductor']}")
     await page.wait_for_function("document.querySelector('#links').innerText.includes('hub (2 joined)')")
-    await page.wait_for_function("document.querySelectorAll('#links tr').length === 3")
+    await page.wait_for_function("document.querySelectorAll('#links tr').length === 5")
     rows = await page.inner_text("#links")
-    assert "ccom" in rows and "pku" in rows and rows.count("connected") == 3, rows
+    assert "client of ucas" in rows and "p2p client of ucas" in rows and "p2p server of pku" in rows, rows
+    assert rows.count("connected") == 5, rows
 
 
 async def test_jacktrip_2_options_are_refused_by_jacktrip_1() -> None:

@@ -24,7 +24,7 @@ function linkRows(clients) {
   const rows = [];
   for (const c of clients) {
     for (const l of c.health?.links ?? []) {
-      const end = l.role === "hub" ? `hub (${l.peers} joined)` : "client";
+      const end = l.role === "hub" ? `hub (${l.peers} joined)` : `${l.role} of ${l.peer}`;
       const cells = [[l.site], [end], [c.name], [`${l.state} ${Math.round(l.for_s ?? 0)} s`, l.state === "connected" ? "" : "stale"],
         [l.latency_ms == null ? "–" : l.latency_ms.toFixed(2), "num"], [String(l.underruns ?? 0), "num"],
         [String(l.overflows ?? 0), "num"], [String(l.lost ?? 0), l.lost ? "num stale" : "num"],
