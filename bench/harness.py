@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import statistics
 import sys
@@ -17,6 +16,9 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from conductor.node import start_jack  # noqa: E402
 
 # Debian's Chromium, headless, quiet on a closed network, and not throttled when in the background
 # (a concert laptop may run several views at once).
@@ -88,19 +90,8 @@ async def running(*args: str) -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def jack_server(name: str) -> AsyncIterator[str]:
     """A JACK server with the dummy driver (48 kHz, 128-frame periods) for the block."""
-    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
-    jackd = await asyncio.create_subprocess_exec(
-        "jackd", "-n", name, "-d", "dummy", "-r", "48000", "-p", "128", "-C", "2", "-P", "2",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    jackd = await start_jack(name)
     try:
-        for _ in range(100):
-            probe = await asyncio.create_subprocess_exec("jack_lsp", "-s", name, env=env, stdout=-3, stderr=-3)
-            if await probe.wait() == 0:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError("jackd did not start")
         yield name
     finally:
         jackd.terminate()
@@ -142,3 +133,9 @@ def report(title: str, label: str, results: dict[object, dict[str, list[float]]]
             print(f"{case!s:<16}{rule:<12}{med:9.3f}{p99:9.3f}{p99 / base if base else float('nan'):13.1f}x")
     if json_path:
         Path(json_path).write_text(json.dumps(figures, indent=2))
+
+
+def save(path: str | None, results: object) -> None:
+    """Write a bench's figures as JSON, if asked to (``--json PATH``)."""
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -31,7 +30,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, jack_server, node_agent, nodes_up, running  # noqa: E402
+from bench.harness import concert_file, jack_server, node_agent, nodes_up, running, save  # noqa: E402
 
 TOKEN = "bench"
 PERIOD_MS = 128 / 48000 * 1000
@@ -124,9 +123,7 @@ async def main() -> None:
         for k in r["recoveries"]:
             back = [f"{k[key]:.2f} s" if k[key] is not None else "never" for key in ("connected_s", "measured_s")]
             print(f"kill: connected again after {back[0]}, audio through after {back[1]} ({' → '.join(k['states'])})")
-    if args.json:
-        with open(args.json, "w") as out:  # noqa: ASYNC230 (once, at the end)
-            json.dump(results, out, indent=2)
+    save(args.json, results)
 
 
 if __name__ == "__main__":

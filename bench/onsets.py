@@ -29,7 +29,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running  # noqa: E402
+from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running, save  # noqa: E402
 from conductor.client import TuttiClient  # noqa: E402
 from conductor.jackio import Recorder  # noqa: E402
 from conductor.node import osc_bundle  # noqa: E402
@@ -143,9 +143,7 @@ async def main() -> None:
                 f"{name:<8}{subset:<8}{s['n']:>5}{s['median_ms']:9.3f}{s['p50_abs_ms']:9.3f}{s['p99_abs_ms']:9.3f}"
                 f"{s['max_abs_ms']:9.3f}{r['xruns']:>7}{r['missed']:>8}{s['p99_abs_ms'] / base:14.2f}x"
             )
-    if args.json:
-        with open(args.json, "w") as out:  # noqa: ASYNC230 (once, at the end)
-            json.dump(results, out, indent=2)
+    save(args.json, results)
 
 
 if __name__ == "__main__":

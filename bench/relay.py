@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import json
 import os
 import socket
 import statistics
@@ -39,7 +38,7 @@ from pythonosc.osc_packet import OscPacket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running  # noqa: E402
+from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running, save  # noqa: E402
 from conductor.node import osc_message  # noqa: E402
 from conductor.score import PART_GROUP_BASE  # noqa: E402
 
@@ -223,9 +222,7 @@ async def main() -> None:
         for agent in agents:
             if agent.returncode is None:
                 agent.kill()
-    if args.json:
-        with open(args.json, "w") as out:  # noqa: ASYNC230 (once, at the end)
-            json.dump(results, out, indent=2)
+    save(args.json, results)
 
 
 if __name__ == "__main__":

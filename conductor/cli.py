@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", required=True, help="HOST:PORT to forward to")
     p.add_argument("--delay", type=float, default=0.0, help="one-way delay, seconds")
     p.add_argument("--jitter", type=float, default=0.0, help="extra uniform random delay up to this, seconds")
+    p.add_argument("--loss", type=float, default=0.0, help="fraction of packets lost (TCP: resent after a timeout)")
+    p.add_argument("--udp", action="store_true", help="a UDP link (OSC, JackTrip) rather than TCP (Socket.IO)")
     p.add_argument("--seed", type=int, help="random seed, to repeat a run")
 
     p = sub.add_parser("node", help="run a node agent: a supervised scsynth that plays the conductor's cues")
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "emulate":
             from . import emulate
 
-            asyncio.run(emulate.run(args.listen, args.to, args.delay, args.jitter, args.seed))
+            asyncio.run(emulate.run(args.listen, args.to, args.delay, args.jitter, args.loss, args.udp, args.seed))
     except (InvalidFile, journal.JournalError) as e:
         print(e, file=sys.stderr)
         return 1

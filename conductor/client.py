@@ -139,6 +139,7 @@ class TuttiClient:
                         "rtt": min(self.clock.rtt, 60.0),
                         "offset": self.clock.offset,
                         "error": min(self.clock.error, 60.0),
+                        "delay": min(self.clock.delay, 60.0),
                     },
                 )
 

@@ -59,6 +59,9 @@ class Exchange:
         return (self.t3 - self.t0) - (self.t2 - self.t1)
 
 
+DELAY_OVER = 64  # exchanges the one-way delay's percentile is taken over
+
+
 class OffsetEstimator:
     """Estimates conductor time minus local time from a window of sync exchanges.
 
@@ -85,6 +88,7 @@ class OffsetEstimator:
         self.estimate: float | None = None  # raw estimate from the window
         self.error = float("inf")  # bound on |estimate - true offset|
         self.rtt = float("inf")  # smallest round trip in the window
+        self.delay = float("inf")  # conductor-to-here delay, 95th percentile of the latest exchanges
         self._from = 0.0  # applied offset at time _since ...
         self._since = 0.0
         self._to = 0.0  # ... slewing toward this one
@@ -110,6 +114,8 @@ class OffsetEstimator:
         self.estimate = (min_up - min_down) / 2
         self.error = (min_up + min_down) / 2
         self.rtt = min(e.rtt for e in self._exchanges)
+        downs = sorted(e.down for e in list(self._exchanges)[-DELAY_OVER:])
+        self.delay = max(0.0, downs[int(0.95 * (len(downs) - 1))] + self.estimate)
         self._steer(self.estimate, t3)
         return True
 

@@ -31,20 +31,20 @@ class Onset:
 
 
 class Recorder:
-    """Records one JACK input port, with each block's start time; counts xruns."""
+    """Records JACK input ports (``in_1`` ...), with each block's start time; counts xruns."""
 
-    def __init__(self, server: str, name: str = "tutti-recorder"):
+    def __init__(self, server: str, name: str = "tutti-recorder", ports: int = 1):
         self.client = jack.Client(name, servername=server, no_start_server=True)
-        self.port = self.client.inports.register("in_1")
+        self.ports = [self.client.inports.register(f"in_{i + 1}") for i in range(ports)]
         self.rate = self.client.samplerate
         self.lock = threading.Lock()
-        self.blocks: list[tuple[int, float, np.ndarray]] = []  # first frame, wall time, samples
+        self.blocks: list[tuple[int, float, np.ndarray]] = []  # first frame, wall time, samples (port, frame)
         self.xruns: list[float] = []  # wall-clock times
 
         @self.client.set_process_callback
         def process(frames: int) -> None:
             started = time.time()
-            block = self.port.get_array().copy()
+            block = np.stack([port.get_array() for port in self.ports])
             with self.lock:
                 self.blocks.append((self.client.last_frame_time, started, block))
 
@@ -54,19 +54,19 @@ class Recorder:
 
         self.client.activate()
 
-    def listen_to(self, source: str) -> None:
-        """Record ``source`` (a JACK output port name) and nothing else."""
-        for existing in self.client.get_all_connections(self.port):
-            self.client.disconnect(existing, self.port)
-        self.client.connect(source, self.port)
+    def listen_to(self, source: str, port: int = 0) -> None:
+        """Record ``source`` (a JACK output port name) on ``in_{port + 1}``, and nothing else there."""
+        for existing in self.client.get_all_connections(self.ports[port]):
+            self.client.disconnect(existing, self.ports[port])
+        self.client.connect(source, self.ports[port])
 
     def clear(self) -> None:
         with self.lock:
             self.blocks.clear()
         self.xruns.clear()
 
-    def onsets(self, threshold: float = 0.5, silence: float = 0.01) -> list[Onset]:
-        """Every sound that rises above ``threshold`` after ``silence`` seconds below it."""
+    def onsets(self, threshold: float = 0.5, silence: float = 0.01, port: int = 0) -> list[Onset]:
+        """Every sound on ``port`` that rises above ``threshold`` after ``silence`` seconds below it."""
         with self.lock:
             blocks = list(self.blocks)
         if not blocks:
@@ -76,7 +76,8 @@ class Recorder:
         quiet_frames = int(silence * self.rate)
         out = []
         quiet_since = -quiet_frames - 1
-        for k, (start, _, block) in enumerate(blocks):
+        for k, (start, _, both) in enumerate(blocks):
+            block = both[port]
             for i in np.flatnonzero(np.abs(block) > threshold):
                 frame = start + int(i)
                 if frame > quiet_since + quiet_frames:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,28 @@ class Health:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+async def start_jack(
+    name: str, *, rate: int = 48000, period: int = 128, channels: int = 2
+) -> asyncio.subprocess.Process:
+    """A JACK server named ``name`` with the dummy driver, once it answers (stop it with terminate())."""
+    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
+    jackd = await asyncio.create_subprocess_exec(
+        "jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period),
+        "-C", str(channels), "-P", str(channels),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # JACK servers must be up before anyone joins them
+        probe = await asyncio.create_subprocess_exec(
+            "jack_lsp", "-s", name, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        if await probe.wait() == 0:
+            return jackd
+        await asyncio.sleep(0.1)
+    jackd.kill()
+    raise RuntimeError(f"JACK server {name} did not start")
+
+
 class Scsynth:
     """A supervised scsynth on UDP ``port``, on JACK server ``jack_server`` (started here if asked)."""
 
@@ -117,38 +140,7 @@ class Scsynth:
         self._tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._poll_status())]
 
     async def _start_jack(self) -> None:
-        self._jack = await asyncio.create_subprocess_exec(
-            "jackd",
-            "-n",
-            self.jack_server,
-            "-d",
-            "dummy",
-            "-r",
-            "48000",
-            "-p",
-            "128",
-            "-C",
-            str(self.channels),
-            "-P",
-            str(self.channels),
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # JACK servers must be up before anyone joins them
-            probe = await asyncio.create_subprocess_exec(
-                "jack_lsp",
-                "-s",
-                self.jack_server,
-                env=self.env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            if await probe.wait() == 0:
-                return
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"JACK server {self.jack_server} did not start")
+        self._jack = await start_jack(self.jack_server, channels=self.channels)
 
     async def _start_scsynth(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -276,7 +268,9 @@ class NodeAgent:
         self.client.on_welcome = self._welcome
         self.audio: SiteAudio | None = None  # this site's JackTrip end, if the concert gives it one
         self.cues_played = 0
-        self.cues_late = 0
+        self.cues_late = 0  # cues that arrived after their time ...
+        self.cues_skipped = 0  # ... of which the score's rule skipped these
+        self.cues_moved = 0  # ... and moved these to the next beat
 
     async def _welcome(self) -> None:
         self.scsynth.make_groups(list(self.client.groups.values()))
@@ -304,12 +298,23 @@ class NodeAgent:
                 if group == args[3]
                 for x in (control, setting[2])
             ]
-        if data.get("t") is None:  # a setting to take effect now
+        if data.get("t") is None:  # now: a setting, or a cue scheduled "immediate"
             self.scsynth.send(osc_message(address, args).build().dgram, port)
+            self.cues_played += address != "/n_set"
             return
-        local = self.client.clock.to_local(float(data["t"]))
-        if local < time.time():
-            self.cues_late += 1  # scsynth plays it at once and says "late"
+        # Aligned cues play early by the audio's way from this site to the one they are aligned at.
+        early = float((data.get("align") or {}).get(self.client.you.get("site"), 0.0))
+        local = self.client.clock.to_local(float(data["t"])) - early
+        now = time.time()
+        if local < now:  # it came too late: the score says what to do
+            self.cues_late += 1
+            rule, beat = data.get("late", "play"), float(data.get("beat") or 0)
+            if rule == "skip":
+                self.cues_skipped += 1
+                return
+            if rule == "next_beat" and beat > 0:
+                local += math.ceil((now - local) / beat) * beat
+                self.cues_moved += 1
         self.scsynth.send(osc_bundle(local, address, args), port)
         self.cues_played += 1
 
@@ -334,6 +339,8 @@ class NodeAgent:
                             "last_error": h.last_error,
                             "cues": self.cues_played,
                             "cues_late": self.cues_late,
+                            "cues_skipped": self.cues_skipped,
+                            "cues_moved": self.cues_moved,
                             "offset": self.client.clock.offset,
                             "samples": self.client.clock.samples,
                             "error": min(self.client.clock.error, 60.0),

@@ -93,6 +93,7 @@ class Report(Message):
     rtt: Annotated[Num, Field(ge=0, le=60)]
     offset: Annotated[Num, Field(ge=-1e10, le=1e10)]
     error: Annotated[Num, Field(ge=0, le=60)]
+    delay: Annotated[Num, Field(ge=0, le=60)] | None = None  # how late the conductor's messages arrive (p95)
 
 
 class ControlInput(Message):

@@ -46,3 +46,63 @@ def cues_between(score: Score, transport: Transport, start: float, end: float) -
             if lo <= cue.at < hi and cue.at <= score.duration:
                 out.append(TimedCue(index, seg.t + (cue.at - seg.pos) / seg.rate, cue, score.cue_args(cue)))
     return sorted(out, key=lambda c: c.t)
+
+
+# --- choosing the lookahead: what the conductor knows of every destination's delay ----------------
+
+ALLOWANCE = 0.01  # seconds for the conductor to send a cue and a node to hand it to scsynth
+MARGIN = 1.25  # on the worst destination's delay
+BOOST_STEP = 0.02  # seconds added to the lookahead for each report of late cues ...
+BOOST_HALF_LIFE = 60.0  # ... and how slowly that extra wears off again
+
+
+@dataclass
+class Lookahead:
+    """The lookahead for ``together``: the worst destination's delay with a margin, never below
+    ``floor`` (the concert's ``lookahead``), plus an extra that late cues add and time wears off."""
+
+    floor: float
+    boost: float = 0.0
+    value: float = 0.0
+    worst: str = ""  # the destination that sets it
+
+    def update(self, delays: dict[str, float], elapsed: float) -> float:
+        self.boost *= 0.5 ** (elapsed / BOOST_HALF_LIFE)
+        self.worst, delay = max(delays.items(), key=lambda kv: kv[1], default=("", 0.0))
+        self.value = max(self.floor, delay * MARGIN + ALLOWANCE) + self.boost
+        return self.value
+
+    def late(self, cues: int) -> None:
+        """Destinations got ``cues`` late: give every cue more time."""
+        self.boost += BOOST_STEP * min(cues, 5)
+
+
+def audio_delays(links: list[dict[str, object]], to: str, period: float) -> dict[str, float]:
+    """One-way audio delay from each site to site ``to``, from the nodes' link reports (seconds).
+
+    A measured round trip goes through two loops in JACK (the loopback at the far end, and the
+    prober's own send and return), each a period; the rest is the way there and back, half each.
+    A path between two hub clients goes through the hub; a pair's is direct.
+    """
+    to_hub: dict[str, float] = {}
+    direct: dict[tuple[str, str], float] = {}
+    hub = ""
+    for link in links:
+        site, peer, ms = str(link.get("site")), str(link.get("peer", "")), link.get("latency_ms")
+        if link.get("role") == "hub":
+            hub = site
+        if not isinstance(ms, int | float):
+            continue
+        way = max(0.0, ms / 1000 - 2 * period) / 2
+        if link.get("role") == "client":
+            to_hub[site] = way
+            hub = hub or peer
+        elif link.get("role") == "p2p client":
+            direct[(site, peer)] = direct[(peer, site)] = way
+    out = {}
+    for site in {*to_hub, *(a for a, _ in direct), hub} - {"", to}:
+        if (site, to) in direct:
+            out[site] = direct[(site, to)]
+        elif (site == hub or site in to_hub) and (to == hub or to in to_hub):
+            out[site] = to_hub.get(site, 0.0) + to_hub.get(to, 0.0)
+    return out

@@ -100,10 +100,23 @@ class Tempo(Strict):
     beats_per_bar: Annotated[StrictInt, Field(ge=1, le=32)] = 4
 
 
+class Aligned(Strict):
+    aligned: Ident  # the site whose listeners hear every site's sound together
+
+
+# How cues are timed across sites: "together" (every site at the same conductor time), "immediate"
+# (no lookahead: each node plays a cue when it arrives) or {aligned: SITE}.
+Schedule = Literal["together", "immediate"] | Aligned
+# What a node does with a cue that reaches it after its time.
+Late = Literal["play", "skip", "next_beat"]
+
+
 class Section(Strict):
     id: Ident
     name: StrictStr | None = None
     start: Time
+    schedule: Schedule | None = None  # for the cues in this section
+    late: Late | None = None
 
 
 class NSet(Strict):
@@ -286,6 +299,8 @@ class Cue(Strict):
     to: Literal["scsynth", "sclang"] = "scsynth"
     address: Annotated[StrictStr, _matching(r"/\S+", "an OSC address starts with / and has no spaces")]
     args: list[OscArg] = []
+    schedule: Schedule | None = None  # default: its section's, else the score's
+    late: Late | None = None
 
 
 class Score(Strict):
@@ -298,6 +313,8 @@ class Score(Strict):
     sections: list[Section] = []
     parameters: list[Parameter] = []
     cues: list[Cue] = []
+    schedule: Schedule = "together"
+    late: Late = "play"
 
     def part(self, part_id: str) -> Part | None:
         return next((p for p in self.parts if p.id == part_id), None)
@@ -307,6 +324,13 @@ class Score(Strict):
 
     def parameter(self, param_id: str) -> Parameter | None:
         return next((p for p in self.parameters if p.id == param_id), None)
+
+    def policy(self, cue: Cue) -> tuple[Schedule, Late]:
+        """How a cue is timed and what a late one does: its own, its section's, or the score's."""
+        section = next((s for s in reversed(self.sections) if s.start <= cue.at), None)
+        schedule = cue.schedule or (section.schedule if section else None) or self.schedule
+        late = cue.late or (section.late if section else None) or self.late
+        return schedule, late
 
     def group(self, part_id: str) -> int:
         """The scsynth group that holds a part's sound on its nodes (created by the node agent)."""
@@ -423,6 +447,8 @@ def _cross_checks(score: Score, folder: Path) -> list[tuple[Loc, str]]:
         kind, _, name = cue.target.partition(":")
         if (kind == "part" and name not in parts) or (kind == "site" and name not in sites):
             out.append((("cues", i, "target"), f"no {kind} '{name}' in the score"))
+        if isinstance(cue.schedule, Aligned) and cue.schedule.aligned not in sites:
+            out.append((("cues", i, "schedule", "aligned"), f"no site '{cue.schedule.aligned}' in the score"))
         if GROUP_ARG in cue.args and kind != "part":
             out.append((("cues", i, "args"), f"'{GROUP_ARG}' is a part's group: give the cue a target part:ID"))
     return out

@@ -30,12 +30,13 @@ from .clock import ConductorClock
 from .concert import Concert
 from .osc import OscIngress
 from .protocol import Auth, ControlInput, Health, Rejected, Report, SetParam
-from .scheduler import cues_between
-from .score import XY, Fader, Toggle
+from .scheduler import Lookahead, TimedCue, audio_delays, cues_between
+from .score import XY, Aligned, Fader, Toggle
 from .transport import Change, Transport
 
 log = logging.getLogger("tutti.conductor")
 CUE_TICK = 0.01  # seconds between looks for cues entering the lookahead
+LOOKAHEAD_EVERY = 0.25  # seconds between updates of the lookahead from the clients' delays
 CLIENTS_DIR = Path(__file__).resolve().parent.parent / "clients"
 VENDOR = {
     "socket.io": CLIENTS_DIR / "node_modules" / "socket.io-client" / "dist",
@@ -55,6 +56,7 @@ class Client:
     rtt: float | None = None
     offset: float | None = None
     error: float | None = None
+    delay: float | None = None  # how late the conductor's messages reach it (its p95)
     health: dict[str, Any] | None = None  # nodes: their last report
     parts: list[str] = field(default_factory=list)  # nodes: the parts they sound
 
@@ -91,6 +93,9 @@ class Conductor:
         self.rejections: Counter[str] = Counter()
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)  # the latest refusals, for the console
         self.controls: dict[str, Any] = {}  # "part/control" -> latest value from a performer
+        self.lookahead = Lookahead(floor=concert.settings.lookahead)
+        self.lookahead.value = concert.settings.lookahead
+        self._sent_until = 0.0  # conductor time up to which cues have been sent: changes come after it
         self.started = time.time()
         cors = concert.settings.cors_origins
         self.sio = _Server(
@@ -183,6 +188,7 @@ class Conductor:
             "clients": [asdict(c) for c in self.clients.values()],
             "rejections": dict(self.rejections),
             "journal": str(self.journal.path),
+            "lookahead": {"value": self.lookahead.value, "worst": self.lookahead.worst, "boost": self.lookahead.boost},
         }
 
     async def _status(self, request: web.Request) -> web.Response:
@@ -322,7 +328,7 @@ class Conductor:
     async def _report(self, client: Client, payload: Any) -> None:
         _check_size(payload)
         report = Report.model_validate(payload)
-        client.rtt, client.offset, client.error = report.rtt, report.offset, report.error
+        client.rtt, client.offset, client.error, client.delay = report.rtt, report.offset, report.error, report.delay
 
     async def _command(self, client: Client, payload: Any) -> dict[str, Any]:
         _check_size(payload)
@@ -362,22 +368,61 @@ class Conductor:
         _check_size(payload)
         if client.role != "node":
             raise Rejected("forbidden", "only nodes report health")
-        client.health = Health.model_validate(payload).model_dump()
+        health = Health.model_validate(payload).model_dump()
+        late = health.get("cues_late", 0) - (client.health or {}).get("cues_late", 0)
+        if isinstance(late, int) and late > 0:
+            log.warning("%s got %d cues late; the lookahead grows", client.name, late)
+            self.lookahead.late(late)
+        client.health = health
 
     async def _send_cues(self) -> None:
-        """Send each score cue to its nodes once it falls within the lookahead."""
-        sent_until = self.clock.now()
+        """Send each score cue to its nodes as its schedule says (see ``scheduler.py``)."""
+        self._sent_until = self.clock.now()
+        held: list[tuple[float, str, dict[str, Any]]] = []  # immediate cues, until their time comes
+        updated = time.monotonic()
+        score = self.score.score
+        aligned = {s.aligned for s in self._schedules() if isinstance(s, Aligned)}
+        offsets: dict[str, dict[str, float]] = {}  # aligned site -> how early each site plays
         while True:
             await asyncio.sleep(CUE_TICK)
-            horizon = self.clock.now() + self.concert.settings.lookahead
             try:
-                for timed in cues_between(self.score.score, self.transport, sent_until, horizon):
-                    target = timed.cue.target
-                    room = "role:node" if target == "all" else f"nodes:{target}"
-                    await self.sio.emit(protocol.CUE, timed.to_json(), room=room)
+                if time.monotonic() - updated > LOOKAHEAD_EVERY:
+                    delays = {c.name: c.delay for c in self.clients.values() if c.delay is not None}
+                    self.lookahead.update(delays, time.monotonic() - updated)
+                    updated = time.monotonic()
+                    period = audio.period / audio.sample_rate if (audio := self.concert.settings.audio) else 0.0
+                    offsets = {site: audio_delays(self._links(), site, period) for site in aligned}
+                early = max((max(o.values(), default=0.0) for o in offsets.values()), default=0.0)
+                now = self.clock.now()
+                horizon = max(self._sent_until, now + self.lookahead.value + early)
+                for timed in cues_between(score, self.transport, self._sent_until, horizon):
+                    schedule, late = score.policy(timed.cue)
+                    cue = {**timed.to_json(), "late": late, "beat": self._beat(timed)}
+                    room = "role:node" if timed.cue.target == "all" else f"nodes:{timed.cue.target}"
+                    if schedule == "immediate":
+                        held.append((timed.t, room, {**cue, "t": None}))
+                        continue
+                    if isinstance(schedule, Aligned):
+                        cue["align"] = offsets.get(schedule.aligned, {})
+                    await self.sio.emit(protocol.CUE, cue, room=room)
+                self._sent_until = horizon
+                while held and held[0][0] <= now:
+                    _, room, cue = held.pop(0)
+                    await self.sio.emit(protocol.CUE, cue, room=room)
             except Exception:
                 log.exception("sending cues")
-            sent_until = horizon
+
+    def _schedules(self) -> list[Any]:
+        score = self.score.score
+        return [score.schedule, *(s.schedule for s in score.sections), *(c.schedule for c in score.cues)]
+
+    def _links(self) -> list[dict[str, Any]]:
+        return [link for c in self.clients.values() if c.health for link in c.health.get("links", [])]
+
+    def _beat(self, timed: TimedCue) -> float:
+        """A beat's length in conductor seconds where the cue falls, for cues moved to the next beat."""
+        segment = self.transport.segments.at(timed.t)
+        return 60.0 / self.score.score.tempo.bpm / (segment.rate or 1.0)
 
     async def _feed_console(self) -> None:
         """Every second, the conductors' consoles get the table of clients and the latest refusals."""
@@ -391,6 +436,7 @@ class Conductor:
                         "rejections": dict(self.rejections),
                         "recent": list(self.recent)[-10:],
                         "controls": self.controls,
+                        "lookahead": {"value": self.lookahead.value, "worst": self.lookahead.worst},
                         "now": self.clock.now(),
                     },
                     room="role:conductor",
@@ -402,11 +448,12 @@ class Conductor:
         """Plan, journal, apply and broadcast one command. Raises Rejected if it cannot be done."""
         now = self.clock.now()
         if command.at is None:
-            t = now + self.concert.settings.lookahead
+            t = now + self.lookahead.value
         elif command.at < now:
             raise Rejected("too_late", f"'at' is {now - command.at:.3f} s in the past")
         else:
             t = float(command.at)
+        t = max(t, self._sent_until)  # cues up to there are on their way: a change cannot overtake them
         change = self.transport.plan(command, t)
         self.journal.append(journal.Record(change, now, by))
         self.transport.apply(change)

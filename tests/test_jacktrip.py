@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from playwright.async_api import Browser
 
+from conductor.client import TuttiClient
 from conductor.concert import load_concert
 from conductor.jackio import Recorder
 from conductor.jacktrip import (
@@ -31,6 +32,7 @@ from conductor.jacktrip import (
     wanted_connections,
 )
 from conductor.node import osc_message
+from conductor.scheduler import audio_delays
 from conductor.yamlcheck import InvalidFile
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_node import node_health, start_node, stop_node, until
@@ -42,6 +44,9 @@ parts:
   - {id: a, name: A, site: ucas}
   - {id: b, name: B, site: ccom}
   - {id: c, name: C, site: pku}
+cues:  # each site clicks: first so that pku hears them together, then all at the same time
+  - {at: 3, target: all, schedule: {aligned: pku}, address: /s_new, args: [tutti_click, -1, 0, 0]}
+  - {at: 4, target: all, address: /s_new, args: [tutti_click, -1, 0, 0]}
 """
 SITES = ["ucas", "ccom", "pku"]  # started in this order: the hub first
 TONE = 440.0
@@ -75,7 +80,7 @@ async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     servers = {site: f"tutti-jt-{site}-{os.getpid()}" for site in SITES}
     try:
         for site in SITES:  # JACK servers start one at a time
-            agents[site] = await start_node(conductor, f"n{site}", site, ports[site], servers[site])
+            agents[site] = await start_node(conductor.url, f"n{site}", site, ports[site], servers[site])
             await until(lambda s=site: node_health(conductor, f"n{s}").get("up") is True, 30, f"{site} never came up")
         up = [("ccom", 0), ("pku", 0), ("pku", 1)]
         await until(lambda: all(link(conductor, s, i).get("state") == "connected" for s, i in up), 20, "links down")
@@ -95,7 +100,7 @@ def link(conductor: ConductorProcess, site: str, index: int = 0) -> dict[str, An
 def hears_tone(recorder: Recorder, seconds: float = 0.2) -> bool:
     """Whether the last ``seconds`` of the recording are mostly the tone."""
     with recorder.lock:
-        blocks = [b for _, _, b in recorder.blocks[-int(seconds * 48000 / 128) :]]
+        blocks = [b[0] for _, _, b in recorder.blocks[-int(seconds * 48000 / 128) :]]
     if not blocks:
         return False
     signal_ = np.concatenate(blocks)
@@ -152,6 +157,36 @@ async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
     first = link(conductor, "pku", 1)["history_ms"][0] / 1000
     print(f"pair round trip {first * 1000:.3f} ms on connecting")
     assert abs(first - expected_round_trip(queue=4)) <= PERIOD + 1e-6  # a receive queue at each end, too
+
+
+async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, Any]) -> None:
+    conductor: ConductorProcess = sites["conductor"]
+    await until(lambda: all(link(conductor, s).get("latency_ms") for s in ("ccom", "pku")), 10, "not measured")
+    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-aligned", ports=2)
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    try:
+        recorder.listen_to("scsynth-npku:out_1", 0)  # pku's own click
+        recorder.listen_to("jacktrip-pku:receive_1", 1)  # ccom's, through the hub
+        await boss.connect()
+        assert (await boss.command("play"))["ok"]
+        status = conductor.status()
+        zero = status["state"]["segments"][-1]["t"] - status["clock_minus_wall"]
+        await asyncio.sleep(zero + 4.5 - time.time())
+        links = [x for c in conductor.status()["clients"] if c["health"] for x in c["health"]["links"]]
+        way = audio_delays(links, "pku", PERIOD)["ccom"]  # ccom to pku: through the hub
+        here = [o.time - zero for o in recorder.onsets(port=0)]
+        there = [o.time - zero for o in recorder.onsets(port=1)]
+        print(f"ccom to pku {way * 1000:.3f} ms; heard at pku: own {here}, ccom's {there}")
+        assert len(here) == 2 and len(there) == 2, (here, there)
+        aligned, together = there[0] - here[0], there[1] - here[1]
+        # ccom played the aligned click early by the delay measured from ccom to pku ...
+        assert abs((together - aligned) - way) <= PERIOD, (aligned, together, way)
+        # ... which brings its sound closer to pku's own. How close depends on how well half a
+        # measured round trip stands for one way: jacktrip's jitter buffers differ by direction.
+        assert abs(aligned) < abs(together), (aligned, together)
+    finally:
+        await boss.close()
+        recorder.close()
 
 
 async def test_the_round_trip_is_measured_and_matches_the_buffering(sites: dict[str, Any]) -> None:

@@ -49,7 +49,7 @@ cues:
 SCORE += f"  - {{at: {HELLO}, target: all, to: sclang, address: /tutti/hello, args: [42]}}\n"
 
 
-async def start_node(conductor: ConductorProcess, name: str, site: str, port: int, server: str, *extra: str) -> Any:
+async def start_node(url: str, name: str, site: str, port: int, server: str, *extra: str) -> Any:
     """``tutti node`` as a subprocess, with its own JACK server (dummy driver) and scsynth."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -58,7 +58,7 @@ async def start_node(conductor: ConductorProcess, name: str, site: str, port: in
         "-v",
         "node",
         "--url",
-        conductor.url,
+        url,
         "--token",
         TOKENS["node"],
         "--name",
@@ -96,7 +96,7 @@ async def node(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3))
     server = f"tutti-node-test-{os.getpid()}"
     port = 57400 + os.getpid() % 500
-    agent = await start_node(conductor, "n1", "here", port, server, "--sclang-port", str(port + 1))
+    agent = await start_node(conductor.url, "n1", "here", port, server, "--sclang-port", str(port + 1))
     try:
         await node_ready(conductor, "n1")
         yield {"conductor": conductor, "server": server, "port": port, "agent": agent}
@@ -307,7 +307,7 @@ async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -
     boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
     try:
         for site, port in ports.items():  # JACK servers start one at a time
-            agents.append(await start_node(conductor, f"n{site}", site, port, f"tutti-two-{site}-{os.getpid()}"))
+            agents.append(await start_node(conductor.url, f"n{site}", site, port, f"tutti-two-{site}-{os.getpid()}"))
             await node_ready(conductor, f"n{site}")
         await boss.connect()
         assert (await boss.command("play"))["ok"]

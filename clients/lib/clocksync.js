@@ -21,6 +21,7 @@ export class OffsetEstimator {
     this.estimate = null;
     this.error = Infinity;
     this.rtt = Infinity;
+    this.delay = Infinity;
     this._from = 0;
     this._since = 0;
     this._to = 0;
@@ -53,6 +54,9 @@ export class OffsetEstimator {
     this.estimate = (minUp - minDown) / 2;
     this.error = (minUp + minDown) / 2;
     this.rtt = minRtt;
+    // How late a message from the conductor can arrive: the 95th percentile of the latest legs.
+    const downs = this.exchanges.slice(-64).map((e) => e.down).sort((a, b) => a - b);
+    this.delay = Math.max(0, downs[Math.floor(0.95 * (downs.length - 1))] + this.estimate);
     this._steer(this.estimate, t3);
     return true;
   }

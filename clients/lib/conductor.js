@@ -87,7 +87,7 @@ export class Conductor extends EventTarget {
         await new Promise((r) => setTimeout(r, this.spacing * 1000));
       }
       const c = this.clock;
-      if (c.synced) this.socket.emit("report", { rtt: Math.min(c.rtt, 60), offset: c.offset, error: Math.min(c.error, 60) });
+      if (c.synced) this.socket.emit("report", { rtt: Math.min(c.rtt, 60), offset: c.offset, error: Math.min(c.error, 60), delay: Math.min(c.delay, 60) });
     } finally {
       this.syncing = false;
     }

@@ -113,6 +113,9 @@ async function main() {
       while (history[site][0][0] < feed.now - 120) history[site].shift();
     }
     drawPlots(feed.now);
+    const late = feed.clients.reduce((n, c) => n + (c.health?.cues_late ?? 0), 0);
+    $("lookahead").textContent = `${(feed.lookahead.value * 1000).toFixed(0)} ms` +
+      (feed.lookahead.worst ? `, set by ${feed.lookahead.worst}` : "") + ` · ${late} cues late`;
     $("counts").textContent = Object.entries(feed.rejections).map(([k, v]) => `${k}: ${v}`).join(" · ") || "none";
   });
 
