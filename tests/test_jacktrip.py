@@ -44,9 +44,10 @@ parts:
   - {id: a, name: A, site: ucas}
   - {id: b, name: B, site: ccom}
   - {id: c, name: C, site: pku}
-cues:  # each site clicks: first so that pku hears them together, then all at the same time
-  - {at: 3, target: all, schedule: {aligned: pku}, address: /s_new, args: [tutti_click, -1, 0, 0]}
-  - {at: 4, target: all, address: /s_new, args: [tutti_click, -1, 0, 0]}
+cues:  # each site pings: first so that pku hears them together, then all at the same time
+  # (a ping, not a one-sample click: a jitter buffer that trims its queue drops a period of audio)
+  - {at: 3, target: all, schedule: {aligned: pku}, address: /s_new, args: [tutti_ping, -1, 0, 0, freq, 1000, amp, 0.9]}
+  - {at: 4, target: all, address: /s_new, args: [tutti_ping, -1, 0, 0, freq, 1000, amp, 0.9]}
 """
 SITES = ["ucas", "ccom", "pku"]  # started in this order: the hub first
 TONE = 440.0
