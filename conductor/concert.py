@@ -35,7 +35,7 @@ class ConcertFile(_Strict):
     score: StrictStr
     host: StrictStr | list[StrictStr] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    lookahead: Annotated[float, Field(gt=0, le=10)] = 0.2  # seconds between a command and its effect
+    lookahead: Annotated[float, Field(gt=0, le=10)] = 0.05  # seconds: the least between a command and its effect
     journal: StrictStr = "journal.jsonl"
     tokens: Tokens
     cors_origins: list[StrictStr] = []  # other web origins allowed to connect ("*" for any)

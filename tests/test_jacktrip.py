@@ -57,14 +57,14 @@ PERIOD = 128 / 48000
 def audio_settings(base: int, queue: int = 4) -> dict[str, Any]:
     """ucas runs the hub that ccom and pku join; ucas and pku also have a link of their own."""
     return {
-        "hub": {"site": "ucas", "address": "127.0.0.1", "port": base, "queue": queue},
+        "hub": {"site": "ucas", "address": "::1", "port": base, "queue": queue},
         "links": [
             {"site": "ccom", "bind_port": base + 1, "queue": queue, "scsynth_to_send": 1},
             {"site": "pku", "bind_port": base + 2, "queue": queue, "receive_to_scsynth": 3},
         ],
         "pairs": [
             {
-                "server": {"site": "ucas", "address": "127.0.0.1", "port": base + 3, "scsynth_to_send": 1},
+                "server": {"site": "ucas", "address": "::1", "port": base + 3, "scsynth_to_send": 1},
                 "client": {"site": "pku", "bind_port": base + 4, "queue": queue},
             }
         ],
@@ -130,7 +130,7 @@ async def test_audio_passes_between_sites_and_a_killed_link_comes_back(sites: di
 
         # Kill ccom's jacktrip: its node restarts it and patches it again; the tone comes back.
         pgrep = await asyncio.create_subprocess_exec(
-            "pgrep", "-f", f"jacktrip -C 127.0.0.1 -P {sites['base']} -B {sites['base'] + 1} ", stdout=-1
+            "pgrep", "-f", f"jacktrip -C ::1 -P {sites['base']} -B {sites['base'] + 1} ", stdout=-1
         )
         os.kill(int((await pgrep.communicate())[0].split()[0]), signal.SIGKILL)
         killed = time.monotonic()
@@ -219,7 +219,7 @@ def test_each_end_gets_the_options_that_take_effect() -> None:
     assert hub[:3] == ["jacktrip", "-S", "-p"] and hub[3] == "5"  # Tutti patches the hub itself
     assert "-n" not in hub and "-t" not in hub
     ccom = client_command(audio, audio.hub, audio.links[0])
-    assert ccom[ccom.index("-C") + 1] == "127.0.0.1" and ccom[ccom.index("-P") + 1] == "4464"
+    assert ccom[ccom.index("-C") + 1] == "::1" and ccom[ccom.index("-P") + 1] == "4464"
     assert ccom[ccom.index("-n") + 1] == "3"  # two channels and the measuring channel
     assert ccom[ccom.index("-q") + 1] == "8" and ccom[ccom.index("-b") + 1] == "24" and "-D" in ccom
 
