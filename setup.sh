@@ -17,6 +17,7 @@ need jackd jackd2
 need jacktrip jacktrip
 need chromium chromium
 need redis-server redis-server
+need openssl openssl  # test certificates for HTTPS
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 if ((${#packages[@]})); then
     echo "installing Debian packages: ${packages[*]}"

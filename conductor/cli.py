@@ -60,7 +60,8 @@ async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool
     hosts = host or concert.hosts
     runner, bound = await conductor.start(hosts, concert.settings.port if port is None else port)
     shown = "localhost" if hosts[0] in ("::", "0.0.0.0") else hosts[0]
-    base = f"http://[{shown}]:{bound}" if ":" in shown else f"http://{shown}:{bound}"
+    scheme = "https" if concert.settings.tls else "http"
+    base = f"{scheme}://[{shown}]:{bound}" if ":" in shown else f"{scheme}://{shown}:{bound}"
     print(f"Tutti conductor: {concert.title}")
     if conductor.osc:
         tcp = f", TCP (SLIP) {conductor.osc.tcp_port}" if conductor.osc.tcp_port else ""

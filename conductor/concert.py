@@ -8,6 +8,7 @@ absent token leaves that role open (usual for the audience).
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,13 @@ class Tokens(_Strict):
     node: StrictStr | None = None
 
 
+class TlsSettings(_Strict):
+    """HTTPS and WSS: browsers on iPads keep the screen awake only in a secure context."""
+
+    cert: StrictStr  # PEM certificate chain
+    key: StrictStr  # PEM private key
+
+
 class ConcertFile(_Strict):
     title: StrictStr | None = None
     score: StrictStr
@@ -41,6 +49,7 @@ class ConcertFile(_Strict):
     cors_origins: list[StrictStr] = []  # other web origins allowed to connect ("*" for any)
     osc: OscSettings | None = None  # OSC controllers: ports, allow-list, routes
     audio: AudioSettings | None = None  # JackTrip links between the sites
+    tls: TlsSettings | None = None
 
 
 class Concert:
@@ -63,6 +72,14 @@ class Concert:
     def hosts(self) -> list[str]:
         host = self.settings.host
         return [host] if isinstance(host, str) else host
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        tls = self.settings.tls
+        if tls is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.path.parent / tls.cert, self.path.parent / tls.key)
+        return context
 
     @property
     def journal_path(self) -> Path:
@@ -100,6 +117,9 @@ def load_concert(path: Path | str) -> Concert:
     score_path = path.parent / settings.score
     if not score_path.is_file():
         problems.append(doc.problem(("score",), f"no score file at {score_path}"))
+    for field in ("cert", "key"):
+        if settings.tls and not (path.parent / getattr(settings.tls, field)).is_file():
+            problems.append(doc.problem(("tls", field), f"no file at {path.parent / getattr(settings.tls, field)}"))
     if problems:
         raise InvalidFile(problems)
     score = load_score(score_path)

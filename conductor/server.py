@@ -488,7 +488,7 @@ class Conductor:
             await self.osc.start(hosts[0])
         bound = port
         for host in hosts:
-            site = web.TCPSite(runner, host, bound)
+            site = web.TCPSite(runner, host, bound, ssl_context=self.concert.tls_context())
             await site.start()
             if bound == 0:  # an ephemeral port: every host shares the first one picked
                 server = site._server
