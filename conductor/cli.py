@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")
     p.add_argument("action", choices=["build", "check"])
 
+    p = sub.add_parser("status", help="the console in a terminal: transport, clients, nodes, links, late cues")
+    p.add_argument("--url", required=True, help="the conductor, e.g. http://127.0.0.1:8080")
+    p.add_argument("--token", default="", help="the conductor token (or set TUTTI_CONDUCTOR_TOKEN)")
+    p.add_argument("--once", action="store_true", help="draw once and exit")
+    p.add_argument("--output", help="with --once: write to this file rather than the terminal")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -200,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_node(args))
         if args.command == "synths":
             return synths_command(args.action)
+        if args.command == "status":
+            from . import status
+
+            token = args.token or os.environ.get("TUTTI_CONDUCTOR_TOKEN", "")
+            return asyncio.run(status.run(args.url, token, args.once, args.output))
         if args.command == "emulate":
             from . import emulate
 

@@ -64,12 +64,14 @@ class Lookahead:
     floor: float
     boost: float = 0.0
     value: float = 0.0
-    worst: str = ""  # the destination that sets it
+    worst: str = ""  # the destination that sets it ("" when the floor does)
 
     def update(self, delays: dict[str, float], elapsed: float) -> float:
         self.boost *= 0.5 ** (elapsed / BOOST_HALF_LIFE)
-        self.worst, delay = max(delays.items(), key=lambda kv: kv[1], default=("", 0.0))
-        self.value = max(self.floor, delay * MARGIN + ALLOWANCE) + self.boost
+        worst, delay = max(delays.items(), key=lambda kv: kv[1], default=("", 0.0))
+        needed = delay * MARGIN + ALLOWANCE
+        self.worst = worst if needed > self.floor else ""  # who sets it, unless the floor does
+        self.value = max(self.floor, needed) + self.boost
         return self.value
 
     def late(self, cues: int) -> None:

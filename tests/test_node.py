@@ -342,3 +342,17 @@ async def until_async(condition: Any, seconds: float, message: str) -> None:
     while not await condition():
         assert time.monotonic() < deadline, message
         await asyncio.sleep(0.1)
+
+
+async def test_tutti_status_shows_each_node_in_a_terminal(node: dict[str, Any], tmp_path: Path) -> None:
+    conductor: ConductorProcess = node["conductor"]
+    out = tmp_path / "status.txt"
+    status = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "conductor", "status", "--url", conductor.url, "--once", "--output", str(out),
+        env={**os.environ, "TUTTI_CONDUCTOR_TOKEN": TOKENS["conductor"]}, cwd=ROOT,
+    )  # fmt: skip
+    assert await asyncio.wait_for(status.wait(), 30) == 0
+    text = out.read_text()
+    assert "Clicks" in text and "stopped at 0:00.000" in text, text
+    assert "n1" in text and "here" in text and "up" in text, text  # the node, its site, its scsynth
+    assert "lookahead" in text and "Refused: none" in text, text

@@ -1,0 +1,95 @@
+"""``tutti status``: the console in a terminal, for an operator with no browser at hand.
+
+It joins as a conductor-role client and draws what the browser console shows from the same
+``clients`` feed: transport, lookahead, clients per role and site, nodes and their scsynth, audio
+links, late cues and refusals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from . import protocol
+from .client import TuttiClient
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{seconds % 60:06.3f}"
+
+
+def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
+    """One frame of the dashboard."""
+    transport = client.transport
+    now = client.clock.now()
+    title = Text(transport.score.title if transport else "", style="bold")
+    if transport:
+        playing = transport.segments.at(now).playing
+        title.append(f"   {'playing' if playing else 'stopped'} at {_clock(transport.position(now))}")
+    lookahead = feed.get("lookahead", {})
+    late = sum((c.get("health") or {}).get("cues_late", 0) for c in feed["clients"])
+    title.append(f"   lookahead {lookahead.get('value', 0) * 1000:.0f} ms")
+    if lookahead.get("worst"):
+        title.append(f" (set by {lookahead['worst']})")
+    title.append(f"   {late} cues late")
+
+    roles = Counter((c["role"], c.get("site") or "–") for c in feed["clients"])
+    who = Table(title="Clients", title_justify="left")
+    for column in ("role", "site", "count"):
+        who.add_column(column)
+    for (role, site), count in sorted(roles.items()):
+        who.add_row(role, site, str(count))
+
+    nodes = Table(title="Nodes", title_justify="left")
+    for column in ("name", "site", "scsynth", "cpu %", "synths", "cues", "late", "clock ± ms"):
+        nodes.add_column(column)
+    links = Table(title="Audio links", title_justify="left")
+    for column in ("site", "end", "state", "round trip ms", "underruns", "lost", "restarts", "last error"):
+        links.add_column(column)
+    for c in feed["clients"]:
+        if c["role"] != "node":
+            continue
+        h = c.get("health") or {}
+        scsynth = Text("up", style="green") if h.get("up") else Text("DOWN", style="bold red")
+        late_cues = h.get("cues_late", 0) + h.get("late", 0)
+        nodes.add_row(
+            c["name"], c.get("site") or "–", scsynth, f"{h.get('cpu_avg', 0):.1f}", str(h.get("synths", 0)),
+            str(h.get("cues", 0)), Text(str(late_cues), style="red" if late_cues else ""),
+            f"{(c.get('error') or 0) * 1000:.2f}",
+        )  # fmt: skip
+        for link in h.get("links", []):
+            end = "hub" if link["role"] == "hub" else f"{link['role']} of {link.get('peer', '')}"
+            state = Text(link["state"], style="green" if link["state"] == "connected" else "bold red")
+            trip = link.get("latency_ms")
+            links.add_row(
+                link["site"], end, state, "–" if trip is None else f"{trip:.2f}", str(link.get("underruns", 0)),
+                str(link.get("lost", 0)), str(link.get("restarts", 0)), link.get("last_error", ""),
+            )  # fmt: skip
+    refused = ", ".join(f"{k}: {v}" for k, v in feed.get("rejections", {}).items()) or "none"
+    return Group(title, who, nodes, *([links] if links.row_count else []), Text(f"Refused: {refused}"))
+
+
+async def run(url: str, token: str, once: bool, output: str | None) -> int:
+    """Draw the dashboard until interrupted (or once, into ``output`` or the terminal)."""
+    client = TuttiClient(url, "conductor", token, name="tutti status")
+    feeds: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    client.sio.on(protocol.CLIENTS, feeds.put)
+    await client.connect()
+    try:
+        if once:
+            feed = await asyncio.wait_for(feeds.get(), 5)
+            with open(output, "w") if output else contextlib.nullcontext() as file:  # noqa: ASYNC230 (once)
+                Console(file=file, width=140).print(render(client, feed))
+            return 0
+        with Live(auto_refresh=False) as live:
+            while True:
+                live.update(render(client, await feeds.get()), refresh=True)
+    finally:
+        await client.close()
