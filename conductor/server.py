@@ -37,6 +37,8 @@ from .transport import Change, Transport
 log = logging.getLogger("tutti.conductor")
 CUE_TICK = 0.01  # seconds between looks for cues entering the lookahead
 LOOKAHEAD_EVERY = 0.25  # seconds between updates of the lookahead from the clients' delays
+JOIN_FAILURES = 10  # failed joins from one address ...
+JOIN_COOLDOWN = 30.0  # ... within this many seconds bar it until they are that old
 CLIENTS_DIR = Path(__file__).resolve().parent.parent / "clients"
 VENDOR = {
     "socket.io": CLIENTS_DIR / "node_modules" / "socket.io-client" / "dist",
@@ -59,6 +61,23 @@ class Client:
     delay: float | None = None  # how late the conductor's messages reach it (its p95)
     health: dict[str, Any] | None = None  # nodes: their last report
     parts: list[str] = field(default_factory=list)  # nodes: the parts they sound
+
+
+class JoinLimiter:
+    """Refuses joins from an address for a while after it failed too often (guessing tokens)."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, deque[float]] = {}
+
+    def failed(self, source: str, now: float) -> None:
+        window = self.failures.setdefault(source, deque(maxlen=JOIN_FAILURES))
+        window.append(now)
+        if len(self.failures) > 10_000:  # forget the oldest address rather than grow without end
+            self.failures.pop(next(iter(self.failures)))
+
+    def barred(self, source: str, now: float) -> bool:
+        window = self.failures.get(source)
+        return bool(window) and len(window) == JOIN_FAILURES and now - window[0] < JOIN_COOLDOWN  # type: ignore[arg-type]
 
 
 class _Server(socketio.AsyncServer):
@@ -96,6 +115,7 @@ class Conductor:
         self.lookahead = Lookahead(floor=concert.settings.lookahead)
         self.lookahead.value = concert.settings.lookahead
         self._sent_until = 0.0  # conductor time up to which cues have been sent: changes come after it
+        self.failed_joins = JoinLimiter()
         self.started = time.time()
         cors = concert.settings.cors_origins
         self.sio = _Server(
@@ -279,7 +299,11 @@ class Conductor:
         return [p.id for p in parts if site is None or p.site == site]
 
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> bool:
+        request = environ.get("aiohttp.request")  # python-engineio's REMOTE_ADDR is always 127.0.0.1
+        source = str(getattr(request, "remote", None) or environ.get("REMOTE_ADDR", ""))
         try:
+            if self.failed_joins.barred(source, time.monotonic()):
+                raise Rejected("rate_limited", f"too many failed joins from {source}; wait {JOIN_COOLDOWN:g} s")
             if not isinstance(auth, dict):
                 raise Rejected("bad_auth", "connect with auth {role, token, part?, site?, name?}")
             try:
@@ -288,6 +312,8 @@ class Conductor:
                 raise Rejected("bad_auth", _summary(e)) from e
             self._check_token(joined)
         except Rejected as r:
+            if r.code != "rate_limited":
+                self.failed_joins.failed(source, time.monotonic())
             await self._reject(sid, "connect", r)
             return False
         now = self.clock.now()

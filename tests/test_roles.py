@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conductor.client import TuttiClient
-from tests.conftest import TOKENS, ConductorProcess
+from tests.conftest import TOKENS, ConductorProcess, write_concert
 
 
 @pytest.mark.parametrize(
@@ -61,3 +63,24 @@ async def test_only_the_conductor_moves_the_transport(conductor: ConductorProces
     for c in (boss, player, listener, node):
         await c.close()
     assert conductor.status()["state"]["seq"] == 2
+
+
+async def test_an_address_that_keeps_failing_to_join_is_barred_for_a_while(tmp_path: Path) -> None:
+    conductor = ConductorProcess(write_concert(tmp_path, host=["127.0.0.1", "::1"]))
+    port = conductor.url.rsplit(":", 1)[1]
+    try:
+        for _ in range(10):  # someone guessing tokens from 127.0.0.1
+            guess = TuttiClient(conductor.url, "conductor", "guess")
+            with pytest.raises(ConnectionError, match="bad_token"):
+                await guess.connect()
+            await guess.sio.disconnect()
+        right = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+        with pytest.raises(ConnectionError, match=r"rate_limited: too many failed joins from 127\.0\.0\.1"):
+            await right.connect()  # even with the right token, for now
+        await right.sio.disconnect()
+        other = TuttiClient(f"http://[::1]:{port}", "conductor", TOKENS["conductor"])
+        await other.connect()  # another address is not affected
+        await other.close()
+        assert conductor.status()["rejections"] == {"bad_token": 10, "rate_limited": 1}
+    finally:
+        conductor.stop()
