@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")
     p.add_argument("action", choices=["build", "check"])
 
+    p = sub.add_parser("deploy", help="a concert across sites: what runs where (plan), each machine's files (render)")
+    p.add_argument("action", choices=["plan", "render"])
+    p.add_argument("concert", help="the concert file (with a deployment section)")
+    p.add_argument("outdir", nargs="?", help="render: the folder to write one folder per machine into")
+
     p = sub.add_parser("status", help="the console in a terminal: transport, clients, nodes, links, late cues")
     p.add_argument("--url", required=True, help="the conductor, e.g. http://127.0.0.1:8080")
     p.add_argument("--token", default="", help="the conductor token (or set TUTTI_CONDUCTOR_TOKEN)")
@@ -206,6 +211,22 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_node(args))
         if args.command == "synths":
             return synths_command(args.action)
+        if args.command == "deploy":
+            from . import deploy
+
+            concert = load_concert(args.concert)
+            if concert.settings.deployment is None:
+                print(f"{args.concert}: no 'deployment' section: nothing says which machine runs what", file=sys.stderr)
+                return 1
+            if args.action == "plan":
+                print(deploy.describe(deploy.plan(concert)))
+                return 0
+            if not args.outdir:
+                print("tutti deploy render CONCERT OUTDIR: say where to write", file=sys.stderr)
+                return 2
+            for path in deploy.render(concert, Path(args.outdir)):
+                print(path)
+            return 0
         if args.command == "status":
             from . import status
 

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from .deploy import Deployment
 from .jacktrip import AudioSettings, check_audio
 from .osc import OscSettings
 from .score import LoadedScore, load_score
@@ -50,6 +51,7 @@ class ConcertFile(_Strict):
     osc: OscSettings | None = None  # OSC controllers: ports, allow-list, routes
     audio: AudioSettings | None = None  # JackTrip links between the sites
     tls: TlsSettings | None = None
+    deployment: Deployment | None = None  # which machines run what (tutti deploy)
 
 
 class Concert:
