@@ -47,7 +47,7 @@ parts:
 cues:  # each site pings: first so that pku hears them together, then all at the same time
   # (a ping, not a one-sample click: a jitter buffer that trims its queue drops a period of audio)
   - {at: 3, target: all, schedule: {aligned: pku}, address: /s_new, args: [tutti_ping, -1, 0, 0, freq, 1000, amp, 0.9]}
-  - {at: 4, target: all, address: /s_new, args: [tutti_ping, -1, 0, 0, freq, 1000, amp, 0.9]}
+  - {at: 3.25, target: all, address: /s_new, args: [tutti_ping, -1, 0, 0, freq, 1000, amp, 0.9]}
 """
 SITES = ["ucas", "ccom", "pku"]  # started in this order: the hub first
 TONE = 440.0
@@ -172,7 +172,7 @@ async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, 
         assert (await boss.command("play"))["ok"]
         status = conductor.status()
         zero = status["state"]["segments"][-1]["t"] - status["clock_minus_wall"]
-        await asyncio.sleep(zero + 4.5 - time.time())
+        await asyncio.sleep(zero + 3.75 - time.time())
         links = [x for c in conductor.status()["clients"] if c["health"] for x in c["health"]["links"]]
         way = audio_delays(links, "pku", PERIOD)["ccom"]  # ccom to pku: through the hub
         here = [o.time - zero for o in recorder.onsets(port=0)]
@@ -180,8 +180,10 @@ async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, 
         print(f"ccom to pku {way * 1000:.3f} ms; heard at pku: own {here}, ccom's {there}")
         assert len(here) == 2 and len(there) == 2, (here, there)
         aligned, together = there[0] - here[0], there[1] - here[1]
-        # ccom played the aligned click early by the delay measured from ccom to pku ...
-        assert abs((together - aligned) - way) <= PERIOD, (aligned, together, way)
+        # ccom played the aligned click early by the delay measured from ccom to pku. Within two
+        # periods: the measurement the conductor used may be a few seconds older than the one read
+        # here, and a jitter buffer that trims its queue between the two pings moves the second.
+        assert abs((together - aligned) - way) <= 2 * PERIOD, (aligned, together, way)
         # ... which brings its sound closer to pku's own. How close depends on how well half a
         # measured round trip stands for one way: jacktrip's jitter buffers differ by direction.
         assert abs(aligned) < abs(together), (aligned, together)
