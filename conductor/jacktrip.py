@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from .jackio import Patchbay, Prober
+from .process import die_with_parent
 
 log = logging.getLogger("tutti.jacktrip")
 
@@ -312,7 +313,11 @@ class Link:
         while True:
             started = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
-                *self.command, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+                *self.command,
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
             self.state.set("connecting" if self.state.role in CLIENTS else "waiting")
             reader = asyncio.create_task(self._read(self.proc))

@@ -25,6 +25,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from . import protocol
 from .client import TuttiClient
 from .jacktrip import AudioSettings, SiteAudio
+from .process import die_with_parent
 from .synths import SYNTHS_DIR
 
 log = logging.getLogger("tutti.node")
@@ -84,7 +85,7 @@ async def start_jack(
     jackd = await asyncio.create_subprocess_exec(
         "jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period),
         "-C", str(channels), "-P", str(channels),
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
     )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # JACK servers must be up before anyone joins them
@@ -160,6 +161,7 @@ class Scsynth:
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         self._reader = asyncio.create_task(self._read_output(self._proc))
         await self.ask("/status", [], "/status.reply", within=10)

@@ -16,6 +16,7 @@ without a timetag would sound a whole lookahead (300 ms) early.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -77,7 +78,10 @@ async def start_node(url: str, name: str, site: str, port: int, server: str, *ex
 
 
 async def stop_node(agent: Any) -> None:
-    agent.send_signal(signal.SIGTERM)
+    if agent.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        agent.send_signal(signal.SIGTERM)
     try:
         await asyncio.wait_for(agent.wait(), 15)
     except TimeoutError:
@@ -356,3 +360,18 @@ async def test_tutti_status_shows_each_node_in_a_terminal(node: dict[str, Any], 
     assert "Clicks" in text and "stopped at 0:00.000" in text, text
     assert "n1" in text and "here" in text and "up" in text, text  # the node, its site, its scsynth
     assert "lookahead" in text and "Refused: none" in text, text
+
+
+async def test_a_killed_agent_takes_its_scsynth_and_jack_server_with_it(node: dict[str, Any]) -> None:
+    async def running(pattern: str) -> bool:
+        pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", pattern, stdout=asyncio.subprocess.DEVNULL)
+        return await pgrep.wait() == 0
+
+    scsynth, jackd = f"scsynth -u {node['port']} ", f"jackd -n {node['server']} "
+    assert await running(scsynth) and await running(jackd)
+    node["agent"].kill()  # SIGKILL: the agent cannot clean up
+    for _ in range(50):
+        if not await running(scsynth) and not await running(jackd):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("scsynth or jackd outlived their node agent")
