@@ -57,7 +57,6 @@ class TuttiClient:
         self.transport: Transport | None = None
         self.you: dict[str, Any] = {}
         self.welcome: dict[str, Any] = {}  # the latest welcome, as received
-        self.groups: dict[str, int] = {}  # nodes: the scsynth group of each part they sound
         self.on_welcome: Callable[[], Awaitable[None]] | None = None  # after each (re)join
         self.errors: list[dict[str, Any]] = []
         self.sync_timeouts = 0  # exchanges that got no answer in time
@@ -88,7 +87,6 @@ class TuttiClient:
     async def _welcome(self, data: dict[str, Any]) -> None:
         self.you = data["you"]
         self.welcome = data
-        self.groups = data.get("groups", {})
         self.transport = Transport(Score.model_validate(data["score"]))
         self.transport.restore(data["state"])
         if self.on_welcome:

@@ -30,13 +30,24 @@ class Onset:
     peak: float
 
 
-class Recorder:
+class _JackClient:
+    """A client of JACK server ``server`` (never one it starts); ``close()`` leaves the graph."""
+
+    def __init__(self, server: str, name: str):
+        self.client = jack.Client(name, servername=server, no_start_server=True)
+        self.rate = self.client.samplerate
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+class Recorder(_JackClient):
     """Records JACK input ports (``in_1`` ...), with each block's start time; counts xruns."""
 
     def __init__(self, server: str, name: str = "tutti-recorder", ports: int = 1):
-        self.client = jack.Client(name, servername=server, no_start_server=True)
+        super().__init__(server, name)
         self.ports = [self.client.inports.register(f"in_{i + 1}") for i in range(ports)]
-        self.rate = self.client.samplerate
         self.lock = threading.Lock()
         self.blocks: list[tuple[int, float, np.ndarray]] = []  # first frame, wall time, samples (port, frame)
         self.xruns: list[float] = []  # wall-clock times
@@ -86,17 +97,12 @@ class Recorder:
                 quiet_since = frame
         return out
 
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
 
-
-class Patchbay:
+class Patchbay(_JackClient):
     """Makes JACK connections by exact port name (no patterns, so no name needs escaping)."""
 
     def __init__(self, server: str, name: str):
-        self.client = jack.Client(name, servername=server, no_start_server=True)
-        self.rate = self.client.samplerate
+        super().__init__(server, name)
         self.client.activate()
 
     def ports(self) -> set[str]:
@@ -111,24 +117,19 @@ class Patchbay:
                 made += 1
         return made
 
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():  # it may have timed out already
         future.set_result(None)
 
 
-class Prober:
+class Prober(_JackClient):
     """Sends one impulse into a port and times its return on another, in JACK frames."""
 
     def __init__(self, server: str, name: str):
-        self.client = jack.Client(name, servername=server, no_start_server=True)
+        super().__init__(server, name)
         self.out = self.client.outports.register("probe")
         self.back = self.client.inports.register("return")
-        self.rate = self.client.samplerate
         self._arm = threading.Event()
         self._sent_at: int | None = None
         self._heard_at: int | None = None
@@ -179,7 +180,3 @@ class Prober:
             self._arm.clear()
         assert self._heard_at is not None and self._sent_at is not None
         return (self._heard_at - self._sent_at) / self.rate
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()

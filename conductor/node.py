@@ -275,7 +275,7 @@ class NodeAgent:
         self.cues_moved = 0  # ... and moved these to the next beat
 
     async def _welcome(self) -> None:
-        self.scsynth.make_groups(list(self.client.groups.values()))
+        self.scsynth.make_groups(list(self.client.welcome.get("groups", {}).values()))
         plan = self.client.welcome.get("audio")
         if plan is not None and self.audio is None and self.client.you.get("site"):
             self.audio = SiteAudio(

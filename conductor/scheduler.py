@@ -66,6 +66,12 @@ class Lookahead:
     value: float = 0.0
     worst: str = ""  # the destination that sets it ("" when the floor does)
 
+    def __post_init__(self) -> None:
+        self.value = self.value or self.floor
+
+    def to_json(self) -> dict[str, float | str]:
+        return {"value": self.value, "worst": self.worst, "boost": self.boost}
+
     def update(self, delays: dict[str, float], elapsed: float) -> float:
         self.boost *= 0.5 ** (elapsed / BOOST_HALF_LIFE)
         worst, delay = max(delays.items(), key=lambda kv: kv[1], default=("", 0.0))

@@ -113,7 +113,6 @@ class Conductor:
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)  # the latest refusals, for the console
         self.controls: dict[str, Any] = {}  # "part/control" -> latest value from a performer
         self.lookahead = Lookahead(floor=concert.settings.lookahead)
-        self.lookahead.value = concert.settings.lookahead
         self._sent_until = 0.0  # conductor time up to which cues have been sent: changes come after it
         self.failed_joins = JoinLimiter()
         self.started = time.time()
@@ -208,7 +207,7 @@ class Conductor:
             "clients": [asdict(c) for c in self.clients.values()],
             "rejections": dict(self.rejections),
             "journal": str(self.journal.path),
-            "lookahead": {"value": self.lookahead.value, "worst": self.lookahead.worst, "boost": self.lookahead.boost},
+            "lookahead": self.lookahead.to_json(),
         }
 
     async def _status(self, request: web.Request) -> web.Response:
@@ -409,6 +408,7 @@ class Conductor:
         score = self.score.score
         aligned = {s.aligned for s in self._schedules() if isinstance(s, Aligned)}
         offsets: dict[str, dict[str, float]] = {}  # aligned site -> how early each site plays
+        early = 0.0  # the most any site plays early: aligned cues are sent that much sooner
         while True:
             await asyncio.sleep(CUE_TICK)
             try:
@@ -418,7 +418,7 @@ class Conductor:
                     updated = time.monotonic()
                     period = audio.period / audio.sample_rate if (audio := self.concert.settings.audio) else 0.0
                     offsets = {site: audio_delays(self._links(), site, period) for site in aligned}
-                early = max((max(o.values(), default=0.0) for o in offsets.values()), default=0.0)
+                    early = max((max(o.values(), default=0.0) for o in offsets.values()), default=0.0)
                 now = self.clock.now()
                 horizon = max(self._sent_until, now + self.lookahead.value + early)
                 for timed in cues_between(score, self.transport, self._sent_until, horizon):
@@ -462,7 +462,7 @@ class Conductor:
                         "rejections": dict(self.rejections),
                         "recent": list(self.recent)[-10:],
                         "controls": self.controls,
-                        "lookahead": {"value": self.lookahead.value, "worst": self.lookahead.worst},
+                        "lookahead": self.lookahead.to_json(),
                         "now": self.clock.now(),
                     },
                     room="role:conductor",
