@@ -10,11 +10,15 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import journal
-from .concert import is_concert, load_concert
+from .concert import Concert, is_concert, load_concert
 from .score import load_score
 from .yamlcheck import InvalidFile
+
+if TYPE_CHECKING:
+    from .server import Conductor
 
 
 def check(paths: list[str]) -> int:
@@ -49,19 +53,55 @@ def stop_signal() -> asyncio.Event:
     return stop
 
 
-async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool, play: bool) -> int:
-    from .protocol import Play
-    from .server import Conductor
+async def serve(args: argparse.Namespace) -> int:
+    from .server import local
 
-    concert = load_concert(path)
+    concert = load_concert(args.concert)
     for warning in concert.warnings:
         print(warning, file=sys.stderr)
-    conductor = Conductor(concert, fresh=fresh)
-    hosts = host or concert.hosts
-    runner, bound = await conductor.start(hosts, concert.settings.port if port is None else port)
+    hosts = args.host or concert.hosts
+    port = concert.settings.port if args.port is None else args.port
+    stop = stop_signal()
+    if args.workers:
+        from .cluster import start_workers
+
+        conductor, workers, bound = await start_workers(
+            args.concert, concert, args.redis, args.workers, hosts, port, args.fresh
+        )
+        announce(concert, conductor, hosts, bound)
+        print(f"  {args.workers} web workers on {args.redis}", flush=True)
+        if args.play:
+            await play_once(conductor)
+        await stop.wait()
+        await workers.stop()
+        await conductor.stop()
+        return 0
+    conductor, gateway = local(concert, fresh=args.fresh)
+    await conductor.start(hosts[0])
+    runner, bound = await gateway.start(hosts, port)
+    announce(concert, conductor, hosts, bound)
+    if args.play:
+        await play_once(conductor)
+    await stop.wait()
+    await gateway.stop(runner)
+    await conductor.stop()
+    return 0
+
+
+async def worker(args: argparse.Namespace) -> int:
+    from .cluster import run_worker
+
+    stop = stop_signal()
+    await run_worker(
+        load_concert(args.concert), args.redis, args.run, args.name, args.origin, args.host, args.port, stop
+    )
+    return 0
+
+
+def announce(concert: Concert, conductor: Conductor, hosts: list[str], port: int) -> None:
     shown = "localhost" if hosts[0] in ("::", "0.0.0.0") else hosts[0]
     scheme = "https" if concert.settings.tls else "http"
-    base = f"{scheme}://[{shown}]:{bound}" if ":" in shown else f"{scheme}://{shown}:{bound}"
+    base = f"{scheme}://[{shown}]:{port}" if ":" in shown else f"{scheme}://{shown}:{port}"
     print(f"Tutti conductor: {concert.title}")
     if conductor.osc:
         tcp = f", TCP (SLIP) {conductor.osc.tcp_port}" if conductor.osc.tcp_port else ""
@@ -69,11 +109,14 @@ async def serve(path: str, host: list[str] | None, port: int | None, fresh: bool
     print(f"  listening on {base} ({', '.join(hosts)})")
     print(f"  open {base}/ for the concert page; {base}/api/status for the state")
     print(f"  journal: {conductor.journal.path}", flush=True)
-    if play and conductor.transport.seq == 0:  # a resumed performance is left as it was
+
+
+async def play_once(conductor: Conductor) -> None:
+    """``--play``: start a new performance; a resumed one is left as it was."""
+    from .protocol import Play
+
+    if conductor.transport.seq == 0:
         await conductor.apply(Play(cmd="play"), {"role": "conductor", "name": "tutti serve --play"})
-    await stop_signal().wait()
-    await conductor.stop(runner)
-    return 0
 
 
 async def replay(path: str, url: str | None, token: str, speed: float) -> int:
@@ -109,8 +152,11 @@ async def run_node(args: argparse.Namespace) -> int:
     from .node import NodeAgent, Scsynth
 
     token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
-    scsynth = Scsynth(args.port, args.jack_server, f"scsynth-{args.name}", start_jack=not args.no_jack)
-    agent = NodeAgent(args.url, token, args.site, args.name, args.part, scsynth, sclang_port=args.sclang_port)
+    scsynth = None if args.no_synth else Scsynth(args.port, args.jack_server, f"scsynth-{args.name}")
+    agent = NodeAgent(
+        args.url, token, args.site, args.name, args.part, scsynth,
+        jack_server=args.jack_server, start_jack=not args.no_jack, sclang_port=args.sclang_port, ca=args.ca,
+    )  # fmt: skip
     stop = stop_signal()
     task = asyncio.create_task(agent.run())
     await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -141,7 +187,11 @@ def synths_command(action: str) -> int:
     return 1 if stale else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+CA_HELP = "PEM file of the certificate authority to trust for an https:// conductor (a concert's private CA)"
+
+
+def command_line() -> argparse.ArgumentParser:
+    """The ``tutti`` command's arguments."""
     parser = argparse.ArgumentParser(prog="tutti", description="Networked laptop-ensemble performance.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every join, change and rejection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="port (0 picks a free one; default from the concert)")
     p.add_argument("--fresh", action="store_true", help="set an existing journal aside and start a new performance")
     p.add_argument("--play", action="store_true", help="start playing at once (unless resuming a performance)")
+    p.add_argument("--workers", type=int, default=0, help="serve clients from N web worker processes (needs --redis)")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="with --workers: the Redis server they share")
+
+    # Started by `serve --workers`, never by hand.
+    p = sub.add_parser("worker")
+    p.add_argument("concert")
+    for flag in ("--redis", "--run", "--name"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--origin", type=float, required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", action="append", required=True)
 
     p = sub.add_parser("check", help="validate scores and concert files")
     p.add_argument("files", nargs="+")
@@ -181,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sclang-port", type=int, default=57120, help="where cues for the language go (sclang's port)")
     p.add_argument("--jack-server", default="tutti-node", help="JACK server name")
     p.add_argument("--no-jack", action="store_true", help="use a JACK server already running (a real sound card)")
+    p.add_argument("--no-synth", action="store_true", help="no scsynth: only this site's audio links (a hub server)")
+    p.add_argument("--ca", help=CA_HELP)
 
     p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")
     p.add_argument("action", choices=["build", "check"])
@@ -195,8 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", default="", help="the conductor token (or set TUTTI_CONDUCTOR_TOKEN)")
     p.add_argument("--once", action="store_true", help="draw once and exit")
     p.add_argument("--output", help="with --once: write to this file rather than the terminal")
+    p.add_argument("--ca", help=CA_HELP)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = command_line().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -204,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return check(args.files)
         if args.command == "serve":
-            return asyncio.run(serve(args.concert, args.host, args.port, args.fresh, args.play))
+            return asyncio.run(serve(args))
+        if args.command == "worker":
+            return asyncio.run(worker(args))
         if args.command == "replay":
             return asyncio.run(replay(args.journal, args.url, args.token, args.speed))
         if args.command == "node":
@@ -231,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import status
 
             token = args.token or os.environ.get("TUTTI_CONDUCTOR_TOKEN", "")
-            return asyncio.run(status.run(args.url, token, args.once, args.output))
+            return asyncio.run(status.run(args.url, token, args.once, args.output, args.ca))
         if args.command == "emulate":
             from . import emulate
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,8 @@ FAST_INTERVAL = 0.5  # seconds
 class TuttiClient:
     """Connect with ``await client.connect()``; ``client.position()`` is then the score position now.
 
-    Clock sync runs in bursts of ``burst`` exchanges every ``resync`` seconds.
+    Clock sync runs in bursts of ``burst`` exchanges every ``resync`` seconds. ``ca`` is a PEM
+    file of certificate authorities to trust for ``https://`` (a concert's private CA).
     """
 
     def __init__(
@@ -41,6 +43,8 @@ class TuttiClient:
         site: str | None = None,
         name: str | None = None,
         parts: list[str] | None = None,
+        synth: bool | None = None,
+        ca: str | None = None,
         burst: int = 8,
         spacing: float = 0.02,
         resync: float = 3.0,
@@ -49,7 +53,15 @@ class TuttiClient:
         self.url = url
         self.auth = {
             k: v
-            for k, v in {"role": role, "token": token, "part": part, "site": site, "name": name, "parts": parts}.items()
+            for k, v in {
+                "role": role,
+                "token": token,
+                "part": part,
+                "site": site,
+                "name": name,
+                "parts": parts,
+                "synth": synth,
+            }.items()
             if v is not None
         }
         self.burst, self.spacing, self.resync = burst, spacing, resync
@@ -62,7 +74,10 @@ class TuttiClient:
         self.sync_timeouts = 0  # exchanges that got no answer in time
         self.changes: list[dict[str, Any]] = []  # every state change received, with local receipt time
         self._joined: asyncio.Future[None] | None = None
-        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=0.2, reconnection_delay_max=2)
+        tls = {"ssl": ssl.create_default_context(cafile=ca)} if ca else {}
+        self.sio = socketio.AsyncClient(
+            reconnection=True, reconnection_delay=0.2, reconnection_delay_max=2, websocket_extra_options=tls
+        )
         self.sio.on(protocol.WELCOME, self._welcome)
         self.sio.on(protocol.STATE, self._state)
         self.sio.on(protocol.ERROR, self._error)

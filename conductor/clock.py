@@ -29,14 +29,17 @@ from dataclasses import dataclass
 
 
 class ConductorClock:
-    """Epoch seconds that advance with the monotonic clock, unaffected by wall-clock steps."""
+    """Epoch seconds that advance with the monotonic clock, unaffected by wall-clock steps.
 
-    def __init__(self) -> None:
-        self._epoch = time.time()
-        self._mono = time.monotonic()
+    Processes on one machine share the monotonic clock, so a web worker given the conductor's
+    ``origin`` keeps exactly the conductor's time.
+    """
+
+    def __init__(self, origin: float | None = None) -> None:
+        self.origin = time.time() - time.monotonic() if origin is None else origin
 
     def now(self) -> float:
-        return self._epoch + (time.monotonic() - self._mono)
+        return time.monotonic() + self.origin
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 
 class Tokens(_Strict):
     conductor: StrictStr
-    performer: StrictStr | None = None
+    performer: StrictStr | dict[StrictStr, StrictStr] | None = None  # one for every part, or one per part
     audience: StrictStr | None = None
     node: StrictStr | None = None
 
@@ -58,11 +58,18 @@ class Concert:
     """A loaded concert: its settings, resolved tokens and validated score."""
 
     def __init__(
-        self, path: Path, settings: ConcertFile, tokens: dict[str, str], score: LoadedScore, warnings: list[str]
+        self,
+        path: Path,
+        settings: ConcertFile,
+        tokens: dict[str, str],
+        part_tokens: dict[str, str],
+        score: LoadedScore,
+        warnings: list[str],
     ):
         self.path = path
         self.settings = settings
         self.tokens = tokens  # role -> token; a role missing here is open
+        self.part_tokens = part_tokens  # part -> token, when each part has its own
         self.score = score
         self.warnings = warnings  # "file:line: field: message" for settings that will have no effect
 
@@ -74,6 +81,12 @@ class Concert:
     def hosts(self) -> list[str]:
         host = self.settings.host
         return [host] if isinstance(host, str) else host
+
+    def token_for(self, role: str, part: str | None = None) -> str | None:
+        """The token that role (and part) must give, or None if it is open."""
+        if role == "performer" and self.part_tokens:
+            return self.part_tokens.get(part or "", "")  # no part: nothing opens it
+        return self.tokens.get(role)
 
     def tls_context(self) -> ssl.SSLContext | None:
         tls = self.settings.tls
@@ -108,14 +121,18 @@ def load_concert(path: Path | str) -> Concert:
     doc = YamlDocument(path)
     settings = doc.validate(ConcertFile)
     problems = []
-    tokens = {}
+    tokens, part_tokens = {}, {}
     for role, spec in settings.tokens.model_dump().items():
-        if not spec:
-            continue
-        try:
-            tokens[role] = _resolve(spec)
-        except ValueError as e:
-            problems.append(doc.problem(("tokens", role), str(e)))
+        for key, one in spec.items() if isinstance(spec, dict) else [(None, spec)]:
+            if not one:
+                continue
+            try:
+                if key is None:
+                    tokens[role] = _resolve(one)
+                else:
+                    part_tokens[key] = _resolve(one)
+            except ValueError as e:
+                problems.append(doc.problem(("tokens", role) + ((key,) if key else ()), str(e)))
     score_path = path.parent / settings.score
     if not score_path.is_file():
         problems.append(doc.problem(("score",), f"no score file at {score_path}"))
@@ -130,6 +147,23 @@ def load_concert(path: Path | str) -> Concert:
             problems.append(doc.problem(("osc", "routes", i, "param"), f"no parameter '{route.param}' in the score"))
         if route.range[0] == route.range[1]:
             problems.append(doc.problem(("osc", "routes", i, "range"), "the two ends of a range must differ"))
+    if part_tokens:
+        parts = [p.id for p in score.score.parts]
+        for part in part_tokens:
+            if part not in parts:
+                problems.append(doc.problem(("tokens", "performer", part), f"no part '{part}' in the score"))
+        if missing := [p for p in parts if p not in part_tokens]:
+            problems.append(doc.problem(("tokens", "performer"), f"no token for the parts {', '.join(missing)}"))
+    if settings.deployment and settings.deployment.ca and not (path.parent / settings.deployment.ca).is_file():
+        problems.append(doc.problem(("deployment", "ca"), f"no file at {path.parent / settings.deployment.ca}"))
+    hub_machine = settings.deployment.hub if settings.deployment else None
+    if hub_machine is not None:
+        if settings.audio is None or settings.audio.hub is None:
+            problems.append(doc.problem(("deployment", "hub"), "a hub machine, but no hub in the audio section"))
+        elif settings.audio.hub.node != hub_machine.name:
+            problems.append(
+                doc.problem(("audio", "hub", "node"), f"set it to '{hub_machine.name}': the hub machine runs the hub")
+            )
     warnings = []
     if settings.audio is not None:
         errors, cautions = check_audio(settings.audio)
@@ -137,7 +171,7 @@ def load_concert(path: Path | str) -> Concert:
         warnings = [f"{doc.problem(loc, message)} (warning)" for loc, message in cautions]
     if problems:
         raise InvalidFile(problems)
-    return Concert(path, settings, tokens, score, warnings)
+    return Concert(path, settings, tokens, part_tokens, score, warnings)
 
 
 def is_concert(path: Path | str) -> bool:

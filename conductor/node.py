@@ -99,8 +99,20 @@ async def start_jack(
     raise RuntimeError(f"JACK server {name} did not start")
 
 
+def jack_env(server: str) -> dict[str, str]:
+    """The environment of a program that should use JACK server ``server``."""
+    return {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_DEFAULT_SERVER": server}
+
+
+async def _end(proc: asyncio.subprocess.Process | None) -> None:
+    if proc and proc.returncode is None:
+        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            await asyncio.wait_for(proc.wait(), 10)
+
+
 class Scsynth:
-    """A supervised scsynth on UDP ``port``, on JACK server ``jack_server`` (started here if asked)."""
+    """A supervised scsynth on UDP ``port``, on JACK server ``jack_server``."""
 
     def __init__(
         self,
@@ -108,7 +120,6 @@ class Scsynth:
         jack_server: str,
         client_name: str,
         *,
-        start_jack: bool = True,
         synth_dir: Path = SYNTHS_DIR,
         channels: int = 2,
         inputs: int = 8,  # room for audio from other sites (JackTrip links patch into in_3 and up)
@@ -116,13 +127,11 @@ class Scsynth:
         self.port = port
         self.jack_server = jack_server
         self.client_name = client_name
-        self.start_jack = start_jack
         self.synth_dir = synth_dir
         self.channels = channels
         self.inputs = inputs
         self.health = Health()
-        self.env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_DEFAULT_SERVER": jack_server}
-        self._jack: asyncio.subprocess.Process | None = None
+        self.env = jack_env(jack_server)
         self._proc: asyncio.subprocess.Process | None = None
         self._replies = _Replies()
         self._transport: asyncio.DatagramTransport | None = None
@@ -135,13 +144,8 @@ class Scsynth:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: self._replies, local_addr=("127.0.0.1", 0))
-        if self.start_jack:
-            await self._start_jack()
         await self._start_scsynth()
         self._tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._poll_status())]
-
-    async def _start_jack(self) -> None:
-        self._jack = await start_jack(self.jack_server, channels=self.channels)
 
     async def _start_scsynth(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -242,16 +246,16 @@ class Scsynth:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for proc in (self._proc, self._jack):
-            if proc and proc.returncode is None:
-                proc.terminate()
-                with contextlib.suppress(ProcessLookupError):
-                    await asyncio.wait_for(proc.wait(), 10)
+        await _end(self._proc)
         if self._transport:
             self._transport.close()
 
 
 class NodeAgent:
+    """A site's or performer's machine: its scsynth (None for a machine that only runs audio links,
+    such as a hub), the JACK server both use (started here unless ``start_jack`` is false), and
+    its site's JackTrip ends, as the conductor's welcome says."""
+
     def __init__(
         self,
         url: str,
@@ -259,13 +263,20 @@ class NodeAgent:
         site: str | None,
         name: str,
         parts: list[str],
-        scsynth: Scsynth,
+        scsynth: Scsynth | None,
         *,
+        jack_server: str,
+        start_jack: bool = True,
         sclang_port: int = SCLANG_PORT,
+        ca: str | None = None,
     ):
         self.scsynth = scsynth
+        self.jack_server = jack_server
+        self.start_jack = start_jack
+        self._jack: asyncio.subprocess.Process | None = None
         self.sclang_port = sclang_port
-        self.client = TuttiClient(url, "node", token, site=site, name=name, parts=parts)
+        synth = None if scsynth else False  # a node without synths gets no cues
+        self.client = TuttiClient(url, "node", token, site=site, name=name, parts=parts, synth=synth, ca=ca)
         self.client.sio.on(protocol.CUE, self._cue)
         self.client.on_welcome = self._welcome
         self.audio: SiteAudio | None = None  # this site's JackTrip end, if the concert gives it one
@@ -275,19 +286,22 @@ class NodeAgent:
         self.cues_moved = 0  # ... and moved these to the next beat
 
     async def _welcome(self) -> None:
-        self.scsynth.make_groups(list(self.client.welcome.get("groups", {}).values()))
+        if self.scsynth:
+            self.scsynth.make_groups(list(self.client.welcome.get("groups", {}).values()))
         plan = self.client.welcome.get("audio")
         if plan is not None and self.audio is None and self.client.you.get("site"):
             self.audio = SiteAudio(
                 AudioSettings.model_validate(plan),
                 self.client.you["site"],
-                self.scsynth.jack_server,
-                self.scsynth.client_name,
-                self.scsynth.env,
+                self.jack_server,
+                self.scsynth.client_name if self.scsynth else "",
+                jack_env(self.jack_server),
             )
             await self.audio.start()
 
     async def _cue(self, data: dict[str, Any]) -> None:
+        if self.scsynth is None:
+            return
         address, args = data["address"], list(data.get("args", []))
         port = self.sclang_port if data.get("to") == "sclang" else None
         if port is None and address == "/n_set" and len(args) >= 3:
@@ -321,12 +335,15 @@ class NodeAgent:
         self.cues_played += 1
 
     async def run(self) -> None:
-        await self.scsynth.start()
+        if self.start_jack:
+            self._jack = await start_jack(self.jack_server, channels=self.scsynth.channels if self.scsynth else 2)
+        if self.scsynth:
+            await self.scsynth.start()
         await self.client.connect()
         while True:
             await asyncio.sleep(1.0)
             if self.client.sio.connected:
-                h = self.scsynth.health
+                h = self.scsynth.health if self.scsynth else Health(up=True)
                 with contextlib.suppress(Exception):
                     await self.client.sio.emit(
                         protocol.HEALTH,
@@ -347,6 +364,7 @@ class NodeAgent:
                             "samples": self.client.clock.samples,
                             "error": min(self.client.clock.error, 60.0),
                             "links": [state.report() for state in self.audio.states] if self.audio else [],
+                            "synth": self.scsynth is not None,
                         },
                     )
 
@@ -354,4 +372,6 @@ class NodeAgent:
         await self.client.close()
         if self.audio:
             await self.audio.close()
-        await self.scsynth.close()
+        if self.scsynth:
+            await self.scsynth.close()
+        await _end(self._jack)

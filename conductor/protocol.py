@@ -16,9 +16,10 @@ COMMAND = "command"  # payload: Command; ack: {"ok": true, "seq": N} or {"ok": f
 REPORT = "report"  # payload: Report; no ack
 CONTROL = "control"  # payload: ControlInput, from a performer; ack like COMMAND
 HEALTH = "health"  # payload: a node's health (scsynth, cues, clock), every second; no ack
+INVITE = "invite"  # payload: Invite, from a conductor; ack: {"ok": true, "invites": [{part, name, url, svg}]}
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: {"you", "score", "state", "now"}
-STATE = "state"  # to everyone, after each accepted change: {"change", "state"}
+STATE = "state"  # to every joined client, after each accepted change: {"change", "state"}
 CUE = "cue"  # to the nodes a cue targets: {"id", "t", "to", "address", "args", "target"}
 CLIENTS = "clients"  # to conductors, every second: {"clients", "rejections", "recent", "now"}
 ERROR = "error"  # to one client: {"code", "message", "event"}
@@ -44,6 +45,7 @@ class Auth(Message):
     site: Name | None = None
     name: Name | None = None  # how the console lists this client
     parts: Annotated[list[Name], Field(max_length=32)] = []  # nodes: the parts whose cues they play
+    synth: StrictBool = True  # nodes: false for one that runs only audio links (a hub): it gets no cues
 
 
 class _Command(Message):
@@ -103,6 +105,12 @@ class ControlInput(Message):
     value: Num | bool | tuple[Num, Num]
 
 
+class Invite(Message):
+    """The origin performers will open (the console's own, as the operator reached it)."""
+
+    base: Annotated[StrictStr, Field(pattern=r"^https?://[^\s/?#]+$", max_length=200)]
+
+
 class LinkReport(Message):
     """One JackTrip end a node runs (see ``conductor/jacktrip.py``)."""
 
@@ -134,3 +142,14 @@ class Rejected(Exception):
 
     def payload(self, event: str) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "event": event}
+
+
+def refusal(ack: Any) -> dict[str, Any] | None:
+    """The ``error`` payload of an acknowledgement that refuses (``{"ok": false, ...}``), else None."""
+    if isinstance(ack, dict) and ack.get("ok") is False:
+        return {k: ack.get(k) for k in ("code", "message", "event")}
+    return None
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

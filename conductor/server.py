@@ -1,4 +1,4 @@
-"""The conductor server: one clock, the score, the transport and the journal, over Socket.IO.
+"""The performance: one clock, the score, the transport, the journal and the cue scheduler.
 
 Clients join with a role and token (``protocol.Auth``), are sent a ``welcome`` with the score
 and a snapshot of the performance, keep their clocks in step with ``sync``, and receive a
@@ -6,6 +6,9 @@ and a snapshot of the performance, keep their clocks in step with ``sync``, and 
 accepted change is journalled before it is broadcast. Nothing a client sends can stop the
 server: anything malformed, oversized, unknown or forbidden is answered with an ``error`` event
 and counted in ``/api/status``.
+
+The network side is ``gateway.py``: in one process (``local``), or as several web workers that
+reach this performance over Redis (``cluster.py``).
 """
 
 from __future__ import annotations
@@ -18,18 +21,18 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pydantic
-import socketio
-from aiohttp import web
+import segno
 
 from . import journal, protocol
 from .clock import ConductorClock
 from .concert import Concert
+from .gateway import JOINED, Gateway, Out, Source
 from .osc import OscIngress
-from .protocol import Auth, ControlInput, Health, Rejected, Report, SetParam
+from .protocol import Auth, ControlInput, Health, Invite, Rejected, Report, SetParam
 from .scheduler import Lookahead, TimedCue, audio_delays, cues_between
 from .score import XY, Aligned, Fader, Toggle
 from .transport import Change, Transport
@@ -39,11 +42,6 @@ CUE_TICK = 0.01  # seconds between looks for cues entering the lookahead
 LOOKAHEAD_EVERY = 0.25  # seconds between updates of the lookahead from the clients' delays
 JOIN_FAILURES = 10  # failed joins from one address ...
 JOIN_COOLDOWN = 30.0  # ... within this many seconds bar it until they are that old
-CLIENTS_DIR = Path(__file__).resolve().parent.parent / "clients"
-VENDOR = {
-    "socket.io": CLIENTS_DIR / "node_modules" / "socket.io-client" / "dist",
-    "p5": CLIENTS_DIR / "node_modules" / "p5" / "lib",
-}
 
 
 @dataclass
@@ -61,6 +59,7 @@ class Client:
     delay: float | None = None  # how late the conductor's messages reach it (its p95)
     health: dict[str, Any] | None = None  # nodes: their last report
     parts: list[str] = field(default_factory=list)  # nodes: the parts they sound
+    worker: str = ""  # the web worker it is connected to ("" in a single process)
 
 
 class JoinLimiter:
@@ -80,20 +79,6 @@ class JoinLimiter:
         return bool(window) and len(window) == JOIN_FAILURES and now - window[0] < JOIN_COOLDOWN  # type: ignore[arg-type]
 
 
-class _Server(socketio.AsyncServer):
-    """python-socketio logs a traceback for a packet it cannot decode; count and answer it instead."""
-
-    def __init__(self, on_malformed: Callable[[str, Exception], Awaitable[None]], **kwargs: Any):
-        super().__init__(**kwargs)
-        self._on_malformed = on_malformed
-
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        try:
-            await super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-            await self._on_malformed(eio_sid, e)
-
-
 def _summary(error: pydantic.ValidationError) -> str:
     parts = []
     for err in error.errors(include_url=False)[:3]:
@@ -103,10 +88,13 @@ def _summary(error: pydantic.ValidationError) -> str:
 
 
 class Conductor:
-    def __init__(self, concert: Concert, fresh: bool = False):
+    """The performance. It sends through ``out``: a gateway's Socket.IO server, or Redis to the workers'."""
+
+    def __init__(self, concert: Concert, out: Out, clock: ConductorClock | None = None, fresh: bool = False):
         self.concert = concert
         self.score = concert.score
-        self.clock = ConductorClock()
+        self.out = out
+        self.clock = clock or ConductorClock()
         self.transport = Transport(self.score.score)
         self.clients: dict[str, Client] = {}
         self.rejections: Counter[str] = Counter()
@@ -116,20 +104,14 @@ class Conductor:
         self._sent_until = 0.0  # conductor time up to which cues have been sent: changes come after it
         self.failed_joins = JoinLimiter()
         self.started = time.time()
-        cors = concert.settings.cors_origins
-        self.sio = _Server(
-            self._malformed,
-            async_mode="aiohttp",
-            always_connect=True,  # so the welcome (or the reason for refusal) follows the CONNECT packet
-            max_http_buffer_size=1_000_000,  # engine.io drops a client beyond this; we refuse far smaller
-            cors_allowed_origins="*" if "*" in cors else cors,
-            ping_interval=5,
-            ping_timeout=10,
-        )
-        self.app = web.Application()
-        self.sio.attach(self.app)
-        self._routes()
-        self._events()
+        self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
+            protocol.SYNC: self._sync,
+            protocol.COMMAND: self._command,
+            protocol.REPORT: self._report,
+            protocol.CONTROL: self._control,
+            protocol.HEALTH: self._health,
+            protocol.INVITE: self._invite,
+        }
         self.journal = self._open_journal(fresh)
         self.osc: OscIngress | None = None
         if concert.settings.osc is not None:
@@ -163,40 +145,8 @@ class Conductor:
             path, {"score": str(self.score.path), "score_sha256": self.score.sha256, "started": self.clock.now()}
         )
 
-    # --- HTTP ---------------------------------------------------------------------------------
-
-    def _routes(self) -> None:
-        self.app.router.add_get("/api/status", self._status)
-        self.app.router.add_get("/api/score", self._score)
-        self.app.router.add_get("/", self._page("index.html"))
-        self.app.router.add_get("/perform", self._page("perform.html"))
-        self.app.router.add_get("/console", self._page("console.html"))
-        self.app.router.add_get("/audience", self._page("audience.html"))
-        self.app.router.add_get("/score-files/{name:.+}", self._score_file)
-        self.app.router.add_static("/clients/", CLIENTS_DIR / "lib")
-        self.app.router.add_static("/examples/", CLIENTS_DIR / "examples")
-        # Browser libraries installed from npm at set-up, served from here: a concert needs no internet.
-        for name, folder in VENDOR.items():
-            if folder.is_dir():
-                self.app.router.add_static(f"/vendor/{name}/", folder)
-
-    def _page(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def page(request: web.Request) -> web.StreamResponse:
-            return web.FileResponse(CLIENTS_DIR / name, headers={"Cache-Control": "no-cache"})
-
-        return page
-
-    async def _score_file(self, request: web.Request) -> web.StreamResponse:
-        # Only files the score names (its sketches) are served from the score's folder.
-        name = request.match_info["name"]
-        if name not in self.score.files():
-            raise web.HTTPNotFound(text=f"the score names no file '{name}'")
-        return web.FileResponse(self.score.folder / name, headers={"Content-Type": "text/javascript"})
-
-    async def _score(self, request: web.Request) -> web.Response:
-        return web.json_response(self.score.to_json())
-
-    def status(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
+        """What ``/api/status`` shows."""
         now = self.clock.now()
         return {
             "title": self.concert.title,
@@ -210,20 +160,7 @@ class Conductor:
             "lookahead": self.lookahead.to_json(),
         }
 
-    async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
-
-    # --- Socket.IO ----------------------------------------------------------------------------
-
-    def _events(self) -> None:
-        self.sio.on("connect", self._connect)
-        self.sio.on("disconnect", self._disconnect)
-        self._guarded(protocol.SYNC, self._sync)
-        self._guarded(protocol.COMMAND, self._command)
-        self._guarded(protocol.REPORT, self._report)
-        self._guarded(protocol.CONTROL, self._control)
-        self._guarded(protocol.HEALTH, self._health)
-        self.sio.on("*", self._unknown)
+    # --- what gateways ask of it (``gateway.Performance``) ----------------------------------------
 
     def _count(self, code: str, message: str, event: str = "osc", client: str = "") -> None:
         """Count a refusal and keep it for the console (OSC refusals have no client to answer)."""
@@ -231,54 +168,47 @@ class Conductor:
         self.recent.append({"t": self.clock.now(), "code": code, "message": message, "event": event, "client": client})
         log.info("rejected %s from %s: %s", event, client or "?", message)
 
-    async def _reject(self, sid: str, event: str, rejected: Rejected) -> dict[str, Any]:
+    async def count(self, rejected: Rejected, event: str, client: str) -> None:
+        self._count(rejected.code, rejected.message, event, client)
+
+    def _refuse(self, sid: str, event: str, rejected: Rejected) -> dict[str, Any]:
         client = self.clients.get(sid)
         self._count(rejected.code, rejected.message, event, client.name if client else sid)
-        payload = rejected.payload(event)
-        await self.sio.emit(protocol.ERROR, payload, to=sid)
-        return {"ok": False, **payload}
+        return {"ok": False, **rejected.payload(event)}
 
-    def _guarded(self, event: str, handler: Callable[[Client, Any], Awaitable[Any]]) -> None:
-        """Register ``handler`` for ``event``: one payload, from a joined client, never raising."""
-
-        async def run(sid: str, *args: Any) -> Any:
-            try:
-                client = self.clients.get(sid)
-                if client is None:
-                    raise Rejected("not_joined", "join first")
-                client.last_seen = self.clock.now()
-                if len(args) != 1:
-                    raise Rejected("bad_payload", f"'{event}' takes exactly one payload, not {len(args)}")
-                return await handler(client, args[0])
-            except Rejected as r:
-                return await self._reject(sid, event, r)
-            except pydantic.ValidationError as e:
-                return await self._reject(sid, event, Rejected("bad_payload", _summary(e)))
-            except Exception:
-                log.exception("error handling %s from %s", event, sid)
-                return await self._reject(sid, event, Rejected("internal", "the conductor could not handle this"))
-
-        self.sio.on(event, run)
-
-    async def _malformed(self, eio_sid: str, error: Exception) -> None:
-        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
-        self.rejections["malformed"] += 1
-        log.info("malformed packet from %s: %s", sid or eio_sid, error)
-        if sid:
-            await self.sio.emit(
-                protocol.ERROR, Rejected("malformed", f"undecodable packet: {error}").payload("(packet)"), to=sid
-            )
-
-    async def _unknown(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
-        return await self._reject(sid, str(event)[:64], Rejected("unknown_event", f"no event '{str(event)[:64]}'"))
+    async def handle(self, sid: str, event: str, args: list[Any]) -> Any:
+        """One event from a client: its acknowledgement, or a refusal (``{"ok": false, ...}``). Never raises."""
+        try:
+            handler = self._handlers.get(event)
+            if handler is None:
+                raise Rejected("unknown_event", f"no event '{event}'")
+            client = self.clients.get(sid)
+            if client is None:
+                raise Rejected("not_joined", "join first")
+            client.last_seen = self.clock.now()
+            if len(args) != 1:
+                raise Rejected("bad_payload", f"'{event}' takes exactly one payload, not {len(args)}")
+            return await handler(client, args[0])
+        except Rejected as r:
+            return self._refuse(sid, event, r)
+        except pydantic.ValidationError as e:
+            return self._refuse(sid, event, Rejected("bad_payload", _summary(e)))
+        except Exception:
+            log.exception("error handling %s from %s", event, sid)
+            return self._refuse(sid, event, Rejected("internal", "the conductor could not handle this"))
 
     def _check_token(self, auth: Auth) -> None:
-        expected = self.concert.tokens.get(auth.role)
-        if expected is not None and not hmac.compare_digest(expected.encode(), auth.token.encode()):
-            raise Rejected("bad_token", f"wrong token for role '{auth.role}'")
         if auth.role == "performer" and (auth.part is None or self.score.score.part(auth.part) is None):
             known = ", ".join(p.id for p in self.score.score.parts)
             raise Rejected("unknown_part", f"a performer needs one of the parts: {known}")
+        expected = self.concert.token_for(auth.role, auth.part)
+        if expected is not None and not hmac.compare_digest(expected.encode(), auth.token.encode()):
+            whose = (
+                f"part '{auth.part}'"
+                if auth.role == "performer" and self.concert.part_tokens
+                else f"role '{auth.role}'"
+            )
+            raise Rejected("bad_token", f"wrong token for {whose}")
         unknown = [p for p in auth.parts if self.score.score.part(p) is None]
         if unknown:
             raise Rejected("unknown_part", f"no part {', '.join(unknown)} in the score")
@@ -293,16 +223,17 @@ class Conductor:
     def _node_parts(self, joined: Auth, site: str | None) -> list[str]:
         """The parts a node sounds: those it names, else its site's, else (no site) every part."""
         parts = self.score.score.parts
+        if not joined.synth:
+            return []
         if joined.parts:
             return list(joined.parts)
         return [p.id for p in parts if site is None or p.site == site]
 
-    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> bool:
-        request = environ.get("aiohttp.request")  # python-engineio's REMOTE_ADDR is always 127.0.0.1
-        source = str(getattr(request, "remote", None) or environ.get("REMOTE_ADDR", ""))
+    async def join(self, sid: str, auth: Any, source: Source) -> None:
+        """Admit a client: its rooms, then its welcome, through ``out``. Raises Rejected (counted)."""
         try:
-            if self.failed_joins.barred(source, time.monotonic()):
-                raise Rejected("rate_limited", f"too many failed joins from {source}; wait {JOIN_COOLDOWN:g} s")
+            if self.failed_joins.barred(source.address, time.monotonic()):
+                raise Rejected("rate_limited", f"too many failed joins from {source.address}; wait {JOIN_COOLDOWN:g} s")
             if not isinstance(auth, dict):
                 raise Rejected("bad_auth", "connect with auth {role, token, part?, site?, name?}")
             try:
@@ -312,41 +243,54 @@ class Conductor:
             self._check_token(joined)
         except Rejected as r:
             if r.code != "rate_limited":
-                self.failed_joins.failed(source, time.monotonic())
-            await self._reject(sid, "connect", r)
-            return False
+                self.failed_joins.failed(source.address, time.monotonic())
+            self._refuse(sid, "connect", r)
+            raise
         now = self.clock.now()
         part = self.score.score.part(joined.part) if joined.part else None
         site = joined.site or (part.site if part else None)
-        client = Client(sid, joined.role, joined.name or f"{joined.role}-{sid[:4]}", joined.part, site, now, now)
+        name = joined.name or f"{joined.role}-{sid[:4]}"
+        client = Client(sid, joined.role, name, joined.part, site, now, now, worker=source.worker)
         self.clients[sid] = client
-        await self.sio.enter_room(sid, f"role:{client.role}")
+        rooms = [f"role:{client.role}"]
         welcome: dict[str, Any] = {"score": self.score.to_json(), "state": self.transport.snapshot(now)}
         if client.role == "node":  # the rooms cues are sent to: all nodes, a site, a part, one node
             client.parts = self._node_parts(joined, site)
-            rooms = [f"node:{client.name}", *(f"part:{p}" for p in client.parts)] + ([f"site:{site}"] if site else [])
-            for room in rooms:
-                await self.sio.enter_room(sid, f"nodes:{room}")
+            rooms += [f"nodes:{r}" for r in [f"node:{client.name}", *(f"part:{p}" for p in client.parts)]]
+            rooms += ["nodes:all"] if joined.synth else []
+            rooms += [f"nodes:site:{site}"] if site else []
             welcome["groups"] = {p: self.score.score.group(p) for p in client.parts}
             if self._runs_audio(client):
                 welcome["audio"] = self.concert.settings.audio.model_dump()  # type: ignore[union-attr]
+        # Rooms first, the welcome last: a change broadcast to JOINED after the welcome's snapshot
+        # reaches this client after its welcome, even through Redis (one channel, in order).
+        for room in [*rooms, JOINED]:
+            await self.out.enter_room(sid, room)
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
-        await self.sio.emit(protocol.WELCOME, {"you": asdict(client), **welcome, "now": self.clock.now()}, to=sid)
+        await self.out.emit(protocol.WELCOME, {"you": asdict(client), **welcome, "now": self.clock.now()}, to=sid)
         if client.role == "node":  # what its synths should be set to now
-            for name, timeline in self.transport.params.items():
-                for part, cue in self._sounding(name, timeline.at(now), None):
-                    if part in client.parts:
-                        await self.sio.emit(protocol.CUE, cue, to=sid)
-        return True
+            for param, timeline in self.transport.params.items():
+                for p, cue in self._sounding(param, timeline.at(now), None):
+                    if p in client.parts:
+                        await self.out.emit(protocol.CUE, cue, to=sid)
 
-    async def _disconnect(self, sid: str, reason: Any = None) -> None:
+    async def leave(self, sid: str) -> None:
         client = self.clients.pop(sid, None)
         if client:
-            log.info("%s left (%s)", client.name, reason)
+            log.info("%s left", client.name)
+
+    def forget_worker(self, worker: str) -> None:
+        """A web worker died: its clients are gone (they will join again through another)."""
+        for sid in [sid for sid, c in self.clients.items() if c.worker == worker]:
+            del self.clients[sid]
+
+    async def status(self) -> dict[str, Any]:
+        return self.snapshot()
 
     async def _sync(self, client: Client, t0: Any) -> list[float]:
+        """Gateways answer sync themselves; this is for clients of the performance in-process."""
         t1 = self.clock.now()
-        if isinstance(t0, bool) or not isinstance(t0, int | float):
+        if not protocol.is_number(t0):
             raise Rejected("bad_payload", "sync takes the client's send time, a number")
         return [t0, t1, self.clock.now()]
 
@@ -400,6 +344,19 @@ class Conductor:
             self.lookahead.late(late)
         client.health = health
 
+    async def _invite(self, client: Client, payload: Any) -> dict[str, Any]:
+        """Each part's performer link, with its token, as a URL and a QR code (SVG) for the console."""
+        if client.role != "conductor":
+            raise Rejected("forbidden", "only the conductor may invite performers")
+        base = Invite.model_validate(payload).base
+        invites = []
+        for part in self.score.score.parts:
+            token = self.concert.token_for("performer", part.id)
+            url = f"{base}/perform?" + urlencode({"part": part.id, **({"token": token} if token else {})})
+            svg = segno.make(url, error="m").svg_inline(scale=4, dark="#000", light="#fff")
+            invites.append({"part": part.id, "name": part.name, "url": url, "svg": svg})
+        return {"ok": True, "invites": invites}
+
     async def _send_cues(self) -> None:
         """Send each score cue to its nodes as its schedule says (see ``scheduler.py``)."""
         self._sent_until = self.clock.now()
@@ -424,17 +381,17 @@ class Conductor:
                 for timed in cues_between(score, self.transport, self._sent_until, horizon):
                     schedule, late = score.policy(timed.cue)
                     cue = {**timed.to_json(), "late": late, "beat": self._beat(timed)}
-                    room = "role:node" if timed.cue.target == "all" else f"nodes:{timed.cue.target}"
+                    room = f"nodes:{timed.cue.target}"  # nodes:all, nodes:site:X, nodes:part:X, nodes:node:X
                     if schedule == "immediate":
                         held.append((timed.t, room, {**cue, "t": None}))
                         continue
                     if isinstance(schedule, Aligned):
                         cue["align"] = offsets.get(schedule.aligned, {})
-                    await self.sio.emit(protocol.CUE, cue, room=room)
+                    await self.out.emit(protocol.CUE, cue, room=room)
                 self._sent_until = horizon
                 while held and held[0][0] <= now:
                     _, room, cue = held.pop(0)
-                    await self.sio.emit(protocol.CUE, cue, room=room)
+                    await self.out.emit(protocol.CUE, cue, room=room)
             except Exception:
                 log.exception("sending cues")
 
@@ -455,7 +412,7 @@ class Conductor:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await self.sio.emit(
+                await self.out.emit(
                     protocol.CLIENTS,
                     {
                         "clients": [asdict(c) for c in self.clients.values()],
@@ -487,8 +444,9 @@ class Conductor:
             if self.osc:
                 self.osc.echo(change.param, change.value)
             for part, cue in self._sounding(change.param, change.value, change.t):
-                await self.sio.emit(protocol.CUE, cue, room=f"nodes:part:{part}")
-        await self.sio.emit(protocol.STATE, {"change": change.to_json(), "state": self.transport.snapshot(now)})
+                await self.out.emit(protocol.CUE, cue, room=f"nodes:part:{part}")
+        state = {"change": change.to_json(), "state": self.transport.snapshot(now)}
+        await self.out.emit(protocol.STATE, state, room=JOINED)
         return change
 
     def _sounding(self, name: str, value: float, t: float | None) -> list[tuple[str, dict[str, Any]]]:
@@ -505,33 +463,27 @@ class Conductor:
 
     # --- running ------------------------------------------------------------------------------
 
-    async def start(self, hosts: list[str], port: int) -> tuple[web.AppRunner, int]:
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
+    async def start(self, osc_host: str) -> None:
         self._feed = asyncio.create_task(self._feed_console())
         self._cues = asyncio.create_task(self._send_cues())
         if self.osc:
-            await self.osc.start(hosts[0])
-        bound = port
-        for host in hosts:
-            site = web.TCPSite(runner, host, bound, ssl_context=self.concert.tls_context())
-            await site.start()
-            if bound == 0:  # an ephemeral port: every host shares the first one picked
-                server = site._server
-                bound = server.sockets[0].getsockname()[1] if server and server.sockets else 0
-        return runner, bound
+            await self.osc.start(osc_host)
 
-    async def stop(self, runner: web.AppRunner) -> None:
-        """Say goodbye to every client, then stop serving and close the journal."""
+    async def stop(self) -> None:
         self._feed.cancel()
         self._cues.cancel()
         if self.osc:
             self.osc.close()
-        # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
-        await asyncio.gather(*(self.sio.disconnect(sid) for sid in list(self.clients)))
-        await self.sio.shutdown()
-        await runner.cleanup()
         self.journal.close()
+
+
+def local(concert: Concert, fresh: bool = False) -> tuple[Conductor, Gateway]:
+    """A conductor in one process: the performance, and a gateway that serves it."""
+    clock = ConductorClock()
+    gateway = Gateway(concert, clock)
+    conductor = Conductor(concert, gateway.sio, clock, fresh=fresh)
+    gateway.serve(conductor)
+    return conductor, gateway
 
 
 def _check_size(payload: Any) -> None:

@@ -76,9 +76,9 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
     return Group(title, who, nodes, *([links] if links.row_count else []), Text(f"Refused: {refused}"))
 
 
-async def run(url: str, token: str, once: bool, output: str | None) -> int:
+async def run(url: str, token: str, once: bool, output: str | None, ca: str | None = None) -> int:
     """Draw the dashboard until interrupted (or once, into ``output`` or the terminal)."""
-    client = TuttiClient(url, "conductor", token, name="tutti status")
+    client = TuttiClient(url, "conductor", token, name="tutti status", ca=ca)
     feeds: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     client.sio.on(protocol.CLIENTS, feeds.put)
     await client.connect()

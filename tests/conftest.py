@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from bench.harness import CHROMIUM, CHROMIUM_ARGS
+from bench.harness import CHROMIUM, CHROMIUM_ARGS, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = ROOT / "scores"
@@ -117,6 +117,13 @@ def conductor(concert: Path) -> Iterator[ConductorProcess]:
     proc = ConductorProcess(concert)
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A real redis-server on loopback."""
+    async with redis_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conductor.cli import command_line
 from conductor.concert import load_concert
-from conductor.deploy import HUB_UDP_BASE, plan
+from conductor.deploy import HUB_UDP_BASE, plan, render
+from conductor.yamlcheck import InvalidFile
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "deploy" / "four-rivers.yaml"
@@ -29,6 +32,7 @@ def test_the_plan_says_what_runs_where_and_which_ports_to_open() -> None:
     assert sorted(machines) == [
         "2001:db8:10::1",
         "2001:db8:10::2",
+        "2001:db8:10::3",
         "2001:db8:20::2",
         "2001:db8:30::2",
         "2001:db8:40::2",
@@ -36,11 +40,47 @@ def test_the_plan_says_what_runs_where_and_which_ports_to_open() -> None:
     head = machines["2001:db8:10::1"]
     assert ("tcp", 8443, "conductor: HTTP and Socket.IO") in head.ports
     assert {("udp", 9000), ("tcp", 9001)} <= {(p, n) for p, n, _ in head.ports}
-    hub = machines["2001:db8:10::2"]
+    hub = machines["2001:db8:10::3"]
     assert ("tcp", 4464, "JackTrip hub: clients join") in hub.ports
-    assert [n for p, n, _ in hub.ports if p == "udp"] == [HUB_UDP_BASE, HUB_UDP_BASE + 1, HUB_UDP_BASE + 2]
-    assert ("udp", 4464, "JackTrip: audio from the hub") in machines["2001:db8:40::2"].ports
+    assert [n for p, n, _ in hub.ports if p == "udp"] == [HUB_UDP_BASE + i for i in range(4)]  # one per site
+    assert any("JackTrip hub (site hub) in a container" in line for line in hub.runs)
+    for site in ("10", "20", "30", "40"):
+        assert ("udp", 4464, "JackTrip: audio from the hub") in machines[f"2001:db8:{site}::2"].ports
     assert any("node whcm-1 (site whcm)" in line for line in machines["2001:db8:40::2"].runs)
+
+
+def test_the_hub_container_runs_a_node_agent_with_options_that_take_effect(tmp_path: Path) -> None:
+    concert = load_concert(EXAMPLE)
+    render(concert, tmp_path)
+    folder = tmp_path / "2001_db8_10__3"
+    compose = yaml.safe_load((folder / "compose.yaml").read_text())
+    service = compose["services"]["jacktrip-hub"]
+    assert service["network_mode"] == "host"  # jacktrip's hub hands each client a UDP port of its own
+    assert service["restart"] == "always" and service["ulimits"]["rtprio"] == 95
+    # The container's command is one the node agent accepts: no scsynth, the hub's site and name.
+    args = command_line().parse_args(service["command"])
+    assert (args.command, args.no_synth, args.site, args.name) == ("node", True, "hub", "hub")
+    assert args.url == "http://[2001:db8:10::1]:8443"
+    # What it will run, from the concert: a hub server Tutti patches itself (-p 5), the queue and
+    # bit depth of the concert, and none of the flags a hub server ignores (-n, -t, -z).
+    jacktrip = service["x-jacktrip"].split()
+    assert jacktrip[:5] == ["jacktrip", "-S", "-p", "5", "-B"] and jacktrip[5] == "4464"
+    assert jacktrip[jacktrip.index("-q") + 1] == "4" and jacktrip[jacktrip.index("-b") + 1] == "24"
+    assert not {"-n", "-t", "-z"} & set(jacktrip)
+    # Its image is built from this Tutti, with JACK and jacktrip from Debian.
+    dockerfile = (folder / "Dockerfile").read_text()
+    assert "jackd2 jacktrip" in dockerfile and "COPY tutti /opt/tutti" in dockerfile
+    assert (folder / "tutti" / "pyproject.toml").is_file() and (folder / "tutti" / "conductor" / "node.py").is_file()
+    # Every port it needs is in its plan.
+    plan_text = (folder / "PLAN.txt").read_text()
+    assert "open  tcp/4464" in plan_text and all(f"open  udp/{HUB_UDP_BASE + i}" in plan_text for i in range(4))
+
+
+def test_a_hub_machine_must_be_the_hubs_node(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace("node: hub, address", "address")
+    (tmp_path / "concert.yaml").write_text(text.replace("../scores/", str(ROOT / "scores") + "/"))
+    with pytest.raises(InvalidFile, match=re.escape("audio.hub.node: set it to 'hub': the hub machine runs the hub")):
+        load_concert(tmp_path / "concert.yaml")
 
 
 def test_render_writes_units_that_parse_and_a_concert_the_conductor_loads(tmp_path: Path) -> None:
@@ -51,7 +91,7 @@ def test_render_writes_units_that_parse_and_a_concert_the_conductor_loads(tmp_pa
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     units = sorted(out.glob("*/*.service"))
-    assert {u.name for u in units} == {
+    assert {u.name for u in units} == {  # the hub runs in a container: no unit
         "tutti-conductor.service", "tutti-node-ucas-1.service", "tutti-node-ccom-1.service",
         "tutti-node-pku-1.service", "tutti-node-whcm-1.service",
     }  # fmt: skip
@@ -79,3 +119,21 @@ def test_plan_without_a_deployment_section_says_so(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode != 0 and "no 'deployment' section" in result.stderr
+
+
+def test_nodes_trust_the_concerts_own_ca(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace("../scores/", str(ROOT / "scores") + "/")
+    (tmp_path / "concert.yaml").write_text(text.replace("deployment:\n", "deployment:\n  ca: concert-ca.pem\n"))
+    (tmp_path / "concert-ca.pem").write_text("-----BEGIN CERTIFICATE-----\nthe concert's CA\n")
+    out = tmp_path / "out"
+    render(load_concert(tmp_path / "concert.yaml"), out)
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.read(out / "2001_db8_20__2" / "tutti-node-ccom-1.service")
+    assert unit["Service"]["ExecStart"].endswith(" --ca /etc/tutti/ca.pem")
+    assert (out / "2001_db8_20__2" / "ca.pem").read_text() == "-----BEGIN CERTIFICATE-----\nthe concert's CA\n"
+    hub = yaml.safe_load((out / "2001_db8_10__3" / "compose.yaml").read_text())["services"]["jacktrip-hub"]
+    assert hub["command"][-2:] == ["--ca", "/etc/tutti/ca.pem"]
+    assert hub["volumes"] == ["/etc/tutti/ca.pem:/etc/tutti/ca.pem:ro"]
+    (tmp_path / "concert-ca.pem").unlink()
+    with pytest.raises(InvalidFile, match=r"deployment\.ca: no file at"):
+        load_concert(tmp_path / "concert.yaml")

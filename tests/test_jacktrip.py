@@ -92,9 +92,9 @@ async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         conductor.stop()
 
 
-def link(conductor: ConductorProcess, site: str, index: int = 0) -> dict[str, Any]:
+def link(conductor: ConductorProcess, site: str, index: int = 0, node: str | None = None) -> dict[str, Any]:
     """A site's report of one of its ends: the hub or hub client first, then its pairs."""
-    links = node_health(conductor, f"n{site}").get("links", [])
+    links = node_health(conductor, node or f"n{site}").get("links", [])
     return links[index] if len(links) > index else {}
 
 
@@ -157,7 +157,7 @@ async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
     await until(lambda: link(conductor, "pku", 1).get("history_ms"), 10, "no round trip was measured on the pair")
     first = link(conductor, "pku", 1)["history_ms"][0] / 1000
     print(f"pair round trip {first * 1000:.3f} ms on connecting")
-    assert abs(first - expected_round_trip(queue=4)) <= PERIOD + 1e-6  # a receive queue at each end, too
+    assert matches_the_buffering(first, queue=4)  # a receive queue at each end, too
 
 
 async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, Any]) -> None:
@@ -198,7 +198,7 @@ async def test_the_round_trip_is_measured_and_matches_the_buffering(sites: dict[
     first = link(conductor, "pku")["history_ms"][0] / 1000
     expected = expected_round_trip(queue=4)
     print(f"round trip {first * 1000:.3f} ms on connecting, expected {expected * 1000:.3f} ms")
-    assert abs(first - expected) <= PERIOD + 1e-6  # the report is rounded to the microsecond
+    assert matches_the_buffering(first, queue=4)
 
 
 def expected_round_trip(queue: int) -> float:
@@ -209,6 +209,63 @@ def expected_round_trip(queue: int) -> float:
     the reason Tutti measures links rather than computing their latency.
     """
     return 2 * queue * PERIOD
+
+
+def matches_the_buffering(round_trip: float, queue: int) -> bool:
+    """Within a period below the two queues, or a period above at each end.
+
+    A receiver that starts reading a cycle late on a busy machine begins with one more packet
+    queued (a CI run measured 2q + 2 periods); the report is rounded to the microsecond.
+    """
+    error = round_trip - expected_round_trip(queue)
+    return -PERIOD - 1e-6 <= error <= 2 * PERIOD + 1e-6
+
+
+HUB_SCORE = """\
+title: A hub server
+duration: 600
+parts:
+  - {id: b, name: B, site: ccom}
+cues:
+  - {at: 1, target: all, address: /s_new, args: [tutti_ping, -1, 0, 0, freq, 1000, amp, 0.5]}
+"""
+
+
+async def test_a_hub_server_without_synths_runs_the_hub(tmp_path: Path) -> None:
+    """A hub on a server of its own (``tutti node --no-synth``, as in the rendered container)."""
+    (tmp_path / "score.yaml").write_text(HUB_SCORE)
+    base = 24000 + (os.getpid() % 1000) * 2
+    audio = {
+        "hub": {"site": "hub", "node": "hub", "address": "::1", "port": base},
+        "links": [{"site": "ccom", "bind_port": base + 1, "receive_to_scsynth": 3}],
+    }
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", audio=audio))
+    port = 57900 + os.getpid() % 50
+    agents = []
+    try:
+        agents.append(await start_node(conductor.url, "hub", "hub", port, f"tutti-hub-{os.getpid()}", "--no-synth"))
+        await until(lambda: link(conductor, "hub", 0, node="hub").get("role") == "hub", 30, "no hub")
+        agents.append(await start_node(conductor.url, "nccom", "ccom", port + 1, f"tutti-hc-{os.getpid()}"))
+        await until(lambda: link(conductor, "ccom").get("state") == "connected", 30, "ccom never connected")
+        await until(lambda: link(conductor, "hub", 0, node="hub").get("peers") == 1, 10, "the hub has no client")
+        await until(lambda: link(conductor, "ccom").get("history_ms"), 10, "the hub did not loop the measure back")
+        assert matches_the_buffering(link(conductor, "ccom")["history_ms"][0] / 1000, queue=4)
+        hub = node_health(conductor, "hub")
+        assert hub["synth"] is False and hub["up"] is True
+        pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", ":scsynth-hub$", stdout=-1)
+        assert not (await pgrep.communicate())[0], "the hub server started a scsynth"
+        # A cue for every node reaches the nodes that sound, not the hub.
+        boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+        await boss.connect()
+        assert (await boss.command("play"))["ok"]
+        await until(lambda: node_health(conductor, "nccom").get("cues", 0) >= 1, 10, "ccom never played the cue")
+        await boss.close()
+        await asyncio.sleep(1.0)  # two health reports later
+        assert node_health(conductor, "hub")["cues"] == 0
+    finally:
+        for agent in agents:
+            await stop_node(agent)
+        conductor.stop()
 
 
 # --- the topology in the concert file, without running anything --------------------------------

@@ -121,6 +121,11 @@ export class Conductor extends EventTarget {
     return { current, next, untilNext: next ? next.start - pos : null };
   }
 
+  // The performer links of every part, as URLs and QR codes (conductor role only).
+  invite(base) {
+    return this.socket.timeout(5000).emitWithAck("invite", { base });
+  }
+
   command(cmd, fields = {}) {
     return this.socket.timeout(5000).emitWithAck("command", { cmd, ...fields });
   }

@@ -53,6 +53,31 @@ function showError(message) {
   while ($("errors").children.length > 12) $("errors").lastChild.remove();
 }
 
+// One QR code per part: the performer page at this console's own address, with the part's token.
+async function showInvites(conductor) {
+  let answer;
+  try {
+    answer = await conductor.invite(location.origin);
+  } catch {
+    return showError("invite: no answer from the conductor");
+  }
+  if (!answer.ok) return showError(`invite: ${answer.message}`);
+  const cards = $("invites").querySelector(".cards");
+  cards.replaceChildren(
+    ...answer.invites.map((invite) => {
+      const figure = document.createElement("figure");
+      figure.dataset.part = invite.part;
+      figure.innerHTML = invite.svg; // made by the conductor from the score's part ids
+      const caption = document.createElement("figcaption");
+      const link = Object.assign(document.createElement("a"), { href: invite.url, textContent: invite.name });
+      caption.append(link);
+      figure.append(caption);
+      return figure;
+    }),
+  );
+  $("invites").classList.add("show");
+}
+
 async function main() {
   const conductor = await join({ role: "conductor", name: "console" });
   window.tutti = conductor;
@@ -91,6 +116,8 @@ async function main() {
     sliders[p.id] = { input, out: row.querySelector("span") };
     $("params").append(row);
   }
+  $("invite").addEventListener("click", () => showInvites(conductor));
+  $("invites-close").addEventListener("click", () => $("invites").classList.remove("show"));
   conductor.addEventListener("refused", ({ detail }) => showError(`${detail.event}: ${detail.message}`));
   conductor.addEventListener("disconnected", () => $("banner").classList.add("show"));
   conductor.addEventListener("welcome", () => $("banner").classList.remove("show"));

@@ -25,7 +25,7 @@ function askToken(role, message) {
 }
 
 export async function join(auth, { open = false } = {}) {
-  const key = `tutti-token-${auth.role}`;
+  const key = `tutti-token-${auth.role}${auth.part ? `-${auth.part}` : ""}`; // a part may have its own token
   let token = params().get("token") ?? localStorage.getItem(key) ?? (open ? "" : await askToken(auth.role));
   for (;;) {
     const conductor = new Conductor({ auth: { ...auth, token } });

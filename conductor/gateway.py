@@ -1,0 +1,223 @@
+"""The conductor's face to the network: its pages, the browser code, and the Socket.IO events.
+
+A gateway answers clock sync itself, from its own copy of the conductor's clock, and hands every
+other event to the performance (``server.Conductor``): in the same process, or from a web worker
+over Redis (``cluster.py``). The performance answers through an emitter, ``Out``: the gateway's
+own Socket.IO server, or a write-only Redis manager that reaches every worker's clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import socketio
+from aiohttp import web
+
+from . import protocol
+from .clock import ConductorClock
+from .concert import Concert
+from .protocol import Rejected
+
+log = logging.getLogger("tutti.gateway")
+CLIENTS_DIR = Path(__file__).resolve().parent.parent / "clients"
+VENDOR = {
+    "socket.io": CLIENTS_DIR / "node_modules" / "socket.io-client" / "dist",
+    "p5": CLIENTS_DIR / "node_modules" / "p5" / "lib",
+}
+JOINED = "joined"  # the room of every client that has been welcomed: state changes go to it
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a join comes from, and through which worker ("" in a single process)."""
+
+    address: str
+    worker: str = ""
+
+
+class Performance(Protocol):
+    """What a gateway needs from the conductor: ``server.Conductor`` or ``cluster.RemotePerformance``."""
+
+    async def join(self, sid: str, auth: Any, source: Source) -> None: ...  # raises Rejected
+
+    async def leave(self, sid: str) -> None: ...
+
+    async def handle(self, sid: str, event: str, args: list[Any]) -> Any: ...  # an ack, or a refusal
+
+    async def count(self, rejected: Rejected, event: str, client: str) -> None: ...  # never raises
+
+    async def status(self) -> dict[str, Any]: ...
+
+
+class Out(Protocol):
+    """Where the performance sends: rooms and single clients (``to`` a sid), wherever they are connected."""
+
+    async def emit(self, event: str, data: Any, to: str | None = None, room: str | None = None) -> None: ...
+
+    async def enter_room(self, sid: str, room: str) -> None: ...
+
+
+class _Server(socketio.AsyncServer):
+    """python-socketio logs a traceback for a packet it cannot decode; count and answer it instead."""
+
+    def __init__(self, on_malformed: Callable[[str, Exception], Awaitable[None]], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._on_malformed = on_malformed
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            await self._on_malformed(eio_sid, e)
+
+
+class Gateway:
+    def __init__(
+        self,
+        concert: Concert,
+        clock: ConductorClock,
+        client_manager: socketio.AsyncManager | None = None,
+        worker: str = "",
+    ):
+        self.concert = concert
+        self.clock = clock
+        self.worker = worker
+        self.performance: Performance | None = None  # set by ``serve``
+        cors = concert.settings.cors_origins
+        self.sio = _Server(
+            self._malformed,
+            async_mode="aiohttp",
+            client_manager=client_manager,
+            always_connect=True,  # so the welcome (or the reason for refusal) follows the CONNECT packet
+            max_http_buffer_size=1_000_000,  # engine.io drops a client beyond this; we refuse far smaller
+            cors_allowed_origins="*" if "*" in cors else cors,
+            ping_interval=5,
+            ping_timeout=10,
+        )
+        self.app = web.Application()
+        self.sio.attach(self.app)
+        self._routes()
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        self.sio.on(protocol.SYNC, self._sync)
+        self.sio.on("*", self._forward)
+
+    def serve(self, performance: Performance) -> None:
+        self.performance = performance
+
+    @property
+    def _performance(self) -> Performance:
+        assert self.performance is not None, "Gateway.serve(performance) first"
+        return self.performance
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    def _routes(self) -> None:
+        self.app.router.add_get("/api/status", self._status)
+        self.app.router.add_get("/api/score", self._score)
+        self.app.router.add_get("/", self._page("index.html"))
+        self.app.router.add_get("/perform", self._page("perform.html"))
+        self.app.router.add_get("/console", self._page("console.html"))
+        self.app.router.add_get("/audience", self._page("audience.html"))
+        self.app.router.add_get("/score-files/{name:.+}", self._score_file)
+        self.app.router.add_static("/clients/", CLIENTS_DIR / "lib")
+        self.app.router.add_static("/examples/", CLIENTS_DIR / "examples")
+        # Browser libraries installed from npm at set-up, served from here: a concert needs no internet.
+        for name, folder in VENDOR.items():
+            if folder.is_dir():
+                self.app.router.add_static(f"/vendor/{name}/", folder)
+
+    def _page(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def page(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(CLIENTS_DIR / name, headers={"Cache-Control": "no-cache"})
+
+        return page
+
+    async def _score_file(self, request: web.Request) -> web.StreamResponse:
+        # Only files the score names (its sketches) are served from the score's folder.
+        score = self.concert.score
+        name = request.match_info["name"]
+        if name not in score.files():
+            raise web.HTTPNotFound(text=f"the score names no file '{name}'")
+        return web.FileResponse(score.folder / name, headers={"Content-Type": "text/javascript"})
+
+    async def _score(self, request: web.Request) -> web.Response:
+        return web.json_response(self.concert.score.to_json())
+
+    async def _status(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await self._performance.status())
+        except Rejected as r:
+            return web.json_response(r.payload("status"), status=503)
+
+    # --- Socket.IO ----------------------------------------------------------------------------
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> bool:
+        request = environ.get("aiohttp.request")  # python-engineio's REMOTE_ADDR is always 127.0.0.1
+        address = str(getattr(request, "remote", None) or environ.get("REMOTE_ADDR", ""))
+        try:
+            # The performance puts the client in its rooms and sends its welcome, in that order.
+            await self._performance.join(sid, auth, Source(address, self.worker))
+        except Rejected as r:
+            await self.sio.emit(protocol.ERROR, r.payload("connect"), to=sid)
+            return False
+        return True
+
+    async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        try:
+            await self._performance.leave(sid)
+        except Rejected as r:
+            log.warning("could not report that %s left: %s", sid, r.message)
+
+    async def _sync(self, sid: str, *args: Any) -> Any:
+        """The hottest path: answered here, from the same clock as the performance's."""
+        t1 = self.clock.now()
+        welcomed = self.sio.manager.rooms.get("/", {}).get(JOINED, {})
+        if sid in welcomed and len(args) == 1 and protocol.is_number(args[0]):
+            return [args[0], t1, self.clock.now()]
+        return await self._forward(protocol.SYNC, sid, *args)  # the performance explains the refusal
+
+    async def _forward(self, event: str, sid: str, *args: Any) -> Any:
+        try:
+            ack = await self._performance.handle(sid, str(event)[:64], list(args))
+        except Rejected as r:
+            ack = {"ok": False, **r.payload(event)}
+        if refusal := protocol.refusal(ack):
+            await self.sio.emit(protocol.ERROR, refusal, to=sid)
+        return ack
+
+    async def _malformed(self, eio_sid: str, error: Exception) -> None:
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        rejected = Rejected("malformed", f"undecodable packet: {error}")
+        log.info("malformed packet from %s: %s", sid or eio_sid, error)
+        await self._performance.count(rejected, "(packet)", sid or eio_sid)
+        if sid:
+            await self.sio.emit(protocol.ERROR, rejected.payload("(packet)"), to=sid)
+
+    # --- running ------------------------------------------------------------------------------
+
+    async def start(self, hosts: list[str], port: int, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+        """Listen on every host; ``reuse_port`` lets several workers share one port (the kernel spreads joins)."""
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        bound = port
+        for host in hosts:
+            site = web.TCPSite(runner, host, bound, ssl_context=self.concert.tls_context(), reuse_port=reuse_port)
+            await site.start()
+            if bound == 0:  # an ephemeral port: every host shares the first one picked
+                server = site._server
+                bound = server.sockets[0].getsockname()[1] if server and server.sockets else 0
+        return runner, bound
+
+    async def stop(self, runner: web.AppRunner) -> None:
+        """Say goodbye to this gateway's clients, then stop serving."""
+        welcomed = list(self.sio.manager.rooms.get("/", {}).get(JOINED, {}))
+        # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
+        for sid in welcomed:
+            await self.sio.disconnect(sid)
+        await self.sio.shutdown()
+        await runner.cleanup()
