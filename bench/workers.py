@@ -68,11 +68,8 @@ async def one_run(redis: str, workers: int, clients: int, rate: float, seconds: 
         await boss.close()
         results = []
         for proc in loads:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(b"\n")
-            await proc.stdin.drain()
-            results.append(json.loads(await proc.stdout.readline()))
-            await proc.wait()
+            out, _ = await proc.communicate(b"\n")
+            results.append(json.loads(out))
     joined = sum(r["joined"] for r in results)
     latencies = [(t - sent[seq]) * 1000 for r in results for seq, t in r["received"] if seq in sent]
     return {
