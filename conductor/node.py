@@ -31,6 +31,7 @@ from .synths import SYNTHS_DIR
 log = logging.getLogger("tutti.node")
 SCLANG_PORT = 57120
 DEFAULT_GROUP = 1  # as sclang's Server makes it: where cues with target 1 put their synths
+REMEMBER_CUES = 10_000  # score cues remembered, to play each once
 
 
 def osc_message(address: str, args: list[Any]) -> OscMessageBuilder:
@@ -69,6 +70,7 @@ class Health:
     up: bool = False
     restarts: int = 0
     late: int = 0  # bundles scsynth reported late (it says so only on its stdout)
+    failures: int = 0  # commands scsynth refused (FAILURE IN SERVER, e.g. a duplicate node ID)
     ugens: int = 0
     synths: int = 0
     cpu_avg: float = 0.0
@@ -193,6 +195,7 @@ class Scsynth:
             if text.startswith("late "):
                 self.health.late += 1
             elif "error" in text.lower() or "fail" in text.lower():
+                self.health.failures += text.startswith("FAILURE")
                 self.health.last_error = text[:200]
 
     async def _supervise(self) -> None:
@@ -284,6 +287,8 @@ class NodeAgent:
         self.cues_late = 0  # cues that arrived after their time ...
         self.cues_skipped = 0  # ... of which the score's rule skipped these
         self.cues_moved = 0  # ... and moved these to the next beat
+        self.cues_repeated = 0  # cues received again (a rejoining node is sent the lookahead again): dropped
+        self._played: dict[tuple[int, float], None] = {}  # (score cue, conductor time), oldest first
 
     async def _welcome(self) -> None:
         if self.scsynth:
@@ -300,7 +305,7 @@ class NodeAgent:
             await self.audio.start()
 
     async def _cue(self, data: dict[str, Any]) -> None:
-        if self.scsynth is None:
+        if self.scsynth is None or self._repeated(data):
             return
         address, args = data["address"], list(data.get("args", []))
         port = self.sclang_port if data.get("to") == "sclang" else None
@@ -334,6 +339,20 @@ class NodeAgent:
         self.scsynth.send(osc_bundle(local, address, args), port)
         self.cues_played += 1
 
+    def _repeated(self, data: dict[str, Any]) -> bool:
+        """Whether this score cue, at this time, was played already: a cue sounds once."""
+        if data.get("id") is None or data.get("t") is None:
+            return False
+        key = (int(data["id"]), float(data["t"]))
+        if key in self._played:
+            self.cues_repeated += 1
+            return True
+        if len(self._played) > REMEMBER_CUES:  # forget the oldest half
+            for old in list(self._played)[: REMEMBER_CUES // 2]:
+                del self._played[old]
+        self._played[key] = None
+        return False
+
     async def run(self) -> None:
         if self.start_jack:
             self._jack = await start_jack(self.jack_server, channels=self.scsynth.channels if self.scsynth else 2)
@@ -360,6 +379,8 @@ class NodeAgent:
                             "cues_late": self.cues_late,
                             "cues_skipped": self.cues_skipped,
                             "cues_moved": self.cues_moved,
+                            "cues_repeated": self.cues_repeated,
+                            "failures": h.failures,
                             "offset": self.client.clock.offset,
                             "samples": self.client.clock.samples,
                             "error": min(self.client.clock.error, 60.0),

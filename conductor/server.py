@@ -102,6 +102,7 @@ class Conductor:
         self.controls: dict[str, Any] = {}  # "part/control" -> latest value from a performer
         self.lookahead = Lookahead(floor=concert.settings.lookahead)
         self._sent_until = 0.0  # conductor time up to which cues have been sent: changes come after it
+        self._align: dict[str, dict[str, float]] = {}  # aligned site -> how early each site plays
         self.failed_joins = JoinLimiter()
         self.started = time.time()
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
@@ -268,11 +269,17 @@ class Conductor:
             await self.out.enter_room(sid, room)
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
         await self.out.emit(protocol.WELCOME, {"you": asdict(client), **welcome, "now": self.clock.now()}, to=sid)
-        if client.role == "node":  # what its synths should be set to now
+        if client.role == "node":  # what its synths should be set to now, and the cues already sent
             for param, timeline in self.transport.params.items():
                 for p, cue in self._sounding(param, timeline.at(now), None):
                     if p in client.parts:
                         await self.out.emit(protocol.CUE, cue, to=sid)
+            # A node that rejoins (a network blip, or this conductor restarted) would otherwise miss
+            # them; nodes play each cue once, so one it has already is dropped.
+            for timed in cues_between(self.score.score, self.transport, now, self._sent_until):
+                room, cue, immediate = self._cue(timed)
+                if room in rooms and not immediate:
+                    await self.out.emit(protocol.CUE, cue, to=sid)
 
     async def leave(self, sid: str) -> None:
         client = self.clients.pop(sid, None)
@@ -362,9 +369,7 @@ class Conductor:
         self._sent_until = self.clock.now()
         held: list[tuple[float, str, dict[str, Any]]] = []  # immediate cues, until their time comes
         updated = time.monotonic()
-        score = self.score.score
         aligned = {s.aligned for s in self._schedules() if isinstance(s, Aligned)}
-        offsets: dict[str, dict[str, float]] = {}  # aligned site -> how early each site plays
         early = 0.0  # the most any site plays early: aligned cues are sent that much sooner
         while True:
             await asyncio.sleep(CUE_TICK)
@@ -374,26 +379,33 @@ class Conductor:
                     self.lookahead.update(delays, time.monotonic() - updated)
                     updated = time.monotonic()
                     period = audio.period / audio.sample_rate if (audio := self.concert.settings.audio) else 0.0
-                    offsets = {site: audio_delays(self._links(), site, period) for site in aligned}
-                    early = max((max(o.values(), default=0.0) for o in offsets.values()), default=0.0)
+                    self._align = {site: audio_delays(self._links(), site, period) for site in aligned}
+                    early = max((max(o.values(), default=0.0) for o in self._align.values()), default=0.0)
                 now = self.clock.now()
                 horizon = max(self._sent_until, now + self.lookahead.value + early)
-                for timed in cues_between(score, self.transport, self._sent_until, horizon):
-                    schedule, late = score.policy(timed.cue)
-                    cue = {**timed.to_json(), "late": late, "beat": self._beat(timed)}
-                    room = f"nodes:{timed.cue.target}"  # nodes:all, nodes:site:X, nodes:part:X, nodes:node:X
-                    if schedule == "immediate":
-                        held.append((timed.t, room, {**cue, "t": None}))
-                        continue
-                    if isinstance(schedule, Aligned):
-                        cue["align"] = offsets.get(schedule.aligned, {})
-                    await self.out.emit(protocol.CUE, cue, room=room)
+                for timed in cues_between(self.score.score, self.transport, self._sent_until, horizon):
+                    room, cue, immediate = self._cue(timed)
+                    if immediate:
+                        held.append((timed.t, room, cue))
+                    else:
+                        await self.out.emit(protocol.CUE, cue, room=room)
                 self._sent_until = horizon
                 while held and held[0][0] <= now:
                     _, room, cue = held.pop(0)
                     await self.out.emit(protocol.CUE, cue, room=room)
             except Exception:
                 log.exception("sending cues")
+
+    def _cue(self, timed: TimedCue) -> tuple[str, dict[str, Any], bool]:
+        """A cue's room, its payload, and whether it is held until its time (``immediate``)."""
+        schedule, late = self.score.score.policy(timed.cue)
+        cue = {**timed.to_json(), "late": late, "beat": self._beat(timed)}
+        room = f"nodes:{timed.cue.target}"  # nodes:all, nodes:site:X, nodes:part:X, nodes:node:X
+        if schedule == "immediate":
+            return room, {**cue, "t": None}, True
+        if isinstance(schedule, Aligned):
+            cue["align"] = self._align.get(schedule.aligned, {})
+        return room, cue, False
 
     def _schedules(self) -> list[Any]:
         score = self.score.score

@@ -1,0 +1,112 @@
+"""Faults in a playing piece: real processes killed with SIGKILL, and the state that comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+from conductor import journal
+from conductor.client import TuttiClient
+from tests.conftest import TOKENS, ConductorProcess, write_concert
+from tests.test_node import node_health, node_ready, start_node, stop_node, until
+
+CUE_EVERY = 0.25
+# A ping every quarter second, each with a node ID of its own: a cue played twice would make
+# scsynth refuse the second (FAILURE IN SERVER /s_new duplicate node ID), and the node counts that.
+SCORE = """\
+title: Pings
+duration: 120
+parameters:
+  - {id: level, min: 0, max: 1, default: 0.5}
+parts:
+  - {id: one, name: One, site: here}
+cues:
+""" + "".join(
+    f"  - {{at: {0.5 + i * CUE_EVERY}, target: all, address: /s_new, args: [tutti_ping, {10_000 + i}, 0, 1]}}\n"
+    for i in range(400)
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_killed_conductor_comes_back_from_its_journal(tmp_path: Path) -> None:
+    """SIGKILL the conductor while commands flow; restarted, it has every accepted change, every
+    client and the node are back at the right place within 2 s, and no cue sounds twice."""
+    (tmp_path / "score.yaml").write_text(SCORE)
+    # A 4 s lookahead: cues already sent when it dies are sent again by its successor.
+    concert = write_concert(tmp_path, score=tmp_path / "score.yaml", port=free_port(), lookahead=4.0)
+    conductor = ConductorProcess(concert)
+    port = 57600 + os.getpid() % 300
+    agent = await start_node(conductor.url, "n1", "here", port, f"tutti-faults-{os.getpid()}")
+    clients = [
+        TuttiClient(conductor.url, "performer", TOKENS["performer"], part="one"),
+        TuttiClient(conductor.url, "audience"),
+    ]
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    try:
+        await node_ready(conductor, "n1")
+        for client in [*clients, boss]:
+            await client.connect()
+        assert (await boss.command("play"))["ok"]
+        await until(lambda: node_health(conductor, "n1").get("cues", 0) >= 8, 15, "the node plays no cues")
+
+        # Changes keep coming until the conductor dies at a random moment among them.
+        accepted: list[int] = []
+
+        async def keep_changing() -> None:
+            while True:
+                answer = await boss.command("param", name="level", value=random.random())
+                if answer.get("ok"):
+                    accepted.append(answer["seq"])
+                await asyncio.sleep(0.02)
+
+        changing = asyncio.create_task(keep_changing())
+        await asyncio.sleep(random.uniform(0.5, 1.5))
+        conductor.kill()
+        changing.cancel()
+        await asyncio.gather(changing, return_exceptions=True)
+        assert len(accepted) >= 10
+
+        conductor.start()  # the same concert: it resumes from its journal
+        restarted = time.monotonic()
+        records = journal.read(conductor.concert.parent / "journal.jsonl").records
+        seqs = [r.change.seq for r in records]
+        assert seqs == list(range(1, len(seqs) + 1))  # nothing lost, nothing twice
+        assert set(accepted) <= set(seqs)  # every change a client was told was accepted
+        last = seqs[-1]
+
+        everyone = [*clients, boss]
+        await until(
+            lambda: (
+                all(c.transport and c.transport.seq == last for c in everyone)
+                and "n1" in {c["name"] for c in conductor.status()["clients"]}
+            ),
+            2.0,
+            "not everyone was back within 2 s",
+        )
+        print(f"everyone back {time.monotonic() - restarted:.2f} s after the conductor was")
+        status = conductor.status()
+        now = status["now"]
+        assert all(abs(c.position(now) - status["position"]) < 1e-6 for c in everyone)
+
+        # The cues its successor sent again were dropped by the node; none sounded twice, and
+        # the piece goes on.
+        await until(lambda: "cues" in node_health(conductor, "n1"), 3, "the node reports no health")
+        played = node_health(conductor, "n1")["cues"]
+        await until(lambda: node_health(conductor, "n1").get("cues", 0) >= played + 8, 15, "no cues after")
+        health = node_health(conductor, "n1")
+        assert health["cues_repeated"] >= 1, "the restarted conductor sent nothing again: the test proves nothing"
+        assert health["failures"] == 0, health["last_error"]
+    finally:
+        for client in [*clients, boss]:
+            await client.close()
+        await stop_node(agent)
+        conductor.stop()
