@@ -15,7 +15,8 @@ delay this is several times more accurate than minimum-round-trip or median rule
 estimator can remove is asymmetry between the legs' minimum delays.
 
 The offset applied to readings slews toward each new estimate at a bounded rate, so a score
-never jumps; only the first exchanges after joining and large corrections (a changed network path) step.
+never jumps. It steps only when the new bound rules the applied offset out: in the first exchanges
+after joining, or by a large correction (a changed network path).
 
 The same algorithm runs in browsers: ``clients/lib/clocksync.js``. Keep the two in step.
 """
@@ -95,6 +96,7 @@ class OffsetEstimator:
         self._from = 0.0  # applied offset at time _since ...
         self._since = 0.0
         self._to = 0.0  # ... slewing toward this one
+        self._steered = False
 
     @property
     def synced(self) -> bool:
@@ -124,10 +126,16 @@ class OffsetEstimator:
 
     def _steer(self, target: float, at: float) -> None:
         current = self.offset_at(at)
-        if self.samples <= self.settle or abs(target - current) > self.step_threshold:
+        gap = abs(target - current)
+        # Step only when the applied offset is provably wrong (outside the bound), and either just
+        # after joining or by a lot. After a long silence (a sleeping iPad) every old exchange has
+        # aged out, and the first new one may be slow: its wide bound must not move a good offset.
+        wrong = gap > self.error
+        if not self._steered or (wrong and (self.samples <= self.settle or gap > self.step_threshold)):
             self._from = target
         else:
             self._from = current
+        self._steered = True
         self._since = at
         self._to = target
 

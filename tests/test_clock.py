@@ -128,3 +128,19 @@ def test_browser_estimator_is_the_same_algorithm() -> None:
         assert est.error == pytest.approx(error, abs=1e-12)
         assert est.rtt == pytest.approx(rtt, abs=1e-12)
         assert est.offset_at(ex[3] + 0.5) == pytest.approx(applied, abs=1e-12)
+
+
+def test_after_a_long_silence_one_slow_exchange_does_not_move_a_good_offset() -> None:
+    """A sleeping iPad: every exchange ages out, and the first one after waking waited 1.27 s."""
+    now = [100.0]
+    est = OffsetEstimator(local=lambda: now[0], max_age=60)
+    for i in range(40):
+        est.add(*legs(100.0 + i * 0.1, 0.5, 0.001, 0.001))
+    assert est.offset == pytest.approx(0.5)
+    slow = legs(200.0, 0.5, 1.27, 0.001)  # its uplink waited while the connection came back
+    est.add(*slow)
+    now[0] = slow[3]
+    assert est.samples == 1 and est.error == pytest.approx(0.6355)
+    assert est.offset == pytest.approx(0.5, abs=0.002), "the playhead jumped"
+    est.add(*legs(200.5, 0.5, 0.001, 0.001))  # a good exchange: the bound is tight again
+    assert est.estimate == pytest.approx(0.5)

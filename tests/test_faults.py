@@ -9,9 +9,12 @@ import socket
 import time
 from pathlib import Path
 
+from playwright.async_api import Browser
+
 from conductor import journal
 from conductor.client import TuttiClient
 from tests.conftest import TOKENS, ConductorProcess, write_concert
+from tests.test_browser import open_page, playhead_error
 from tests.test_node import node_health, node_ready, start_node, stop_node, until
 
 CUE_EVERY = 0.25
@@ -110,3 +113,49 @@ async def test_a_killed_conductor_comes_back_from_its_journal(tmp_path: Path) ->
             await client.close()
         await stop_node(agent)
         conductor.stop()
+
+
+SLEEP = 60.0  # seconds an iPad stays asleep in the test
+
+
+async def test_a_page_asleep_for_a_minute_wakes_at_the_right_place(browser: Browser, tmp_path: Path) -> None:
+    """An iPad's screen locks for a minute: its page stops running, and the conductor, hearing
+    nothing, drops it. Meanwhile the piece moves on. Woken, it is back in step."""
+    conductor = ConductorProcess(write_concert(tmp_path))
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    try:
+        page = await open_page(browser, f"{conductor.url}/perform?part=drones&token={TOKENS['performer']}")
+        await boss.connect()
+        assert (await boss.command("play"))["ok"]
+        # Asleep: hidden, then not a line of its JavaScript runs (as iOS suspends a locked tab).
+        await page.evaluate(VISIBILITY, "hidden")
+        cdp = await page.context.new_cdp_session(page)
+        await cdp.send("Debugger.enable")
+        await cdp.send("Debugger.pause")
+        await asyncio.sleep(SLEEP / 3)
+        assert (await boss.command("seek", position=40.0))["ok"]
+        await until(lambda: not any(c["role"] == "performer" for c in conductor.status()["clients"]), 30, "still there")
+        await asyncio.sleep(SLEEP / 3)
+        assert (await boss.command("tempo", bpm=120))["ok"]
+        await asyncio.sleep(SLEEP / 3)
+        # Awake.
+        await cdp.send("Debugger.resume")
+        woke = time.monotonic()
+        await page.evaluate(VISIBILITY, "visible")
+        seq = conductor.status()["state"]["seq"]
+        await page.wait_for_function(f"() => window.tutti.state && window.tutti.state.seq === {seq}", timeout=5000)
+        back = time.monotonic() - woke
+        error = await playhead_error(page, conductor)
+        print(f"back in step {back:.2f} s after waking; playhead {error * 1000:.2f} ms from the conductor's")
+        assert back < 3.0 and error < 0.02
+        assert not page.errors  # type: ignore[attr-defined]
+    finally:
+        await boss.close()
+        conductor.stop()
+
+
+VISIBILITY = """(state) => {
+    Object.defineProperty(document, "visibilityState", { value: state, configurable: true });
+    Object.defineProperty(document, "hidden", { value: state === "hidden", configurable: true });
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""

@@ -4,7 +4,8 @@
 // t2 conductor send, t3 client receive): t1 - t0 = up + offset and t3 - t2 = down - offset, so
 // over a window  -min(t3 - t2) <= offset <= min(t1 - t0). The estimate is the middle of that
 // interval and half its width bounds the error. The applied offset slews toward the estimate at
-// a bounded rate so the score never jumps; the first exchanges after joining and large corrections step.
+// a bounded rate so the score never jumps; it steps only when the bound rules it out, just after
+// joining or by a large correction.
 // All times are seconds.
 
 export class OffsetEstimator {
@@ -25,6 +26,7 @@ export class OffsetEstimator {
     this._from = 0;
     this._since = 0;
     this._to = 0;
+    this._steered = false;
   }
 
   get synced() {
@@ -63,8 +65,13 @@ export class OffsetEstimator {
 
   _steer(target, at) {
     const current = this.offsetAt(at);
-    const step = this.samples <= this.settle || Math.abs(target - current) > this.stepThreshold;
+    const gap = Math.abs(target - current);
+    // Step only when the applied offset is provably wrong (outside the bound), and either just
+    // after joining or by a lot: after a long sleep, one slow exchange must not move a good offset.
+    const wrong = gap > this.error;
+    const step = !this._steered || (wrong && (this.samples <= this.settle || gap > this.stepThreshold));
     this._from = step ? target : current;
+    this._steered = true;
     this._since = at;
     this._to = target;
   }

@@ -72,6 +72,7 @@ export class Conductor extends EventTarget {
   }
 
   async syncOnce() {
+    if (!this.socket.connected) return; // a buffered sync would carry a send time from before
     const t0 = this.clock.local();
     const reply = await this.socket.timeout(5000).emitWithAck("sync", t0);
     const t3 = this.clock.local();
