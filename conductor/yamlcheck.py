@@ -61,16 +61,21 @@ class YamlDocument:
                 text = self.path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
                 raise InvalidFile([Problem(self.name, 1, "(file)", f"cannot read: {e}")]) from e
-        self._loader = yaml.SafeLoader(text)
         try:
-            node = self._loader.get_single_node()
-        except yaml.MarkedYAMLError as e:
+            self._loader = yaml.SafeLoader(text)
+            try:
+                node = self._loader.get_single_node()
+                self.data = self._build(node, ()) if node is not None else {}
+            finally:
+                self._loader.dispose()
+        except yaml.MarkedYAMLError as e:  # syntax, and scalars no constructor takes (a bare "=")
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else 1
             raise InvalidFile([Problem(self.name, line, "(syntax)", str(e.problem or e))]) from e
-        finally:
-            self._loader.dispose()
-        self.data = self._build(node, ()) if node is not None else {}
+        except yaml.reader.ReaderError as e:  # a control character YAML does not allow
+            line = text[: e.position].count("\n") + 1
+            message = f"character {e.character:#x} is not allowed"
+            raise InvalidFile([Problem(self.name, line, "(syntax)", message)]) from e
         self.lines.setdefault((), 1)
 
     def _build(self, node: yaml.Node, loc: Loc) -> Any:
