@@ -29,8 +29,10 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 
-# Browser libraries for clients/, served by the conductor itself (no internet at concert time).
+# Browser libraries for clients/, served by the conductor itself (no internet at concert time),
+# and the Node Socket.IO server and clients bench/fanout.py compares Tutti with.
 (cd clients && npm ci --no-audit --no-fund --loglevel=error)
+(cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
 
 if [[ "${1:-}" != "--no-demo" ]]; then
     exec .venv/bin/tutti serve deploy/demo.yaml --play

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import socketio
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import protocol
 from .clock import ConductorClock
@@ -75,6 +75,21 @@ class _Server(socketio.AsyncServer):
             await self._on_malformed(eio_sid, e)
 
 
+@web.middleware
+async def _uncompressed(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Decline WebSocket compression (permessage-deflate), which browsers offer and aiohttp accepts.
+
+    A broadcast is encoded once but would be deflated again for every client: most of the cost
+    of a fan-out, for messages of a few hundred bytes (``bench/fanout.py``). Node's socket.io
+    does not compress either.
+    """
+    if hdrs.SEC_WEBSOCKET_EXTENSIONS in request.headers:
+        headers = request.headers.copy()
+        del headers[hdrs.SEC_WEBSOCKET_EXTENSIONS]
+        request = request.clone(headers=headers)
+    return await handler(request)
+
+
 class Gateway:
     def __init__(
         self,
@@ -98,7 +113,7 @@ class Gateway:
             ping_interval=5,
             ping_timeout=10,
         )
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[_uncompressed])
         self.sio.attach(self.app)
         self._routes()
         self.sio.on("connect", self._connect)
