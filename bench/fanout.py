@@ -100,7 +100,8 @@ async def main() -> None:
         for clients in args.clients:
             row = figures[clients] = {}
             for case in cases[:-1]:
-                concert = concert_file({"conductor": TOKEN}, host="127.0.0.1", lookahead=0.05)
+                # Fan-out as such: the conductor keeps its whole audience however late it runs.
+                concert = concert_file({"conductor": TOKEN}, host="127.0.0.1", lookahead=0.05, overload_lag=10)
                 extra = ["--workers", str(args.workers), "--redis", redis] if case != "tutti" else []
                 command = [sys.executable, "-m", "conductor", "serve", str(concert), *extra]
                 server, url = await start(*command, pattern=r"listening on (\S+)")

@@ -48,6 +48,9 @@ class ConcertFile(_Strict):
     journal: StrictStr = "journal.jsonl"
     tokens: Tokens
     cors_origins: list[StrictStr] = []  # other web origins allowed to connect ("*" for any)
+    # Seconds the event loop may run late (90th percentile over a second) before audience clients
+    # are let go, so that performers and nodes keep their time.
+    overload_lag: Annotated[float, Field(gt=0, le=10)] = 0.1
     osc: OscSettings | None = None  # OSC controllers: ports, allow-list, routes
     audio: AudioSettings | None = None  # JackTrip links between the sites
     tls: TlsSettings | None = None

@@ -8,7 +8,10 @@ own Socket.IO server, or a write-only Redis manager that reaches every worker's 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ VENDOR = {
     "p5": CLIENTS_DIR / "node_modules" / "p5" / "lib",
 }
 JOINED = "joined"  # the room of every client that has been welcomed: state changes go to it
+LAG_EVERY = 0.05  # seconds between looks at how late the event loop runs
+SHED_SHARE = 0.1  # of the audience let go each second while overloaded (the latest to join first)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ class Gateway:
         self.clock = clock
         self.worker = worker
         self.performance: Performance | None = None  # set by ``serve``
+        self.lag = 0.0  # how late the event loop runs (90th percentile over the last second)
+        self.overloaded = False
         cors = concert.settings.cors_origins
         self.sio = _Server(
             self._malformed,
@@ -175,6 +182,10 @@ class Gateway:
         request = environ.get("aiohttp.request")  # python-engineio's REMOTE_ADDR is always 127.0.0.1
         address = str(getattr(request, "remote", None) or environ.get("REMOTE_ADDR", ""))
         try:
+            if self.overloaded and isinstance(auth, dict) and auth.get("role") == "audience":
+                refused = self._overload()
+                await self._performance.count(refused, "connect", sid)
+                raise refused
             # The performance puts the client in its rooms and sends its welcome, in that order.
             await self._performance.join(sid, auth, Source(address, self.worker))
         except Rejected as r:
@@ -213,12 +224,46 @@ class Gateway:
         if sid:
             await self.sio.emit(protocol.ERROR, rejected.payload("(packet)"), to=sid)
 
+    # --- overload: the audience makes way for the performers ---------------------------------------
+
+    def _overload(self) -> Rejected:
+        return Rejected(
+            "overloaded",
+            f"the conductor is overloaded (running {self.lag * 1000:.0f} ms late): "
+            "audience places are freed for the performers; try again in a minute",
+        )
+
+    async def _watch_load(self) -> None:
+        """Measure how late the event loop runs; while it is too late, let audience clients go."""
+        loop = asyncio.get_running_loop()
+        lags: deque[float] = deque(maxlen=round(1 / LAG_EVERY))
+        shed_at = 0.0
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_EVERY)
+            lags.append(loop.time() - start - LAG_EVERY)
+            self.lag = sorted(lags)[int(0.9 * (len(lags) - 1))]
+            self.overloaded = len(lags) == lags.maxlen and self.lag > self.concert.settings.overload_lag
+            if self.overloaded and loop.time() - shed_at >= 1.0:
+                shed_at = loop.time()
+                await self._shed()
+
+    async def _shed(self) -> None:
+        audience = list(self.sio.manager.rooms.get("/", {}).get("role:audience", {}))
+        refused = self._overload()
+        for sid in audience[-math.ceil(len(audience) * SHED_SHARE) :] if audience else []:
+            log.warning("overloaded (%.0f ms late): letting audience client %s go", self.lag * 1000, sid)
+            await self._performance.count(refused, "overload", sid)
+            await self.sio.emit(protocol.ERROR, refused.payload("overload"), to=sid)
+            await self.sio.disconnect(sid)
+
     # --- running ------------------------------------------------------------------------------
 
     async def start(self, hosts: list[str], port: int, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
         """Listen on every host; ``reuse_port`` lets several workers share one port (the kernel spreads joins)."""
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
+        self._load = asyncio.create_task(self._watch_load())
         bound = port
         for host in hosts:
             site = web.TCPSite(runner, host, bound, ssl_context=self.concert.tls_context(), reuse_port=reuse_port)
@@ -230,6 +275,7 @@ class Gateway:
 
     async def stop(self, runner: web.AppRunner) -> None:
         """Say goodbye to this gateway's clients, then stop serving."""
+        self._load.cancel()
         welcomed = list(self.sio.manager.rooms.get("/", {}).get(JOINED, {}))
         # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
         for sid in welcomed:

@@ -15,6 +15,7 @@ const connect = (auth) =>
     const socket = io(url, options(auth));
     socket.once(mode === "tutti" ? "welcome" : "connect", () => resolve(socket));
     socket.once("connect_error", reject);
+    socket.once("error", (e) => reject(new Error(`${e.code}: ${e.message}`))); // refused by Tutti
   });
 
 const sockets = [];
