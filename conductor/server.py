@@ -420,14 +420,17 @@ class Conductor:
         return 60.0 / self.score.score.tempo.bpm / (segment.rate or 1.0)
 
     async def _feed_console(self) -> None:
-        """Every second, the conductors' consoles get the table of clients and the latest refusals."""
+        """Every second, the consoles get the clients (the audience counted by site) and the latest refusals."""
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self.out.emit(
                     protocol.CLIENTS,
                     {
-                        "clients": [asdict(c) for c in self.clients.values()],
+                        # The audience as counts: a table of a thousand phones helps nobody, and
+                        # encoding it every second delayed everyone's broadcasts (bench/fanout.py).
+                        "clients": [asdict(c) for c in self.clients.values() if c.role != "audience"],
+                        "audience": Counter(c.site or "" for c in self.clients.values() if c.role == "audience"),
                         "rejections": dict(self.rejections),
                         "recent": list(self.recent)[-10:],
                         "controls": self.controls,

@@ -41,6 +41,7 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
     title.append(f"   {late} cues late")
 
     roles = Counter((c["role"], c.get("site") or "–") for c in feed["clients"])
+    roles.update({("audience", site or "–"): n for site, n in feed.get("audience", {}).items()})
     who = Table(title="Clients", title_justify="left")
     for column in ("role", "site", "count"):
         who.add_column(column)

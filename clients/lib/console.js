@@ -131,6 +131,8 @@ async function main() {
         soundOf(c)]);
     });
     $("clients").replaceChildren(...rows);
+    const audience = Object.values(feed.audience ?? {}).reduce((a, b) => a + b, 0);
+    $("audience").textContent = `${audience} in the audience`;
     $("links").replaceChildren(...linkRows(feed.clients));
     const bySite = {};
     for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);
