@@ -53,6 +53,6 @@ for (let round = 0; round < Number(rounds); round++) {
   results.push(received === clients ? last - sent : null);
   await new Promise((r) => setTimeout(r, 100));
 }
-console.log(JSON.stringify({ joined: sockets.length, rounds: results, bytes }));
 for (const socket of [...sockets, trigger]) socket.close();
-process.exit(0);
+// Exit once the line is out: a pipe takes it in pieces, and exiting at once would cut it short.
+process.stdout.write(`${JSON.stringify({ joined: sockets.length, rounds: results, bytes })}\n`, () => process.exit(0));
