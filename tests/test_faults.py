@@ -9,13 +9,15 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 from playwright.async_api import Browser
 
 from conductor import journal
 from conductor.client import TuttiClient
+from conductor.score import PART_GROUP_BASE
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_browser import open_page, playhead_error
-from tests.test_node import node_health, node_ready, start_node, stop_node, until
+from tests.test_node import _is, amp_on, node_health, node_ready, start_node, stop_node, until, until_async
 
 CUE_EVERY = 0.25
 # A ping every quarter second, each with a node ID of its own: a cue played twice would make
@@ -159,3 +161,51 @@ VISIBILITY = """(state) => {
     Object.defineProperty(document, "hidden", { value: state === "hidden", configurable: true });
     document.dispatchEvent(new Event("visibilitychange"));
 }"""
+
+
+REJOIN_SCORE = """\
+title: A drone, and another later
+duration: 60
+parameters:
+  - {id: density, min: 0, max: 1, default: 0.25, n_set: {control: amp, range: [0, 0.4]}}
+parts:
+  - {id: one, name: One, site: a}
+cues:
+  - {at: 0.5, target: part:one, address: /s_new, args: [tutti_drone, -1, 1, $group, dur, 100]}
+  - {at: 25, target: part:one, address: /s_new, args: [tutti_drone, -1, 1, $group, dur, 100]}
+"""
+
+
+async def test_a_killed_node_agent_started_again_plays_on_with_the_current_settings(tmp_path: Path) -> None:
+    """SIGKILL a node agent mid-piece (its scsynth and JACK go with it); started again, as systemd
+    would, it joins, is given the parameters' current values, and plays the cues still to come."""
+    (tmp_path / "score.yaml").write_text(REJOIN_SCORE)
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3))
+    port, server = 57950 + os.getpid() % 40, f"tutti-rejoin-{os.getpid()}"
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    agent = await start_node(conductor.url, "na", "a", port, server)
+    try:
+        await node_ready(conductor, "na")
+        await boss.connect()
+        assert (await boss.command("play"))["ok"]
+        assert (await boss.command("param", name="density", value=0.75))["ok"]
+        await until_async(lambda: _is(amp_on(port, PART_GROUP_BASE), 0.3), 5, "the drone never got density 0.75")
+
+        agent.kill()
+        await agent.wait()
+        await until_async(lambda: _gone(f"scsynth -u {port} "), 10, "scsynth outlived its agent")
+        agent = await start_node(conductor.url, "na", "a", port, server)
+        await node_ready(conductor, "na")
+        assert conductor.status()["position"] < 24, "the test is too slow: the second drone has passed"
+        # The second drone starts in the new scsynth at the current density, not the score's default.
+        await until_async(lambda: amp_on(port, PART_GROUP_BASE), 30, "the cue after the restart never played")
+        assert await amp_on(port, PART_GROUP_BASE) == pytest.approx(0.3)
+    finally:
+        await boss.close()
+        await stop_node(agent)
+        conductor.stop()
+
+
+async def _gone(pattern: str) -> bool:
+    pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", pattern, stdout=asyncio.subprocess.DEVNULL)
+    return await pgrep.wait() != 0
