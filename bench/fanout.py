@@ -30,11 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, percentile, redis_server, save  # noqa: E402
+from bench.harness import concert_file, percentile, redis_server, save, started  # noqa: E402
 
 NODE = ROOT / "bench" / "node"
 TOKEN = "bench"
-DRAINS: set[asyncio.Task[bytes]] = set()
 
 
 def rss_kib(pid: int) -> int:
@@ -44,19 +43,6 @@ def rss_kib(pid: int) -> int:
         status = Path(f"/proc/{p}/status").read_text()
         total += int(re.search(r"VmRSS:\s+(\d+) kB", status)[1])  # type: ignore[index]
     return total
-
-
-async def start(*command: str, pattern: str) -> tuple[asyncio.subprocess.Process, str]:
-    """Start a server; returns it and the first match of ``pattern`` in what it prints."""
-    proc = await asyncio.create_subprocess_exec(
-        *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    while line := (await proc.stdout.readline()).decode():
-        if m := re.search(pattern, line):
-            DRAINS.add(asyncio.create_task(proc.stdout.read()))  # keep its pipe drained
-            return proc, m[1]
-    raise RuntimeError(f"{command[0]} did not start")
 
 
 async def measure(
@@ -104,9 +90,9 @@ async def main() -> None:
                 concert = concert_file({"conductor": TOKEN}, host="127.0.0.1", lookahead=0.05, overload_lag=10)
                 extra = ["--workers", str(args.workers), "--redis", redis] if case != "tutti" else []
                 command = [sys.executable, "-m", "conductor", "serve", str(concert), *extra]
-                server, url = await start(*command, pattern=r"listening on (\S+)")
+                server, url = await started(*command, pattern=r"listening on (\S+)")
                 row[case] = await measure(server, url, clients, args.rounds, "tutti", 0)
-            server, port = await start("node", str(NODE / "server.mjs"), "0", pattern=r"listening (\d+)")
+            server, port = await started("node", str(NODE / "server.mjs"), "0", pattern=r"listening (\d+)")
             size = int(row["tutti"]["bytes"])
             row["node"] = await measure(server, f"http://127.0.0.1:{port}", clients, args.rounds, "plain", size)
             cells = []

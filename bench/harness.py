@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import statistics
 import sys
 import time
@@ -19,6 +18,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from conductor.cluster import free_port  # noqa: E402
 from conductor.node import start_jack  # noqa: E402
 
 # Debian's Chromium, headless, quiet on a closed network, and not throttled when in the background
@@ -60,40 +60,39 @@ def concert_file(tokens: dict[str, str], score: str | None = None, **settings: A
     return path
 
 
+_DRAINS: set[asyncio.Task[bytes]] = set()
+
+
+async def started(*command: str, pattern: str) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a server; returns it once it prints ``pattern``, and the pattern's first group."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    while line := (await proc.stdout.readline()).decode():
+        if m := re.search(pattern, line):
+            _DRAINS.add(asyncio.create_task(proc.stdout.read()))  # keep reading, or a full pipe would stall it
+            return proc, m[1]
+    raise RuntimeError(f"{' '.join(command[:4])} did not start")
+
+
 @contextlib.asynccontextmanager
 async def running(*args: str) -> AsyncIterator[str]:
     """Run ``tutti ARGS`` (serve or emulate) for the block; yields the address it announced."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "conductor",
-        *args,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
+    command = (sys.executable, "-m", "conductor", *args)
+    proc, address = await started(*command, pattern=r"(?:listening on|emulating a link) (\S+)")
     try:
-        while line := (await proc.stdout.readline()).decode():
-            if m := re.search(r"(listening on http://\S+|emulating a link \S+)", line):
-                break
-        else:
-            raise RuntimeError(f"tutti {args[0]} did not start")
-        drain = asyncio.create_task(proc.stdout.read())  # keep reading, or a full pipe would stall it
-        yield m[1].split()[-1]
+        yield address
     finally:
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
-    await drain
 
 
 @contextlib.asynccontextmanager
 async def redis_server() -> AsyncIterator[str]:
     """A real redis-server on a free loopback port, keeping nothing on disk; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port("127.0.0.1")
     proc = await asyncio.create_subprocess_exec(
         "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
         stdout=asyncio.subprocess.DEVNULL,

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fanout import NODE, TOKEN, rss_kib, start  # noqa: E402
-from bench.harness import concert_file, percentile, save  # noqa: E402
+from bench.fanout import NODE, TOKEN, rss_kib  # noqa: E402
+from bench.harness import concert_file, percentile, save, started  # noqa: E402
 from conductor.client import TuttiClient  # noqa: E402
 
 SAMPLE_EVERY = 10.0  # seconds
@@ -41,7 +41,7 @@ async def main() -> None:
     tokens = {"conductor": TOKEN, "performer": "p"}
     concert = concert_file(tokens, host="127.0.0.1", lookahead=0.05, overload_lag=10)
     command = [sys.executable, "-m", "conductor", "serve", str(concert), "--play"]
-    server, url = await start(*command, pattern=r"listening on (\S+)")
+    server, url = await started(*command, pattern=r"listening on (\S+)")
     performers = [TuttiClient(url, "performer", "p", part="drones", name=f"p{i}") for i in range(args.performers)]
     for performer in performers:
         await performer.connect()
@@ -53,13 +53,13 @@ async def main() -> None:
     )  # fmt: skip
     assert load.stdout is not None
     assert (await load.stdout.readline()).decode().strip() == "ready"
-    started = time.monotonic()
+    began = time.monotonic()
     result = asyncio.create_task(load.stdout.readline())
     while not result.done():
         await asyncio.wait([result], timeout=SAMPLE_EVERY)
-        memory.append((time.monotonic() - started, rss_kib(server.pid)))
+        memory.append((time.monotonic() - began, rss_kib(server.pid)))
     rounds_ms = json.loads(result.result())["rounds"]
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - began
     errors = [p.clock.error for p in performers]
     for performer in performers:
         await performer.close()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,6 +131,10 @@ class Gateway:
     def serve(self, performance: Performance) -> None:
         self.performance = performance
 
+    def _members(self, room: str) -> Collection[str]:
+        """The sids in a room of this process, in the order they joined (O(1) to test one)."""
+        return self.sio.manager.rooms.get("/", {}).get(room, {})
+
     @property
     def _performance(self) -> Performance:
         assert self.performance is not None, "Gateway.serve(performance) first"
@@ -202,8 +206,7 @@ class Gateway:
     async def _sync(self, sid: str, *args: Any) -> Any:
         """The hottest path: answered here, from the same clock as the performance's."""
         t1 = self.clock.now()
-        welcomed = self.sio.manager.rooms.get("/", {}).get(JOINED, {})
-        if sid in welcomed and len(args) == 1 and protocol.is_number(args[0]):
+        if sid in self._members(JOINED) and len(args) == 1 and protocol.is_number(args[0]):
             return [args[0], t1, self.clock.now()]
         return await self._forward(protocol.SYNC, sid, *args)  # the performance explains the refusal
 
@@ -249,7 +252,7 @@ class Gateway:
                 await self._shed()
 
     async def _shed(self) -> None:
-        audience = list(self.sio.manager.rooms.get("/", {}).get("role:audience", {}))
+        audience = list(self._members("role:audience"))
         refused = self._overload()
         for sid in audience[-math.ceil(len(audience) * SHED_SHARE) :] if audience else []:
             log.warning("overloaded (%.0f ms late): letting audience client %s go", self.lag * 1000, sid)
@@ -276,7 +279,7 @@ class Gateway:
     async def stop(self, runner: web.AppRunner) -> None:
         """Say goodbye to this gateway's clients, then stop serving."""
         self._load.cancel()
-        welcomed = list(self.sio.manager.rooms.get("/", {}).get(JOINED, {}))
+        welcomed = list(self._members(JOINED))
         # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
         for sid in welcomed:
             await self.sio.disconnect(sid)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from playwright.async_api import Browser
 
 from conductor import journal
 from conductor.client import TuttiClient
+from conductor.cluster import free_port
 from conductor.score import PART_GROUP_BASE
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_browser import open_page, playhead_error
@@ -36,18 +36,12 @@ cues:
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_a_killed_conductor_comes_back_from_its_journal(tmp_path: Path) -> None:
     """SIGKILL the conductor while commands flow; restarted, it has every accepted change, every
     client and the node are back at the right place within 2 s, and no cue sounds twice."""
     (tmp_path / "score.yaml").write_text(SCORE)
     # A 4 s lookahead: cues already sent when it dies are sent again by its successor.
-    concert = write_concert(tmp_path, score=tmp_path / "score.yaml", port=free_port(), lookahead=4.0)
+    concert = write_concert(tmp_path, score=tmp_path / "score.yaml", port=free_port("127.0.0.1"), lookahead=4.0)
     conductor = ConductorProcess(concert)
     port = 57600 + os.getpid() % 300
     agent = await start_node(conductor.url, "n1", "here", port, f"tutti-faults-{os.getpid()}")
