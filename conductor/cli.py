@@ -187,6 +187,13 @@ def synths_command(action: str) -> int:
     return 1 if stale else 0
 
 
+def _count(text: str) -> int:
+    """A count on the command line: a whole number, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a count (0, 1, 2, ...)")
+    return int(text)
+
+
 CA_HELP = "PEM file of the certificate authority to trust for an https:// conductor (a concert's private CA)"
 
 
@@ -202,7 +209,7 @@ def command_line() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (0 picks a free one; default from the concert)")
     p.add_argument("--fresh", action="store_true", help="set an existing journal aside and start a new performance")
     p.add_argument("--play", action="store_true", help="start playing at once (unless resuming a performance)")
-    p.add_argument("--workers", type=int, default=0, help="serve clients from N web worker processes (needs --redis)")
+    p.add_argument("--workers", type=_count, default=0, help="serve clients from N web processes (needs --redis)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="with --workers: the Redis server they share")
 
     # Started by `serve --workers`, never by hand.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conductor.client import TuttiClient
-from tests.conftest import TOKENS, ConductorProcess, write_concert
+from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
 from tests.test_node import until
 
 
@@ -106,3 +108,12 @@ async def test_clients_of_a_killed_worker_join_again_and_follow_on(
     await until(lambda: workers.status()["workers"]["w1"]["up"], 10, "the killed worker was not started again")
     status = workers.status()["workers"]["w1"]
     assert status["restarts"] == 1 and status["pid"] != pid
+
+
+def test_a_number_of_workers_that_is_not_a_count_is_refused(tmp_path: Path) -> None:
+    for bad in ("-1", "two"):
+        result = subprocess.run(
+            [sys.executable, "-m", "conductor", "serve", str(write_concert(tmp_path)), "--workers", bad],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 2 and f"'{bad}' is not a count" in result.stderr
