@@ -33,6 +33,7 @@ from typing import Any
 import redis.asyncio as redis
 import socketio
 
+from . import fanout
 from .clock import ConductorClock
 from .concert import Concert
 from .gateway import Gateway, Source
@@ -267,7 +268,7 @@ async def run_worker(
     concert: Concert, url: str, run: str, name: str, origin: float, hosts: list[str], port: int, stop: asyncio.Event
 ) -> None:
     """A web worker until ``stop``: a gateway on the shared port, broadcasts from Redis, requests to the performance."""
-    manager = socketio.AsyncRedisManager(url, channel=_channels(run)["socketio"])
+    manager = fanout.RedisFanOut(url, channel=_channels(run)["socketio"])
     gateway = Gateway(concert, ConductorClock(origin), client_manager=manager, worker=name)
     # python-socketio subscribes on the first connection; that client's rooms and welcome would be
     # published before it listens. Subscribe before taking any.

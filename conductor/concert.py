@@ -51,6 +51,8 @@ class ConcertFile(_Strict):
     # Seconds the event loop may run late (90th percentile over a second) before audience clients
     # are let go, so that performers and nodes keep their time.
     overload_lag: Annotated[float, Field(gt=0, le=10)] = 0.1
+    # Bytes a client may leave unread (a frozen page, a dead Wi-Fi link) before it is let go.
+    unread_limit: Annotated[int, Field(ge=4096)] = 1 << 20
     osc: OscSettings | None = None  # OSC controllers: ports, allow-list, routes
     audio: AudioSettings | None = None  # JackTrip links between the sites
     tls: TlsSettings | None = None

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import socketio
 from aiohttp import hdrs, web
 
-from . import protocol
+from . import fanout, protocol
 from .clock import ConductorClock
 from .concert import Concert
 from .protocol import Rejected
@@ -109,17 +109,19 @@ class Gateway:
         self.performance: Performance | None = None  # set by ``serve``
         self.lag = 0.0  # how late the event loop runs (90th percentile over the last second)
         self.overloaded = False
+        self._slow: set[str] = set()  # sids let go for reading nothing, counted when they leave
         cors = concert.settings.cors_origins
         self.sio = _Server(
             self._malformed,
             async_mode="aiohttp",
-            client_manager=client_manager,
+            client_manager=client_manager or fanout.FanOut(),
             always_connect=True,  # so the welcome (or the reason for refusal) follows the CONNECT packet
             max_http_buffer_size=1_000_000,  # engine.io drops a client beyond this; we refuse far smaller
             cors_allowed_origins="*" if "*" in cors else cors,
             ping_interval=5,
             ping_timeout=10,
         )
+        fanout.install(self.sio, concert.settings.unread_limit, self._let_go)
         self.app = web.Application(middlewares=[_uncompressed])
         self.sio.attach(self.app)
         self._routes()
@@ -198,6 +200,11 @@ class Gateway:
         return True
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        if sid in self._slow:
+            self._slow.discard(sid)
+            unread = self.concert.settings.unread_limit
+            slow = Rejected("slow", f"left more than {unread} bytes unread (unread_limit): let go")
+            await self._performance.count(slow, "broadcast", sid)
         try:
             await self._performance.leave(sid)
         except Rejected as r:
@@ -218,6 +225,11 @@ class Gateway:
         if refusal := protocol.refusal(ack):
             await self.sio.emit(protocol.ERROR, refusal, to=sid)
         return ack
+
+    def _let_go(self, eio_sid: str) -> None:
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        log.warning("client %s reads nothing: let go", sid or eio_sid)
+        self._slow.add(sid or eio_sid)
 
     async def _malformed(self, eio_sid: str, error: Exception) -> None:
         sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")

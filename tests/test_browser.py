@@ -244,3 +244,29 @@ async def test_a_plain_socketio_sketch_joins_and_follows(browser: Browser, condu
     assert abs(pos - expected) < 0.05  # its simple clock and a frame's delay; Tutti's own views do better
     assert any(c["role"] == "audience" and c["name"] == "my sketch" for c in conductor.status()["clients"])
     await boss.close()
+
+
+async def test_an_audience_page_let_go_under_overload_comes_back_by_itself(browser: Browser, tmp_path: Path) -> None:
+    # As in test_gateway's overload test: a low limit, and a console asking for invitations.
+    conductor = ConductorProcess(write_concert(tmp_path, overload_lag=0.005))
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    page = await browser.new_page()
+    await page.add_init_script("window.tuttiOverloadRetry = [1, 2]")  # seconds, not a concert's 30-60
+    try:
+        await page.goto(f"{conductor.url}/audience")
+        await page.wait_for_function("() => window.tutti && window.tutti.connected")
+        await boss.connect()
+        for _ in range(20):
+            await asyncio.gather(*(boss.sio.call("invite", {"base": "http://x"}, timeout=10) for _ in range(20)))
+            if not await page.evaluate("window.tutti.connected"):
+                break
+        assert not await page.evaluate("window.tutti.connected"), "the page was never let go"
+        assert await page.evaluate("document.getElementById('banner').classList.contains('show')")
+        # The conductor catches up once the invitations stop; the page comes back by itself.
+        await page.wait_for_function("() => window.tutti.connected", timeout=20_000)
+        assert not await page.evaluate("document.getElementById('banner').classList.contains('show')")
+        assert conductor.status()["rejections"]["overloaded"] >= 1
+    finally:
+        await page.close()
+        await boss.close()
+        conductor.stop()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -55,4 +59,68 @@ async def test_an_overloaded_conductor_lets_the_audience_go_first(tmp_path: Path
     finally:
         for client in [performer, node, boss, *audience]:
             await client.close()
+        conductor.stop()
+
+
+async def _stalled_audience(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An audience client that joins over a raw WebSocket with a tiny receive buffer, then reads nothing."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    head = await reader.readexactly(2)
+    assert (await reader.readexactly(head[1])).startswith(b"0{")  # engine.io's open packet
+    join = b'40{"role": "audience"}'
+    mask = os.urandom(4)
+    writer.write(bytes([0x81, 0x80 | len(join)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(join)))
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_client_that_reads_nothing_is_let_go_and_the_others_keep_up(tmp_path: Path) -> None:
+    conductor = ConductorProcess(write_concert(tmp_path, unread_limit=65536))
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    listener = TuttiClient(conductor.url, "audience")
+    feeds: list[dict[str, Any]] = []
+    boss.sio.on(protocol.CLIENTS, feeds.append)
+
+    def audience() -> int:
+        return sum(c["role"] == "audience" for c in conductor.status()["clients"])
+
+    try:
+        await boss.connect()
+        await listener.connect()
+        stalled, _writer = await _stalled_audience(conductor.url)
+        await until(lambda: audience() == 2, 5, "the stalled client never joined")
+
+        sent = 0
+        while not conductor.status()["rejections"].get("slow"):
+            assert sent < 5000, "the stalled client was never let go"
+            await asyncio.gather(*(boss.command("tempo", bpm=60 + (sent + i) % 500) for i in range(20)))
+            sent += 20
+        # The one that reads on got every change, in order, and stays.
+        await until(lambda: len(listener.changes) == sent, 2, "the listener fell behind")
+        assert [c["seq"] for c in listener.changes] == sorted(c["seq"] for c in listener.changes)
+        assert listener.sio.connected and not listener.errors
+        assert await listener.sync_once()
+        assert audience() == 1
+        # The stalled one was disconnected: what it had not read ends, and then its connection does.
+        with contextlib.suppress(ConnectionError):
+            while await asyncio.wait_for(stalled.read(1 << 16), 5):
+                pass
+        # The console says so, and why.
+        slow = lambda: [r for f in feeds for r in f["recent"] if r["code"] == "slow"]  # noqa: E731
+        await until(slow, 3, "not on the console")
+        assert "unread_limit" in slow()[0]["message"]
+    finally:
+        await listener.close()
+        await boss.close()
         conductor.stop()

@@ -6,6 +6,14 @@ import { OffsetEstimator } from "./clocksync.js";
 
 const FAST_UNTIL = 32; // exchanges
 const FAST_INTERVAL = 0.5; // seconds
+// An overloaded conductor lets audience pages go (or does not let them in): each comes back after
+// a random wait in this range (seconds), so that a crowd does not return all at once.
+const OVERLOAD_RETRY = globalThis.tuttiOverloadRetry ?? [30, 60];
+
+export function overloadRetry() {
+  const [least, most] = OVERLOAD_RETRY;
+  return least + Math.random() * (most - least);
+}
 
 // The segment in effect at conductor time t: the last one starting at or before t.
 function segmentAt(state, t) {
@@ -50,16 +58,31 @@ export class Conductor extends EventTarget {
       if (!this.state || msg.state.seq >= this.state.seq) this.state = msg.state;
       this.emit("state", msg);
     });
-    this.socket.on("error", (err) => this.emit("refused", err));
+    this.socket.on("error", (err) => {
+      if (err.code === "overloaded") this.letGo = true;
+      this.emit("refused", err);
+    });
     this.socket.on("disconnect", (reason) => {
       this.connected = false;
       this.emit("disconnected", reason);
+      // socket.io comes back by itself from a lost connection, not from one the server closed.
+      if (reason === "io server disconnect" && this.letGo) {
+        this.letGo = false;
+        this.retry = setTimeout(() => this.socket.connect(), overloadRetry() * 1000);
+      }
     });
     const loop = async () => {
       if (this.connected) await this.syncBurst();
       this.timer = setTimeout(loop, this.nextSync() * 1000);
     };
     this.timer = setTimeout(loop, 500);
+  }
+
+  // Stops for good: no more syncing, no coming back.
+  close() {
+    clearTimeout(this.timer);
+    clearTimeout(this.retry);
+    this.socket.close();
   }
 
   // Sync often until the estimate rests on enough exchanges, then every `resync` seconds.

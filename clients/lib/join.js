@@ -1,7 +1,7 @@
 // Joining a concert from a page: the token comes from the URL (?token=, for QR codes), then from
 // this device's storage, then from a small form. A refused token is forgotten and asked again.
 
-import { Conductor } from "./conductor.js";
+import { Conductor, overloadRetry } from "./conductor.js";
 
 export function params() {
   return new URLSearchParams(location.search);
@@ -39,8 +39,11 @@ export async function join(auth, { open = false } = {}) {
       if (token) localStorage.setItem(key, token);
       return conductor;
     }
-    conductor.socket.close();
-    clearTimeout(conductor.timer);
+    conductor.close();
+    if (outcome.code === "overloaded") {
+      await new Promise((r) => setTimeout(r, overloadRetry() * 1000));
+      continue;
+    }
     localStorage.removeItem(key);
     if (outcome.code !== "bad_token") throw new Error(outcome.message);
     token = await askToken(auth.role, "That token was refused; try again");
