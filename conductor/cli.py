@@ -63,11 +63,15 @@ async def serve(args: argparse.Namespace) -> int:
     port = concert.settings.port if args.port is None else args.port
     stop = stop_signal()
     if args.workers:
-        from .cluster import start_workers
+        from .cluster import Unreachable, start_workers
 
-        conductor, workers, bound = await start_workers(
-            args.concert, concert, args.redis, args.workers, hosts, port, args.fresh
-        )
+        try:
+            conductor, workers, bound = await start_workers(
+                args.concert, concert, args.redis, args.workers, hosts, port, args.fresh
+            )
+        except Unreachable as e:
+            print(e, file=sys.stderr)
+            return 1
         announce(concert, conductor, hosts, bound)
         print(f"  {args.workers} web workers on {args.redis}", flush=True)
         if args.play:

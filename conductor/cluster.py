@@ -248,10 +248,19 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+class Unreachable(Exception):
+    """Redis is not there: said in one line, before anything starts."""
+
+
 async def start_workers(
     path: str, concert: Concert, url: str, count: int, hosts: list[str], port: int, fresh: bool
 ) -> tuple[Conductor, Workers, int]:
     """The performance in this process, writing to Redis, and ``count`` workers serving its port."""
+    try:
+        async with redis.Redis.from_url(url, socket_connect_timeout=5) as r:
+            await r.ping()
+    except (redis.RedisError, ValueError) as e:
+        raise Unreachable(f"tutti serve --workers: cannot reach Redis at {url}: {e}") from None
     run = uuid.uuid4().hex[:12]  # concerts sharing a Redis server keep to their own channels
     clock = ConductorClock()
     conductor = Conductor(concert, RedisOut(url, run), clock, fresh=fresh)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,3 +118,18 @@ def test_a_number_of_workers_that_is_not_a_count_is_refused(tmp_path: Path) -> N
             cwd=ROOT, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert result.returncode == 2 and f"'{bad}' is not a count" in result.stderr
+
+
+def test_a_redis_that_cannot_be_reached_is_said_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{s.getsockname()[1]}"
+    concert = write_concert(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "conductor", "serve", str(concert), "--workers", "2", "--redis", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"tutti serve --workers: cannot reach Redis at {url}: ")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "journal.jsonl").exists()  # nothing was started
