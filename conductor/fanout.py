@@ -22,6 +22,7 @@ from typing import Any
 import socketio
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
+from engineio.exceptions import QueueEmpty
 from socketio import packet as sio_packet
 
 
@@ -46,12 +47,29 @@ class Outlet:
         self.outlets = outlets
         self.transport: asyncio.Transport | None = None
         self.queued = 0  # packets in the python-engineio queue that are not yet written
+        self._poll = socket.poll
         socket.send = self.send  # every packet for this client comes through here
+        socket.poll = self.poll
 
     async def send(self, pkt: eio_packet.Packet) -> None:
         """What python-engineio's ``AsyncSocket.send`` does, the direct way when it can."""
         if await self.socket.check_ping_timeout():
             self.put(pkt)
+
+    async def poll(self) -> list[eio_packet.Packet]:
+        """python-engineio's ``AsyncSocket.poll``, which gives up when its queue idles for 15 s.
+
+        Its WebSocket writer then closes the connection: right for a queue that carries every
+        packet, pings included, but here the queue idles while packets go the direct way.
+        """
+        while True:
+            try:
+                return await self._poll()
+            except QueueEmpty:  # also what python-engineio makes of a cancellation
+                task = asyncio.current_task()
+                gone = self.transport is None or self.transport.is_closing() or self.socket.closed
+                if gone or (task and task.cancelling()):
+                    raise
 
     def put(self, pkt: eio_packet.Packet, framed: bytes | None = None) -> None:
         s, transport = self.socket, self.transport

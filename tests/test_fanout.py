@@ -53,6 +53,9 @@ class FakeSocket:
     async def check_ping_timeout(self) -> bool:
         return True
 
+    async def poll(self) -> list[Any]:
+        return []
+
 
 class FakeTransport:
     def __init__(self) -> None:

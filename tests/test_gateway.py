@@ -124,3 +124,29 @@ async def test_a_client_that_reads_nothing_is_let_go_and_the_others_keep_up(tmp_
         await listener.close()
         await boss.close()
         conductor.stop()
+
+
+async def test_a_client_that_only_listens_stays_connected(conductor: ConductorProcess) -> None:
+    # Broadcasts and pings go straight to the connection, not through python-engineio's queue,
+    # which by itself would close a WebSocket whose queue idled for 15 s (ping interval + timeout).
+    url = conductor.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        assert (await ws.receive_str()).startswith("0{")
+        await ws.send_str('40{"role": "audience"}')
+        pings = 0
+        deadline = asyncio.get_running_loop().time() + 17
+        while asyncio.get_running_loop().time() < deadline:
+            message = await ws.receive(timeout=6)
+            assert message.type == aiohttp.WSMsgType.TEXT, f"the connection ended: {message}"
+            if message.data == "2":  # engine.io's ping
+                pings += 1
+                await ws.send_str("3")
+        assert pings >= 3
+        boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+        await boss.connect()
+        try:
+            await boss.command("tempo", bpm=77)
+            while '"bpm":77' not in (data := await ws.receive_str(timeout=5)) or not data.startswith('42["state"'):
+                pass
+        finally:
+            await boss.close()
