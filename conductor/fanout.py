@@ -10,6 +10,11 @@ python-engineio queue (before its WebSocket opens, or while it upgrades from pol
 it joins that queue. A client that reads nothing lets data pile up in its connection; past
 ``limit`` bytes it is let go, and ``on_slow`` is told, rather than the conductor holding its
 backlog forever.
+
+This works inside python-engineio, in three places: its table of sockets (``Outlets``), its
+aiohttp WebSocket driver (``_WebSocket``), and each socket's ``send`` and ``poll`` (``Outlet``).
+``pyproject.toml`` pins the minor versions it was tested with; ``tests/test_fanout.py``,
+``tests/test_gateway.py`` and ``bench/soak.py`` are what to run on an upgrade.
 """
 
 from __future__ import annotations
