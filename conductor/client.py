@@ -82,6 +82,7 @@ class TuttiClient:
         self.sio.on(protocol.STATE, self._state)
         self.sio.on(protocol.ERROR, self._error)
         self._sync_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def connect(self) -> None:
         """Connect and wait for the welcome; raises ConnectionError with the conductor's reason."""
@@ -93,6 +94,9 @@ class TuttiClient:
         self._sync_task = asyncio.create_task(self._sync_loop())
 
     async def close(self) -> None:
+        # Not only a cancellation: Python 3.11's wait_for (inside python-socketio's call) can
+        # swallow one that lands as an answer arrives, and the loop would sync on for ever.
+        self._closing = True
         if self._sync_task:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,6 +134,8 @@ class TuttiClient:
 
     async def sync_burst(self, n: int | None = None) -> None:
         for _ in range(n or self.burst):
+            if self._closing:
+                return
             try:
                 await self.sync_once()
             except socketio.exceptions.TimeoutError:
@@ -139,7 +145,7 @@ class TuttiClient:
             await asyncio.sleep(self.spacing)
 
     async def _sync_loop(self) -> None:
-        while True:
+        while not self._closing:
             # Often until the estimate rests on enough exchanges, then every `resync` seconds.
             await asyncio.sleep(FAST_INTERVAL if self.clock.samples < FAST_UNTIL else self.resync)
             if not self.sio.connected:

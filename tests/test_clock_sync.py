@@ -7,8 +7,10 @@ offset is known: the conductor reports its clock minus wall time in /api/status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
+import time
 
 from conductor.client import TuttiClient
 from conductor.clock import OffsetEstimator
@@ -78,3 +80,38 @@ async def test_sync_through_0_to_20_ms_random_delay_within_0_2_ms(conductor: Con
         await link.wait()
     assert rtt > 0.0005  # the emulated link was in the path
     assert error < 0.0002, f"offset error {error * 1000:.3f} ms through jitter"
+
+
+class SwallowingSocket:
+    """A python-socketio client whose call, like Python 3.11's wait_for when an answer arrives as
+    the task is cancelled, returns the answer and loses the cancellation."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def call(self, event: str, t0: float, **options: float) -> list[float]:
+        self.calls += 1
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.05)
+        return [t0, t0, t0]
+
+    async def emit(self, *args: object) -> None:
+        pass
+
+    async def disconnect(self) -> None:
+        pass
+
+
+async def test_closing_a_client_stops_its_syncing_even_if_the_cancellation_is_lost() -> None:
+    client = TuttiClient("http://127.0.0.1:9", "audience", spacing=0.001)
+    client.sio = SwallowingSocket()  # type: ignore[assignment]
+    client._sync_task = asyncio.create_task(client.sync_burst(1000))
+    await asyncio.sleep(0.12)  # inside a call
+    began = time.monotonic()
+    await client.close()
+    assert time.monotonic() - began < 1.0  # a burst of 1000 would take 50 s
+    calls = client.sio.calls  # type: ignore[attr-defined]
+    await asyncio.sleep(0.2)
+    assert client.sio.calls == calls  # type: ignore[attr-defined]
