@@ -153,9 +153,11 @@ class FanOut(socketio.AsyncManager):
         **kwargs: Any,
     ) -> None:
         outlets = getattr(self.server.eio.sockets, "outlets", None)
-        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
-        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
-        if callback or outlets is None or isinstance(encoded, list):  # acks and binary attachments
+        encoded = None
+        if not callback and outlets is not None:  # an ack needs an id per client: python-socketio's way
+            args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+            encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+        if encoded is None or isinstance(encoded, list):  # a list: binary attachments
             await super().emit(event, data, namespace, room, skip_sid, callback, to, **kwargs)
             return
         pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)

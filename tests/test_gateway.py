@@ -17,11 +17,13 @@ from conductor.client import TuttiClient
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_node import until
 
+ENGINEIO = "/socket.io/?EIO=4&transport=websocket"  # a raw Engine.IO WebSocket, as Socket.IO clients open
+
 
 async def test_websocket_compression_is_declined(conductor: ConductorProcess) -> None:
     # Browsers offer permessage-deflate; accepted, every broadcast would be deflated again for
     # each client (bench/fanout.py: most of a fan-out's cost, and 100 KiB per connection).
-    url = conductor.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    url = conductor.url.replace("http", "ws") + ENGINEIO
     async with aiohttp.ClientSession() as session, session.ws_connect(url, compress=15) as ws:
         assert ws.compress == 0  # the server answered without the extension
         opening = await ws.receive_str()
@@ -72,7 +74,7 @@ async def _stalled_audience(url: str) -> tuple[asyncio.StreamReader, asyncio.Str
     reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
-        f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"GET {ENGINEIO} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
@@ -129,7 +131,7 @@ async def test_a_client_that_reads_nothing_is_let_go_and_the_others_keep_up(tmp_
 async def test_a_client_that_only_listens_stays_connected(conductor: ConductorProcess) -> None:
     # Broadcasts and pings go straight to the connection, not through python-engineio's queue,
     # which by itself would close a WebSocket whose queue idled for 15 s (ping interval + timeout).
-    url = conductor.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    url = conductor.url.replace("http", "ws") + ENGINEIO
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         assert (await ws.receive_str()).startswith("0{")
         await ws.send_str('40{"role": "audience"}')

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conductor.client import TuttiClient
+from conductor.cluster import free_port
 from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
 from tests.test_node import until
 
@@ -121,9 +121,7 @@ def test_a_number_of_workers_that_is_not_a_count_is_refused(tmp_path: Path) -> N
 
 
 def test_a_redis_that_cannot_be_reached_is_said_in_one_line(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        url = f"redis://127.0.0.1:{s.getsockname()[1]}"
+    url = f"redis://127.0.0.1:{free_port('127.0.0.1')}"  # a port that nothing listens on
     concert = write_concert(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "conductor", "serve", str(concert), "--workers", "2", "--redis", url],
