@@ -25,6 +25,11 @@ if ((${#packages[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}"
 fi
 
+# jacktrip 2.x beside Debian 12's 1.7, in .jacktrip2 (the link tests run both).
+if ! jacktrip -v 2>/dev/null | grep -q 'VERSION: 2\.'; then
+    deploy/jacktrip2.sh .jacktrip2
+fi
+
 # Python packages in .venv, at the versions the project is tested with.
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'

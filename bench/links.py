@@ -1,6 +1,6 @@
 """JackTrip links: measured round trip for several queue lengths, and recovery after a kill.
 
-    .venv/bin/python bench/links.py [--queues 2,4,8] [--kills 3] [--json out.json]
+    .venv/bin/python bench/links.py [--queues 2,4,8] [--kills 3] [--jacktrip PATH] [--json out.json]
 
 For each queue length: three JACK servers (dummy driver, 128-frame periods, 48 kHz), a hub at
 ucas and a client at pku, each run by its own ``tutti node`` from one concert file. The pku node
@@ -11,6 +11,7 @@ last over 20 s, beside twice the queue in periods.
 Then, with queue 4, pku's jacktrip is killed ``--kills`` times; each time, the seconds until the
 node reports the link connected again, and until an impulse has been through it again (the node
 measures on every reconnection). The node reports once a second, so both are up to 1 s late.
+``--jacktrip`` runs another jacktrip at both ends, e.g. 2.x from ``deploy/jacktrip2.sh``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import concert_file, jack_server, node_agent, nodes_up, running, save  # noqa: E402
+from conductor.jacktrip import jacktrip_version  # noqa: E402
 
 TOKEN = "bench"
 PERIOD_MS = 128 / 48000 * 1000
@@ -45,7 +47,7 @@ async def link_of(http: aiohttp.ClientSession, url: str, name: str) -> dict[str,
     return links[0]
 
 
-async def case(queue: int, kills: int, base: int, strategy: int) -> dict[str, Any]:
+async def case(queue: int, kills: int, base: int, strategy: int, jacktrip: str) -> dict[str, Any]:
     ends = {"queue": queue, "buffer_strategy": strategy}
     audio = {
         "hub": {"site": "ucas", "address": "127.0.0.1", "port": base, **ends},
@@ -59,7 +61,8 @@ async def case(queue: int, kills: int, base: int, strategy: int) -> dict[str, An
         agents = []
         for i, site in enumerate(("ucas", "pku")):
             await stack.enter_async_context(jack_server(jack[site]))
-            agents.append(await node_agent(url, TOKEN, f"n{site}", 57500 + i, jack[site], "--site", site))
+            extra = ("--site", site, "--jacktrip", jacktrip)
+            agents.append(await node_agent(url, TOKEN, f"n{site}", 57500 + i, jack[site], *extra))
             await nodes_up(url, i + 1)
         try:
             async with aiohttp.ClientSession() as http:
@@ -68,9 +71,7 @@ async def case(queue: int, kills: int, base: int, strategy: int) -> dict[str, An
                     out["round_trips_ms"] = (await link_of(http, url, "npku")).get("history_ms", [])
                     await asyncio.sleep(0.5)
                 for _ in range(kills):
-                    pgrep = await asyncio.create_subprocess_exec(
-                        "pgrep", "-f", f"jacktrip -C 127.0.0.1 -P {base} ", stdout=-1
-                    )
+                    pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", f" -C 127.0.0.1 -P {base} ", stdout=-1)
                     pid = int((await pgrep.communicate())[0].split()[0])
                     before = await link_of(http, url, "npku")
                     os.kill(pid, signal.SIGKILL)
@@ -101,13 +102,15 @@ async def main() -> None:
     parser.add_argument("--queues", default="2,4,8")
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--strategy", type=int, default=1, help="jacktrip --bufstrategy")
+    parser.add_argument("--jacktrip", default="jacktrip", help="the jacktrip program at both ends")
     parser.add_argument("--json")
     args = parser.parse_args()
     queues = [int(q) for q in args.queues.split(",")]
     results = []
     for i, queue in enumerate(queues):
-        results.append(await case(queue, args.kills if queue == 4 else 0, 21000 + 10 * i, args.strategy))
-    print(f"period {PERIOD_MS:.3f} ms (128 frames at 48 kHz)")
+        results.append(await case(queue, args.kills if queue == 4 else 0, 21000 + 10 * i, args.strategy, args.jacktrip))
+    version = ".".join(map(str, await jacktrip_version(args.jacktrip)))
+    print(f"jacktrip {version}; period {PERIOD_MS:.3f} ms (128 frames at 48 kHz)")
     print(f"{'queue':>5}{'2q periods ms':>15}{'first ms':>10}{'periods':>9}{'last ms':>9}{'periods':>9}  all")
     for r in results:
         trips, q = r["round_trips_ms"], r["queue"]

@@ -160,6 +160,7 @@ async def run_node(args: argparse.Namespace) -> int:
     agent = NodeAgent(
         args.url, token, args.site, args.name, args.part, scsynth,
         jack_server=args.jack_server, start_jack=not args.no_jack, sclang_port=args.sclang_port, ca=args.ca,
+        jacktrip=args.jacktrip,
     )  # fmt: skip
     stop = stop_signal()
     task = asyncio.create_task(agent.run())
@@ -254,6 +255,7 @@ def command_line() -> argparse.ArgumentParser:
     p.add_argument("--jack-server", default="tutti-node", help="JACK server name")
     p.add_argument("--no-jack", action="store_true", help="use a JACK server already running (a real sound card)")
     p.add_argument("--no-synth", action="store_true", help="no scsynth: only this site's audio links (a hub server)")
+    p.add_argument("--jacktrip", default="jacktrip", help="the jacktrip program, 1.7 or 2.x (default: jacktrip)")
     p.add_argument("--ca", help=CA_HELP)
 
     p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")

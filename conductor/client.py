@@ -166,6 +166,10 @@ class TuttiClient:
         """Send a transport command; returns the conductor's answer ({"ok": ...})."""
         return await self.sio.call(protocol.COMMAND, {"cmd": cmd, **fields}, timeout=5)
 
+    async def sound(self, address: str, args: list[Any], **fields: Any) -> dict[str, Any]:
+        """Play a sound outside the score (conductor role): the conductor's answer, with its time ``t``."""
+        return await self.sio.call(protocol.SOUND, {"address": address, "args": args, **fields}, timeout=5)
+
     def now(self) -> float:
         """Conductor time now, by this client's clock estimate."""
         return self.clock.now()

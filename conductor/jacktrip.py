@@ -172,10 +172,14 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(int(x or 0) for x in m.groups()) if m else (0,)
 
 
-async def jacktrip_version() -> tuple[int, ...]:
-    proc = await asyncio.create_subprocess_exec(
-        "jacktrip", "-v", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+async def jacktrip_version(program: str = "jacktrip") -> tuple[int, ...]:
+    """The version of the jacktrip at ``program``; (0,) if it does not say, or is not there."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            program, "-v", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    except OSError:
+        return (0,)
     out, _ = await proc.communicate()
     return parse_version(out.decode(errors="replace"))
 
@@ -400,8 +404,17 @@ def _scsynth_patch(end: _End, jacktrip: str, scsynth: str, channels: int) -> lis
 class SiteAudio:
     """What one node runs of the audio topology: its site's jacktrip, patches, and measurements."""
 
-    def __init__(self, audio: AudioSettings, site: str, jack_server: str, scsynth: str, env: dict[str, str]):
+    def __init__(
+        self,
+        audio: AudioSettings,
+        site: str,
+        jack_server: str,
+        scsynth: str,
+        env: dict[str, str],
+        jacktrip: str = "jacktrip",
+    ):
         self.audio = audio
+        self.jacktrip = jacktrip  # the program: Debian 12's 1.7, or a 2.x (deploy/jacktrip2.sh)
         self.site = site
         self.jack_server = jack_server
         self.scsynth = scsynth
@@ -439,15 +452,18 @@ class SiteAudio:
         return out
 
     async def start(self) -> None:
-        version = await jacktrip_version()
+        version = await jacktrip_version(self.jacktrip)
         label = ".".join(map(str, version))
         for state, command, end, probe in self._plan(label):
-            if version[0] < 2 and end.buffer_strategy >= 3:
-                state.set("stopped")
+            if version == (0,):
+                state.last_error = f"no jacktrip at '{self.jacktrip}' (or it gives no version)"
+            elif version[0] < 2 and end.buffer_strategy >= 3:
                 state.last_error = f"--bufstrategy 3 and 4 need jacktrip 2.x; this is {label}"
-                self.links.append(Link([], state, self.env))
             else:
-                self.links.append(Link(command, state, self.env, probe))
+                self.links.append(Link([self.jacktrip, *command[1:]], state, self.env, probe))
+                continue
+            state.set("stopped")
+            self.links.append(Link([], state, self.env))
         running = [link for link in self.links if link.command]
         if not running:
             return

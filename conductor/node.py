@@ -272,8 +272,10 @@ class NodeAgent:
         start_jack: bool = True,
         sclang_port: int = SCLANG_PORT,
         ca: str | None = None,
+        jacktrip: str = "jacktrip",
     ):
         self.scsynth = scsynth
+        self.jacktrip = jacktrip
         self.jack_server = jack_server
         self.start_jack = start_jack
         self._jack: asyncio.subprocess.Process | None = None
@@ -301,6 +303,7 @@ class NodeAgent:
                 self.jack_server,
                 self.scsynth.client_name if self.scsynth else "",
                 jack_env(self.jack_server),
+                self.jacktrip,
             )
             await self.audio.start()
 

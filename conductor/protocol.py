@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
 
+from .score import Sound
+
 # Events a client may send.
 SYNC = "sync"  # payload: t0 (number); ack: [t0, t1, t2]
 COMMAND = "command"  # payload: Command; ack: {"ok": true, "seq": N} or {"ok": false, "code", "message"}
@@ -17,6 +19,7 @@ REPORT = "report"  # payload: Report; no ack
 CONTROL = "control"  # payload: ControlInput, from a performer; ack like COMMAND
 HEALTH = "health"  # payload: a node's health (scsynth, cues, clock), every second; no ack
 INVITE = "invite"  # payload: Invite, from a conductor; ack: {"ok": true, "invites": [{part, name, url, svg}]}
+SOUND = "sound"  # payload: SoundEvent, from a conductor: a cue outside the score; ack: {"ok": true, "t"}
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: {"you", "score", "state", "now"}
 STATE = "state"  # to every joined client, after each accepted change: {"change", "state"}
@@ -87,6 +90,12 @@ class SetParam(_Command):
 
 Command = Annotated[Play | Pause | Stop | Seek | GoToSection | SetTempo | SetParam, Field(discriminator="cmd")]
 command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+class SoundEvent(Sound):
+    """A sound the conductor plays outside the score: a cue's fields, timed in conductor time."""
+
+    at: Num | None = None  # conductor time to sound; default: now + lookahead
 
 
 class Report(Message):

@@ -135,6 +135,7 @@ class Parameter(Strict):
     default: Number = 0.0
     label: StrictStr | None = None
     n_set: NSet | None = None
+    schedule: Schedule | None = None  # how its changes are timed across sites; default: the score's
 
     def check(self, value: float) -> str | None:
         if not self.min <= value <= self.max:
@@ -293,14 +294,19 @@ GROUP_ARG = "$group"  # in a cue's args: the group of the cue's part on its node
 PART_GROUP_BASE = 1000  # part i of the score has group PART_GROUP_BASE + i on every node
 
 
-class Cue(Strict):
-    at: Time
+class Sound(Strict):
+    """What a cue plays, and where: an OSC message for the target's nodes, with its timing rules."""
+
     target: Annotated[StrictStr, AfterValidator(_target)] = "all"
     to: Literal["scsynth", "sclang"] = "scsynth"
     address: Annotated[StrictStr, _matching(r"/\S+", "an OSC address starts with / and has no spaces")]
     args: list[OscArg] = []
     schedule: Schedule | None = None  # default: its section's, else the score's
     late: Late | None = None
+
+
+class Cue(Sound):
+    at: Time  # in the score
 
 
 class Score(Strict):
@@ -336,7 +342,26 @@ class Score(Strict):
         """The scsynth group that holds a part's sound on its nodes (created by the node agent)."""
         return PART_GROUP_BASE + next(i for i, p in enumerate(self.parts) if p.id == part_id)
 
-    def cue_args(self, cue: Cue) -> list[int | float | str]:
+    def site_ids(self) -> set[str]:
+        """Every site the score names: in ``sites``, or as a part's site."""
+        return set(self.sites or []) | {p.site for p in self.parts if p.site}
+
+    def schedule_problems(self, schedule: Schedule | None) -> list[tuple[Loc, str]]:
+        if isinstance(schedule, Aligned) and schedule.aligned not in self.site_ids():
+            return [(("schedule", "aligned"), f"no site '{schedule.aligned}' in the score")]
+        return []
+
+    def sound_problems(self, sound: Sound) -> list[tuple[Loc, str]]:
+        """What in a cue or sound names something the score does not have."""
+        out = self.schedule_problems(sound.schedule)
+        kind, _, name = sound.target.partition(":")
+        if (kind == "part" and self.part(name) is None) or (kind == "site" and name not in self.site_ids()):
+            out.append((("target",), f"no {kind} '{name}' in the score"))
+        if GROUP_ARG in sound.args and kind != "part":
+            out.append((("args",), f"'{GROUP_ARG}' is a part's group: give the cue a target part:ID"))
+        return out
+
+    def cue_args(self, cue: Sound) -> list[int | float | str]:
         """A cue's OSC arguments, with ``$group`` replaced by its part's group."""
         _, _, part = cue.target.partition(":")
         return [self.group(part) if arg == GROUP_ARG else arg for arg in cue.args]
@@ -397,15 +422,16 @@ def _cross_checks(score: Score, folder: Path) -> list[tuple[Loc, str]]:
     out += _duplicates(score.parameters, "id", ("parameters",))
     parts = {p.id for p in score.parts}
     params = {p.id: p for p in score.parameters}
-    sites = set(score.sites or []) | {p.site for p in score.parts if p.site}
 
     def in_piece(loc: Loc, t: float) -> None:
         if t > score.duration:
             out.append((loc, f"{t:g} s is after the end of the piece ({score.duration:g} s)"))
 
+    out += score.schedule_problems(score.schedule)
     prev = -1.0
     for i, s in enumerate(score.sections):
         in_piece(("sections", i, "start"), s.start)
+        out += [(("sections", i, *loc), message) for loc, message in score.schedule_problems(s.schedule)]
         if s.start <= prev:
             out.append((("sections", i, "start"), "sections must start in order, each after the one before"))
         prev = s.start
@@ -439,18 +465,13 @@ def _cross_checks(score: Score, folder: Path) -> list[tuple[Loc, str]]:
                 if name not in params:
                     out.append(((*loc, "controls", j, "param"), f"no parameter '{name}' in the score"))
     for i, param in enumerate(score.parameters):
+        out += [(("parameters", i, *loc), message) for loc, message in score.schedule_problems(param.schedule)]
         for j, name in enumerate(param.n_set.parts or [] if param.n_set else []):
             if name not in parts:
                 out.append((("parameters", i, "n_set", "parts", j), f"no part '{name}' in the score"))
     for i, cue in enumerate(score.cues):
         in_piece(("cues", i, "at"), cue.at)
-        kind, _, name = cue.target.partition(":")
-        if (kind == "part" and name not in parts) or (kind == "site" and name not in sites):
-            out.append((("cues", i, "target"), f"no {kind} '{name}' in the score"))
-        if isinstance(cue.schedule, Aligned) and cue.schedule.aligned not in sites:
-            out.append((("cues", i, "schedule", "aligned"), f"no site '{cue.schedule.aligned}' in the score"))
-        if GROUP_ARG in cue.args and kind != "part":
-            out.append((("cues", i, "args"), f"'{GROUP_ARG}' is a part's group: give the cue a target part:ID"))
+        out += [(("cues", i, *loc), message) for loc, message in score.sound_problems(cue)]
     return out
 
 

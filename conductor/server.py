@@ -112,6 +112,7 @@ class Conductor:
             protocol.CONTROL: self._control,
             protocol.HEALTH: self._health,
             protocol.INVITE: self._invite,
+            protocol.SOUND: self._sound,
         }
         self.journal = self._open_journal(fresh)
         self.osc: OscIngress | None = None
@@ -330,6 +331,7 @@ class Conductor:
         if isinstance(control, XY) and not (isinstance(value, tuple) and all(0 <= v <= 1 for v in value)):
             raise Rejected("out_of_range", f"xy pad '{control.id}' takes [x, y] from 0 to 1")
         self.controls[f"{client.part}/{control.id}"] = value
+        answer: dict[str, Any] = {"ok": True}
         if control.param is not None:
             by = {"role": client.role, "name": client.name, "part": client.part, "control": control.id}
             if isinstance(value, tuple):
@@ -337,8 +339,8 @@ class Conductor:
             else:
                 values = [(control.param, float(value))]
             for name, v in values:
-                await self.apply(SetParam(cmd="param", name=name, value=v), by)
-        return {"ok": True, "seq": self.transport.seq}
+                answer["t"] = (await self.apply(SetParam(cmd="param", name=name, value=v), by)).t
+        return {**answer, "seq": self.transport.seq}
 
     async def _health(self, client: Client, payload: Any) -> None:
         _check_size(payload)
@@ -378,8 +380,7 @@ class Conductor:
                     delays = {c.name: c.delay for c in self.clients.values() if c.delay is not None}
                     self.lookahead.update(delays, time.monotonic() - updated)
                     updated = time.monotonic()
-                    period = audio.period / audio.sample_rate if (audio := self.concert.settings.audio) else 0.0
-                    self._align = {site: audio_delays(self._links(), site, period) for site in aligned}
+                    self._align = {site: self._alignment(site) for site in aligned}
                     early = max((max(o.values(), default=0.0) for o in self._align.values()), default=0.0)
                 now = self.clock.now()
                 horizon = max(self._sent_until, now + self.lookahead.value + early)
@@ -399,7 +400,7 @@ class Conductor:
     def _cue(self, timed: TimedCue) -> tuple[str, dict[str, Any], bool]:
         """A cue's room, its payload, and whether it is held until its time (``immediate``)."""
         schedule, late = self.score.score.policy(timed.cue)
-        cue = {**timed.to_json(), "late": late, "beat": self._beat(timed)}
+        cue = {**timed.to_json(), "late": late, "beat": self._beat(timed.t)}
         room = f"nodes:{timed.cue.target}"  # nodes:all, nodes:site:X, nodes:part:X, nodes:node:X
         if schedule == "immediate":
             return room, {**cue, "t": None}, True
@@ -414,10 +415,38 @@ class Conductor:
     def _links(self) -> list[dict[str, Any]]:
         return [link for c in self.clients.values() if c.health for link in c.health.get("links", [])]
 
-    def _beat(self, timed: TimedCue) -> float:
-        """A beat's length in conductor seconds where the cue falls, for cues moved to the next beat."""
-        segment = self.transport.segments.at(timed.t)
+    def _alignment(self, site: str) -> dict[str, float]:
+        """How early each site plays so that its sound reaches ``site`` with the site's own."""
+        period = audio.period / audio.sample_rate if (audio := self.concert.settings.audio) else 0.0
+        return audio_delays(self._links(), site, period)
+
+    def _beat(self, t: float) -> float:
+        """A beat's length in conductor seconds at ``t``, for cues moved to the next beat."""
+        segment = self.transport.segments.at(t)
         return 60.0 / self.score.score.tempo.bpm / (segment.rate or 1.0)
+
+    async def _sound(self, client: Client, payload: Any) -> dict[str, Any]:
+        """A sound the conductor plays outside the score: sent to its nodes like a score cue."""
+        _check_size(payload)
+        sound = protocol.SoundEvent.model_validate(payload)
+        if client.role != "conductor":
+            raise Rejected("forbidden", f"only the conductor may play sounds (you are {client.role})")
+        score = self.score.score
+        for loc, message in score.sound_problems(sound):
+            raise Rejected("bad_payload", f"{'.'.join(map(str, loc))}: {message}")
+        schedule, late = sound.schedule or score.schedule, sound.late or score.late
+        align = self._alignment(schedule.aligned) if isinstance(schedule, Aligned) else None
+        if schedule == "immediate" and sound.at is not None:
+            raise Rejected("bad_payload", "at: an immediate sound plays when it arrives; give no 'at'")
+        t = None if schedule == "immediate" else self._when(sound.at, align)
+        cue: dict[str, Any] = {
+            "id": None, "t": t, "to": sound.to, "address": sound.address, "args": score.cue_args(sound),
+            "target": sound.target, "late": late, "beat": self._beat(t or self.clock.now()),
+        }  # fmt: skip
+        if align is not None:
+            cue["align"] = align
+        await self.out.emit(protocol.CUE, cue, room=f"nodes:{sound.target}")
+        return {"ok": True, "t": cue["t"]}
 
     async def _feed_console(self) -> None:
         """Every second, the consoles get the clients (the audience counted by site) and the latest refusals."""
@@ -442,37 +471,51 @@ class Conductor:
             except Exception:
                 log.exception("console feed")
 
+    def _when(self, at: float | None, align: dict[str, float] | None) -> float:
+        """The conductor time asked for, or without one, the soonest every destination can meet."""
+        now = self.clock.now()
+        if at is None:  # the slowest destination's delay, and for an aligned schedule the earliest site
+            return now + self.lookahead.value + max((align or {}).values(), default=0.0)
+        if at < now:
+            raise Rejected("too_late", f"'at' is {now - at:.3f} s in the past")
+        return float(at)
+
     async def apply(self, command: protocol.Command, by: dict[str, Any]) -> Change:
         """Plan, journal, apply and broadcast one command. Raises Rejected if it cannot be done."""
         now = self.clock.now()
-        if command.at is None:
-            t = now + self.lookahead.value
-        elif command.at < now:
-            raise Rejected("too_late", f"'at' is {now - command.at:.3f} s in the past")
-        else:
-            t = float(command.at)
-        t = max(t, self._sent_until)  # cues up to there are on their way: a change cannot overtake them
+        # A parameter is timed as its schedule says; the transport always together.
+        param = self.score.score.parameter(command.name) if isinstance(command, SetParam) else None
+        schedule = (param.schedule or self.score.score.schedule) if param else "together"
+        align = self._alignment(schedule.aligned) if isinstance(schedule, Aligned) else None
+        if schedule == "immediate" and command.at is None:
+            t = now  # no lookahead: nodes set it when the change reaches them
+        else:  # cues up to _sent_until are on their way: a change cannot overtake them
+            t = max(self._when(command.at, align), self._sent_until)
         change = self.transport.plan(command, t)
         self.journal.append(journal.Record(change, now, by))
         self.transport.apply(change)
         if change.param is not None and change.value is not None:
             if self.osc:
                 self.osc.echo(change.param, change.value)
-            for part, cue in self._sounding(change.param, change.value, change.t):
+            sounds_at = None if schedule == "immediate" and command.at is None else change.t
+            for part, cue in self._sounding(change.param, change.value, sounds_at, align):
                 await self.out.emit(protocol.CUE, cue, room=f"nodes:part:{part}")
         state = {"change": change.to_json(), "state": self.transport.snapshot(now)}
         await self.out.emit(protocol.STATE, state, room=JOINED)
         return change
 
-    def _sounding(self, name: str, value: float, t: float | None) -> list[tuple[str, dict[str, Any]]]:
+    def _sounding(
+        self, name: str, value: float, t: float | None, align: dict[str, float] | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
         """The ``/n_set`` cues that make a parameter's value heard, one per part (``t`` None: at once)."""
         param = self.score.score.parameter(name)
         if param is None or param.n_set is None:
             return []
         parts = param.n_set.parts or [p.id for p in self.score.score.parts]
         args = [param.n_set.control, param.synth_value(value)]
+        timing: dict[str, Any] = {"t": t, **({"align": align} if align is not None else {})}
         return [
-            (part, {"t": t, "to": "scsynth", "address": "/n_set", "args": [self.score.score.group(part), *args]})
+            (part, {**timing, "to": "scsynth", "address": "/n_set", "args": [self.score.score.group(part), *args]})
             for part in parts
         ]
 

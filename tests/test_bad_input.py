@@ -33,6 +33,13 @@ BAD_EVENTS: list[tuple[str, Any, str]] = [
     ("control", {"id": "level", "value": "loud"}, "bad_payload"),
     ("control", {"id": "level", "value": 0.5}, "forbidden"),  # a conductor plays no part
     ("health", {"up": True, "late": 0, "cues": 0}, "forbidden"),  # only nodes report health
+    ("sound", {"args": [1]}, "bad_payload"),  # no address
+    ("sound", {"address": "no slash"}, "bad_payload"),
+    ("sound", {"address": "/s_new", "args": [[1]]}, "bad_payload"),
+    ("sound", {"address": "/s_new", "target": "site:mars"}, "bad_payload"),
+    ("sound", {"address": "/s_new", "args": ["$group"]}, "bad_payload"),  # no part to take it from
+    ("sound", {"address": "/s_new", "schedule": "immediate", "at": 1e10}, "bad_payload"),
+    ("sound", {"address": "/s_new", "at": 1.0}, "too_late"),
     ("no_such_event", {"a": 1}, "unknown_event"),
 ]
 

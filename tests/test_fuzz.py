@@ -180,7 +180,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConductorProcess]
 
 
 events = st.sampled_from([protocol.SYNC, protocol.COMMAND, protocol.REPORT, protocol.CONTROL, protocol.HEALTH,
-                          protocol.INVITE]) | st.text(min_size=1, max_size=12)  # fmt: skip
+                          protocol.INVITE, protocol.SOUND]) | st.text(min_size=1, max_size=12)  # fmt: skip
 
 
 def test_every_socketio_event_is_answered_and_refusals_are_counted(live: ConductorProcess) -> None:

@@ -122,13 +122,7 @@ async def until(condition: Any, seconds: float, message: str) -> None:
 
 
 async def play_and_record(conductor: ConductorProcess, recorder: Recorder, boss: TuttiClient, port: int) -> None:
-    """Play from the top and check when each click sounds.
-
-    Beside each cue's click, the test sends scsynth a click of its own, timetagged for exactly
-    ``PARTNER`` later: what a perfect timetag gives at that moment on this scsynth. Compared
-    with its partner, a cue must sound within 1 ms of its time. Against the wall clock, it must
-    sound within ``BOUND``: that includes how far scsynth's own timing has drifted after xruns.
-    """
+    """Play from the top and check that each click sounds at its time."""
     assert (await boss.command("stop"))["ok"]
     await asyncio.sleep(0.5)
     recorder.clear()
@@ -136,25 +130,41 @@ async def play_and_record(conductor: ConductorProcess, recorder: Recorder, boss:
     status = conductor.status()
     start = status["state"]["segments"][-1]
     assert start["playing"]
-    targets = [start["t"] + at - status["clock_minus_wall"] for at in CLICKS]  # wall-clock times
+    await hear_at(recorder, [start["t"] + at - status["clock_minus_wall"] for at in CLICKS], port)
+
+
+async def hear_at(recorder: Recorder, targets: list[float], port: int) -> None:
+    """Check that a click sounds at each of ``targets`` (wall-clock times).
+
+    Beside each click, the test sends scsynth a click of its own, timetagged for exactly
+    ``PARTNER`` later: what a perfect timetag gives at that moment on this scsynth. Compared
+    with its partner, a click must sound within 1 ms of its time. Against the wall clock, it must
+    sound within ``BOUND``: that includes how far scsynth's own timing has drifted after xruns.
+    """
     direct = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for target in targets:
         await asyncio.sleep(max(0.0, target - 0.2 - time.time()))
         direct.sendto(osc_bundle(target + PARTNER, "/s_new", ["tutti_click", -1, 0, 0]), ("127.0.0.1", port))
     direct.close()
     await asyncio.sleep(targets[-1] + 0.5 - time.time())
-    heard = recorder.onsets()
-    assert len(heard) == 2 * len(CLICKS), f"heard {len(heard)} clicks, expected {2 * len(CLICKS)}"
-    scheduled = [x + d for x in targets for d in (0, PARTNER)]
-    ms = [f"{(h.time - t) * 1000:.3f} ms" for h, t in zip(heard, scheduled, strict=True)]
+    heard = [h.time for h in recorder.onsets()]
+    near = {t: [h for h in heard if abs(h - t) < BOUND] for t in (x + d for x in targets for d in (0, PARTNER))}
+    ms = {f"{t:.3f}": [f"{(h - t) * 1000:+.3f} ms" for h in hs] for t, hs in near.items()}
+    assert sum(map(len, near.values())) == len(heard), f"clicks nobody scheduled: {heard}, {ms}"
     compared = 0
-    for target, cue, partner in zip(targets, heard[::2], heard[1::2], strict=True):
-        assert abs(cue.time - target) < BOUND, ms
-        if not any(cue.time - 0.01 < x < partner.time + 0.01 for x in recorder.xruns):
-            # scsynth resets its clock filter on an xrun: the two are comparable only without one
-            assert abs((cue.time - target) - (partner.time - target - PARTNER)) < 0.001, ms
+    for target in targets:
+        cue, partner = near[target], near[target + PARTNER]
+        xrun = any(target - 0.05 < x < target + 0.05 for x in recorder.xruns)
+        if not (cue and partner):
+            # The recorder misses the period of an xrun (these virtual machines have several a
+            # second at times): that is JACK's loss, not a click that did not sound.
+            assert xrun, f"no click at {target:.3f} (xruns at {recorder.xruns}): {ms}"
+            continue
+        assert len(cue) == 1 and len(partner) == 1, ms
+        if not xrun:  # scsynth resets its clock filter on an xrun: the two are comparable only without one
+            assert abs((cue[0] - target) - (partner[0] - target - PARTNER)) < 0.001, ms
             compared += 1
-    assert compared >= len(CLICKS) // 2, f"xruns at {recorder.xruns} left {compared} clicks to compare"
+    assert compared >= len(targets) // 2, f"xruns at {recorder.xruns} left {compared} clicks to compare"
 
 
 async def test_cues_sound_at_their_time_and_survive_a_scsynth_crash(node: dict[str, Any]) -> None:
@@ -189,6 +199,39 @@ async def test_cues_sound_at_their_time_and_survive_a_scsynth_crash(node: dict[s
         recorder.close()
 
 
+async def test_a_sound_from_the_conductor_sounds_at_its_time(node: dict[str, Any]) -> None:
+    """Sounds outside the score (the ``sound`` event): timed like score cues, for the conductor only."""
+    conductor: ConductorProcess = node["conductor"]
+    recorder = Recorder(node["server"], "recorder-sound")
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    player = TuttiClient(conductor.url, "performer", TOKENS["performer"], part="one")
+    click = ["tutti_click", -1, 0, 0]
+    try:
+        await boss.connect()
+        await player.connect()
+        refused = await player.sound("/s_new", click)
+        assert refused["ok"] is False and refused["code"] == "forbidden", refused
+        refused = await boss.sound("/s_new", click, target="part:nobody")
+        assert refused["code"] == "bad_payload" and "target: no part 'nobody'" in refused["message"], refused
+        refused = await boss.sound("/s_new", click, at=boss.now() - 1)
+        assert refused["code"] == "too_late", refused
+
+        recorder.listen_to("scsynth-n1:out_1")
+        recorder.clear()
+        offset = conductor.status()["clock_minus_wall"]
+        now = boss.now()
+        soon = await boss.sound("/s_new", click, target="node:n1")  # a lookahead from now
+        assert soon["ok"] and now + 0.3 <= soon["t"] < now + 1.0, soon
+        times = [soon["t"] + 0.5, soon["t"] + 0.8]
+        for t in times:
+            assert await boss.sound("/s_new", click, target="site:here", at=t) == {"ok": True, "t": t}
+        await hear_at(recorder, [t - offset for t in [soon["t"], *times]], node["port"])
+    finally:
+        await boss.close()
+        await player.close()
+        recorder.close()
+
+
 async def test_the_console_shows_each_node_and_its_scsynth(node: dict[str, Any], browser: Browser) -> None:
     conductor: ConductorProcess = node["conductor"]
     page = await browser.new_page()
@@ -196,6 +239,21 @@ async def test_the_console_shows_each_node_and_its_scsynth(node: dict[str, Any],
     await page.wait_for_function("document.querySelector('#clients').innerText.includes('scsynth up')")
     row = await page.inner_text("#clients")
     assert "n1" in row and "node" in row and "here" in row
+
+
+async def test_the_console_plays_a_sound_on_a_node(node: dict[str, Any], browser: Browser) -> None:
+    conductor: ConductorProcess = node["conductor"]
+    page = await browser.new_page()
+    await page.goto(f"{conductor.url}/console?token={TOKENS['conductor']}")
+    await page.wait_for_function("document.querySelector('#sound-target').options.length === 3")  # all, site, part
+    before = node_health(conductor)["cues"]
+    await page.select_option("#sound-target", "site:here")
+    await page.fill("#sound-args", "tutti_click -1 0 1")
+    await page.click("#sound button")
+    await until(lambda: node_health(conductor).get("cues", 0) == before + 1, 5, "the node never played the sound")
+    await page.fill("#sound-address", "no slash")
+    await page.click("#sound button")
+    await page.wait_for_function("document.querySelector('#errors').innerText.includes('sound: address')")
 
 
 # sclang answers each cue at the time its bundle carries, on the language's own clock.

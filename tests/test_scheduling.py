@@ -218,6 +218,56 @@ def test_a_cue_s_schedule_comes_from_itself_its_section_or_the_score(tmp_path: P
     ]
 
 
+PARAMETERS = """\
+title: Parameters
+duration: 60
+parts:
+  - id: a
+    name: A
+    site: ucas
+    controls: [{type: fader, id: now, param: now}, {type: fader, id: soon, param: soon}]
+parameters:
+  - {id: now, n_set: {control: amp}, schedule: immediate}
+  - {id: soon, n_set: {control: amp}}
+  - {id: there, n_set: {control: amp}, schedule: {aligned: ucas}}
+"""
+
+
+async def test_parameters_and_performer_controls_follow_their_schedule(tmp_path: Path) -> None:
+    """A parameter's changes are timed by its schedule, whoever makes them: a performer or the conductor."""
+    (tmp_path / "score.yaml").write_text(PARAMETERS)
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3))
+    node = TuttiClient(conductor.url, "node", TOKENS["node"], site="ucas", name="n")
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    player = TuttiClient(conductor.url, "performer", TOKENS["performer"], part="a")
+    cues: list[dict[str, Any]] = []
+
+    async def heard(cue: dict[str, Any]) -> None:
+        cues.append(cue)
+
+    node.sio.on("cue", heard)
+    try:
+        for client in (node, boss, player):
+            await client.connect()
+        await until(lambda: len(cues) == 3, 5, "a joining node is sent each parameter's value")
+        assert all(cue["t"] is None for cue in cues)
+        cues.clear()
+        before = boss.now()
+        now = await player.sio.call("control", {"id": "now", "value": 0.5}, timeout=5)
+        soon = await player.sio.call("control", {"id": "soon", "value": 0.5}, timeout=5)
+        there = await boss.command("param", name="there", value=0.5)
+        await until(lambda: len(cues) == 3, 5, "a cue for each change")
+        assert before <= now["t"] < before + 0.1, (before, now)  # immediate: no lookahead
+        assert cues[0]["t"] is None and "align" not in cues[0]  # ... and set when it arrives
+        assert soon["t"] >= before + 0.3 and cues[1]["t"] == soon["t"] and "align" not in cues[1]  # together
+        # aligned at ucas: each node plays early by its audio delay to ucas (none measured here)
+        assert there["t"] >= before + 0.3 and cues[2]["t"] == there["t"] and cues[2]["align"] == {}
+    finally:
+        for client in (node, boss, player):
+            await client.close()
+        conductor.stop()
+
+
 async def test_the_udp_link_delays_and_loses_datagrams() -> None:
     echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     echo.bind(("127.0.0.1", 0))

@@ -154,6 +154,11 @@ export class Conductor extends EventTarget {
     return this.socket.timeout(5000).emitWithAck("command", { cmd, ...fields });
   }
 
+  // A sound outside the score (conductor role only): { address, args, target?, to?, at?, schedule?, late? }.
+  sound(fields) {
+    return this.socket.timeout(5000).emitWithAck("sound", fields);
+  }
+
   control(id, value) {
     return this.socket.timeout(5000).emitWithAck("control", { id, value });
   }

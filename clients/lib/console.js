@@ -84,14 +84,15 @@ async function main() {
   const score = conductor.score;
   $("title").textContent = score.title;
   $("tempo").value = score.tempo.bpm;
-  const send = async (cmd, fields) => {
+  const ask = async (what, request) => {
     try {
-      const answer = await conductor.command(cmd, fields);
-      if (!answer.ok) showError(`${cmd}: ${answer.message}`);
+      const answer = await request();
+      if (!answer.ok) showError(`${what}: ${answer.message}`);
     } catch {
-      showError(`${cmd}: no answer from the conductor`);
+      showError(`${what}: no answer from the conductor`);
     }
   };
+  const send = (cmd, fields) => ask(cmd, () => conductor.command(cmd, fields));
   document.querySelectorAll("[data-cmd]").forEach((b) => b.addEventListener("click", () => send(b.dataset.cmd)));
   $("seek").addEventListener("change", () => {
     const position = parseTime($("seek").value);
@@ -105,6 +106,17 @@ async function main() {
     b.addEventListener("click", () => send("section", { id: s.id }));
     $("sections").append(b);
   }
+  // A sound outside the score, for the targets the score names; arguments that read as numbers are numbers.
+  const sites = [...new Set([...(score.sites ?? []), ...score.parts.map((p) => p.site).filter(Boolean)])];
+  const targets = [...sites.map((s) => [`site:${s}`, `site ${s}`]), ...score.parts.map((p) => [`part:${p.id}`, `part ${p.name}`])];
+  for (const [value, label] of targets) $("sound-target").append(new Option(label, value));
+  $("sound").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const words = $("sound-args").value.trim().split(/\s+/).filter(Boolean);
+    const args = words.map((w) => (Number.isNaN(Number(w)) ? w : Number(w)));
+    const fields = { target: $("sound-target").value, address: $("sound-address").value.trim(), args };
+    ask("sound", () => conductor.sound(fields));
+  });
   const sliders = {};
   for (const p of score.parameters) {
     const row = document.createElement("div");
