@@ -14,7 +14,8 @@ altered to be measured.
 - latency: messages paced 20 ms apart; each delivery's time from the controller's send to its
   arrival at one scsynth (p50, p99 over all deliveries);
 - throughput: a burst sent as fast as the socket allows; controller messages per second until the
-  last delivery arrived (each message is delivered once to every scsynth), and deliveries lost.
+  last delivery arrived (each message is delivered once to every scsynth), and deliveries lost
+  (none arrived for 2 s).
 """
 
 from __future__ import annotations
@@ -113,12 +114,16 @@ class Sniffer:
             if len(self.arrivals) >= self.expected:
                 self.enough.set()
 
-    async def wait_for(self, count: int, seconds: float) -> None:
+    async def wait_for(self, count: int, quiet: float = 2.0) -> None:
+        """Until ``count`` deliveries are in, or none has come for ``quiet`` seconds (the rest are lost)."""
         self.expected = count
-        if len(self.arrivals) < count:
-            self.enough.clear()
+        self.enough.clear()
+        while len(self.arrivals) < count:
+            before = len(self.arrivals)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.enough.wait(), seconds)
+                await asyncio.wait_for(self.enough.wait(), quiet)
+            if len(self.arrivals) == before:
+                return
 
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self.sock)
@@ -136,7 +141,7 @@ async def measure(
         send(seq)
         await asyncio.sleep(gap)
     expected = count * len(ports)
-    await sniffer.wait_for(expected, 10)
+    await sniffer.wait_for(expected)
     arrivals = [(t, port, seq) for t, port, seq in sniffer.arrivals if seq in sent]
     latencies = [t - sent[seq] for t, _, seq in arrivals]
     span = max(t for t, _, _ in arrivals) - min(sent.values()) if arrivals else float("inf")
