@@ -197,6 +197,12 @@ class Gateway:
         except Rejected as r:
             await self.sio.emit(protocol.ERROR, r.payload("connect"), to=sid)
             return False
+        except Exception:  # a fault of the conductor's, not a malformed packet: say so, and refuse
+            log.exception("joining %s", sid)
+            refused = Rejected("internal", "the conductor could not let you in")
+            await self._performance.count(refused, "connect", sid)
+            await self.sio.emit(protocol.ERROR, refused.payload("connect"), to=sid)
+            return False
         return True
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:

@@ -11,9 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import socketio
+from aiohttp import web
 
 from conductor import protocol
 from conductor.client import TuttiClient
+from conductor.cluster import free_port
+from conductor.concert import load_concert
+from conductor.server import local
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_node import until
 
@@ -152,3 +157,39 @@ async def test_a_client_that_only_listens_stays_connected(conductor: ConductorPr
                 pass
         finally:
             await boss.close()
+
+
+async def test_a_fault_while_joining_is_reported_as_the_conductors_own(tmp_path: Path) -> None:
+    """A bug met while letting a client in is refused as ``internal`` (and logged), not as the
+    client's ``malformed`` packet, and the conductor goes on serving."""
+    conductor, gateway = local(load_concert(write_concert(tmp_path)))
+    join = conductor.join
+
+    async def faulty(sid: str, auth: Any, source: Any) -> None:
+        if isinstance(auth, dict) and auth.get("name") == "unlucky":
+            raise RuntimeError("a bug")
+        await join(sid, auth, source)
+
+    conductor.join = faulty  # type: ignore[method-assign]
+    runner = web.AppRunner(gateway.app)
+    await runner.setup()
+    port = free_port("127.0.0.1")
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    unlucky = socketio.AsyncClient(reconnection=False)
+    errors: list[dict[str, Any]] = []
+    unlucky.on(protocol.ERROR, lambda data: errors.append(data))
+    try:
+        with contextlib.suppress(socketio.exceptions.ConnectionError):
+            await unlucky.connect(url, auth={"role": "audience", "name": "unlucky"}, transports=["websocket"])
+        await until(lambda: errors, 5, "no error event")
+        assert errors[0]["code"] == "internal" and errors[0]["event"] == "connect", errors
+        assert conductor.rejections == {"internal": 1}
+        other = TuttiClient(url, "audience")
+        await other.connect()
+        assert other.welcome["state"]["seq"] == 0
+        await other.close()
+    finally:
+        await unlucky.disconnect()
+        await runner.cleanup()
+        conductor.journal.close()
