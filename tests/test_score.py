@@ -106,6 +106,10 @@ BROKEN = [
         "target: all, address: /s_new, args: [ping, -1, 0, $group,",
         (21, "cues[0].args", "give the cue a target part"),
     ),
+    ("default: 0.5}", "default: 0.5, schedule: {aligned: mars}}", (5, "parameters[0].schedule.aligned", "no site")),
+    ('start: "b3.2"}', 'start: "b3.2", schedule: {aligned: mars}}', (8, "sections[1].schedule.aligned", "no site")),
+    ("duration: 60", "duration: 60\nschedule: {aligned: mars}", (3, "schedule.aligned", "no site 'mars'")),
+    ("target: part:one,", "target: part:one, schedule: {aligned: mars},", (21, "cues[0].schedule.aligned", "no site")),
 ]
 
 
