@@ -354,9 +354,9 @@ def query_tree(port: int, group: int) -> list[tuple[str, dict[str, Any]]] | None
     return synths
 
 
-async def amp_on(port: int, group: int) -> float | None:
+async def amp_on(port: int, group: int, control: str = "amp") -> float | None:
     synths = await asyncio.to_thread(query_tree, port, group)
-    return synths[0][1]["amp"] if synths else None
+    return synths[0][1][control] if synths else None
 
 
 async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -> None:
@@ -391,6 +391,54 @@ async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -
         await boss.close()
         for agent in agents:
             await stop_node(agent)
+        conductor.stop()
+
+
+SCHEDULED = """\
+title: Scheduled parameters
+duration: 60
+parameters:
+  - {id: level, default: 0.25, n_set: {control: amp, range: [0, 0.4]}, schedule: immediate}
+  - {id: pitch, min: 50, max: 100, default: 55, n_set: {control: freq}}
+parts:
+  - id: one
+    name: One
+    site: here
+    controls:
+      - {type: fader, id: level, param: level}
+      - {type: fader, id: pitch, min: 50, max: 100, default: 55, param: pitch}
+"""
+
+
+async def test_a_performer_s_controls_reach_scsynth_as_their_parameters_schedules_say(tmp_path: Path) -> None:
+    """``immediate``: the drone changes well inside the lookahead; ``together``: not before it."""
+    (tmp_path / "score.yaml").write_text(SCHEDULED)
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=1.5))
+    port = 57950 + os.getpid() % 40
+    agent = await start_node(conductor.url, "n1", "here", port, f"tutti-params-{os.getpid()}")
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    player = TuttiClient(conductor.url, "performer", TOKENS["performer"], part="one")
+    try:
+        await node_ready(conductor, "n1")
+        await boss.connect()
+        await player.connect()
+        drone = ["tutti_drone", -1, 1, "$group", "dur", 100]
+        assert (await boss.sound("/s_new", drone, target="part:one", schedule="immediate"))["ok"]
+        await until_async(lambda: amp_on(port, PART_GROUP_BASE), 5, "no drone in the part's group")
+
+        moved = time.monotonic()
+        assert (await player.sio.call("control", {"id": "level", "value": 0.5}, timeout=5))["ok"]
+        await until_async(lambda: _is(amp_on(port, PART_GROUP_BASE), 0.2), 1.0, "level not set within a second")
+        print(f"immediate: heard after {time.monotonic() - moved:.3f} s (lookahead 1.5 s)")
+
+        answer = await player.sio.call("control", {"id": "pitch", "value": 80}, timeout=5)
+        assert answer["t"] - boss.now() > 1.0, answer  # together: a lookahead ahead
+        assert await amp_on(port, PART_GROUP_BASE, "freq") == pytest.approx(55)
+        await until_async(lambda: _is(amp_on(port, PART_GROUP_BASE, "freq"), 80), 3, "pitch never arrived")
+    finally:
+        await boss.close()
+        await player.close()
+        await stop_node(agent)
         conductor.stop()
 
 
