@@ -459,11 +459,11 @@ class SiteAudio:
                 state.last_error = f"no jacktrip at '{self.jacktrip}' (or it gives no version)"
             elif version[0] < 2 and end.buffer_strategy >= 3:
                 state.last_error = f"--bufstrategy 3 and 4 need jacktrip 2.x; this is {label}"
+            if state.last_error:  # reported, never started
+                state.set("stopped")
+                self.links.append(Link([], state, self.env))
             else:
                 self.links.append(Link([self.jacktrip, *command[1:]], state, self.env, probe))
-                continue
-            state.set("stopped")
-            self.links.append(Link([], state, self.env))
         running = [link for link in self.links if link.command]
         if not running:
             return

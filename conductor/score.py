@@ -331,9 +331,11 @@ class Score(Strict):
     def parameter(self, param_id: str) -> Parameter | None:
         return next((p for p in self.parameters if p.id == param_id), None)
 
-    def policy(self, cue: Cue) -> tuple[Schedule, Late]:
-        """How a cue is timed and what a late one does: its own, its section's, or the score's."""
-        section = next((s for s in reversed(self.sections) if s.start <= cue.at), None)
+    def policy(self, cue: Sound) -> tuple[Schedule, Late]:
+        """How a cue is timed and what a late one does: its own, its section's (for a cue in the
+        score), or the score's."""
+        at = cue.at if isinstance(cue, Cue) else None
+        section = next((s for s in reversed(self.sections) if at is not None and s.start <= at), None)
         schedule = cue.schedule or (section.schedule if section else None) or self.schedule
         late = cue.late or (section.late if section else None) or self.late
         return schedule, late

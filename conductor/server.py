@@ -432,9 +432,10 @@ class Conductor:
         if client.role != "conductor":
             raise Rejected("forbidden", f"only the conductor may play sounds (you are {client.role})")
         score = self.score.score
-        for loc, message in score.sound_problems(sound):
+        if problems := score.sound_problems(sound):
+            loc, message = problems[0]
             raise Rejected("bad_payload", f"{'.'.join(map(str, loc))}: {message}")
-        schedule, late = sound.schedule or score.schedule, sound.late or score.late
+        schedule, late = score.policy(sound)
         align = self._alignment(schedule.aligned) if isinstance(schedule, Aligned) else None
         if schedule == "immediate" and sound.at is not None:
             raise Rejected("bad_payload", "at: an immediate sound plays when it arrives; give no 'at'")
@@ -487,18 +488,16 @@ class Conductor:
         param = self.score.score.parameter(command.name) if isinstance(command, SetParam) else None
         schedule = (param.schedule or self.score.score.schedule) if param else "together"
         align = self._alignment(schedule.aligned) if isinstance(schedule, Aligned) else None
-        if schedule == "immediate" and command.at is None:
-            t = now  # no lookahead: nodes set it when the change reaches them
-        else:  # cues up to _sent_until are on their way: a change cannot overtake them
-            t = max(self._when(command.at, align), self._sent_until)
+        at_once = schedule == "immediate" and command.at is None  # nodes set it when the change reaches them
+        # Otherwise: cues up to _sent_until are on their way, and a change cannot overtake them.
+        t = now if at_once else max(self._when(command.at, align), self._sent_until)
         change = self.transport.plan(command, t)
         self.journal.append(journal.Record(change, now, by))
         self.transport.apply(change)
         if change.param is not None and change.value is not None:
             if self.osc:
                 self.osc.echo(change.param, change.value)
-            sounds_at = None if schedule == "immediate" and command.at is None else change.t
-            for part, cue in self._sounding(change.param, change.value, sounds_at, align):
+            for part, cue in self._sounding(change.param, change.value, None if at_once else change.t, align):
                 await self.out.emit(protocol.CUE, cue, room=f"nodes:part:{part}")
         state = {"change": change.to_json(), "state": self.transport.snapshot(now)}
         await self.out.emit(protocol.STATE, state, room=JOINED)
