@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running, save  # noqa: E402
 from conductor.client import TuttiClient  # noqa: E402
-from conductor.emulate import TcpDelayProxy  # noqa: E402
-from conductor.jackio import Recorder  # noqa: E402
+from conductor.node.jackio import Recorder  # noqa: E402
+from conductor.tools.emulate import TcpDelayProxy  # noqa: E402
 
 DELAYS = {"a": 0.002, "b": 0.015, "c": 0.040}
 JITTER = 0.005

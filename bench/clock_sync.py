@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import concert_file, report, running  # noqa: E402
 from conductor.client import TuttiClient  # noqa: E402
-from conductor.clock import Exchange  # noqa: E402
+from conductor.core.clock import Exchange  # noqa: E402
 
 
 def min_rtt_rule(exchanges: list[Exchange]) -> float:

@@ -18,8 +18,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from conductor.cluster import free_port  # noqa: E402
-from conductor.node import start_jack  # noqa: E402
+from conductor.node.scsynth import start_jack  # noqa: E402
+from conductor.server.cluster import free_port  # noqa: E402
 
 # Debian's Chromium, headless, quiet on a closed network, and not throttled when in the background
 # (a concert laptop may run several views at once).

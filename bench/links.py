@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import concert_file, jack_server, node_agent, nodes_up, running, save  # noqa: E402
-from conductor.jacktrip import jacktrip_version  # noqa: E402
+from conductor.node.jacktrip import jacktrip_version  # noqa: E402
 
 TOKEN = "bench"
 PERIOD_MS = 128 / 48000 * 1000

@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running, save  # noqa: E402
-from conductor.node import osc_message  # noqa: E402
-from conductor.score import PART_GROUP_BASE  # noqa: E402
+from conductor.core.score import PART_GROUP_BASE  # noqa: E402
+from conductor.node.scsynth import osc_message  # noqa: E402
 
 SCORE = """\
 title: Relay bench

@@ -16,10 +16,10 @@ from typing import Any
 
 import socketio
 
-from . import protocol
-from .clock import OffsetEstimator
-from .score import Score
-from .transport import Transport
+from conductor.core import protocol
+from conductor.core.clock import OffsetEstimator
+from conductor.core.score import Score
+from conductor.core.transport import Transport
 
 log = logging.getLogger("tutti.client")
 FAST_UNTIL = 32  # exchanges

@@ -18,9 +18,9 @@ import pytest
 from playwright.async_api import Browser, Page
 
 from conductor.client import TuttiClient
-from conductor.emulate import TcpDelayProxy
-from conductor.score import Score
-from conductor.transport import Transport
+from conductor.core.score import Score
+from conductor.core.transport import Transport
+from conductor.tools.emulate import TcpDelayProxy
 from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
 
 SHOTS = ROOT / "test-output"

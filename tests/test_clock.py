@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conductor.clock import ConductorClock, OffsetEstimator
+from conductor.core.clock import ConductorClock, OffsetEstimator
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 from conductor.client import TuttiClient
-from conductor.clock import OffsetEstimator
+from conductor.core.clock import OffsetEstimator
 from tests.conftest import TOKENS, ConductorProcess
 
 

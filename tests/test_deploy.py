@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conductor.cli import command_line
-from conductor.concert import load_concert
-from conductor.deploy import HUB_UDP_BASE, plan, render
-from conductor.yamlcheck import InvalidFile
+from conductor.core.concert import load_concert
+from conductor.core.yamlcheck import InvalidFile
+from conductor.tools.cli import command_line
+from conductor.tools.deploy import HUB_UDP_BASE, plan, render
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "deploy" / "four-rivers.yaml"

@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 from engineio import packet as eio_packet
 
-from conductor.fanout import Outlet, Outlets, frame
+from conductor.server.fanout import Outlet, Outlets, frame
 
 SIZES = [0, 125, 126, 65535, 65536, 70000]  # each length encoding, on both sides of its edges
 

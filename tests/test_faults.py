@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser
 
-from conductor import journal
 from conductor.client import TuttiClient
-from conductor.cluster import free_port
-from conductor.score import PART_GROUP_BASE
+from conductor.core import journal
+from conductor.core.score import PART_GROUP_BASE
+from conductor.server.cluster import free_port
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_browser import open_page, playhead_error
 from tests.test_node import _is, amp_on, node_health, node_ready, start_node, stop_node, until, until_async

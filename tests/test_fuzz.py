@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from conductor import protocol
-from conductor.concert import load_concert
-from conductor.osc import MAX_PACKET, OscIngress, OscSettings
-from conductor.score import load_score
-from conductor.yamlcheck import InvalidFile
+from conductor.core import protocol
+from conductor.core.concert import load_concert
+from conductor.core.score import load_score
+from conductor.core.yamlcheck import InvalidFile
+from conductor.server.osc import MAX_PACKET, OscIngress, OscSettings
 from tests.conftest import SCORES, TOKENS, ConductorProcess, write_concert
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

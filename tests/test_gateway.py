@@ -14,11 +14,11 @@ import aiohttp
 import socketio
 from aiohttp import web
 
-from conductor import protocol
 from conductor.client import TuttiClient
-from conductor.cluster import free_port
-from conductor.concert import load_concert
-from conductor.server import local
+from conductor.core import protocol
+from conductor.core.concert import load_concert
+from conductor.server.cluster import free_port
+from conductor.server.pipeline import local
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_node import until
 

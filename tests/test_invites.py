@@ -11,8 +11,8 @@ import segno
 from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
-from conductor.concert import load_concert
-from conductor.yamlcheck import InvalidFile
+from conductor.core.concert import load_concert
+from conductor.core.yamlcheck import InvalidFile
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_browser import open_page
 

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 from conductor.client import TuttiClient
-from conductor.node import osc_message
+from conductor.node.scsynth import osc_message
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_node import node_health, start_node, stop_node, until
 

@@ -21,19 +21,13 @@ import pytest
 from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
-from conductor.concert import load_concert
-from conductor.jackio import Recorder
-from conductor.jacktrip import (
-    AudioSettings,
-    SiteAudio,
-    check_audio,
-    client_command,
-    hub_command,
-    wanted_connections,
-)
-from conductor.node import osc_message
-from conductor.scheduler import audio_delays
-from conductor.yamlcheck import InvalidFile
+from conductor.core.audio import AudioSettings, check_audio, client_command, hub_command
+from conductor.core.concert import load_concert
+from conductor.core.scheduler import audio_delays
+from conductor.core.yamlcheck import InvalidFile
+from conductor.node.jackio import Recorder
+from conductor.node.jacktrip import SiteAudio, wanted_connections
+from conductor.node.scsynth import osc_message
 from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
 from tests.test_node import node_health, start_node, stop_node, until
 

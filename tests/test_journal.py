@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conductor import journal
 from conductor.client import TuttiClient
-from conductor.transport import Change, Segment
+from conductor.core import journal
+from conductor.core.transport import Change, Segment
 from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
 
 

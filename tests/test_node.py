@@ -31,9 +31,9 @@ from playwright.async_api import Browser
 from pythonosc.osc_message import OscMessage
 
 from conductor.client import TuttiClient
-from conductor.jackio import Recorder
-from conductor.node import osc_bundle, osc_message
-from conductor.score import PART_GROUP_BASE
+from conductor.core.score import PART_GROUP_BASE
+from conductor.node.jackio import Recorder
+from conductor.node.scsynth import osc_bundle, osc_message
 from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
 
 CLICKS = [1.0, 1.5, 2.0, 2.75]

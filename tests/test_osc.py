@@ -12,7 +12,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_packet import OscPacket
 
 from conductor.client import TuttiClient
-from conductor.osc import message, slip_decode, slip_encode, well_formed
+from conductor.server.osc import message, slip_decode, slip_encode, well_formed
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 
 ROUTES = {

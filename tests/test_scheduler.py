@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conductor.protocol import command_adapter
-from conductor.scheduler import cues_between
-from conductor.score import load_score
-from conductor.transport import Transport
+from conductor.core.protocol import command_adapter
+from conductor.core.scheduler import cues_between
+from conductor.core.score import load_score
+from conductor.core.transport import Transport
 from tests.conftest import SCORES
 
 T0 = 1_800_000_000.0

@@ -18,11 +18,11 @@ import pytest
 from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
-from conductor.emulate import TcpDelayProxy, UdpDelayProxy
-from conductor.jackio import Recorder
-from conductor.node import osc_bundle, start_jack
-from conductor.scheduler import Lookahead, audio_delays
-from conductor.score import Aligned, load_score
+from conductor.core.scheduler import Lookahead, audio_delays
+from conductor.core.score import Aligned, load_score
+from conductor.node.jackio import Recorder
+from conductor.node.scsynth import osc_bundle, start_jack
+from conductor.tools.emulate import TcpDelayProxy, UdpDelayProxy
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_node import node_health, start_node, stop_node, until
 

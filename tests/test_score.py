@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conductor.concert import load_concert
-from conductor.score import PART_GROUP_BASE, load_score
-from conductor.yamlcheck import InvalidFile
+from conductor.core.concert import load_concert
+from conductor.core.score import PART_GROUP_BASE, load_score
+from conductor.core.yamlcheck import InvalidFile
 from tests.conftest import ROOT, SCORES
 
 GOOD = """\

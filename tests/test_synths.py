@@ -15,7 +15,8 @@ import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from conductor import synths
+from conductor.files import SYNTHS
+from conductor.tools import synths
 from tests.conftest import ROOT
 
 
@@ -28,7 +29,7 @@ def test_the_committed_synths_are_up_to_date() -> None:
 
 
 def test_check_finds_stale_missing_and_orphaned_files(tmp_path: Path) -> None:
-    for source in synths.SYNTHS_DIR.glob("tutti_*.scd"):
+    for source in SYNTHS.glob("tutti_*.scd"):
         shutil.copy(source, tmp_path)
     assert sorted(synths.build(tmp_path)) == ["tutti_click", "tutti_drone", "tutti_ping", "tutti_tone"]
     assert synths.check(tmp_path) == []
@@ -114,7 +115,7 @@ def test_the_synths_load_and_play_in_scsynth(scsynth: int) -> None:
 
         ask(osc("/status"), "/status.reply")  # scsynth is up
         ask(osc("/notify", 1), "/done")
-        done = ask(osc("/d_loadDir", str(synths.SYNTHS_DIR)), "/done")
+        done = ask(osc("/d_loadDir", str(SYNTHS)), "/done")
         assert done.params[0] == "/d_loadDir"
         for node, name in enumerate(["tutti_ping", "tutti_click", "tutti_drone"], start=1000):
             started = ask(osc("/s_new", name, node, 0, 0, "amp", 0.1), "/n_go", tries=1)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser
 
-from conductor.concert import load_concert
-from conductor.yamlcheck import InvalidFile
+from conductor.core.concert import load_concert
+from conductor.core.yamlcheck import InvalidFile
 from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
 from tests.test_node import node_health, start_node, stop_node, until
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conductor.protocol import Rejected, command_adapter
-from conductor.score import load_score
-from conductor.transport import Change, Transport
+from conductor.core.protocol import Rejected, command_adapter
+from conductor.core.score import load_score
+from conductor.core.transport import Change, Transport
 from tests.conftest import SCORES
 
 T0 = 1_800_000_000.0

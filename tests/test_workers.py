@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conductor.client import TuttiClient
-from conductor.cluster import free_port
+from conductor.server.cluster import free_port
 from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
 from tests.test_node import until
 

@@ -13,8 +13,8 @@ import bisect
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
-from .protocol import Command, GoToSection, Pause, Play, Rejected, Seek, SetParam, SetTempo, Stop
-from .score import Score
+from conductor.core.protocol import Command, GoToSection, Pause, Play, Rejected, Seek, SetParam, SetTempo, Stop
+from conductor.core.score import Score
 
 V = TypeVar("V")
 

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from .yamlcheck import InvalidFile, Loc, YamlDocument
+from conductor.core.yamlcheck import InvalidFile, Loc, YamlDocument
 
 
 class Strict(BaseModel):

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SYNTHS_DIR = Path(__file__).resolve().parent.parent / "sc_synths"
+from conductor.files import SYNTHS
 
 # Compiles each source (its last expression must be a SynthDef) and writes it; a failure names the file.
 _DRIVER = """
@@ -52,7 +52,7 @@ def _sc_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def build(source_dir: Path = SYNTHS_DIR, out_dir: Path | None = None, timeout: float = 120) -> list[str]:
+def build(source_dir: Path = SYNTHS, out_dir: Path | None = None, timeout: float = 120) -> list[str]:
     """Compile every ``*.scd`` in ``source_dir`` into ``out_dir`` (default: beside them); returns the names."""
     out_dir = out_dir or source_dir
     sources = sorted(source_dir.glob("*.scd"))
@@ -85,7 +85,7 @@ def build(source_dir: Path = SYNTHS_DIR, out_dir: Path | None = None, timeout: f
     return re.findall(r"^TUTTI-BUILT (\S+)$", run.stdout, re.M)
 
 
-def check(source_dir: Path = SYNTHS_DIR) -> list[Stale]:
+def check(source_dir: Path = SYNTHS) -> list[Stale]:
     """Rebuild into a temporary folder; every compiled file that is not up to date."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh_dir = Path(tmp)

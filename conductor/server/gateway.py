@@ -14,23 +14,19 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import socketio
 from aiohttp import hdrs, web
 
-from . import fanout, protocol
-from .clock import ConductorClock
-from .concert import Concert
-from .protocol import Rejected
+from conductor.core import protocol
+from conductor.core.clock import ConductorClock
+from conductor.core.concert import Concert
+from conductor.core.protocol import Rejected
+from conductor.files import CLIENTS, VENDOR
+from conductor.server import fanout
 
 log = logging.getLogger("tutti.gateway")
-CLIENTS_DIR = Path(__file__).resolve().parent.parent / "clients"
-VENDOR = {
-    "socket.io": CLIENTS_DIR / "node_modules" / "socket.io-client" / "dist",
-    "p5": CLIENTS_DIR / "node_modules" / "p5" / "lib",
-}
 JOINED = "joined"  # the room of every client that has been welcomed: state changes go to it
 LAG_EVERY = 0.05  # seconds between looks at how late the event loop runs
 SHED_SHARE = 0.1  # of the audience let go each second while overloaded (the latest to join first)
@@ -152,8 +148,8 @@ class Gateway:
         self.app.router.add_get("/console", self._page("console.html"))
         self.app.router.add_get("/audience", self._page("audience.html"))
         self.app.router.add_get("/score-files/{name:.+}", self._score_file)
-        self.app.router.add_static("/clients/", CLIENTS_DIR / "lib")
-        self.app.router.add_static("/examples/", CLIENTS_DIR / "examples")
+        self.app.router.add_static("/clients/", CLIENTS / "lib")
+        self.app.router.add_static("/examples/", CLIENTS / "examples")
         # Browser libraries installed from npm at set-up, served from here: a concert needs no internet.
         for name, folder in VENDOR.items():
             if folder.is_dir():
@@ -161,7 +157,7 @@ class Gateway:
 
     def _page(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def page(request: web.Request) -> web.StreamResponse:
-            return web.FileResponse(CLIENTS_DIR / name, headers={"Cache-Control": "no-cache"})
+            return web.FileResponse(CLIENTS / name, headers={"Cache-Control": "no-cache"})
 
         return page
 

@@ -33,13 +33,13 @@ from typing import Any
 import redis.asyncio as redis
 import socketio
 
-from . import fanout
-from .clock import ConductorClock
-from .concert import Concert
-from .gateway import Gateway, Source
-from .process import die_with_parent
-from .protocol import Rejected
-from .server import Conductor
+from conductor.core.clock import ConductorClock
+from conductor.core.concert import Concert
+from conductor.core.process import die_with_parent
+from conductor.core.protocol import Rejected
+from conductor.server import fanout
+from conductor.server.gateway import Gateway, Source
+from conductor.server.pipeline import Conductor
 
 log = logging.getLogger("tutti.cluster")
 CALL_TIMEOUT = 5.0  # seconds a worker waits for the performance before refusing with "unavailable"

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
 
-from .score import Sound
+from conductor.core.score import Sound
 
 # Events a client may send.
 SYNC = "sync"  # payload: t0 (number); ack: [t0, t1, t2]

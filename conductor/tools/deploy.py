@@ -13,24 +13,23 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from .jacktrip import client_name, hub_command
+from conductor.core.audio import client_name, hub_command
+from conductor.core.deployment import Deployment
 
 if TYPE_CHECKING:
-    from .concert import Concert
-    from .jacktrip import AudioSettings
+    from conductor.core.audio import AudioSettings
+    from conductor.core.concert import Concert
 
-Port = Annotated[int, Field(ge=1, le=65535)]
 HUB_UDP_BASE = 61002  # jacktrip's hub gives its clients UDP ports from here up, one each
 INSTALL = "/opt/tutti"  # where setup.sh installed Tutti on each machine
 CONFIG = "/etc/tutti"  # where each machine keeps its concert files and tokens
 JOURNAL = "/var/lib/tutti/journal.jsonl"
-SOURCE = Path(__file__).resolve().parent.parent  # what the hub's image installs: this Tutti
-HUB_IMAGE_FILES = ("pyproject.toml", "README.md", "conductor")
+SOURCE = Path(__file__).resolve().parents[2]  # what the hub's image installs: this Tutti
+HUB_IMAGE_FILES = ("pyproject.toml", "README.md", "conductor", "clients", "sc_synths")
 DOCKERFILE = f"""\
 # The JackTrip hub's image: JACK (dummy driver: a hub needs no sound card), jacktrip and Tutti.
 FROM debian:bookworm-slim
@@ -41,36 +40,6 @@ COPY tutti {INSTALL}
 RUN python3 -m venv {INSTALL}/.venv && {INSTALL}/.venv/bin/pip install --no-cache-dir {INSTALL}
 ENTRYPOINT ["{INSTALL}/.venv/bin/tutti"]
 """
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NodeMachine(_Strict):
-    name: StrictStr  # the node's name (cues may target node:NAME)
-    host: StrictStr  # the machine's address
-    parts: list[StrictStr] = []  # default: the site's parts
-    port: Port = 57110  # scsynth's UDP port
-
-
-class SiteMachines(_Strict):
-    nodes: list[NodeMachine] = []
-
-
-class HubMachine(_Strict):
-    """A server that runs the concert's JackTrip hub in a container (``audio.hub`` says how)."""
-
-    host: StrictStr  # the server's address
-    name: StrictStr = "hub"  # its node agent's name: set ``audio.hub.node`` to it
-
-
-class Deployment(_Strict):
-    conductor: StrictStr  # the address of the machine that runs the conductor
-    url: StrictStr | None = None  # how nodes and browsers reach it (default: from that address and port)
-    sites: dict[StrictStr, SiteMachines] = {}
-    hub: HubMachine | None = None
-    ca: StrictStr | None = None  # the concert's own CA certificate (PEM), if the conductor's is signed by one
 
 
 @dataclass

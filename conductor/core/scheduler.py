@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .score import Cue, Score
-from .transport import Segment, Transport
+from conductor.core.score import Cue, Score
+from conductor.core.transport import Segment, Transport
 
 
 @dataclass(frozen=True)

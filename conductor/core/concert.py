@@ -14,15 +14,27 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from .deploy import Deployment
-from .jacktrip import AudioSettings, check_audio
-from .osc import OscSettings
-from .score import LoadedScore, load_score
-from .yamlcheck import InvalidFile, YamlDocument
+from conductor.core.audio import AudioSettings, check_audio
+from conductor.core.deployment import Deployment
+from conductor.core.score import LoadedScore, load_score
+from conductor.core.yamlcheck import InvalidFile, YamlDocument
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OscRoute(_Strict):
+    address: Annotated[StrictStr, Field(pattern=r"^/\S+$")]
+    param: StrictStr
+    range: tuple[float, float] = (0.0, 1.0)  # what the controller sends for the parameter's min and max
+
+
+class OscSettings(_Strict):
+    udp_port: Annotated[int, Field(ge=0, le=65535)] = 9000
+    tcp_port: Annotated[int, Field(ge=0, le=65535)] | None = 9001
+    allow: list[StrictStr] = ["127.0.0.1/32", "::1/128"]  # networks controllers may send from
+    routes: list[OscRoute] = []
 
 
 class Tokens(_Strict):

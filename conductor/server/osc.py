@@ -16,33 +16,18 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from .protocol import SetParam
+from conductor.core.concert import OscSettings
+from conductor.core.protocol import SetParam
 
 log = logging.getLogger("tutti.osc")
 MAX_PACKET = 8192  # bytes: a controller's message is tiny; larger is refused
 UDP_BUFFER = 4 << 20  # bytes of OSC the kernel may hold while the conductor is busy
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
-
-
-class OscRoute(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    address: Annotated[StrictStr, Field(pattern=r"^/\S+$")]
-    param: StrictStr
-    range: tuple[float, float] = (0.0, 1.0)  # what the controller sends for the parameter's min and max
-
-
-class OscSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    udp_port: Annotated[int, Field(ge=0, le=65535)] = 9000
-    tcp_port: Annotated[int, Field(ge=0, le=65535)] | None = 9001
-    allow: list[StrictStr] = ["127.0.0.1/32", "::1/128"]  # networks controllers may send from
-    routes: list[OscRoute] = []
 
 
 def slip_encode(packet: bytes) -> bytes:

@@ -17,8 +17,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import protocol
-from .client import TuttiClient
+from conductor.client import TuttiClient
+from conductor.core import protocol
 
 
 def _clock(seconds: float) -> str:

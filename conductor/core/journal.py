@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .transport import Change
+from conductor.core.transport import Change
 
 VERSION = 1
 

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import journal
-from .concert import Concert, is_concert, load_concert
-from .score import load_score
-from .yamlcheck import InvalidFile
+from conductor.core import journal
+from conductor.core.concert import Concert, is_concert, load_concert
+from conductor.core.score import load_score
+from conductor.core.yamlcheck import InvalidFile
 
 if TYPE_CHECKING:
-    from .server import Conductor
+    from conductor.server.pipeline import Conductor
 
 
 def check(paths: list[str]) -> int:
@@ -54,7 +54,7 @@ def stop_signal() -> asyncio.Event:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from .server import local
+    from conductor.server.pipeline import local
 
     concert = load_concert(args.concert)
     for warning in concert.warnings:
@@ -63,7 +63,7 @@ async def serve(args: argparse.Namespace) -> int:
     port = concert.settings.port if args.port is None else args.port
     stop = stop_signal()
     if args.workers:
-        from .cluster import Unreachable, start_workers
+        from conductor.server.cluster import Unreachable, start_workers
 
         try:
             conductor, workers, bound = await start_workers(
@@ -93,7 +93,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 async def worker(args: argparse.Namespace) -> int:
-    from .cluster import run_worker
+    from conductor.server.cluster import run_worker
 
     stop = stop_signal()
     await run_worker(
@@ -117,7 +117,7 @@ def announce(concert: Concert, conductor: Conductor, hosts: list[str], port: int
 
 async def play_once(conductor: Conductor) -> None:
     """``--play``: start a new performance; a resumed one is left as it was."""
-    from .protocol import Play
+    from conductor.core.protocol import Play
 
     if conductor.transport.seq == 0:
         await conductor.apply(Play(cmd="play"), {"role": "conductor", "name": "tutti serve --play"})
@@ -125,7 +125,7 @@ async def play_once(conductor: Conductor) -> None:
 
 async def replay(path: str, url: str | None, token: str, speed: float) -> int:
     """Re-emit a recorded performance in time: print each change, and send it to a conductor if given."""
-    from .client import TuttiClient
+    from conductor.client import TuttiClient
 
     contents = journal.read(Path(path))
     for problem in contents.skipped:
@@ -153,7 +153,8 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
 
 
 async def run_node(args: argparse.Namespace) -> int:
-    from .node import NodeAgent, Scsynth
+    from conductor.node.agent import NodeAgent
+    from conductor.node.scsynth import Scsynth
 
     token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
     scsynth = None if args.no_synth else Scsynth(args.port, args.jack_server, f"scsynth-{args.name}")
@@ -174,12 +175,12 @@ async def run_node(args: argparse.Namespace) -> int:
 
 
 def synths_command(action: str) -> int:
-    from . import synths
+    from conductor.tools import synths
 
     try:
         if action == "build":
             names = synths.build()
-            print(f"built {len(names)} synths into {synths.SYNTHS_DIR}: {', '.join(names)}")
+            print(f"built {len(names)} synths into {synths.SYNTHS}: {', '.join(names)}")
             return 0
         stale = synths.check()
     except synths.BuildError as e:
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "synths":
             return synths_command(args.action)
         if args.command == "deploy":
-            from . import deploy
+            from conductor.tools import deploy
 
             concert = load_concert(args.concert)
             if concert.settings.deployment is None:
@@ -311,12 +312,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
             return 0
         if args.command == "status":
-            from . import status
+            from conductor.tools import status
 
             token = args.token or os.environ.get("TUTTI_CONDUCTOR_TOKEN", "")
             return asyncio.run(status.run(args.url, token, args.once, args.output, args.ca))
         if args.command == "emulate":
-            from . import emulate
+            from conductor.tools import emulate
 
             asyncio.run(emulate.run(args.listen, args.to, args.delay, args.jitter, args.loss, args.udp, args.seed))
     except (InvalidFile, journal.JournalError) as e:

@@ -27,15 +27,15 @@ from urllib.parse import urlencode
 import pydantic
 import segno
 
-from . import journal, protocol
-from .clock import ConductorClock
-from .concert import Concert
-from .gateway import JOINED, Gateway, Out, Source
-from .osc import OscIngress
-from .protocol import Auth, ControlInput, Health, Invite, Rejected, Report, SetParam
-from .scheduler import Lookahead, TimedCue, audio_delays, cues_between
-from .score import XY, Aligned, Fader, Toggle
-from .transport import Change, Transport
+from conductor.core import journal, protocol
+from conductor.core.clock import ConductorClock
+from conductor.core.concert import Concert
+from conductor.core.protocol import Auth, ControlInput, Health, Invite, Rejected, Report, SetParam
+from conductor.core.scheduler import Lookahead, TimedCue, audio_delays, cues_between
+from conductor.core.score import XY, Aligned, Fader, Toggle
+from conductor.core.transport import Change, Transport
+from conductor.server.gateway import JOINED, Gateway, Out, Source
+from conductor.server.osc import OscIngress
 
 log = logging.getLogger("tutti.conductor")
 CUE_TICK = 0.01  # seconds between looks for cues entering the lookahead

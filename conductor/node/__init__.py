@@ -1,0 +1,1 @@
+"""The node agent: scsynth, JACK and JackTrip on a performer's or site's machine."""

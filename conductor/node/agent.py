@@ -1,0 +1,172 @@
+"""The node agent: one per performer machine or site, between the conductor and a local scsynth.
+
+It joins the conductor as role ``node``, keeps its clock in step like every client, supervises a
+scsynth (and, when no audio device is configured, a JACK server with the dummy driver), and turns
+each ``cue`` (a conductor time and an OSC message) into an OSC bundle timetagged in this machine's
+clock, which scsynth plays sample-accurately. It reports its health every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import Any
+
+from conductor.client import TuttiClient
+from conductor.core import protocol
+from conductor.node.jacktrip import AudioSettings, SiteAudio
+from conductor.node.scsynth import Health, Scsynth, _end, jack_env, osc_bundle, osc_message, start_jack
+
+log = logging.getLogger("tutti.node")
+SCLANG_PORT = 57120
+REMEMBER_CUES = 10_000  # score cues remembered, to play each once
+
+
+class NodeAgent:
+    """A site's or performer's machine: its scsynth (None for a machine that only runs audio links,
+    such as a hub), the JACK server both use (started here unless ``start_jack`` is false), and
+    its site's JackTrip ends, as the conductor's welcome says."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        site: str | None,
+        name: str,
+        parts: list[str],
+        scsynth: Scsynth | None,
+        *,
+        jack_server: str,
+        start_jack: bool = True,
+        sclang_port: int = SCLANG_PORT,
+        ca: str | None = None,
+        jacktrip: str = "jacktrip",
+    ):
+        self.scsynth = scsynth
+        self.jacktrip = jacktrip
+        self.jack_server = jack_server
+        self.start_jack = start_jack
+        self._jack: asyncio.subprocess.Process | None = None
+        self.sclang_port = sclang_port
+        synth = None if scsynth else False  # a node without synths gets no cues
+        self.client = TuttiClient(url, "node", token, site=site, name=name, parts=parts, synth=synth, ca=ca)
+        self.client.sio.on(protocol.CUE, self._cue)
+        self.client.on_welcome = self._welcome
+        self.audio: SiteAudio | None = None  # this site's JackTrip end, if the concert gives it one
+        self.cues_played = 0
+        self.cues_late = 0  # cues that arrived after their time ...
+        self.cues_skipped = 0  # ... of which the score's rule skipped these
+        self.cues_moved = 0  # ... and moved these to the next beat
+        self.cues_repeated = 0  # cues received again (a rejoining node is sent the lookahead again): dropped
+        self._played: dict[tuple[int, float], None] = {}  # (score cue, conductor time), oldest first
+
+    async def _welcome(self) -> None:
+        if self.scsynth:
+            self.scsynth.make_groups(list(self.client.welcome.get("groups", {}).values()))
+        plan = self.client.welcome.get("audio")
+        if plan is not None and self.audio is None and self.client.you.get("site"):
+            self.audio = SiteAudio(
+                AudioSettings.model_validate(plan),
+                self.client.you["site"],
+                self.jack_server,
+                self.scsynth.client_name if self.scsynth else "",
+                jack_env(self.jack_server),
+                self.jacktrip,
+            )
+            await self.audio.start()
+
+    async def _cue(self, data: dict[str, Any]) -> None:
+        if self.scsynth is None or self._repeated(data):
+            return
+        address, args = data["address"], list(data.get("args", []))
+        port = self.sclang_port if data.get("to") == "sclang" else None
+        if port is None and address == "/n_set" and len(args) >= 3:
+            self.scsynth.controls[(args[0], args[1])] = args
+        elif port is None and address == "/s_new" and len(args) >= 4 and args[2] in (0, 1):
+            # A synth started in a part's group starts with the part's current parameter values.
+            args += [
+                x
+                for (group, control), setting in self.scsynth.controls.items()
+                if group == args[3]
+                for x in (control, setting[2])
+            ]
+        if data.get("t") is None:  # now: a setting, or a cue scheduled "immediate"
+            self.scsynth.send(osc_message(address, args).build().dgram, port)
+            self.cues_played += address != "/n_set"
+            return
+        # Aligned cues play early by the audio's way from this site to the one they are aligned at.
+        early = float((data.get("align") or {}).get(self.client.you.get("site"), 0.0))
+        local = self.client.clock.to_local(float(data["t"])) - early
+        now = time.time()
+        if local < now:  # it came too late: the score says what to do
+            self.cues_late += 1
+            rule, beat = data.get("late", "play"), float(data.get("beat") or 0)
+            if rule == "skip":
+                self.cues_skipped += 1
+                return
+            if rule == "next_beat" and beat > 0:
+                local += math.ceil((now - local) / beat) * beat
+                self.cues_moved += 1
+        self.scsynth.send(osc_bundle(local, address, args), port)
+        self.cues_played += 1
+
+    def _repeated(self, data: dict[str, Any]) -> bool:
+        """Whether this score cue, at this time, was played already: a cue sounds once."""
+        if data.get("id") is None or data.get("t") is None:
+            return False
+        key = (int(data["id"]), float(data["t"]))
+        if key in self._played:
+            self.cues_repeated += 1
+            return True
+        if len(self._played) > REMEMBER_CUES:  # forget the oldest half
+            for old in list(self._played)[: REMEMBER_CUES // 2]:
+                del self._played[old]
+        self._played[key] = None
+        return False
+
+    async def run(self) -> None:
+        if self.start_jack:
+            self._jack = await start_jack(self.jack_server, channels=self.scsynth.channels if self.scsynth else 2)
+        if self.scsynth:
+            await self.scsynth.start()
+        await self.client.connect()
+        while True:
+            await asyncio.sleep(1.0)
+            if self.client.sio.connected:
+                h = self.scsynth.health if self.scsynth else Health(up=True)
+                with contextlib.suppress(Exception):
+                    await self.client.sio.emit(
+                        protocol.HEALTH,
+                        {
+                            "up": h.up,
+                            "restarts": h.restarts,
+                            "late": h.late,
+                            "ugens": h.ugens,
+                            "synths": h.synths,
+                            "cpu_avg": h.cpu_avg,
+                            "cpu_peak": h.cpu_peak,
+                            "last_error": h.last_error,
+                            "cues": self.cues_played,
+                            "cues_late": self.cues_late,
+                            "cues_skipped": self.cues_skipped,
+                            "cues_moved": self.cues_moved,
+                            "cues_repeated": self.cues_repeated,
+                            "failures": h.failures,
+                            "offset": self.client.clock.offset,
+                            "samples": self.client.clock.samples,
+                            "error": min(self.client.clock.error, 60.0),
+                            "links": [state.report() for state in self.audio.states] if self.audio else [],
+                            "synth": self.scsynth is not None,
+                        },
+                    )
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.audio:
+            await self.audio.close()
+        if self.scsynth:
+            await self.scsynth.close()
+        await _end(self._jack)

@@ -1,0 +1,1 @@
+"""The command line and its tools: check, serve, replay, emulate, status, deploy, synths."""

@@ -1,0 +1,1 @@
+"""SynthDef sources and their compiled .scsyndef files (package data)."""
