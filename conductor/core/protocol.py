@@ -32,7 +32,8 @@ MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: JSON that says 1e999 is valid, and an infinite time or value would poison every client.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Num = StrictInt | StrictFloat
@@ -88,7 +89,16 @@ class SetParam(_Command):
     value: Num
 
 
-Command = Annotated[Play | Pause | Stop | Seek | GoToSection | SetTempo | SetParam, Field(discriminator="cmd")]
+class SetParams(_Command):
+    """Several parameters at once, as one change (an XY pad's two axes)."""
+
+    cmd: Literal["params"]
+    values: Annotated[dict[Name, Num], Field(min_length=1, max_length=16)]
+
+
+Command = Annotated[
+    Play | Pause | Stop | Seek | GoToSection | SetTempo | SetParam | SetParams, Field(discriminator="cmd")
+]
 command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
 
 
@@ -123,7 +133,7 @@ class Invite(Message):
 class LinkReport(Message):
     """One JackTrip end a node runs (see ``conductor/jacktrip.py``)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     site: Name
     role: Literal["hub", "client", "p2p server", "p2p client"]
     peer: StrictStr = ""
@@ -134,7 +144,7 @@ class LinkReport(Message):
 class Health(Message):
     """A node agent's report: its scsynth, the cues it played, its clock, its JackTrip links."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)  # newer agents may report more
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)  # newer agents may report more
     up: StrictBool
     late: Annotated[StrictInt, Field(ge=0)]
     cues: Annotated[StrictInt, Field(ge=0)]

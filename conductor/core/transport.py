@@ -10,10 +10,10 @@ client that receives it late.
 from __future__ import annotations
 
 import bisect
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
-from conductor.core.protocol import Command, GoToSection, Pause, Play, Rejected, Seek, SetParam, SetTempo, Stop
+from conductor.core.protocol import Command, GoToSection, Pause, Play, Rejected, Seek, SetParam, SetParams, SetTempo, Stop
 from conductor.core.score import Score
 
 V = TypeVar("V")
@@ -57,27 +57,32 @@ class Timeline(Generic[V]):
 
 @dataclass(frozen=True)
 class Change:
-    """An accepted change: the command and its effect (a segment or a parameter value)."""
+    """An accepted change: the command and its effect, a segment or parameter values.
+
+    Parameter values are one change however many they are: an XY pad moves two at once.
+    """
 
     seq: int
     t: float
     command: dict[str, Any]
     segment: Segment | None = None
-    param: str | None = None
-    value: float | None = None
+    params: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seq": self.seq, "t": self.t, "command": self.command}
         if self.segment is not None:
             out["segment"] = asdict(self.segment)
         else:
-            out["param"], out["value"] = self.param, self.value
+            out["params"] = self.params
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Change:
         segment = Segment(**data["segment"]) if data.get("segment") else None
-        return cls(data["seq"], data["t"], data["command"], segment, data.get("param"), data.get("value"))
+        params = data.get("params")
+        if params is None and data.get("param") is not None:  # journals written before XY pads were one change
+            params = {data["param"]: data["value"]}
+        return cls(data["seq"], data["t"], data["command"], segment, dict(params or {}))
 
 
 class Transport:
@@ -124,20 +129,28 @@ class Transport:
             case SetTempo(bpm=bpm):
                 return moved(rate=bpm / self.score.tempo.bpm)
             case SetParam(name=name, value=value):
-                param = self.score.parameter(name)
-                if param is None:
-                    known = ", ".join(self.params) or "none"
-                    raise Rejected("unknown_param", f"no parameter '{name}' (parameters: {known})")
-                if problem := param.check(value):
-                    raise Rejected("out_of_range", problem)
-                return Change(self.seq + 1, t, command.model_dump(exclude_none=True), param=name, value=float(value))
+                return self._values(command, t, {name: value})
+            case SetParams(values=values):
+                return self._values(command, t, values)
         raise Rejected("bad_command", "unknown command")  # unreachable: commands are validated first
+
+    def _values(self, command: Command, t: float, values: dict[str, float]) -> Change:
+        for name, value in values.items():
+            param = self.score.parameter(name)
+            if param is None:
+                known = ", ".join(self.params) or "none"
+                raise Rejected("unknown_param", f"no parameter '{name}' (parameters: {known})")
+            if problem := param.check(value):
+                raise Rejected("out_of_range", problem)
+        floats = {name: float(v) for name, v in values.items()}
+        return Change(self.seq + 1, t, command.model_dump(exclude_none=True), params=floats)
 
     def apply(self, change: Change) -> None:
         if change.segment is not None:
             self.segments.set(change.t, change.segment)
-        elif change.param in self.params and change.value is not None:
-            self.params[change.param].set(change.t, change.value)
+        for name, value in change.params.items():
+            if name in self.params:
+                self.params[name].set(change.t, value)
         self.seq = change.seq
 
     def restore(self, snapshot: dict[str, Any]) -> None:
