@@ -68,8 +68,9 @@ def free_udp_port() -> int:
 class Sniffer:
     """Arrival times of OSC packets to the scsynth ports, read off the loopback interface."""
 
-    def __init__(self, ports: set[int]):
+    def __init__(self, ports: set[int], controls: set[str] | None = None):
         self.ports = ports
+        self.controls = controls or {"seq"}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         # Let the kernel pass only incoming UDP: loopback also carries every WebSocket frame, and
@@ -87,7 +88,8 @@ class Sniffer:
         self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         self.sock.bind(("lo", 0))
         self.sock.setblocking(False)
-        self.arrivals: list[tuple[float, int, float]] = []  # time, scsynth port, seq
+        self.arrivals: list[tuple[float, int, float]] = []  # time, scsynth port, value (of "seq")
+        self.by_control: list[tuple[float, int, str, float]] = []  # time, port, control, value
         self.enough = asyncio.Event()
         self.expected = 0
         asyncio.get_running_loop().add_reader(self.sock, self._read)
@@ -107,8 +109,10 @@ class Sniffer:
                 continue
             try:
                 for message in OscPacket(data[header + 8 :]).messages:
-                    if message.message.address == "/n_set" and message.message.params[1] == "seq":
-                        self.arrivals.append((now, port, message.message.params[2]))
+                    params = message.message.params
+                    if message.message.address == "/n_set" and params[1] in self.controls:
+                        self.arrivals.append((now, port, params[2]))
+                        self.by_control.append((now, port, params[1], params[2]))
             except Exception:
                 continue
             if len(self.arrivals) >= self.expected:

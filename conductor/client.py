@@ -11,6 +11,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,11 +20,12 @@ import socketio
 from conductor.core import protocol
 from conductor.core.clock import OffsetEstimator
 from conductor.core.score import Score
-from conductor.core.transport import Transport
+from conductor.core.transport import Change, Transport
 
 log = logging.getLogger("tutti.client")
 FAST_UNTIL = 32  # exchanges
 FAST_INTERVAL = 0.5  # seconds
+CHANGES_KEPT = 1000
 
 
 class TuttiClient:
@@ -72,7 +74,9 @@ class TuttiClient:
         self.on_welcome: Callable[[], Awaitable[None]] | None = None  # after each (re)join
         self.errors: list[dict[str, Any]] = []
         self.sync_timeouts = 0  # exchanges that got no answer in time
-        self.changes: list[dict[str, Any]] = []  # every state change received, with local receipt time
+        # The latest state changes received, each with its local receipt time (bounded: a client
+        # may follow a fader at 100 values a second for hours).
+        self.changes: deque[dict[str, Any]] = deque(maxlen=CHANGES_KEPT)
         self._joined: asyncio.Future[None] | None = None
         tls = {"ssl": ssl.create_default_context(cafile=ca)} if ca else {}
         self.sio = socketio.AsyncClient(
@@ -114,9 +118,15 @@ class TuttiClient:
             self._joined.set_result(None)
 
     async def _state(self, data: dict[str, Any]) -> None:
-        self.changes.append({**data["change"], "received": time.time()})
-        if self.transport and data["state"]["seq"] >= self.transport.seq:
-            self.transport.restore(data["state"])
+        received = time.time()
+        if self.transport is None:
+            return
+        if data.get("snapshot"):
+            self.transport.restore(data["snapshot"])
+        for change in data.get("changes", []):
+            self.changes.append({**change, "received": received})
+            if change["seq"] > self.transport.seq:  # the welcome's snapshot may hold it already
+                self.transport.apply(Change.from_json(change))
 
     async def _error(self, data: dict[str, Any]) -> None:
         log.warning("conductor refused %s: %s", data.get("event"), data.get("message"))

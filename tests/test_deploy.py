@@ -70,7 +70,8 @@ def test_the_hub_container_runs_a_node_agent_with_options_that_take_effect(tmp_p
     # Its image is built from this Tutti, with JACK and jacktrip from Debian.
     dockerfile = (folder / "Dockerfile").read_text()
     assert "jackd2 jacktrip" in dockerfile and "COPY tutti /opt/tutti" in dockerfile
-    assert (folder / "tutti" / "pyproject.toml").is_file() and (folder / "tutti" / "conductor" / "node.py").is_file()
+    assert (folder / "tutti" / "pyproject.toml").is_file()
+    assert (folder / "tutti" / "conductor" / "node" / "agent.py").is_file()
     # Every port it needs is in its plan.
     plan_text = (folder / "PLAN.txt").read_text()
     assert "open  tcp/4464" in plan_text and all(f"open  udp/{HUB_UDP_BASE + i}" in plan_text for i in range(4))

@@ -1,4 +1,4 @@
-"""Broadcast fan-out (``conductor/fanout.py``): frames a real WebSocket client reads, and per-client order."""
+"""Broadcast fan-out (``conductor/server/fanout.py``): frames a real WebSocket client reads, and per-client order."""
 
 from __future__ import annotations
 

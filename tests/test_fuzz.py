@@ -156,12 +156,19 @@ def test_every_osc_packet_is_routed_or_refused_with_a_reason(packet: bytes) -> N
     applied: list[Any] = []
     refused: list[tuple[str, str]] = []
 
-    async def apply(command: Any, by: dict[str, Any]) -> None:
+    def submit(command: Any, by: dict[str, Any], coalesced: int) -> asyncio.Future[None]:
         applied.append(command)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     settings_ = OscSettings.model_validate({"routes": [{"address": "/1/fader1", "param": "density"}]})
-    ingress = OscIngress(settings_, {"density": (0.0, 1.0)}, apply, lambda code, why: refused.append((code, why)))
-    asyncio.run(ingress.receive(packet, ("127.0.0.1", 9999), None))
+    ingress = OscIngress(settings_, {"density": (0.0, 1.0)}, submit, lambda code, why: refused.append((code, why)))
+
+    async def receive() -> None:
+        ingress.receive(packet, ("127.0.0.1", 9999))
+
+    asyncio.run(receive())
     if not (applied or refused):  # nothing to route: only an empty bundle, which OSC allows
         assert OscPacket(packet).messages == [], "a packet vanished without a trace"
     assert all(code.startswith("osc_") and why for code, why in refused)

@@ -18,7 +18,7 @@ from conductor.client import TuttiClient
 from conductor.core import protocol
 from conductor.core.concert import load_concert
 from conductor.server.cluster import free_port
-from conductor.server.pipeline import local
+from conductor.server.conductor import local
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 from tests.test_node import until
 

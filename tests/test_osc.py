@@ -8,11 +8,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from pythonosc import slip
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_packet import OscPacket
 
 from conductor.client import TuttiClient
-from conductor.server.osc import message, slip_decode, slip_encode, well_formed
+from conductor.server.osc import message, well_formed
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 
 ROUTES = {
@@ -79,11 +80,11 @@ async def test_two_surfaces_stay_in_step(osc_conductor: ConductorProcess) -> Non
 
 async def test_slip_over_tcp(osc_conductor: ConductorProcess) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", osc_conductor.osc_tcp)
-    writer.write(slip_encode(message("/1/rotary1", 63.5)))
+    writer.write(slip.encode(message("/1/rotary1", 63.5)))
     await writer.drain()
     echo = await asyncio.wait_for(reader.read(1024), 5)
     frames = [f for f in echo.split(b"\xc0") if f]
-    reply = OscMessage(slip_decode(frames[0]))
+    reply = OscMessage(slip.decode(slip.END + frames[0] + slip.END))
     assert reply.address == "/1/rotary1" and reply.params == [pytest.approx(63.5)]
     assert param(osc_conductor, "brightness") == pytest.approx(0.5)
     writer.close()

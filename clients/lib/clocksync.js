@@ -1,4 +1,4 @@
-// Conductor-clock estimator for browsers: the same algorithm as conductor/clock.py.
+// Conductor-clock estimator for browsers: the same algorithm as conductor/core/clock.py.
 //
 // offset = conductor time - local time. For an exchange (t0 client send, t1 conductor receive,
 // t2 conductor send, t3 client receive): t1 - t0 = up + offset and t3 - t2 = down - offset, so

@@ -28,6 +28,32 @@ export function positionAt(state, t, duration) {
   return Math.min(Math.max(pos, 0), duration);
 }
 
+// A change from a `state` event, applied to a state as the conductor applied it: from the
+// change's time on, the new segment (or parameter value) replaces whatever was set for later.
+// Entries superseded before `now` are dropped, so a state stays small over a whole concert.
+export function applyChange(state, change, now = -Infinity) {
+  const set = (entries, t, entry, timeOf) => {
+    const kept = entries.filter((e) => timeOf(e) < t);
+    kept.push(entry);
+    let first = 0;
+    while (first + 1 < kept.length && timeOf(kept[first + 1]) <= now) first++;
+    return kept.slice(first);
+  };
+  if (change.segment) state.segments = set(state.segments, change.t, change.segment, (s) => s.t);
+  for (const [name, value] of Object.entries(change.params ?? {})) {
+    state.params[name] = set(state.params[name] ?? [], change.t, [change.t, value], (e) => e[0]);
+  }
+  state.seq = change.seq;
+  return state;
+}
+
+// A `state` event's changes (or snapshot) applied to the state a client holds.
+export function applyUpdate(state, update, now) {
+  if (update.snapshot) state = structuredClone(update.snapshot);
+  for (const change of update.changes ?? []) if (state && change.seq > state.seq) applyChange(state, change, now);
+  return state;
+}
+
 export function paramAt(state, name, t) {
   const entries = state.params[name];
   if (!entries) return undefined;
@@ -55,7 +81,7 @@ export class Conductor extends EventTarget {
       this.emit("welcome", msg);
     });
     this.socket.on("state", (msg) => {
-      if (!this.state || msg.state.seq >= this.state.seq) this.state = msg.state;
+      this.state = applyUpdate(this.state, msg, this.now());
       this.emit("state", msg);
     });
     this.socket.on("error", (err) => {

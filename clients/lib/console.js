@@ -1,5 +1,6 @@
 // The conductor's console: runs the transport and shows every client, its clock and the refusals.
 import { join } from "./join.js";
+import { LiveControl, refusalText } from "./live.js";
 import { formatTime, sectionAt } from "./score-view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -78,6 +79,30 @@ async function showInvites(conductor) {
   $("invites").classList.add("show");
 }
 
+// A parameter's slider: sends while it moves, says why a value was refused, and otherwise follows
+// the parameter wherever it is moved from (another console, an OSC controller, a performer).
+function makeSlider(conductor, p) {
+  const row = document.createElement("div");
+  row.className = "param";
+  row.innerHTML = `<label></label><input type="range"><span></span><small class="refusal"></small>`;
+  row.dataset.param = p.id;
+  row.querySelector("label").textContent = p.label ?? p.id;
+  const input = Object.assign(row.querySelector("input"), { min: p.min, max: p.max, step: (p.max - p.min) / 100 });
+  const out = row.querySelector("span");
+  const refusal = row.querySelector(".refusal");
+  const live = new LiveControl(input, (value) => conductor.command("param", { name: p.id, value }), {
+    onAnswer: (answer) => (refusal.textContent = refusalText(answer)),
+  });
+  input.addEventListener("input", () => live.set(Number(input.value)));
+  $("params").append(row);
+  const follow = (value, now) => {
+    if (value === undefined) return;
+    if (!live.held(now)) input.value = value;
+    out.textContent = Number(value).toFixed(2);
+  };
+  return { follow };
+}
+
 async function main() {
   const conductor = await join({ role: "conductor", name: "console" });
   window.tutti = conductor;
@@ -117,17 +142,7 @@ async function main() {
     const fields = { target: $("sound-target").value, address: $("sound-address").value.trim(), args };
     ask("sound", () => conductor.sound(fields));
   });
-  const sliders = {};
-  for (const p of score.parameters) {
-    const row = document.createElement("div");
-    row.className = "param";
-    row.innerHTML = `<label></label><input type="range"><span></span>`;
-    row.querySelector("label").textContent = p.label ?? p.id;
-    const input = Object.assign(row.querySelector("input"), { min: p.min, max: p.max, step: (p.max - p.min) / 100 });
-    input.addEventListener("change", () => send("param", { name: p.id, value: Number(input.value) }));
-    sliders[p.id] = { input, out: row.querySelector("span") };
-    $("params").append(row);
-  }
+  const sliders = Object.fromEntries(score.parameters.map((p) => [p.id, makeSlider(conductor, p)]));
   $("invite").addEventListener("click", () => showInvites(conductor));
   $("invites-close").addEventListener("click", () => $("invites").classList.remove("show"));
   conductor.addEventListener("refused", ({ detail }) => showError(`${detail.event}: ${detail.message}`));
@@ -192,11 +207,7 @@ async function main() {
     $("clock").textContent = formatTime(pos);
     const { current, next, untilNext } = sectionAt(score, pos);
     $("section").textContent = `${current?.name ?? current?.id ?? ""}${next ? ` — ${next.name ?? next.id} in ${Math.ceil(untilNext)} s` : ""}${conductor.playing() ? "" : " (paused)"}`;
-    for (const [name, { input, out }] of Object.entries(sliders)) {
-      const value = conductor.param(name);
-      if (document.activeElement !== input) input.value = value;
-      out.textContent = Number(value).toFixed(2);
-    }
+    for (const [name, slider] of Object.entries(sliders)) slider.follow(conductor.param(name), conductor.now());
     requestAnimationFrame(frame);
   }
   requestAnimationFrame(frame);

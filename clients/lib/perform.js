@@ -1,5 +1,6 @@
 // The performer view: one part, drawn every frame from the synced conductor clock.
 import { join, keepAwake, params } from "./join.js";
+import { LiveControl, refusalText } from "./live.js";
 import { drawPart, formatTime } from "./score-view.js";
 import { mountSketch } from "./sketch.js";
 
@@ -24,27 +25,41 @@ async function pickPart() {
   stage.replaceWith(box);
 }
 
-function makeControl(conductor, control) {
-  const el = document.createElement("div");
-  el.className = "control";
-  const label = document.createElement("div");
-  label.textContent = control.label ?? control.id;
-  const send = (value) => conductor.control(control.id, value).catch(() => {});
-  if (control.type === "fader") {
+// Each kind of control: its element, and how it shows its parameter's value (`read` gives a
+// parameter's value now). `live` sends the control's values; see live.js.
+const kinds = {
+  fader(control, bind) {
     const input = Object.assign(document.createElement("input"), {
       type: "range", min: control.min, max: control.max, step: (control.max - control.min) / 200, value: control.default,
     });
-    input.addEventListener("input", () => send(Number(input.value)));
-    el.append(input);
-  } else if (control.type === "toggle") {
+    const live = bind(input);
+    input.addEventListener("input", () => live.set(Number(input.value)));
+    const show = (read) => {
+      const value = read(control.param);
+      if (value !== undefined) input.value = value;
+    };
+    return { element: input, live, show };
+  },
+
+  toggle(control, bind) {
     const button = document.createElement("button");
+    const live = bind(button);
     let on = control.default;
-    const show = () => { button.classList.toggle("on", on); button.textContent = on ? "on" : "off"; };
-    button.addEventListener("click", () => { on = !on; show(); send(on); });
-    show();
-    el.append(button);
-  } else if (control.type === "xy") {
+    const draw = () => { button.classList.toggle("on", on); button.textContent = on ? "on" : "off"; };
+    button.addEventListener("click", () => { on = !on; draw(); live.set(on); });
+    draw();
+    const show = (read) => {
+      const value = read(control.param);
+      if (value === undefined || (value !== 0) === on) return;
+      on = value !== 0; // the conductor sets a toggle's parameter to 1 or 0
+      draw();
+    };
+    return { element: button, live, show };
+  },
+
+  xy(control, bind) {
     const pad = Object.assign(document.createElement("canvas"), { className: "xy", width: 120, height: 120 });
+    const live = bind(pad);
     let [x, y] = control.default;
     const draw = () => {
       const g = pad.getContext("2d");
@@ -59,15 +74,39 @@ function makeControl(conductor, control) {
       x = Math.min(1, Math.max(0, (e.clientX - r.left) / r.width));
       y = Math.min(1, Math.max(0, 1 - (e.clientY - r.top) / r.height));
       draw();
-      send([x, y]);
+      live.set([x, y]);
     };
     pad.addEventListener("pointerdown", (e) => { pad.setPointerCapture(e.pointerId); move(e); });
     pad.addEventListener("pointermove", (e) => e.buttons && move(e));
     draw();
-    el.append(pad);
-  }
-  el.append(label);
-  return el;
+    const show = (read) => {
+      const [px, py] = [read(`${control.param}_x`), read(`${control.param}_y`)];
+      if (px === undefined || py === undefined || (px === x && py === y)) return;
+      [x, y] = [px, py];
+      draw();
+    };
+    return { element: pad, live, show };
+  },
+};
+
+// A control bound to a parameter follows it when someone else moves it, but not while this performer
+// touches it or their own latest value is on its way: the next touch then starts where the sound is.
+function makeControl(conductor, control) {
+  const el = document.createElement("div");
+  el.className = "control";
+  const label = document.createElement("div");
+  label.textContent = control.label ?? control.id;
+  const refusal = Object.assign(document.createElement("div"), { className: "refusal" });
+  const onAnswer = (answer) => (refusal.textContent = refusalText(answer));
+  const bind = (element) => new LiveControl(element, (value) => conductor.control(control.id, value), { onAnswer });
+  const { element, live, show } = kinds[control.type](control, bind);
+  el.dataset.control = control.id;
+  el.append(element, label, refusal);
+  const read = (name) => conductor.param(name);
+  const follow = () => {
+    if (control.param && !live.held(conductor.now())) show(read);
+  };
+  return { el, follow };
 }
 
 async function main() {
@@ -83,10 +122,11 @@ async function main() {
   for (const layer of part.layers.filter((l) => l.type === "sketch")) {
     view.sketches.push(await mountSketch(stage, layer, conductor, part));
   }
-  if (part.controls.length) {
+  const controls = part.controls.map((control) => makeControl(conductor, control));
+  if (controls.length) {
     const panel = document.createElement("div");
     panel.className = "controls";
-    for (const control of part.controls) panel.append(makeControl(conductor, control));
+    panel.append(...controls.map((c) => c.el));
     stage.append(panel);
   }
   conductor.addEventListener("disconnected", () => banner.classList.add("show"));
@@ -108,6 +148,7 @@ async function main() {
     drawPart(ctx, score, part, pos, width, height);
     hud.innerHTML = `${formatTime(pos)}${conductor.playing() ? "" : " ❚❚"}<small></small>`;
     hud.querySelector("small").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
+    for (const control of controls) control.follow();
     view.frames += 1;
     view.position = pos;
     view.wall = performance.timeOrigin + performance.now();

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { OffsetEstimator } from "../lib/clocksync.js";
-import { positionAt, paramAt } from "../lib/conductor.js";
+import { applyChange, applyUpdate, paramAt, positionAt } from "../lib/conductor.js";
 
 // A deterministic generator, so a failing case can be replayed.
 function rng(seed) {
@@ -84,4 +84,35 @@ test("position and parameters follow the segments in effect at a time", () => {
   assert.equal(positionAt(state, 29.99, 60), 60, "clamped at the end");
   assert.equal(paramAt(state, "density", 24), 0.3);
   assert.equal(paramAt(state, "density", 25), 0.8);
+});
+
+test("a change replaces what was set for its time and later, as the conductor's transport does", () => {
+  const state = {
+    seq: 1,
+    segments: [{ t: 10, pos: 0, rate: 1, playing: true }],
+    params: { density: [[0, 0.3], [40, 0.9]] },
+  };
+  applyChange(state, { seq: 2, t: 30, command: {}, params: { density: 0.5 } });
+  assert.deepEqual(state.params.density, [[0, 0.3], [30, 0.5]], "the value set for 40 is cancelled");
+  applyChange(state, { seq: 3, t: 20, command: {}, segment: { t: 20, pos: 10, rate: 1, playing: false } });
+  assert.equal(positionAt(state, 25, 100), 10);
+  assert.equal(state.seq, 3);
+  applyChange(state, { seq: 4, t: 50, command: {}, params: { x: 1, y: 0 } }, 45);
+  assert.deepEqual([state.params.x, state.params.y], [[[50, 1]], [[50, 0]]], "both axes of an xy pad in one change");
+  assert.equal(paramAt(state, "density", 46), 0.5);
+});
+
+test("entries superseded before now are dropped, so a state stays small", () => {
+  let state = { seq: 0, segments: [{ t: 0, pos: 0, rate: 1, playing: false }], params: { density: [[0, 0]] } };
+  for (let i = 1; i <= 1000; i++) state = applyUpdate(state, { changes: [{ seq: i, t: i, command: {}, params: { density: i / 1000 } }] }, i);
+  assert.equal(state.params.density.length, 1);
+  assert.equal(paramAt(state, "density", 1000), 1);
+});
+
+test("an update applies only changes newer than the state, and a snapshot replaces it", () => {
+  const state = { seq: 5, segments: [{ t: 0, pos: 0, rate: 1, playing: false }], params: { density: [[0, 0.2]] } };
+  applyUpdate(state, { changes: [{ seq: 5, t: 1, command: {}, params: { density: 0.9 } }] });
+  assert.equal(paramAt(state, "density", 2), 0.2, "already in the snapshot: not applied twice");
+  const snapshot = { seq: 9, segments: [{ t: 0, pos: 3, rate: 1, playing: false }], params: {} };
+  assert.deepEqual(applyUpdate(state, { snapshot }), snapshot);
 });

@@ -1,7 +1,9 @@
-"""Socket.IO protocol between the conductor and its clients, defined once.
+"""Socket.IO protocol between the conductor and its clients, defined once, in and out.
 
 ``docs/protocol.md`` documents it for client authors. Every payload a client sends is validated
-against a model here; anything else is rejected with an ``error`` event and counted.
+against a model here; anything else is rejected with an ``error`` event and counted. What the
+conductor sends is built from the models at the end of this module, and the node agent reads its
+cues back as those models.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
 
-from conductor.core.score import Sound
+from conductor.core.score import Late, Sound
 
 # Events a client may send.
 SYNC = "sync"  # payload: t0 (number); ack: [t0, t1, t2]
@@ -21,11 +23,11 @@ HEALTH = "health"  # payload: a node's health (scsynth, cues, clock), every seco
 INVITE = "invite"  # payload: Invite, from a conductor; ack: {"ok": true, "invites": [{part, name, url, svg}]}
 SOUND = "sound"  # payload: SoundEvent, from a conductor: a cue outside the score; ack: {"ok": true, "t"}
 # Events the conductor sends.
-WELCOME = "welcome"  # to a client that joined: {"you", "score", "state", "now"}
-STATE = "state"  # to every joined client, after each accepted change: {"change", "state"}
-CUE = "cue"  # to the nodes a cue targets: {"id", "t", "to", "address", "args", "target"}
-CLIENTS = "clients"  # to conductors, every second: {"clients", "rejections", "recent", "now"}
-ERROR = "error"  # to one client: {"code", "message", "event"}
+WELCOME = "welcome"  # to a client that joined: Welcome
+STATE = "state"  # to every joined client but nodes, once changes are on disk: StateUpdate
+CUES = "cues"  # to the nodes the cues target: Cues
+CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
+ERROR = "error"  # to one client: ErrorMessage
 
 ROLES = ("conductor", "performer", "audience", "node")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
@@ -131,7 +133,7 @@ class Invite(Message):
 
 
 class LinkReport(Message):
-    """One JackTrip end a node runs (see ``conductor/jacktrip.py``)."""
+    """One JackTrip end a node runs (see ``conductor/node/jacktrip.py``)."""
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     site: Name
@@ -149,6 +151,112 @@ class Health(Message):
     late: Annotated[StrictInt, Field(ge=0)]
     cues: Annotated[StrictInt, Field(ge=0)]
     links: Annotated[list[LinkReport], Field(max_length=16)] = []
+
+
+# --- what the conductor sends ----------------------------------------------------------------------
+
+
+class Outbound(BaseModel):
+    """A message the conductor sends. Built from its own state, so checked only for finiteness."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+
+OscArgument = StrictInt | StrictFloat | StrictStr
+
+
+class NodeCue(Outbound):
+    """One OSC message for a node's scsynth or sclang, at a conductor time (``t`` None: at once)."""
+
+    id: int | None = None  # the score cue's index; None for sounds and parameter settings
+    t: float | None
+    to: Literal["scsynth", "sclang"] = "scsynth"
+    address: str
+    args: list[OscArgument]
+    target: str = "all"
+    late: Late = "play"  # what a node does with it when it arrives after ``t``
+    beat: float = 0.0  # a beat's length in conductor seconds at ``t``, for ``late: next_beat``
+    align: dict[str, float] | None = None  # site -> seconds early, for a cue aligned at a site
+
+
+class Cues(Outbound):
+    cues: list[NodeCue]
+
+
+cues_adapter: TypeAdapter[Cues] = TypeAdapter(Cues)
+
+
+class SegmentState(Outbound):
+    t: float
+    pos: float
+    rate: float
+    playing: bool
+
+
+class ChangeState(Outbound):
+    """An accepted change: the transport's new segment, or parameters' new values, from ``t``."""
+
+    seq: int
+    t: float
+    command: dict[str, Any]
+    segment: SegmentState | None = None
+    params: dict[str, float] | None = None
+
+
+class Snapshot(Outbound):
+    seq: int
+    segments: list[SegmentState]
+    params: dict[str, list[tuple[float, float]]]
+
+
+class StateUpdate(Outbound):
+    """Changes in the order they were accepted, or (after the conductor had to go back) a snapshot."""
+
+    changes: list[ChangeState] = []
+    snapshot: Snapshot | None = None
+
+
+class ClientInfo(Outbound):
+    sid: str
+    role: str
+    name: str
+    part: str | None
+    site: str | None
+    joined: float
+    last_seen: float
+    rtt: float | None = None
+    offset: float | None = None
+    error: float | None = None
+    delay: float | None = None
+    health: dict[str, Any] | None = None
+    parts: list[str] = []
+    worker: str = ""
+
+
+class Welcome(Outbound):
+    you: ClientInfo
+    score: dict[str, Any]
+    state: Snapshot
+    now: float
+    groups: dict[str, int] | None = None  # nodes: the scsynth group of each part they sound
+    audio: dict[str, Any] | None = None  # nodes that run a JackTrip end: the concert's audio section
+
+
+class ConsoleFeed(Outbound):
+    clients: list[ClientInfo]  # everyone but the audience
+    audience: dict[str, int]  # audience clients by site
+    rejections: dict[str, int]
+    recent: list[dict[str, Any]]
+    controls: dict[str, Any]
+    lookahead: dict[str, Any]
+    journal: str | None = None  # why changes are refused, while the journal cannot be written
+    now: float
+
+
+class ErrorMessage(Outbound):
+    code: str
+    message: str
+    event: str
 
 
 class Rejected(Exception):

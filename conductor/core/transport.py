@@ -13,7 +13,18 @@ import bisect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
-from conductor.core.protocol import Command, GoToSection, Pause, Play, Rejected, Seek, SetParam, SetParams, SetTempo, Stop
+from conductor.core.protocol import (
+    Command,
+    GoToSection,
+    Pause,
+    Play,
+    Rejected,
+    Seek,
+    SetParam,
+    SetParams,
+    SetTempo,
+    Stop,
+)
 from conductor.core.score import Score
 
 V = TypeVar("V")

@@ -15,6 +15,8 @@ import math
 import time
 from typing import Any
 
+import pydantic
+
 from conductor.client import TuttiClient
 from conductor.core import protocol
 from conductor.node.jacktrip import AudioSettings, SiteAudio
@@ -53,7 +55,7 @@ class NodeAgent:
         self.sclang_port = sclang_port
         synth = None if scsynth else False  # a node without synths gets no cues
         self.client = TuttiClient(url, "node", token, site=site, name=name, parts=parts, synth=synth, ca=ca)
-        self.client.sio.on(protocol.CUE, self._cue)
+        self.client.sio.on(protocol.CUES, self._cues)
         self.client.on_welcome = self._welcome
         self.audio: SiteAudio | None = None  # this site's JackTrip end, if the concert gives it one
         self.cues_played = 0
@@ -78,11 +80,21 @@ class NodeAgent:
             )
             await self.audio.start()
 
-    async def _cue(self, data: dict[str, Any]) -> None:
-        if self.scsynth is None or self._repeated(data):
+    async def _cues(self, data: Any) -> None:
+        try:
+            batch = protocol.cues_adapter.validate_python(data)
+        except pydantic.ValidationError as e:
+            log.warning("cues not understood: %s", e)
             return
-        address, args = data["address"], list(data.get("args", []))
-        port = self.sclang_port if data.get("to") == "sclang" else None
+        for cue in batch.cues:
+            self.play(cue)
+
+    def play(self, cue: protocol.NodeCue) -> None:
+        """Hand one cue to scsynth (or sclang), timetagged in this machine's clock."""
+        if self.scsynth is None or self._repeated(cue):
+            return
+        address, args = cue.address, list(cue.args)
+        port = self.sclang_port if cue.to == "sclang" else None
         if port is None and address == "/n_set" and len(args) >= 3:
             self.scsynth.controls[(args[0], args[1])] = args
         elif port is None and address == "/s_new" and len(args) >= 4 and args[2] in (0, 1):
@@ -93,31 +105,30 @@ class NodeAgent:
                 if group == args[3]
                 for x in (control, setting[2])
             ]
-        if data.get("t") is None:  # now: a setting, or a cue scheduled "immediate"
+        if cue.t is None:  # now: a setting, or a cue scheduled "immediate"
             self.scsynth.send(osc_message(address, args).build().dgram, port)
             self.cues_played += address != "/n_set"
             return
         # Aligned cues play early by the audio's way from this site to the one they are aligned at.
-        early = float((data.get("align") or {}).get(self.client.you.get("site"), 0.0))
-        local = self.client.clock.to_local(float(data["t"])) - early
+        early = (cue.align or {}).get(self.client.you.get("site") or "", 0.0)
+        local = self.client.clock.to_local(cue.t) - early
         now = time.time()
         if local < now:  # it came too late: the score says what to do
             self.cues_late += 1
-            rule, beat = data.get("late", "play"), float(data.get("beat") or 0)
-            if rule == "skip":
+            if cue.late == "skip":
                 self.cues_skipped += 1
                 return
-            if rule == "next_beat" and beat > 0:
-                local += math.ceil((now - local) / beat) * beat
+            if cue.late == "next_beat" and cue.beat > 0:
+                local += math.ceil((now - local) / cue.beat) * cue.beat
                 self.cues_moved += 1
         self.scsynth.send(osc_bundle(local, address, args), port)
         self.cues_played += 1
 
-    def _repeated(self, data: dict[str, Any]) -> bool:
+    def _repeated(self, cue: protocol.NodeCue) -> bool:
         """Whether this score cue, at this time, was played already: a cue sounds once."""
-        if data.get("id") is None or data.get("t") is None:
+        if cue.id is None or cue.t is None:
             return False
-        key = (int(data["id"]), float(data["t"]))
+        key = (cue.id, cue.t)
         if key in self._played:
             self.cues_repeated += 1
             return True

@@ -38,8 +38,8 @@ from conductor.core.concert import Concert
 from conductor.core.process import die_with_parent
 from conductor.core.protocol import Rejected
 from conductor.server import fanout
+from conductor.server.conductor import Conductor
 from conductor.server.gateway import Gateway, Source
-from conductor.server.pipeline import Conductor
 
 log = logging.getLogger("tutti.cluster")
 CALL_TIMEOUT = 5.0  # seconds a worker waits for the performance before refusing with "unavailable"
@@ -253,7 +253,14 @@ class Unreachable(Exception):
 
 
 async def start_workers(
-    path: str, concert: Concert, url: str, count: int, hosts: list[str], port: int, fresh: bool
+    path: str,
+    concert: Concert,
+    url: str,
+    count: int,
+    hosts: list[str],
+    port: int,
+    fresh: bool,
+    skip_bad_journal_lines: bool = False,
 ) -> tuple[Conductor, Workers, int]:
     """The performance in this process, writing to Redis, and ``count`` workers serving its port."""
     try:
@@ -263,7 +270,7 @@ async def start_workers(
         raise Unreachable(f"tutti serve --workers: cannot reach Redis at {url}: {e}") from None
     run = uuid.uuid4().hex[:12]  # concerts sharing a Redis server keep to their own channels
     clock = ConductorClock()
-    conductor = Conductor(concert, RedisOut(url, run), clock, fresh=fresh)
+    conductor = Conductor(concert, RedisOut(url, run), clock, fresh, skip_bad_journal_lines)
     port = port or free_port(hosts[0])
     command = [sys.executable, "-m", "conductor", "worker", path, "--redis", url, "--run", run]
     command += ["--origin", repr(clock.origin), "--port", str(port), *(x for h in hosts for x in ("--host", h))]

@@ -25,10 +25,11 @@ from conductor.core.concert import Concert
 from conductor.core.protocol import Rejected
 from conductor.files import CLIENTS, VENDOR
 from conductor.server import fanout
+from conductor.server.joins import JOINED
 
 log = logging.getLogger("tutti.gateway")
-JOINED = "joined"  # the room of every client that has been welcomed: state changes go to it
 LAG_EVERY = 0.05  # seconds between looks at how late the event loop runs
+LAG_KEPT = 1200  # looks kept for /api/status: the last minute
 SHED_SHARE = 0.1  # of the audience let go each second while overloaded (the latest to join first)
 
 
@@ -104,6 +105,7 @@ class Gateway:
         self.worker = worker
         self.performance: Performance | None = None  # set by ``serve``
         self.lag = 0.0  # how late the event loop runs (90th percentile over the last second)
+        self.lags: deque[float] = deque(maxlen=LAG_KEPT)
         self.overloaded = False
         self._slow: set[str] = set()  # sids let go for reading nothing, counted when they leave
         cors = concert.settings.cors_origins
@@ -174,7 +176,12 @@ class Gateway:
 
     async def _status(self, request: web.Request) -> web.Response:
         try:
-            return web.json_response(await self._performance.status())
+            status = await self._performance.status()
+            lags = sorted(self.lags) or [0.0]
+            status["loop_lag_ms"] = {  # how late this process's event loop ran over the last minute
+                q: lags[round(f * (len(lags) - 1))] * 1000 for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
+            }
+            return web.json_response(status)
         except Rejected as r:
             return web.json_response(r.payload("status"), status=503)
 
@@ -259,6 +266,7 @@ class Gateway:
             start = loop.time()
             await asyncio.sleep(LAG_EVERY)
             lags.append(loop.time() - start - LAG_EVERY)
+            self.lags.append(lags[-1])
             self.lag = sorted(lags)[int(0.9 * (len(lags) - 1))]
             self.overloaded = len(lags) == lags.maxlen and self.lag > self.concert.settings.overload_lag
             if self.overloaded and loop.time() - shed_at >= 1.0:

@@ -3,9 +3,15 @@
 The conductor listens on UDP, and on TCP with SLIP framing (OSC 1.1, as Open Stage Control
 uses). A routing table in the concert file maps an incoming address to a score parameter,
 scaling the controller's range to the parameter's. Every change of a routed parameter, whoever
-made it (a controller, the console, a performer's touch control), is echoed to every controller
-that has spoken to the conductor, so two TouchOSC surfaces stay in step. Sources outside the
+made it (a controller, the console, a performer's touch control), is echoed to the controllers
+that moved a routed parameter lately, so two TouchOSC surfaces stay in step. Sources outside the
 allow-list, malformed packets, unknown addresses and wrong arguments are dropped and counted.
+
+UDP is read in bursts: every datagram waiting is read in one pass, so a flung fader costs one
+wake-up, not one per value. If the conductor falls behind (the oldest datagram of a burst waited
+longer than ``BEHIND`` in the kernel), each parameter's values in the burst coalesce to the
+latest, and the journal says how many were passed over: the conductor never falls seconds
+behind a burst. Echoes coalesce to one per parameter per display frame.
 """
 
 from __future__ import annotations
@@ -15,31 +21,35 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from pythonosc import slip
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from conductor.core.concert import OscSettings
-from conductor.core.protocol import SetParam
+from conductor.core.concert import OscRoute, OscSettings
+from conductor.core.performance import Accepted
+from conductor.core.protocol import Rejected, SetParam
 
 log = logging.getLogger("tutti.osc")
 MAX_PACKET = 8192  # bytes: a controller's message is tiny; larger is refused
 UDP_BUFFER = 4 << 20  # bytes of OSC the kernel may hold while the conductor is busy
-SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
+READ_AT_ONCE = 1024  # datagrams read in one pass before the event loop gets a turn
+BEHIND = 0.05  # seconds a datagram may wait in the kernel before a burst's values coalesce
+FRAME = 1 / 60  # seconds: echoes of one parameter are sent at most this often
+ECHO_FOR = 60.0  # seconds a controller is echoed to after it last moved a routed parameter
+ECHO_PEERS = 64  # controllers echoed to at most (UDP sources are easy to spoof)
+TCP_IDLE = 300.0  # seconds an OSC TCP connection may stay silent
+TCP_PER_ADDRESS = 8  # OSC TCP connections one address may hold
+ALLOWED_CACHE = 4096  # source addresses whose allow-list answer is remembered
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC = struct.Struct("@ll")
 
-
-def slip_encode(packet: bytes) -> bytes:
-    body = packet.replace(bytes([SLIP_ESC]), bytes([SLIP_ESC, SLIP_ESC_ESC]))
-    body = body.replace(bytes([SLIP_END]), bytes([SLIP_ESC, SLIP_ESC_END]))
-    return bytes([SLIP_END]) + body + bytes([SLIP_END])
-
-
-def slip_decode(frame: bytes) -> bytes:
-    return frame.replace(bytes([SLIP_ESC, SLIP_ESC_END]), bytes([SLIP_END])).replace(
-        bytes([SLIP_ESC, SLIP_ESC_ESC]), bytes([SLIP_ESC])
-    )
+Submit = Callable[[SetParam, dict[str, Any], int], "asyncio.Future[Any]"]
 
 
 def _padded(length: int) -> int:
@@ -85,15 +95,22 @@ def message(address: str, *args: Any) -> bytes:
     return builder.build().dgram
 
 
+@dataclass
+class _Value:
+    route: OscRoute
+    value: float
+    source: tuple[str, int]
+
+
 class OscIngress:
-    """OSC for one conductor. ``apply`` sets a parameter (journalled and broadcast like any change);
-    ``reject`` counts a refusal under a code."""
+    """OSC for one conductor. ``submit`` hands a parameter change to the pipeline (it may raise
+    Rejected); ``reject`` counts a refusal under a code."""
 
     def __init__(
         self,
         settings: OscSettings,
         params: dict[str, tuple[float, float]],
-        apply: Callable[[SetParam, dict[str, Any]], Awaitable[Any]],
+        submit: Submit,
         reject: Callable[[str, str], None],
     ):
         self.settings = settings
@@ -101,76 +118,65 @@ class OscIngress:
         self.routes = {r.address: r for r in settings.routes}
         self.by_param = {r.param: r for r in settings.routes}
         self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
-        self._apply, self._reject = apply, reject
-        self.udp_peers: set[tuple[str, int]] = set()
-        self.tcp_peers: set[asyncio.StreamWriter] = set()
-        self._udp: asyncio.DatagramTransport | None = None
+        self._submit, self._reject = submit, reject
+        self.udp_peers: dict[tuple[str, int], float] = {}  # controller -> when it last moved a parameter
+        self.tcp_peers: dict[asyncio.StreamWriter, str] = {}  # connection -> its address
+        self.coalesced = 0  # values passed over because the conductor was behind
+        self._allowed_cache: dict[str, bool] = {}
+        self._udp: socket.socket | None = None
         self._tcp: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._echoes: dict[str, float] = {}  # parameter -> value to echo at the next frame
+        self._echo_timer: asyncio.TimerHandle | None = None
         self.udp_port = self.tcp_port = 0
 
     async def start(self, host: str) -> None:
         loop = asyncio.get_running_loop()
-        ingress = self
-
-        class Udp(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: Any) -> None:
-                ingress._spawn(ingress.receive(data, (addr[0], addr[1]), None))
-
-        self._udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, self.settings.udp_port))
+        info = socket.getaddrinfo(host, self.settings.udp_port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_DGRAM)
         # A controller flings a fader in a burst; hold the burst in the kernel (Linux caps this at
         # net.core.rmem_max) rather than drop the values that arrive while earlier ones are applied.
-        self._udp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-        self.udp_port = self._udp.get_extra_info("sockname")[1]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # when each datagram arrived
+        sock.bind(info[4])
+        sock.setblocking(False)
+        self._udp = sock
+        self.udp_port = sock.getsockname()[1]
+        loop.add_reader(sock, self._read_udp)
         if self.settings.tcp_port is not None:
             self._tcp = await asyncio.start_server(self._tcp_client, host, self.settings.tcp_port)
             self.tcp_port = self._tcp.sockets[0].getsockname()[1]
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # --- UDP ------------------------------------------------------------------------------------
 
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        source = (peer[0], peer[1])
-        if not self._allowed(source):
-            writer.close()
-            return
-        self.tcp_peers.add(writer)
-        buffer = b""
-        try:
-            while data := await reader.read(65536):
-                buffer += data
-                *frames, buffer = buffer.split(bytes([SLIP_END]))
-                if len(buffer) > MAX_PACKET * 2:  # an unterminated frame keeps growing: refuse it
-                    self._reject("osc_too_large", f"unterminated SLIP frame from {source[0]}")
-                    buffer = b""
-                for frame in frames:
-                    if frame:
-                        await self.receive(slip_decode(frame), source, writer)
-        except ConnectionError:
-            pass
-        finally:
-            self.tcp_peers.discard(writer)
-            with contextlib.suppress(Exception):
-                writer.close()
+    def _read_udp(self) -> None:
+        assert self._udp is not None
+        values: list[_Value] = []
+        oldest = None
+        for _ in range(READ_AT_ONCE):
+            try:
+                data, ancillary, _flags, addr = self._udp.recvmsg(MAX_PACKET + 1, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # e.g. an ICMP error from an echo: not this datagram's fault
+                log.debug("OSC UDP: %s", e)
+                continue
+            if oldest is None:
+                oldest = _arrival(ancillary)
+            self._receive(data, (addr[0], addr[1]), None, values)
+        behind = oldest is not None and time.time() - oldest > BEHIND
+        self._apply(values, coalesce=behind)
 
-    def _allowed(self, source: tuple[str, int]) -> bool:
-        try:
-            ip = ipaddress.ip_address(source[0].split("%")[0])
-        except ValueError:
-            return False
-        if ip.version == 6 and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        if any(ip in net for net in self.allow):
-            return True
-        self._reject("osc_not_allowed", f"OSC from {source[0]}, which is not on the allow-list")
-        return False
+    def receive(self, data: bytes, source: tuple[str, int]) -> None:
+        """One OSC packet from a UDP ``source``, applied at once."""
+        values: list[_Value] = []
+        self._receive(data, source, None, values)
+        self._apply(values, coalesce=False)
 
-    async def receive(self, data: bytes, source: tuple[str, int], tcp: asyncio.StreamWriter | None) -> None:
-        """One OSC packet from ``source``: route each message in it."""
-        if tcp is None and not self._allowed(source):
+    def _receive(
+        self, data: bytes, source: tuple[str, int], tcp: asyncio.StreamWriter | None, values: list[_Value]
+    ) -> None:
+        """One OSC packet from ``source``: its routed values join ``values``; the rest is refused."""
+        if tcp is None and not self._allowed(source[0]):
             return
         if len(data) > MAX_PACKET:
             self._reject("osc_too_large", f"{len(data)}-byte OSC packet from {source[0]} (at most {MAX_PACKET})")
@@ -188,49 +194,170 @@ class OscIngress:
         if not all(well_formed(m.dgram) for m in messages):
             self._reject("osc_malformed", f"an OSC message from {source[0]} is cut short or padded wrongly")
             return
-        if tcp is None:
-            self.udp_peers.add(source)
         for msg in messages:
+            route = self.routes.get(msg.address)
+            if route is None:
+                self._reject("osc_unknown_address", f"no route for {msg.address[:64]}")
+                continue
+            args = list(msg.params)
+            if len(args) != 1 or isinstance(args[0], bool) or not isinstance(args[0], int | float):
+                self._reject("osc_bad_args", f"{msg.address} takes one number")
+                continue
+            if args[0] != args[0] or args[0] in (float("inf"), float("-inf")):
+                self._reject("osc_bad_args", f"{msg.address} takes a finite number")
+                continue
+            values.append(_Value(route, float(args[0]), source))
+
+    def _apply(self, values: list[_Value], coalesce: bool) -> None:
+        passed_over: dict[str, int] = {}
+        if coalesce and len(values) > 1:  # behind: each parameter's latest value only
+            latest: dict[str, _Value] = {}
+            for v in values:
+                if v.route.param in latest:
+                    passed_over[v.route.param] = passed_over.get(v.route.param, 0) + 1
+                latest[v.route.param] = v
+            values = sorted(latest.values(), key=values.index)
+            self.coalesced += sum(passed_over.values())
+        now = time.monotonic()
+        for v in values:
+            low, high = v.route.range
+            lo, hi = self.params[v.route.param]
+            fraction = min(1.0, max(0.0, (v.value - low) / (high - low)))
+            command = SetParam(cmd="param", name=v.route.param, value=lo + fraction * (hi - lo))
             try:
-                await self._route(msg.address, list(msg.params), source)
+                done = self._submit(command, {"role": "osc", "name": f"{v.source[0]}:{v.source[1]}"},
+                                    passed_over.get(v.route.param, 0))  # fmt: skip
+            except Rejected as r:
+                self._reject(r.code, f"{v.route.address}: {r.message}")
+                continue
             except Exception as e:  # one controller's message must never stop the others
-                log.exception("OSC %s", msg.address)
-                self._reject("osc_refused", f"{msg.address}: {e}")
+                log.exception("OSC %s", v.route.address)
+                self._reject("osc_refused", f"{v.route.address}: {e}")
+                continue
+            done.add_done_callback(_retrieved)
+            if v.source not in self.udp_peers and len(self.udp_peers) >= ECHO_PEERS:
+                self._forget_peers(now)
+            if v.source in self.udp_peers or len(self.udp_peers) < ECHO_PEERS:
+                self.udp_peers[v.source] = now
 
-    async def _route(self, address: str, args: list[Any], source: tuple[str, int]) -> None:
-        route = self.routes.get(address)
-        if route is None:
-            self._reject("osc_unknown_address", f"no route for {address[:64]}")
-            return
-        if len(args) != 1 or isinstance(args[0], bool) or not isinstance(args[0], int | float):
-            self._reject("osc_bad_args", f"{address} takes one number")
-            return
-        low, high = route.range
-        lo, hi = self.params[route.param]
-        fraction = min(1.0, max(0.0, (float(args[0]) - low) / (high - low)))
-        await self._apply(
-            SetParam(cmd="param", name=route.param, value=lo + fraction * (hi - lo)),
-            {"role": "osc", "name": f"{source[0]}:{source[1]}"},
-        )
+    def _forget_peers(self, now: float) -> None:
+        for peer, seen in list(self.udp_peers.items()):
+            if now - seen > ECHO_FOR:
+                del self.udp_peers[peer]
 
-    def echo(self, param: str, value: float) -> None:
-        """Tell every controller that ``param`` is now ``value``, in its own range."""
-        route = self.by_param.get(param)
-        if route is None:
+    def _allowed(self, host: str) -> bool:
+        allowed = self._allowed_cache.get(host)
+        if allowed is None:
+            allowed = self._allowed_address(host)
+            if len(self._allowed_cache) >= ALLOWED_CACHE:
+                self._allowed_cache.clear()
+            self._allowed_cache[host] = allowed
+        if not allowed:
+            self._reject("osc_not_allowed", f"OSC from {host}, which is not on the allow-list")
+        return allowed
+
+    def _allowed_address(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allow)
+
+    # --- TCP (SLIP) -----------------------------------------------------------------------------
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = (peer[0], peer[1])
+        held = sum(1 for address in self.tcp_peers.values() if address == source[0])
+        if not self._allowed(source[0]) or held >= TCP_PER_ADDRESS:
+            if held >= TCP_PER_ADDRESS:
+                self._reject("osc_too_many", f"{source[0]} holds {held} OSC connections (at most {TCP_PER_ADDRESS})")
+            writer.close()
             return
-        lo, hi = self.params[param]
-        low, high = route.range
-        packet = message(route.address, low + (value - lo) / (hi - lo) * (high - low))
-        if self._udp:
-            for peer in self.udp_peers:
-                self._udp.sendto(packet, peer)
-        for writer in list(self.tcp_peers):
-            writer.write(slip_encode(packet))
+        self.tcp_peers[writer] = source[0]
+        buffer = b""
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE):
+                    data = await reader.read(65536)
+                if not data:
+                    break
+                buffer += data
+                *frames, buffer = buffer.split(slip.END)
+                if len(buffer) > MAX_PACKET * 2:  # an unterminated frame keeps growing: refuse it
+                    self._reject("osc_too_large", f"unterminated SLIP frame from {source[0]}")
+                    buffer = b""
+                values: list[_Value] = []
+                for frame in frames:
+                    if frame:
+                        try:
+                            packet = slip.decode(slip.END + frame + slip.END)
+                        except slip.ProtocolError:
+                            self._reject("osc_malformed", f"a SLIP frame from {source[0]} is not well escaped")
+                            continue
+                        self._receive(packet, source, writer, values)
+                self._apply(values, coalesce=False)
+        except TimeoutError:
+            log.info("OSC TCP connection from %s idle for %g s: closed", source[0], TCP_IDLE)
+        except ConnectionError:
+            pass
+        finally:
+            self.tcp_peers.pop(writer, None)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    # --- echo -----------------------------------------------------------------------------------
+
+    def echo(self, accepted: Accepted) -> None:
+        """An output of the pipeline: tell the controllers the new values, once per frame."""
+        for name, value in accepted.change.params.items():
+            if name in self.by_param:
+                self._echoes[name] = value
+                if self._echo_timer is None:
+                    self._echo_timer = asyncio.get_running_loop().call_later(FRAME, self._send_echoes)
+
+    def _send_echoes(self) -> None:
+        self._echo_timer = None
+        echoes, self._echoes = self._echoes, {}
+        now = time.monotonic()
+        self._forget_peers(now)
+        for name, value in echoes.items():
+            route = self.by_param[name]
+            lo, hi = self.params[name]
+            low, high = route.range
+            packet = message(route.address, low + (value - lo) / (hi - lo) * (high - low))
+            if self._udp:
+                for peer in self.udp_peers:
+                    with contextlib.suppress(OSError):
+                        self._udp.sendto(packet, peer)
+            framed = slip.encode(packet)
+            for writer in list(self.tcp_peers):
+                writer.write(framed)
 
     def close(self) -> None:
+        if self._echo_timer:
+            self._echo_timer.cancel()
         if self._udp:
+            asyncio.get_running_loop().remove_reader(self._udp)
             self._udp.close()
         if self._tcp:
             self._tcp.close()
         for writer in self.tcp_peers:
             writer.close()
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """When the kernel received a datagram (epoch seconds), from its SO_TIMESTAMPNS."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+            seconds, nanoseconds = TIMESPEC.unpack_from(data)
+            return seconds + nanoseconds / 1e9
+    return None
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A controller's change that could not be kept was refused and counted where it failed."""
+    if not future.cancelled():
+        future.exception()

@@ -18,7 +18,7 @@ from conductor.core.score import load_score
 from conductor.core.yamlcheck import InvalidFile
 
 if TYPE_CHECKING:
-    from conductor.server.pipeline import Conductor
+    from conductor.server.conductor import Conductor
 
 
 def check(paths: list[str]) -> int:
@@ -54,7 +54,7 @@ def stop_signal() -> asyncio.Event:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from conductor.server.pipeline import local
+    from conductor.server.conductor import local
 
     concert = load_concert(args.concert)
     for warning in concert.warnings:
@@ -67,7 +67,14 @@ async def serve(args: argparse.Namespace) -> int:
 
         try:
             conductor, workers, bound = await start_workers(
-                args.concert, concert, args.redis, args.workers, hosts, port, args.fresh
+                args.concert,
+                concert,
+                args.redis,
+                args.workers,
+                hosts,
+                port,
+                args.fresh,
+                args.skip_bad_journal_lines,
             )
         except Unreachable as e:
             print(e, file=sys.stderr)
@@ -80,7 +87,7 @@ async def serve(args: argparse.Namespace) -> int:
         await workers.stop()
         await conductor.stop()
         return 0
-    conductor, gateway = local(concert, fresh=args.fresh)
+    conductor, gateway = local(concert, args.fresh, args.skip_bad_journal_lines)
     await conductor.start(hosts[0])
     runner, bound = await gateway.start(hosts, port)
     announce(concert, conductor, hosts, bound)
@@ -120,7 +127,7 @@ async def play_once(conductor: Conductor) -> None:
     from conductor.core.protocol import Play
 
     if conductor.transport.seq == 0:
-        await conductor.apply(Play(cmd="play"), {"role": "conductor", "name": "tutti serve --play"})
+        await conductor.pipeline.apply(Play(cmd="play"), {"role": "conductor", "name": "tutti serve --play"})
 
 
 async def replay(path: str, url: str | None, token: str, speed: float) -> int:
@@ -214,6 +221,11 @@ def command_line() -> argparse.ArgumentParser:
     p.add_argument("--host", action="append", help="address to listen on (repeatable; default from the concert)")
     p.add_argument("--port", type=int, help="port (0 picks a free one; default from the concert)")
     p.add_argument("--fresh", action="store_true", help="set an existing journal aside and start a new performance")
+    p.add_argument(
+        "--skip-bad-journal-lines",
+        action="store_true",
+        help="resume past journal lines that cannot be read (each is reported), instead of refusing to start",
+    )
     p.add_argument("--play", action="store_true", help="start playing at once (unless resuming a performance)")
     p.add_argument("--workers", type=_count, default=0, help="serve clients from N web processes (needs --redis)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="with --workers: the Redis server they share")

@@ -1,0 +1,107 @@
+"""Commands a conductor-role client has accepted back to back, each acknowledged once it is on disk.
+
+    .venv/bin/python bench/commands.py [--commands 3000] [--window 64] [--rounds 3] [--json out.json]
+
+A conductor-role client sends parameter changes as fast as the conductor acknowledges them, with
+up to ``--window`` in flight. Each acknowledgement means the change is in the journal on disk.
+Two conductors are measured in the same run: Tutti's, whose journal writes every change waiting
+in one batch with one ``fdatasync``, and the same conductor with batches of one change (one
+``fdatasync`` per change, the path before group commit). Prints the median of the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import concert_file, save, started  # noqa: E402
+from conductor.client import TuttiClient  # noqa: E402
+
+TOKEN = "bench"
+
+
+async def serve(concert: str, max_batch: int) -> None:
+    """The child process: a conductor whose journal writes at most ``max_batch`` changes at once."""
+    from conductor.core.concert import load_concert
+    from conductor.server.conductor import local
+
+    conductor, gateway = local(load_concert(concert))
+    conductor.journal.max_batch = max_batch or None
+    await conductor.start("127.0.0.1")
+    _runner, port = await gateway.start(["127.0.0.1"], 0)
+    print(f"listening on http://127.0.0.1:{port}", flush=True)
+    await asyncio.Event().wait()
+
+
+async def rate(url: str, commands: int, window: int) -> float:
+    """Acknowledged commands per second, ``window`` in flight."""
+    client = TuttiClient(url, "conductor", TOKEN)
+    await client.connect()
+    slots = asyncio.Semaphore(window)
+    refused = 0
+
+    async def one(i: int) -> None:
+        nonlocal refused
+        try:
+            answer = await client.command("param", name="density", value=(i % 100) / 100)
+            refused += not answer.get("ok")
+        finally:
+            slots.release()
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(commands):
+        await slots.acquire()
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    await client.close()
+    if refused:
+        raise RuntimeError(f"{refused} commands refused")
+    return commands / elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=3000)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--max-batch", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        await serve(args.serve, args.max_batch)
+        return
+
+    results: dict[str, list[float]] = {"group commit": [], "one fdatasync per change": []}
+    for _ in range(args.rounds):
+        for name, max_batch in (("group commit", 0), ("one fdatasync per change", 1)):
+            concert = concert_file({"conductor": TOKEN}, lookahead=0.05)
+            command = (sys.executable, str(Path(__file__)), "--serve", str(concert), "--max-batch", str(max_batch))
+            proc, url = await started(*command, pattern=r"listening on (\S+)")
+            try:
+                results[name].append(await rate(url, args.commands, args.window))
+            finally:
+                proc.terminate()
+                await proc.wait()
+    base = statistics.median(results["one fdatasync per change"])
+    print(f"{args.commands} commands, {args.window} in flight, median of {args.rounds} rounds")
+    print(f"{'journal':<28}{'commands/s':>12}{'ratio':>8}")
+    figures = {}
+    for name, rates in results.items():
+        median = statistics.median(rates)
+        figures[name] = {"commands_per_s": median, "rounds": rates}
+        print(f"{name:<28}{median:12.0f}{median / base:7.1f}x")
+    save(args.json, figures)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,168 @@
+"""The performance's core: a validated command in, an accepted change and its cues out. No I/O.
+
+``Performance.accept`` plans a command against the state at the time the timing policy gives
+(``Timing``), applies it, and returns the change with the cues that make it heard on the nodes
+(``Accepted``). The server's pipeline (``conductor/server/pipeline.py``) journals and sends what
+this returns; nothing here waits, writes or sends. Score cues, sounds outside the score, the
+settings a joining node needs and a performer's controls are worked out here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from conductor.core.protocol import Command, ControlInput, NodeCue, Rejected, SetParam, SetParams, SoundEvent
+from conductor.core.scheduler import cues_between
+from conductor.core.score import XY, Aligned, Fader, Schedule, Score, Sound, Toggle
+from conductor.core.transport import Change, Transport
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What the scheduler knows when a change is planned (see ``conductor/core/scheduler.py``)."""
+
+    now: float
+    lookahead: float  # seconds every destination of a ``together`` change needs
+    sent_until: float = 0.0  # cues up to this conductor time are on their way: a change comes after them
+    align: Mapping[str, dict[str, float]] = field(default_factory=dict)  # aligned site -> how early each site plays
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A cue and the room of the nodes it goes to (``nodes:all``, ``nodes:part:ID``, ...)."""
+
+    room: str
+    cue: NodeCue
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An accepted change and the cues that make it heard (parameter settings on the nodes)."""
+
+    change: Change
+    cues: list[Routed]
+
+
+class Performance:
+    """The score and the state of one performance, and the rules for changing them."""
+
+    def __init__(self, score: Score, transport: Transport | None = None):
+        self.score = score
+        self.transport = transport or Transport(score)
+
+    # --- changes ------------------------------------------------------------------------------
+
+    def accept(self, command: Command, timing: Timing) -> Accepted:
+        """Plan and apply ``command``; raises Rejected if it cannot be done."""
+        schedule = self.schedule_of(command)
+        align = timing.align.get(schedule.aligned, {}) if isinstance(schedule, Aligned) else None
+        at_once = schedule == "immediate" and command.at is None  # nodes set it when it reaches them
+        # Otherwise cues up to sent_until are on their way, and a change cannot overtake them.
+        t = timing.now if at_once else max(self.when(command.at, timing, align), timing.sent_until)
+        change = self.transport.plan(command, t)
+        self.transport.apply(change)
+        cues = self.sounding(change.params, None if at_once else change.t, align)
+        return Accepted(change, cues)
+
+    def schedule_of(self, command: Command) -> Schedule:
+        """A parameter is timed as its schedule says (default: the score's); the transport always together."""
+        names = (
+            [command.name]
+            if isinstance(command, SetParam)
+            else list(command.values)
+            if isinstance(command, SetParams)
+            else []
+        )
+        params = [p for name in names if (p := self.score.parameter(name)) is not None]
+        return (params[0].schedule or self.score.schedule) if params else "together"
+
+    def when(self, at: float | None, timing: Timing, align: dict[str, float] | None) -> float:
+        """The conductor time asked for, or without one, the soonest every destination can meet."""
+        if at is None:  # the slowest destination's delay, and for an aligned schedule the earliest site
+            return timing.now + timing.lookahead + max((align or {}).values(), default=0.0)
+        if at < timing.now:
+            raise Rejected("too_late", f"'at' is {timing.now - at:.3f} s in the past")
+        return float(at)
+
+    def sounding(
+        self, values: Mapping[str, float], t: float | None, align: dict[str, float] | None = None
+    ) -> list[Routed]:
+        """The ``/n_set`` cues that make parameter values heard, one per part (``t`` None: at once)."""
+        out = []
+        for name, value in values.items():
+            param = self.score.parameter(name)
+            if param is None or param.n_set is None:
+                continue
+            args = [param.n_set.control, param.synth_value(value)]
+            for part in param.n_set.parts or [p.id for p in self.score.parts]:
+                cue = NodeCue(t=t, address="/n_set", args=[self.score.group(part), *args], align=align)
+                out.append(Routed(f"nodes:part:{part}", cue))
+        return out
+
+    def settings(self, now: float) -> list[Routed]:
+        """What a node's synths should be set to now: every parameter's current value."""
+        return self.sounding({name: timeline.at(now) for name, timeline in self.transport.params.items()}, None)
+
+    # --- cues outside the change path ----------------------------------------------------------
+
+    def score_cues(self, start: float, end: float, align: Mapping[str, dict[str, float]]) -> list[Routed]:
+        """The score cues that sound in conductor time [start, end), in order; ``t`` None for
+        ``immediate`` ones, which the sender holds until their time (see ``due``)."""
+        out = []
+        for timed in cues_between(self.score, self.transport, start, end):
+            schedule, late = self.score.policy(timed.cue)
+            cue = NodeCue(
+                id=timed.index, t=timed.t, to=timed.cue.to, address=timed.cue.address, args=timed.args,
+                target=timed.cue.target, late=late, beat=self.beat(timed.t),
+                align=align.get(schedule.aligned, {}) if isinstance(schedule, Aligned) else None,
+            )  # fmt: skip
+            out.append(Routed(f"nodes:{timed.cue.target}", cue))
+        return out
+
+    def sound(self, sound: SoundEvent, timing: Timing) -> Routed:
+        """A sound the conductor plays outside the score, timed like a score cue."""
+        if problems := self.score.sound_problems(sound):
+            loc, message = problems[0]
+            raise Rejected("bad_payload", f"{'.'.join(map(str, loc))}: {message}")
+        schedule, late = self.score.policy(sound)
+        align = timing.align.get(schedule.aligned, {}) if isinstance(schedule, Aligned) else None
+        if schedule == "immediate" and sound.at is not None:
+            raise Rejected("bad_payload", "at: an immediate sound plays when it arrives; give no 'at'")
+        t = None if schedule == "immediate" else self.when(sound.at, timing, align)
+        cue = NodeCue(
+            t=t, to=sound.to, address=sound.address, args=self.score.cue_args(sound), target=sound.target,
+            late=late, beat=self.beat(t or timing.now), align=align,
+        )  # fmt: skip
+        return Routed(f"nodes:{sound.target}", cue)
+
+    def beat(self, t: float) -> float:
+        """A beat's length in conductor seconds at ``t``, for cues moved to the next beat."""
+        segment = self.transport.segments.at(t)
+        return 60.0 / self.score.tempo.bpm / (segment.rate or 1.0)
+
+    def immediate(self, cue: Sound) -> bool:
+        return self.score.policy(cue)[0] == "immediate"
+
+    # --- a performer's controls ----------------------------------------------------------------
+
+    def control(self, part_id: str | None, data: ControlInput) -> Command | None:
+        """The command a performer's control makes (None for a control with no parameter)."""
+        part = self.score.part(part_id or "")
+        control = next((c for c in part.controls if c.id == data.id), None) if part else None
+        if control is None:
+            raise Rejected("forbidden", f"no control '{data.id}' in your part")
+        value = data.value
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(control, Fader) and not (number and control.min <= value <= control.max):  # type: ignore[operator]
+            raise Rejected("out_of_range", f"fader '{control.id}' takes {control.min:g} to {control.max:g}")
+        if isinstance(control, Toggle) and not isinstance(value, bool):
+            raise Rejected("bad_payload", f"toggle '{control.id}' takes true or false")
+        if isinstance(control, XY) and not (isinstance(value, tuple) and all(0 <= v <= 1 for v in value)):
+            raise Rejected("out_of_range", f"xy pad '{control.id}' takes [x, y] from 0 to 1")
+        if control.param is None:
+            return None
+        if isinstance(value, tuple):  # both axes in one change
+            x, y = value
+            return SetParams(cmd="params", values={f"{control.param}_x": x, f"{control.param}_y": y})
+        return SetParam(cmd="param", name=control.param, value=float(value))

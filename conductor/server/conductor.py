@@ -1,0 +1,309 @@
+"""The conductor: one performance, and what its clients may ask of it.
+
+It wires the parts together: the core (``core/performance.py``) behind the change pipeline
+(``pipeline.py``), whose outputs are the journal, the node-cue sender (``cues.py``), the OSC echo
+(``osc.py``), the state broadcaster (``broadcast.py``) and the console feed (``console.py``);
+and the roster of clients (``joins.py``). Clients reach it through a gateway (``gateway.py``):
+in one process (``local``), or from web workers over Redis (``cluster.py``). Only the conductor
+role may send commands; anything malformed, oversized, unknown or forbidden is answered with an
+``error`` event and counted, and the conductor goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import pydantic
+import segno
+
+from conductor.core import journal, protocol
+from conductor.core.clock import ConductorClock
+from conductor.core.concert import Concert
+from conductor.core.performance import Performance
+from conductor.core.protocol import ControlInput, Health, Invite, Rejected, Report
+from conductor.core.scheduler import Lookahead
+from conductor.core.transport import Transport
+from conductor.server.broadcast import StateBroadcast
+from conductor.server.console import ConsoleFeed, Refusals
+from conductor.server.cues import NodeCues
+from conductor.server.gateway import Gateway, Out, Source
+from conductor.server.joins import JOIN_COOLDOWN, Client, Roster, summary
+from conductor.server.osc import OscIngress
+from conductor.server.pipeline import Pipeline
+
+log = logging.getLogger("tutti.conductor")
+
+
+class Conductor:
+    """The performance. It sends through ``out``: a gateway's Socket.IO server, or Redis to the workers'."""
+
+    def __init__(
+        self,
+        concert: Concert,
+        out: Out,
+        clock: ConductorClock | None = None,
+        fresh: bool = False,
+        skip_bad_journal_lines: bool = False,
+    ):
+        self.concert = concert
+        self.score = concert.score
+        self.out = out
+        self.clock = clock or ConductorClock()
+        self.started = time.time()
+        self.roster = Roster(concert)
+        self.refusals = Refusals(self.clock.now)
+        self.controls: dict[str, Any] = {}  # "part/control" -> latest value from a performer
+        self.lookahead = Lookahead(floor=concert.settings.lookahead)
+
+        resumed = journal.resume(
+            concert.journal_path, self.score.score, self.score.sha256, fresh=fresh, skip_bad=skip_bad_journal_lines
+        )
+        for problem in resumed.skipped:
+            log.warning(problem)
+        self.core = Performance(self.score.score, resumed.transport)
+        durable = Transport(self.score.score)
+        durable.restore(resumed.transport.snapshot(self.clock.now()))
+        header = {"score": str(self.score.path), "score_sha256": self.score.sha256, "started": self.clock.now()}
+        self.journal = journal.Journal(concert.journal_path, header, durable)
+        log.info(
+            "resumed %d changes from %s%s; position %.3f s",
+            resumed.records,
+            concert.journal_path,
+            f" after the checkpoint at change {resumed.checkpoint_seq}" if resumed.checkpoint_seq else "",
+            self.transport.position(self.clock.now()),
+        )
+
+        self.nodes = NodeCues(self.core, self.roster, out, self.lookahead, self.clock.now)
+        self.broadcast = StateBroadcast(out)
+        self.pipeline = Pipeline(self.core, self.journal, self.nodes.timing)
+        self.pipeline.on_accepted.append(self.nodes.accepted)
+        self.pipeline.on_durable.append(self.broadcast.durable)
+        self.pipeline.on_reverted += [self.nodes.reverted, self._reverted]
+        self.console = ConsoleFeed(
+            self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out
+        )
+        self.journal.on_availability = self._journal_availability
+        self.osc: OscIngress | None = None
+        if concert.settings.osc is not None:
+            ranges = {p.id: (p.min, p.max) for p in self.score.score.parameters}
+            self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count)
+            self.pipeline.on_accepted.append(self.osc.echo)
+        self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
+            protocol.SYNC: self._sync,
+            protocol.COMMAND: self._command,
+            protocol.REPORT: self._report,
+            protocol.CONTROL: self._control,
+            protocol.HEALTH: self._health,
+            protocol.INVITE: self._invite,
+            protocol.SOUND: self._sound,
+        }
+
+    @property
+    def transport(self) -> Transport:
+        return self.core.transport
+
+    @property
+    def clients(self) -> dict[str, Client]:
+        return self.roster.clients
+
+    def _reverted(self) -> None:
+        self.broadcast.reverted(protocol.Snapshot.model_validate(self.transport.snapshot(self.clock.now())))
+
+    def _journal_availability(self, reason: str | None) -> None:
+        if reason:
+            log.error("changes are refused until the journal can be written: %s", reason)
+        else:
+            log.warning("the journal can be written again: changes are accepted")
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``/api/status`` shows."""
+        now = self.clock.now()
+        return {
+            "title": self.concert.title,
+            "now": now,
+            "clock_minus_wall": now - time.time(),
+            "position": self.transport.position(now),
+            "state": self.transport.snapshot(now),
+            "clients": [c.info().model_dump() for c in self.clients.values()],
+            "rejections": dict(self.refusals.counts),
+            "journal": str(self.journal.path),
+            "journal_unavailable": self.journal.unavailable,
+            "osc_coalesced": self.osc.coalesced if self.osc else 0,
+            "lookahead": self.lookahead.to_json(),
+        }
+
+    # --- what gateways ask of it (``gateway.Performance``) ----------------------------------------
+
+    async def count(self, rejected: Rejected, event: str, client: str) -> None:
+        self.refusals.count(rejected.code, rejected.message, event, client)
+
+    def _refuse(self, sid: str, event: str, rejected: Rejected) -> dict[str, Any]:
+        client = self.clients.get(sid)
+        self.refusals.count(rejected.code, rejected.message, event, client.name if client else sid)
+        return {"ok": False, **rejected.payload(event)}
+
+    async def handle(self, sid: str, event: str, args: list[Any]) -> Any:
+        """One event from a client: its acknowledgement, or a refusal (``{"ok": false, ...}``). Never raises."""
+        try:
+            handler = self._handlers.get(event)
+            if handler is None:
+                raise Rejected("unknown_event", f"no event '{event}'")
+            client = self.clients.get(sid)
+            if client is None:
+                raise Rejected("not_joined", "join first")
+            client.last_seen = self.clock.now()
+            if len(args) != 1:
+                raise Rejected("bad_payload", f"'{event}' takes exactly one payload, not {len(args)}")
+            return await handler(client, args[0])
+        except Rejected as r:
+            return self._refuse(sid, event, r)
+        except pydantic.ValidationError as e:
+            return self._refuse(sid, event, Rejected("bad_payload", summary(e)))
+        except Exception:
+            log.exception("error handling %s from %s", event, sid)
+            return self._refuse(sid, event, Rejected("internal", "the conductor could not handle this"))
+
+    async def join(self, sid: str, auth: Any, source: Source) -> None:
+        """Admit a client: its rooms, then its welcome, through ``out``. Raises Rejected (counted)."""
+        roster = self.roster
+        try:
+            if roster.failed.barred(source.address, time.monotonic()):
+                raise Rejected("rate_limited", f"too many failed joins from {source.address}; wait {JOIN_COOLDOWN:g} s")
+            joined = roster.auth(auth)
+        except Rejected as r:
+            if r.code != "rate_limited":
+                roster.failed.failed(source.address, time.monotonic())
+            self._refuse(sid, "connect", r)
+            raise
+        now = self.clock.now()
+        client, rooms = roster.admit(sid, joined, now, source.worker)
+        welcome = protocol.Welcome(
+            you=client.info(),
+            score=self.score.to_json(),
+            state=protocol.Snapshot.model_validate(self.transport.snapshot(now)),
+            now=now,
+            groups={p: self.score.score.group(p) for p in client.parts} if client.role == "node" else None,
+            audio=self.concert.settings.audio.model_dump() if roster.runs_audio(client) else None,  # type: ignore[union-attr]
+        )
+        # Rooms first, the welcome last: a change broadcast after the welcome's snapshot reaches
+        # this client after its welcome, even through Redis (one channel, in order).
+        for room in rooms:
+            await self.out.enter_room(sid, room)
+        await self.out.emit(protocol.WELCOME, welcome.model_dump(exclude_none=True), to=sid)
+        if client.role == "node" and client.synth:
+            await self.nodes.welcome(sid, client.parts, rooms)
+
+    async def leave(self, sid: str) -> None:
+        self.roster.leave(sid)
+
+    def forget_worker(self, worker: str) -> None:
+        self.roster.forget_worker(worker)
+
+    async def status(self) -> dict[str, Any]:
+        return self.snapshot()
+
+    # --- events ---------------------------------------------------------------------------------
+
+    async def _sync(self, client: Client, t0: Any) -> list[float]:
+        """Gateways answer sync themselves; this is for clients of the performance in-process."""
+        t1 = self.clock.now()
+        if not protocol.is_number(t0):
+            raise Rejected("bad_payload", "sync takes the client's send time, a number")
+        return [t0, t1, self.clock.now()]
+
+    async def _report(self, client: Client, payload: Any) -> None:
+        _check_size(payload)
+        report = Report.model_validate(payload)
+        client.rtt, client.offset, client.error, client.delay = report.rtt, report.offset, report.error, report.delay
+
+    async def _command(self, client: Client, payload: Any) -> dict[str, Any]:
+        _check_size(payload)
+        command = protocol.command_adapter.validate_python(payload)
+        if client.role != "conductor":
+            raise Rejected("forbidden", f"only the conductor may send commands (you are {client.role})")
+        change = await self.pipeline.apply(command, {"role": client.role, "name": client.name})
+        return {"ok": True, "seq": change.seq, "t": change.t}
+
+    async def _control(self, client: Client, payload: Any) -> dict[str, Any]:
+        _check_size(payload)
+        data = ControlInput.model_validate(payload)
+        if client.role != "performer":
+            raise Rejected("forbidden", f"no control '{data.id}' in your part")
+        command = self.core.control(client.part, data)
+        self.controls[f"{client.part}/{data.id}"] = data.value
+        if command is None:
+            return {"ok": True, "seq": self.transport.seq}
+        by = {"role": client.role, "name": client.name, "part": client.part, "control": data.id}
+        change = await self.pipeline.apply(command, by)
+        return {"ok": True, "t": change.t, "seq": change.seq}
+
+    async def _health(self, client: Client, payload: Any) -> None:
+        _check_size(payload)
+        if client.role != "node":
+            raise Rejected("forbidden", "only nodes report health")
+        health = Health.model_validate(payload).model_dump()
+        late = health.get("cues_late", 0) - (client.health or {}).get("cues_late", 0)
+        if isinstance(late, int) and late > 0:
+            log.warning("%s got %d cues late; the lookahead grows", client.name, late)
+            self.lookahead.late(late)
+        client.health = health
+
+    async def _invite(self, client: Client, payload: Any) -> dict[str, Any]:
+        """Each part's performer link, with its token, as a URL and a QR code (SVG) for the console."""
+        if client.role != "conductor":
+            raise Rejected("forbidden", "only the conductor may invite performers")
+        base = Invite.model_validate(payload).base
+        invites = []
+        for part in self.score.score.parts:
+            token = self.concert.token_for("performer", part.id)
+            url = f"{base}/perform?" + urlencode({"part": part.id, **({"token": token} if token else {})})
+            svg = segno.make(url, error="m").svg_inline(scale=4, dark="#000", light="#fff")
+            invites.append({"part": part.id, "name": part.name, "url": url, "svg": svg})
+        return {"ok": True, "invites": invites}
+
+    async def _sound(self, client: Client, payload: Any) -> dict[str, Any]:
+        """A sound the conductor plays outside the score: sent to its nodes like a score cue."""
+        _check_size(payload)
+        sound = protocol.SoundEvent.model_validate(payload)
+        if client.role != "conductor":
+            raise Rejected("forbidden", f"only the conductor may play sounds (you are {client.role})")
+        routed = self.core.sound(sound, self.nodes.timing())
+        self.nodes.queue(routed)
+        return {"ok": True, "t": routed.cue.t}
+
+    # --- running ------------------------------------------------------------------------------
+
+    async def start(self, osc_host: str) -> None:
+        await self.journal.start()
+        await self.nodes.start()
+        await self.console.start()
+        if self.osc:
+            await self.osc.start(osc_host)
+
+    async def stop(self) -> None:
+        await self.console.stop()
+        await self.nodes.stop()
+        if self.osc:
+            self.osc.close()
+        await self.broadcast.stop()
+        await self.journal.close()
+
+
+def local(concert: Concert, fresh: bool = False, skip_bad_journal_lines: bool = False) -> tuple[Conductor, Gateway]:
+    """A conductor in one process: the performance, and a gateway that serves it."""
+    clock = ConductorClock()
+    gateway = Gateway(concert, clock)
+    conductor = Conductor(concert, gateway.sio, clock, fresh=fresh, skip_bad_journal_lines=skip_bad_journal_lines)
+    gateway.serve(conductor)
+    return conductor, gateway
+
+
+def _check_size(payload: Any) -> None:
+    size = len(json.dumps(payload, separators=(",", ":"), default=str))
+    if size > protocol.MAX_EVENT_BYTES:
+        raise Rejected("too_large", f"payload of {size} bytes (at most {protocol.MAX_EVENT_BYTES})")
