@@ -110,12 +110,14 @@ async def test_a_client_that_reads_nothing_is_let_go_and_the_others_keep_up(tmp_
 
         sent = 0
         while not conductor.status()["rejections"].get("slow"):
-            assert sent < 5000, "the stalled client was never let go"
-            await asyncio.gather(*(boss.command("tempo", bpm=60 + (sent + i) % 500) for i in range(20)))
-            sent += 20
+            # A change is small: the kernel's socket buffers take many before the connection backs up.
+            assert sent < 50_000, "the stalled client was never let go"
+            await asyncio.gather(*(boss.command("tempo", bpm=60 + (sent + i) % 500) for i in range(50)))
+            sent += 50
         # The one that reads on got every change, in order, and stays.
-        await until(lambda: len(listener.changes) == sent, 2, "the listener fell behind")
-        assert [c["seq"] for c in listener.changes] == sorted(c["seq"] for c in listener.changes)
+        await until(lambda: listener.transport and listener.transport.seq == sent, 5, "the listener fell behind")
+        seqs = [c["seq"] for c in listener.changes]
+        assert seqs == list(range(sent - len(seqs) + 1, sent + 1))
         assert listener.sio.connected and not listener.errors
         assert await listener.sync_once()
         assert audience() == 1
@@ -184,7 +186,7 @@ async def test_a_fault_while_joining_is_reported_as_the_conductors_own(tmp_path:
             await unlucky.connect(url, auth={"role": "audience", "name": "unlucky"}, transports=["websocket"])
         await until(lambda: errors, 5, "no error event")
         assert errors[0]["code"] == "internal" and errors[0]["event"] == "connect", errors
-        assert conductor.rejections == {"internal": 1}
+        assert conductor.refusals.counts == {"internal": 1}
         other = TuttiClient(url, "audience")
         await other.connect()
         assert other.welcome["state"]["seq"] == 0
@@ -192,4 +194,4 @@ async def test_a_fault_while_joining_is_reported_as_the_conductors_own(tmp_path:
     finally:
         await unlucky.disconnect()
         await runner.cleanup()
-        conductor.journal.close()
+        await conductor.journal.close()

@@ -165,10 +165,10 @@ async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, 
     observer = TuttiClient(conductor.url, "node", TOKENS["node"], name="observer")  # gets the cues for all
     cues: list[dict[str, Any]] = []
 
-    async def sent(cue: dict[str, Any]) -> None:
-        cues.append(cue)
+    async def sent(batch: dict[str, Any]) -> None:
+        cues.extend(batch["cues"])
 
-    observer.sio.on("cue", sent)
+    observer.sio.on("cues", sent)
     try:
         recorder.listen_to("scsynth-npku:out_1", 0)  # pku's own click
         recorder.listen_to("jacktrip-pku:receive_1", 1)  # ccom's, through the hub
@@ -180,7 +180,7 @@ async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, 
         await asyncio.sleep(zero + 3.75 - time.time())
         links = [x for c in conductor.status()["clients"] if c["health"] for x in c["health"]["links"]]
         way = audio_delays(links, "pku", PERIOD)["ccom"]  # ccom to pku through the hub, measured now
-        [early] = [cue["align"]["ccom"] for cue in cues if "align" in cue]  # what the conductor asked ccom for
+        [early] = [cue["align"]["ccom"] for cue in cues if cue.get("align")]  # what the conductor asked ccom for
 
         def first(port: int, start: float) -> float:  # a jitter buffer may repeat a period: take the first
             return min(o.time - zero for o in recorder.onsets(port=port) if start <= o.time - zero < start + 0.2)

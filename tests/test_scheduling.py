@@ -242,10 +242,10 @@ async def test_parameters_and_performer_controls_follow_their_schedule(tmp_path:
     player = TuttiClient(conductor.url, "performer", TOKENS["performer"], part="a")
     cues: list[dict[str, Any]] = []
 
-    async def heard(cue: dict[str, Any]) -> None:
-        cues.append(cue)
+    async def heard(batch: dict[str, Any]) -> None:
+        cues.extend(batch["cues"])
 
-    node.sio.on("cue", heard)
+    node.sio.on("cues", heard)
     try:
         for client in (node, boss, player):
             await client.connect()
@@ -258,8 +258,8 @@ async def test_parameters_and_performer_controls_follow_their_schedule(tmp_path:
         there = await boss.command("param", name="there", value=0.5)
         await until(lambda: len(cues) == 3, 5, "a cue for each change")
         assert before <= now["t"] < before + 0.1, (before, now)  # immediate: no lookahead
-        assert cues[0]["t"] is None and "align" not in cues[0]  # ... and set when it arrives
-        assert soon["t"] >= before + 0.3 and cues[1]["t"] == soon["t"] and "align" not in cues[1]  # together
+        assert cues[0]["t"] is None and cues[0]["align"] is None  # ... and set when it arrives
+        assert soon["t"] >= before + 0.3 and cues[1]["t"] == soon["t"] and cues[1]["align"] is None  # together
         # aligned at ucas: each node plays early by its audio delay to ucas (none measured here)
         assert there["t"] >= before + 0.3 and cues[2]["t"] == there["t"] and cues[2]["align"] == {}
     finally:

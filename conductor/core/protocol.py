@@ -169,7 +169,7 @@ class NodeCue(Outbound):
     """One OSC message for a node's scsynth or sclang, at a conductor time (``t`` None: at once)."""
 
     id: int | None = None  # the score cue's index; None for sounds and parameter settings
-    t: float | None
+    t: float | None = None  # None: at once
     to: Literal["scsynth", "sclang"] = "scsynth"
     address: str
     args: list[OscArgument]

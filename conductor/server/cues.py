@@ -68,7 +68,7 @@ class NodeCues:
         while self._queued:  # what is queued while a batch is sent goes in the next
             queued, self._queued = self._queued, {}
             for room, cues in queued.items():
-                await self.out.emit(protocol.CUES, protocol.Cues(cues=cues).model_dump(exclude_none=True), room=room)
+                await self.out.emit(protocol.CUES, protocol.Cues(cues=cues).model_dump(), room=room)
 
     # --- a node joins ----------------------------------------------------------------------------
 
@@ -83,7 +83,7 @@ class NodeCues:
             if r.room in rooms and not self.core.immediate(self.core.score.cues[r.cue.id or 0])
         ]
         if cues:
-            await self.out.emit(protocol.CUES, protocol.Cues(cues=cues).model_dump(exclude_none=True), to=sid)
+            await self.out.emit(protocol.CUES, protocol.Cues(cues=cues).model_dump(), to=sid)
 
     # --- score cues --------------------------------------------------------------------------------
 
