@@ -61,7 +61,7 @@ async def controller(index: int, osc_port: int, rate: float, seconds: float) -> 
 async def audience(url: str, clients: int) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "bench" / "load.py"), url, "--clients", str(clients),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 30,
     )  # fmt: skip
     assert proc.stdout is not None
     line = (await proc.stdout.readline()).decode()

@@ -16,8 +16,6 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
-
 
 def test_an_installed_tutti_serves_the_demo_from_anywhere(tmp_path: Path) -> None:
     if not (ROOT / "clients" / "node_modules" / "socket.io-client").is_dir():

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from conductor.client import TuttiClient
 from conductor.core import journal
 from conductor.core.performance import Performance, Timing
 from conductor.core.protocol import ControlInput, Rejected, SetParam, command_adapter
@@ -14,10 +18,10 @@ from conductor.core.score import load_score
 from conductor.core.transport import Transport
 from conductor.server.broadcast import FRAME, StateBroadcast
 from conductor.server.pipeline import Pipeline
-from tests.conftest import SCORES
+from tests.conftest import SCORES, TOKENS, ConductorProcess, write_concert
+from tests.test_node import until
 
 T0 = 1_800_000_000.0
-pytestmark = pytest.mark.unit
 
 
 class Recorder:
@@ -137,3 +141,29 @@ async def test_a_change_that_cannot_be_kept_is_refused_and_undone(core: Performa
     assert core.transport.seq == 0 and core.transport.params["density"].at(T0 + 1) == 0.3 and reverted
     with pytest.raises(Rejected, match="changes cannot be kept"):  # refused until the disk can be written
         pipeline.submit(SetParam(cmd="param", name="density", value=0.1), {})
+
+
+async def test_a_node_s_cue_channel_brings_its_cues_and_its_ticket_works_once(tmp_path: Path) -> None:
+    conductor = ConductorProcess(write_concert(tmp_path))
+    node = TuttiClient(conductor.url, "node", TOKENS["node"], name="n", parts=["drones"])
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    events: list[Any] = []
+    node.sio.on("cues", events.append)
+    try:
+        await node.connect()
+        await boss.connect()
+        await until(lambda: events, 5, "a joining node is sent its settings as an event")
+        events.clear()
+        path = node.welcome["cue_channel"]
+        async with aiohttp.ClientSession() as http, http.ws_connect(conductor.url + path) as channel:
+            await until(lambda: conductor.status()["clients"], 5, "no clients")
+            assert (await boss.command("param", name="density", value=1.0))["ok"]
+            batch = json.loads((await channel.receive(timeout=5)).data)
+            assert batch["cues"][0]["args"] == [1000, "amp", 0.4]
+            async with http.get(conductor.url + path) as again:
+                assert again.status == 403  # the ticket was used
+        assert not events  # the channel brought it, not an event as well
+    finally:
+        await node.close()
+        await boss.close()
+        conductor.stop()

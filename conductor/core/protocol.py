@@ -240,6 +240,7 @@ class Welcome(Outbound):
     now: float
     groups: dict[str, int] | None = None  # nodes: the scsynth group of each part they sound
     audio: dict[str, Any] | None = None  # nodes that run a JackTrip end: the concert's audio section
+    cue_channel: str | None = None  # nodes: the path (with a one-time ticket) of a WebSocket for their cues
 
 
 class ConsoleFeed(Outbound):

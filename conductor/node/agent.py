@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 import time
 from typing import Any
 
+import aiohttp
 import pydantic
 
 from conductor.client import TuttiClient
@@ -64,10 +66,16 @@ class NodeAgent:
         self.cues_moved = 0  # ... and moved these to the next beat
         self.cues_repeated = 0  # cues received again (a rejoining node is sent the lookahead again): dropped
         self._played: dict[tuple[int, float], None] = {}  # (score cue, conductor time), oldest first
+        self._http: aiohttp.ClientSession | None = None
+        self._ssl = ssl.create_default_context(cafile=ca) if ca else None
+        self._channel: asyncio.Task[None] | None = None
 
     async def _welcome(self) -> None:
         if self.scsynth:
             self.scsynth.make_groups(list(self.client.welcome.get("groups", {}).values()))
+        if path := self.client.welcome.get("cue_channel"):
+            await self._close_channel()
+            self._channel = asyncio.create_task(self._read_channel(self.client.url.rstrip("/") + path))
         plan = self.client.welcome.get("audio")
         if plan is not None and self.audio is None and self.client.you.get("site"):
             self.audio = SiteAudio(
@@ -88,6 +96,32 @@ class NodeAgent:
             return
         for cue in batch.cues:
             self.play(cue)
+
+    async def _read_channel(self, url: str) -> None:
+        """Cues from the conductor's cue channel, a plain WebSocket: the lightest way here."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        try:
+            async with self._http.ws_connect(url, ssl=self._ssl or True, heartbeat=10) as ws:
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    try:
+                        batch = protocol.cues_adapter.validate_json(message.data)
+                    except pydantic.ValidationError as e:
+                        log.warning("cues not understood: %s", e)
+                        continue
+                    for cue in batch.cues:
+                        self.play(cue)
+        except (aiohttp.ClientError, OSError) as e:  # the events still bring every cue
+            log.warning("no cue channel at %s (%s): cues come as Socket.IO events", url, e)
+
+    async def _close_channel(self) -> None:
+        if self._channel:
+            self._channel.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._channel
+            self._channel = None
 
     def play(self, cue: protocol.NodeCue) -> None:
         """Hand one cue to scsynth (or sclang), timetagged in this machine's clock."""
@@ -175,6 +209,9 @@ class NodeAgent:
                     )
 
     async def close(self) -> None:
+        await self._close_channel()
+        if self._http:
+            await self._http.close()
         await self.client.close()
         if self.audio:
             await self.audio.close()

@@ -66,8 +66,10 @@ class RedisOut:
     def __init__(self, url: str, run: str):
         self.manager = socketio.AsyncRedisManager(url, channel=_channels(run)["socketio"], write_only=True)
 
-    async def emit(self, event: str, data: Any, to: str | None = None, room: str | None = None) -> None:
-        await self.manager.emit(event, data, namespace="/", room=to or room)
+    async def emit(
+        self, event: str, data: Any, to: str | None = None, room: str | None = None, skip_sid: list[str] | None = None
+    ) -> None:
+        await self.manager.emit(event, data, namespace="/", room=to or room, skip_sid=skip_sid)
 
     async def enter_room(self, sid: str, room: str) -> None:
         await self.manager.enter_room(sid, "/", room)  # published to the worker that has the client

@@ -30,7 +30,7 @@ from conductor.core.scheduler import Lookahead
 from conductor.core.transport import Transport
 from conductor.server.broadcast import StateBroadcast
 from conductor.server.console import ConsoleFeed, Refusals
-from conductor.server.cues import NodeCues
+from conductor.server.cues import CHANNEL, NodeCues
 from conductor.server.gateway import Gateway, Out, Source
 from conductor.server.joins import JOIN_COOLDOWN, Client, Roster, summary
 from conductor.server.osc import OscIngress
@@ -49,8 +49,10 @@ class Conductor:
         clock: ConductorClock | None = None,
         fresh: bool = False,
         skip_bad_journal_lines: bool = False,
+        cue_channel: bool = False,
     ):
         self.concert = concert
+        self.cue_channel = cue_channel  # nodes may open a cue channel to this process (not with workers)
         self.score = concert.score
         self.out = out
         self.clock = clock or ConductorClock()
@@ -189,6 +191,9 @@ class Conductor:
             now=now,
             groups={p: self.score.score.group(p) for p in client.parts} if client.role == "node" else None,
             audio=self.concert.settings.audio.model_dump() if roster.runs_audio(client) else None,  # type: ignore[union-attr]
+            cue_channel=f"{CHANNEL}?ticket={self.nodes.ticket(sid)}"
+            if client.role == "node" and self.cue_channel
+            else None,
         )
         # Rooms first, the welcome last: a change broadcast after the welcome's snapshot reaches
         # this client after its welcome, even through Redis (one channel, in order).
@@ -200,6 +205,7 @@ class Conductor:
 
     async def leave(self, sid: str) -> None:
         self.roster.leave(sid)
+        await self.nodes.left(sid)
 
     def forget_worker(self, worker: str) -> None:
         self.roster.forget_worker(worker)
@@ -298,7 +304,8 @@ def local(concert: Concert, fresh: bool = False, skip_bad_journal_lines: bool = 
     """A conductor in one process: the performance, and a gateway that serves it."""
     clock = ConductorClock()
     gateway = Gateway(concert, clock)
-    conductor = Conductor(concert, gateway.sio, clock, fresh=fresh, skip_bad_journal_lines=skip_bad_journal_lines)
+    conductor = Conductor(concert, gateway.sio, clock, fresh, skip_bad_journal_lines, cue_channel=True)
+    gateway.app.router.add_get(CHANNEL, conductor.nodes.channel)
     gateway.serve(conductor)
     return conductor, gateway
 

@@ -1,8 +1,11 @@
 """The node-cue sender: what the nodes play, sent ahead so that it sounds together.
 
-Cues reach the nodes as ``cues`` events (``protocol.Cues``), a batch per room: every cue queued
-while the event loop runs one pass goes in one message, so a burst of fader values costs one
-Socket.IO message per room, not one per value. The cues of an accepted change (parameter
+Cues reach the nodes as ``protocol.Cues``, a batch per room: every cue queued while the event
+loop runs one pass goes in one message, so a burst of fader values costs one message per room,
+not one per value. A node that opened its cue channel (``CHANNEL``: a plain WebSocket, whose
+ticket its welcome gave it) is sent each batch there as one text frame, encoded once for all:
+the lightest way to a node, and measured so (``bench/relay.py``). Any other node (or every node,
+with web workers) gets ``cues`` Socket.IO events. The cues of an accepted change (parameter
 settings) are queued the moment it is accepted. Score cues are sent once they fall within the
 lookahead (``scheduler.Lookahead``); ``immediate`` ones are held until their time. Every
 ``LOOKAHEAD_EVERY`` the lookahead follows the clients' delays and each aligned site's offsets
@@ -14,19 +17,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
 
 from conductor.core import protocol
 from conductor.core.performance import Accepted, Performance, Routed, Timing
 from conductor.core.protocol import NodeCue
 from conductor.core.scheduler import Lookahead, audio_delays
+from conductor.server.fanout import frame
 from conductor.server.gateway import Out
 from conductor.server.joins import Roster
 
 log = logging.getLogger("tutti.cues")
 CUE_TICK = 0.01  # seconds between looks for cues entering the lookahead
 LOOKAHEAD_EVERY = 0.25  # seconds between updates of the lookahead from the clients' delays
+CHANNEL = "/nodes/cues"  # a node's cue channel: a WebSocket, opened with the ticket in its welcome
 
 
 class NodeCues:
@@ -40,8 +50,14 @@ class NodeCues:
         self.align: dict[str, dict[str, float]] = {}  # aligned site -> how early each site plays
         self._held: list[Routed] = []  # immediate score cues, until their time comes
         self._queued: dict[str, list[NodeCue]] = {}  # room -> cues for the next batch
-        self._flushing: asyncio.Task[None] | None = None
+        self._sending = False
+        self._events: deque[tuple[str, dict[str, Any], list[str] | None]] = deque()  # for Socket.IO, in order
+        self._emitting: asyncio.Task[None] | None = None
         self._loop: asyncio.Task[None] | None = None
+        self.members: dict[str, set[str]] = {}  # room -> the nodes in it
+        self.tickets: dict[str, str] = {}  # ticket -> the node's sid, until it opens its channel
+        self.members: dict[str, set[str]] = {}  # room -> the nodes in it
+        self.channels: dict[str, tuple[web.WebSocketResponse, asyncio.Transport]] = {}  # sid -> its cue channel
         period = audio.period / audio.sample_rate if (audio := roster.concert.settings.audio) else 0.0
         self._period = period
 
@@ -61,20 +77,83 @@ class NodeCues:
 
     def queue(self, routed: Routed) -> None:
         self._queued.setdefault(routed.room, []).append(routed.cue)
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.ensure_future(self._flush())
+        if not self._sending:  # every cue queued until the loop's next pass goes in one batch
+            self._sending = True
+            asyncio.get_running_loop().call_soon(self._send)
 
-    async def _flush(self) -> None:
-        while self._queued:  # what is queued while a batch is sent goes in the next
-            queued, self._queued = self._queued, {}
-            for room, cues in queued.items():
-                await self.out.emit(protocol.CUES, protocol.Cues(cues=cues).model_dump(), room=room)
+    def _send(self) -> None:
+        self._sending = False
+        queued, self._queued = self._queued, {}
+        for room, cues in queued.items():
+            batch = protocol.Cues(cues=cues)
+            members = self.members.get(room, set())
+            direct = [sid for sid in members if sid in self.channels]
+            if direct:
+                framed = frame(batch.model_dump_json())
+                for sid in direct:
+                    self._write(sid, framed)
+            if len(direct) < len(members):
+                self._events.append((room, batch.model_dump(), direct or None))
+        if self._events and (self._emitting is None or self._emitting.done()):
+            self._emitting = asyncio.ensure_future(self._emit())
+
+    def _write(self, sid: str, framed: bytes) -> None:
+        """Straight to the node's connection, at once: the frame is whole, so it cannot interleave."""
+        transport = self.channels[sid][1]
+        if transport.is_closing():
+            return
+        transport.write(framed)
+        if transport.get_write_buffer_size() > self.roster.concert.settings.unread_limit:
+            log.warning("node %s reads nothing from its cue channel: closed (its events go on)", sid)
+            transport.abort()
+
+    async def _emit(self) -> None:
+        while self._events:  # one at a time, in order
+            room, data, skip = self._events.popleft()
+            await self.out.emit(protocol.CUES, data, room=room, skip_sid=skip)
+
+    # --- the cue channel ---------------------------------------------------------------------------
+
+    def ticket(self, sid: str) -> str:
+        """A one-time ticket for a node's cue channel."""
+        ticket = secrets.token_urlsafe(18)
+        self.tickets[ticket] = sid
+        return ticket
+
+    async def left(self, sid: str) -> None:
+        for members in self.members.values():
+            members.discard(sid)
+        self.tickets = {t: s for t, s in self.tickets.items() if s != sid}
+        if channel := self.channels.pop(sid, None):
+            await channel[0].close()
+
+    async def channel(self, request: web.Request) -> web.StreamResponse:
+        """``GET CHANNEL?ticket=…``: the node whose ticket it is gets its cues here from now on."""
+        sid = self.tickets.pop(request.query.get("ticket", ""), None)
+        if sid is None or sid not in self.roster.clients:
+            raise web.HTTPForbidden(text="no such ticket: join as a node first, and use the ticket once")
+        ws = web.WebSocketResponse(heartbeat=10)
+        await ws.prepare(request)
+        assert request.transport is not None
+        self.channels[sid] = (ws, request.transport)
+        try:
+            async for message in ws:  # nodes send nothing here; a close ends it
+                if message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            if self.channels.get(sid, (None,))[0] is ws:
+                del self.channels[sid]
+        return ws
 
     # --- a node joins ----------------------------------------------------------------------------
 
     async def welcome(self, sid: str, parts: list[str], rooms: list[str]) -> None:
         """What a joining node needs: its synths' settings now, and the score cues already sent
         for the time ahead (it plays each cue once, so one it has already is dropped)."""
+        for room in rooms:
+            self.members.setdefault(room, set()).add(sid)
+        for room in rooms:
+            self.members.setdefault(room, set()).add(sid)
         now = self.now()
         cues = [r.cue for r in self.core.settings(now) if r.room.removeprefix("nodes:part:") in parts]
         cues += [
@@ -91,7 +170,9 @@ class NodeCues:
         self._loop = asyncio.create_task(self._send_score_cues())
 
     async def stop(self) -> None:
-        for task in (self._loop, self._flushing):
+        for ws, _ in list(self.channels.values()):
+            await ws.close()
+        for task in (self._loop, self._emitting):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -30,6 +30,8 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.exceptions import QueueEmpty
 from socketio import packet as sio_packet
 
+CHUNK = 100  # clients written to before the event loop gets a turn
+
 
 def frame(data: str | bytes) -> bytes:
     """One unmasked, final WebSocket frame (RFC 6455 §5.2): text for str, binary for bytes."""
@@ -163,9 +165,14 @@ class FanOut(socketio.AsyncManager):
         pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         framed = frame(pkt.encode())
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        for sid, eio_sid in self.get_participants(namespace, to or room):
+        participants = list(self.get_participants(namespace, to or room))
+        for i, (sid, eio_sid) in enumerate(participants, start=1):
             if sid not in skip and (outlet := outlets.get(eio_sid)):
                 outlet.put(pkt, framed)
+            if i % CHUNK == 0 and i < len(participants):
+                # A thousand writes in one go would hold up the event loop (and every cue and sync
+                # behind it) for several milliseconds: give it a turn between chunks.
+                await asyncio.sleep(0)
 
 
 class RedisFanOut(socketio.AsyncRedisManager, FanOut):

@@ -58,7 +58,9 @@ class Performance(Protocol):
 class Out(Protocol):
     """Where the performance sends: rooms and single clients (``to`` a sid), wherever they are connected."""
 
-    async def emit(self, event: str, data: Any, to: str | None = None, room: str | None = None) -> None: ...
+    async def emit(
+        self, event: str, data: Any, to: str | None = None, room: str | None = None, skip_sid: list[str] | None = None
+    ) -> None: ...
 
     async def enter_room(self, sid: str, room: str) -> None: ...
 

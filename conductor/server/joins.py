@@ -43,6 +43,7 @@ class Client:
     parts: list[str] = field(default_factory=list)  # nodes: the parts they sound
     worker: str = ""  # the web worker it is connected to ("" in a single process)
     synth: bool = True  # nodes: false for one that runs only audio links (a hub)
+    rooms: list[str] = field(default_factory=list)
 
     def info(self) -> ClientInfo:
         return ClientInfo(
@@ -122,6 +123,7 @@ class Roster:
             rooms += [f"nodes:site:{site}"] if site and joined.synth else []
         else:
             rooms.append(FOLLOWERS)
+        client.rooms = rooms
         self.clients[sid] = client
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
         return client, rooms

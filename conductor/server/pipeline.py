@@ -46,9 +46,9 @@ class Pipeline:
             raise Rejected("journal_unavailable", f"changes cannot be kept: {self.journal.unavailable}")
         timing = self.timing()
         accepted = self.core.accept(command, timing)
-        written = self.journal.append(journal.Record(accepted.change, timing.now, by, coalesced))
-        for output in self.on_accepted:
+        for output in self.on_accepted:  # first: the nodes' cues leave before the journal's writer wakes
             output(accepted)
+        written = self.journal.append(journal.Record(accepted.change, timing.now, by, coalesced))
         done: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
         written.add_done_callback(lambda w: self._written(w, accepted, done))
         return done
