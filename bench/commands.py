@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/commands.py [--commands 3000] [--window 64] [--rounds 3] [--json out.json]
 
-A conductor-role client sends parameter changes as fast as the conductor acknowledges them, with
-up to ``--window`` in flight. Each acknowledgement means the change is in the journal on disk.
+A conductor-role client (the stock socket.io-client from npm, ``bench/node/commands.mjs``: Python's
+client would be the bottleneck) sends parameter changes as fast as the conductor acknowledges
+them, with up to ``--window`` in flight. Each acknowledgement means the change is in the journal on disk.
 Two conductors are measured in the same run: Tutti's, whose journal writes every change waiting
 in one batch with one ``fdatasync``, and the same conductor with batches of one change (one
 ``fdatasync`` per change, the path before group commit). Prints the median of the rounds.
@@ -13,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, save, started  # noqa: E402
-from conductor.client import TuttiClient  # noqa: E402
+from bench.harness import concert_file, medians, save, started  # noqa: E402
 
 TOKEN = "bench"
 
@@ -37,35 +36,24 @@ async def serve(concert: str, max_batch: int) -> None:
     await conductor.start("127.0.0.1")
     _runner, port = await gateway.start(["127.0.0.1"], 0)
     print(f"listening on http://127.0.0.1:{port}", flush=True)
-    await asyncio.Event().wait()
+    stop = asyncio.Event()
+    import signal as _s
+
+    asyncio.get_running_loop().add_signal_handler(_s.SIGINT, stop.set)
+    await stop.wait()
 
 
 async def rate(url: str, commands: int, window: int) -> float:
     """Acknowledged commands per second, ``window`` in flight."""
-    client = TuttiClient(url, "conductor", TOKEN)
-    await client.connect()
-    slots = asyncio.Semaphore(window)
-    refused = 0
-
-    async def one(i: int) -> None:
-        nonlocal refused
-        try:
-            answer = await client.command("param", name="density", value=(i % 100) / 100)
-            refused += not answer.get("ok")
-        finally:
-            slots.release()
-
-    tasks = []
-    start = time.perf_counter()
-    for i in range(commands):
-        await slots.acquire()
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    await client.close()
-    if refused:
-        raise RuntimeError(f"{refused} commands refused")
-    return commands / elapsed
+    client = await asyncio.create_subprocess_exec(
+        "node", str(ROOT / "bench" / "node" / "commands.mjs"), url, TOKEN, str(commands), str(window),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await client.communicate()
+    result = json.loads(out)
+    if result["refused"]:
+        raise RuntimeError(f"{result['refused']} commands refused")
+    return commands / result["seconds"]
 
 
 async def main() -> None:
@@ -92,15 +80,8 @@ async def main() -> None:
             finally:
                 proc.terminate()
                 await proc.wait()
-    base = statistics.median(results["one fdatasync per change"])
     print(f"{args.commands} commands, {args.window} in flight, median of {args.rounds} rounds")
-    print(f"{'journal':<28}{'commands/s':>12}{'ratio':>8}")
-    figures = {}
-    for name, rates in results.items():
-        median = statistics.median(rates)
-        figures[name] = {"commands_per_s": median, "rounds": rates}
-        print(f"{name:<28}{median:12.0f}{median / base:7.1f}x")
-    save(args.json, figures)
+    save(args.json, medians("journal", "commands/s", results, "one fdatasync per change", digits=0))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,18 @@ def report(title: str, label: str, results: dict[object, dict[str, list[float]]]
         Path(json_path).write_text(json.dumps(figures, indent=2))
 
 
+def medians(title: str, unit: str, runs: dict[str, list[float]], base: str, digits: int = 3) -> dict[str, object]:
+    """Print each case's median over the rounds, as a ratio to ``base``'s; returns the figures."""
+    reference = statistics.median(runs[base])
+    print(f"{title:<28}{unit:>12}{'vs ' + base:>32}")
+    figures: dict[str, object] = {}
+    for name, values in runs.items():
+        median = statistics.median(values)
+        figures[name] = {"median": median, "rounds": values}
+        print(f"{name:<28}{median:12.{digits}f}{median / reference:31.2f}x")
+    return figures
+
+
 def save(path: str | None, results: object) -> None:
     """Write a bench's figures as JSON, if asked to (``--json PATH``)."""
     if path:

@@ -20,11 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, jack_server, node_agent, nodes_up, running, save  # noqa: E402
-from bench.relay import BASE_PORT, SCORE, free_udp_port  # noqa: E402
+from bench.harness import jack_server, node_agent, nodes_up, running, save  # noqa: E402
+from bench.relay import BASE_PORT, TOKEN, free_udp_port, relay_concert  # noqa: E402
 from conductor.server.osc import message  # noqa: E402
-
-TOKEN = "bench"
 
 
 def rss_mib(pid: int) -> float:
@@ -40,10 +38,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     osc_port = free_udp_port()
-    route = {"address": "/seq", "param": "seq", "range": [0, 10_000_000]}
-    concert = concert_file(
-        {"conductor": TOKEN, "node": TOKEN}, SCORE, lookahead=0.2, osc={"udp_port": osc_port, "routes": [route]}
-    )
+    concert = relay_concert(osc_port)
     controller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rows = []
     async with jack_server("tutti-memory"), running("serve", str(concert)) as url:

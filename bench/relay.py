@@ -59,6 +59,13 @@ PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 
 
+def relay_concert(osc_port: int) -> Path:
+    """A concert whose OSC address ``/seq`` moves the parameter ``seq``, sounded on every node."""
+    route = {"address": "/seq", "param": "seq", "range": [0, 10000000]}
+    osc = {"udp_port": osc_port, "routes": [route]}
+    return concert_file({"conductor": TOKEN, "node": TOKEN}, SCORE, lookahead=0.2, osc=osc)
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -181,10 +188,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     osc_port = free_udp_port()
-    route = {"address": "/seq", "param": "seq", "range": [0, 10000000]}
-    concert = concert_file(
-        {"conductor": TOKEN, "node": TOKEN}, SCORE, lookahead=0.2, osc={"udp_port": osc_port, "routes": [route]}
-    )
+    concert = relay_concert(osc_port)
     controller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     controller.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     agents: list[asyncio.subprocess.Process] = []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, save, started  # noqa: E402
+from bench.harness import concert_file, medians, save, started  # noqa: E402
 from conductor.core import journal  # noqa: E402
 from conductor.core.score import load_score  # noqa: E402
 from conductor.core.transport import Change, Transport  # noqa: E402
@@ -104,14 +103,8 @@ async def main() -> None:
         timings["replay everything"].append(time.perf_counter() - t)
         assert resumed.transport.seq == everything.seq == count
         timings["tutti serve"].append(await serve_until_status(concert))
-    base = statistics.median(timings["replay everything"])
-    print(f"{'restart':<26}{'median s':>10}{'vs replaying everything':>26}")
-    figures: dict[str, object] = {"changes": count, "bytes": size(path)}
-    for name, values in timings.items():
-        median = statistics.median(values)
-        figures[name] = {"median_s": median, "rounds": values}
-        print(f"{name:<26}{median:10.3f}{median / base:25.3f}x")
-    save(args.json, figures)
+    figures = medians("restart", "seconds", timings, "replay everything")
+    save(args.json, {"changes": count, "bytes": size(path), **figures})
 
 
 if __name__ == "__main__":

@@ -85,15 +85,33 @@ async def _stalled_audience(url: str) -> tuple[asyncio.StreamReader, asyncio.Str
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
     head = await reader.readexactly(2)
     assert (await reader.readexactly(head[1])).startswith(b"0{")  # engine.io's open packet
-    join = b'40{"role": "audience"}'
-    mask = os.urandom(4)
-    writer.write(bytes([0x81, 0x80 | len(join)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(join)))
+    writer.write(_masked(b'40{"role": "audience"}'))
     await writer.drain()
     return reader, writer
 
 
+def _masked(text: bytes) -> bytes:
+    """A short client-to-server WebSocket text frame (clients must mask, RFC 6455 §5.3)."""
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+
+
+async def _pong_blindly(writer: asyncio.StreamWriter) -> None:
+    """Answer the conductor's pings without reading them: an engine.io pong ("3") every second.
+
+    Without it the stalled client is dropped by the ping timeout (5 + 10 s) instead; on a busy
+    machine the changes come slower, and that timeout won the race against ``unread_limit``.
+    A pong with no ping outstanding is ignored (python-engineio's ``schedule_ping``).
+    """
+    while True:
+        writer.write(_masked(b"3"))
+        await asyncio.sleep(1.0)
+
+
 async def test_a_client_that_reads_nothing_is_let_go_and_the_others_keep_up(tmp_path: Path) -> None:
-    conductor = ConductorProcess(write_concert(tmp_path, unread_limit=65536))
+    # Overload shedding off (overload_lag at its maximum): on a busy machine this flood makes the
+    # loop lag past the default 0.1 s, and the audience (the listener too) would be let go for that.
+    conductor = ConductorProcess(write_concert(tmp_path, unread_limit=65536, overload_lag=10))
     boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
     listener = TuttiClient(conductor.url, "audience")
     feeds: list[dict[str, Any]] = []
@@ -102,11 +120,13 @@ async def test_a_client_that_reads_nothing_is_let_go_and_the_others_keep_up(tmp_
     def audience() -> int:
         return sum(c["role"] == "audience" for c in conductor.status()["clients"])
 
+    ponging: asyncio.Task[None] | None = None
     try:
         await boss.connect()
         await listener.connect()
-        stalled, _writer = await _stalled_audience(conductor.url)
-        await until(lambda: audience() == 2, 5, "the stalled client never joined")
+        stalled, writer = await _stalled_audience(conductor.url)
+        ponging = asyncio.create_task(_pong_blindly(writer))
+        await until(lambda: audience() == 2, 30, "the stalled client never joined")
 
         sent = 0
         while not conductor.status()["rejections"].get("slow"):
@@ -115,21 +135,25 @@ async def test_a_client_that_reads_nothing_is_let_go_and_the_others_keep_up(tmp_
             await asyncio.gather(*(boss.command("tempo", bpm=60 + (sent + i) % 500) for i in range(50)))
             sent += 50
         # The one that reads on got every change, in order, and stays.
-        await until(lambda: listener.transport and listener.transport.seq == sent, 5, "the listener fell behind")
+        await until(lambda: listener.transport and listener.transport.seq == sent, 30, "the listener fell behind")
         seqs = [c["seq"] for c in listener.changes]
         assert seqs == list(range(sent - len(seqs) + 1, sent + 1))
         assert listener.sio.connected and not listener.errors
         assert await listener.sync_once()
-        assert audience() == 1
+        # Counted as slow as it leaves; the roster lets it go just after.
+        await until(lambda: audience() == 1, 15, "the stalled client is still on the roster")
         # The stalled one was disconnected: what it had not read ends, and then its connection does.
+        ponging.cancel()
         with contextlib.suppress(ConnectionError):
-            while await asyncio.wait_for(stalled.read(1 << 16), 5):
+            while await asyncio.wait_for(stalled.read(1 << 16), 30):
                 pass
         # The console says so, and why.
         slow = lambda: [r for f in feeds for r in f["recent"] if r["code"] == "slow"]  # noqa: E731
-        await until(slow, 3, "not on the console")
+        await until(slow, 15, "not on the console")
         assert "unread_limit" in slow()[0]["message"]
     finally:
+        if ponging:
+            ponging.cancel()
         await listener.close()
         await boss.close()
         conductor.stop()

@@ -16,7 +16,7 @@ from conductor.core.performance import Performance, Timing
 from conductor.core.protocol import ControlInput, Rejected, SetParam, command_adapter
 from conductor.core.score import load_score
 from conductor.core.transport import Transport
-from conductor.server.broadcast import FRAME, StateBroadcast
+from conductor.server.broadcast import AUDIENCE_FRAME, StateBroadcast
 from conductor.server.pipeline import Pipeline
 from tests.conftest import SCORES, TOKENS, ConductorProcess, write_concert
 from tests.test_node import until
@@ -84,11 +84,12 @@ async def test_state_messages_coalesce_per_parameter_per_frame_and_keep_the_orde
     play = core.accept(command_adapter.validate_python({"cmd": "play"}), timing())
     broadcast.durable(play)  # the transport goes at once, after the parameter's latest value
     broadcast.durable(core.accept(SetParam(cmd="param", name="brightness", value=0.9), timing()))
-    await asyncio.sleep(FRAME * 3)
+    await asyncio.sleep(AUDIENCE_FRAME * 3)
     await broadcast.stop()
-    messages = [data for event, data, _ in out.sent if event == "state"]
-    assert [[c["seq"] for c in m["changes"]] for m in messages] == [[100, 101], [102]]
-    assert messages[0]["changes"][0]["params"] == {"density": 0.99}
+    for room in ("state", "state:audience"):  # performers and consoles, and the audience
+        messages = [data for event, data, to in out.sent if event == "state" and to == room]
+        assert [[c["seq"] for c in m["changes"]] for m in messages] == [[100, 101], [102]]
+        assert messages[0]["changes"][0]["params"] == {"density": 0.99}
 
 
 class FailingJournal:

@@ -217,6 +217,8 @@ class StateUpdate(Outbound):
 
 
 class ClientInfo(Outbound):
+    """A client as the console lists it."""
+
     sid: str
     role: str
     name: str
@@ -227,10 +229,10 @@ class ClientInfo(Outbound):
     rtt: float | None = None
     offset: float | None = None
     error: float | None = None
-    delay: float | None = None
-    health: dict[str, Any] | None = None
-    parts: list[str] = []
-    worker: str = ""
+    delay: float | None = None  # how late the conductor's messages reach it (its p95)
+    health: dict[str, Any] | None = None  # nodes: their last report
+    parts: list[str] = []  # nodes: the parts they sound
+    worker: str = ""  # the web worker it is connected to ("" in a single process)
 
 
 class Welcome(Outbound):

@@ -2,8 +2,8 @@
 
 A client joins with ``protocol.Auth``. Its token is checked against the concert's for its role
 (and part); a node's rooms say which cues reach it. Every welcomed client is in ``JOINED`` (clock
-sync is answered for it); every one but the nodes also follows the state (``FOLLOWERS``): nodes
-are sent what they play, not what browsers draw.
+sync is answered for it); every one but the nodes also follows the state (``FOLLOWERS``, and the
+audience ``AUDIENCE_FOLLOWERS``): nodes are sent what they play, not what browsers draw.
 """
 
 from __future__ import annotations
@@ -11,46 +11,31 @@ from __future__ import annotations
 import hmac
 import logging
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from pydantic import ConfigDict, Field
 
 from conductor.core.concert import Concert
 from conductor.core.protocol import Auth, ClientInfo, Rejected
 
 log = logging.getLogger("tutti.joins")
 JOINED = "joined"  # every welcomed client
-FOLLOWERS = "state"  # every welcomed client but nodes: state changes go to it
+FOLLOWERS = "state"  # every welcomed client but nodes and the audience: state changes go to it
+AUDIENCE_FOLLOWERS = "state:audience"  # the audience, sent parameter changes less often
 JOIN_FAILURES = 10  # failed joins from one address ...
 JOIN_COOLDOWN = 30.0  # ... within this many seconds bar it until they are that old
 
 
-@dataclass
-class Client:
-    sid: str
-    role: str
-    name: str
-    part: str | None
-    site: str | None
-    joined: float
-    last_seen: float
-    rtt: float | None = None
-    offset: float | None = None
-    error: float | None = None
-    delay: float | None = None  # how late the conductor's messages reach it (its p95)
-    health: dict[str, Any] | None = None  # nodes: their last report
-    parts: list[str] = field(default_factory=list)  # nodes: the parts they sound
-    worker: str = ""  # the web worker it is connected to ("" in a single process)
-    synth: bool = True  # nodes: false for one that runs only audio links (a hub)
-    rooms: list[str] = field(default_factory=list)
+class Client(ClientInfo):
+    """A connected client, as the console lists it, and what the conductor keeps of it besides."""
+
+    model_config = ConfigDict(frozen=False)
+    synth: bool = Field(True, exclude=True)  # nodes: false for one that runs only audio links (a hub)
+    rooms: list[str] = Field([], exclude=True)
 
     def info(self) -> ClientInfo:
-        return ClientInfo(
-            sid=self.sid, role=self.role, name=self.name, part=self.part, site=self.site, joined=self.joined,
-            last_seen=self.last_seen, rtt=self.rtt, offset=self.offset, error=self.error, delay=self.delay,
-            health=self.health, parts=self.parts, worker=self.worker,
-        )  # fmt: skip
+        return self
 
 
 class JoinLimiter:
@@ -114,7 +99,10 @@ class Roster:
         part = self.score.part(joined.part) if joined.part else None
         site = joined.site or (part.site if part else None)
         name = joined.name or f"{joined.role}-{sid[:4]}"
-        client = Client(sid, joined.role, name, joined.part, site, now, now, worker=worker, synth=joined.synth)
+        client = Client(
+            sid=sid, role=joined.role, name=name, part=joined.part, site=site, joined=now, last_seen=now,
+            worker=worker, synth=joined.synth,
+        )  # fmt: skip
         rooms = [f"role:{client.role}", JOINED]
         if client.role == "node":  # the rooms cues are sent to: all nodes, a site, a part, one node
             client.parts = self._node_parts(joined, site)
@@ -122,7 +110,7 @@ class Roster:
             rooms += ["nodes:all"] if joined.synth else []
             rooms += [f"nodes:site:{site}"] if site and joined.synth else []
         else:
-            rooms.append(FOLLOWERS)
+            rooms.append(AUDIENCE_FOLLOWERS if client.role == "audience" else FOLLOWERS)
         client.rooms = rooms
         self.clients[sid] = client
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
