@@ -74,7 +74,7 @@ async def serve(args: argparse.Namespace) -> int:
                 hosts,
                 port,
                 args.fresh,
-                args.skip_bad_journal_lines,
+                skip_bad_journal_lines=args.skip_bad_journal_lines,
             )
         except Unreachable as e:
             print(e, file=sys.stderr)
@@ -87,7 +87,7 @@ async def serve(args: argparse.Namespace) -> int:
         await workers.stop()
         await conductor.stop()
         return 0
-    conductor, gateway = local(concert, args.fresh, args.skip_bad_journal_lines)
+    conductor, gateway = local(concert, args.fresh, skip_bad_journal_lines=args.skip_bad_journal_lines)
     await conductor.start(hosts[0])
     runner, bound = await gateway.start(hosts, port)
     announce(concert, conductor, hosts, bound)
