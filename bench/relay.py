@@ -31,7 +31,7 @@ import statistics
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,19 @@ from pythonosc.osc_packet import OscPacket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running, save  # noqa: E402
+from bench.harness import (  # noqa: E402
+    concert_file,
+    jack_server,
+    node_agent,
+    nodes_up,
+    percentile,
+    running,
+    save,
+    started,
+)
 from conductor.core.score import PART_GROUP_BASE  # noqa: E402
 from conductor.node.scsynth import osc_message  # noqa: E402
+from conductor.tools.cli import run  # noqa: E402
 
 SCORE = """\
 title: Relay bench
@@ -203,13 +213,47 @@ def direct(controller: socket.socket, ports: list[int]) -> Callable[[int], None]
     return send
 
 
+async def forward(listen: int, to: list[int]) -> None:
+    """A process that does nothing but pass each datagram on: what two hops cost with no work at all."""
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    class Forward(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            for port in to:
+                out.sendto(data, ("127.0.0.1", port))
+
+    await asyncio.get_running_loop().create_datagram_endpoint(Forward, local_addr=("127.0.0.1", listen))
+    print("forwarding", flush=True)
+    await asyncio.Event().wait()
+
+
+@contextlib.asynccontextmanager
+async def two_hops(controller: socket.socket, ports: list[int]) -> AsyncIterator[Callable[[int], None]]:
+    """The floor: the same /n_set through two forwarding processes (on the loop Tutti runs on) to every scsynth."""
+    first, second = free_udp_port(), free_udp_port()
+    procs = []
+    for listen, to in ((second, ports), (first, [second])):
+        command = (sys.executable, __file__, "--forward", str(listen), ",".join(map(str, to)))
+        procs.append((await started(*command, pattern=r"(forwarding)"))[0])
+    try:
+        yield direct(controller, [first])
+    finally:
+        for proc in procs:
+            proc.terminate()
+            await proc.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=300, help="paced messages per case, for latency")
     parser.add_argument("--burst", type=int, default=2000, help="messages per case, for throughput")
     parser.add_argument("--nodes", default="1,4,8")
     parser.add_argument("--json")
+    parser.add_argument("--forward", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.forward:
+        await forward(int(args.forward[0]), [int(port) for port in args.forward[1].split(",")])
+        return
 
     osc_port = free_udp_port()
     concert = relay_concert(osc_port)
@@ -233,21 +277,27 @@ async def main() -> None:
                 sniffer.ports = set(ports)
 
                 row = {}
-                for name, send in (("direct", direct(controller, ports)), ("relay", relay(controller, osc_port))):
-                    paced = await measure(sniffer, send, ports, seq, args.messages, 0.02)
-                    seq += args.messages
-                    burst = await measure(sniffer, send, ports, seq, args.burst, 0)
-                    seq += args.burst
-                    row[name] = {
-                        "p50_ms": statistics.median(paced.latencies) * 1000,
-                        "p99_ms": percentile(paced.latencies, 0.99) * 1000,
-                        "msgs_per_s": burst.rate,
-                        "lost": burst.lost,
+                async with two_hops(controller, ports) as floor:
+                    paths = {
+                        "direct": direct(controller, ports),
+                        "two hops": floor,
+                        "relay": relay(controller, osc_port),
                     }
-                    if paced.conductor:  # the two hops a direct send does not take
-                        hop = statistics.median(paced.conductor) * 1000
-                        row[name]["conductor_p50_ms"] = hop
-                        row[name]["node_p50_ms"] = row[name]["p50_ms"] - hop
+                    for name, send in paths.items():
+                        paced = await measure(sniffer, send, ports, seq, args.messages, 0.02)
+                        seq += args.messages
+                        burst = await measure(sniffer, send, ports, seq, args.burst, 0)
+                        seq += args.burst
+                        row[name] = {
+                            "p50_ms": statistics.median(paced.latencies) * 1000,
+                            "p99_ms": percentile(paced.latencies, 0.99) * 1000,
+                            "msgs_per_s": burst.rate,
+                            "lost": burst.lost,
+                        }
+                        if paced.conductor:  # the two hops a direct send does not take
+                            hop = statistics.median(paced.conductor) * 1000
+                            row[name]["conductor_p50_ms"] = hop
+                            row[name]["node_p50_ms"] = row[name]["p50_ms"] - hop
                 for name, r in row.items():
                     ratio = r["p50_ms"] / row["direct"]["p50_ms"]
                     rate_ratio = r["msgs_per_s"] / row["direct"]["msgs_per_s"]
@@ -269,4 +319,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())  # the forwarders on the loop that tutti serve and tutti node run on
