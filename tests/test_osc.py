@@ -6,13 +6,18 @@ import asyncio
 import random
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pythonosc import slip
+from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_packet import OscPacket
 
 from conductor.client import TuttiClient
+from conductor.node.scsynth import encoded, osc_bundle, osc_message
 from conductor.server.osc import message, well_formed
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 
@@ -167,3 +172,20 @@ async def test_sources_off_the_allow_list_are_dropped(tmp_path: Path) -> None:
         sock.close()
     finally:
         proc.stop()
+
+
+cue_args = st.lists(
+    st.integers(-(2**40), 2**40)
+    | st.floats(width=32, allow_nan=False)
+    | st.text(st.characters(exclude_characters="\x00"), max_size=12),
+    max_size=6,
+)
+
+
+@given(address=st.sampled_from(["/n_set", "/s_new", "/tutti/beat"]), args=cue_args, at=st.floats(1e9, 2e9))
+def test_a_node_encodes_cues_as_python_osc_builds_them(address: str, args: list[Any], at: float) -> None:
+    """The node's own encoding of a cue (its hot path) is byte for byte what python-osc's builders make."""
+    assert encoded(address, args) == osc_message(address, args).build().dgram
+    bundle = OscBundleBuilder(at)
+    bundle.add_content(osc_message(address, args).build())
+    assert osc_bundle(at, address, args) == bundle.build().dgram

@@ -22,7 +22,7 @@ import pydantic
 from conductor.client import TuttiClient
 from conductor.core import protocol
 from conductor.node.jacktrip import AudioSettings, SiteAudio
-from conductor.node.scsynth import Health, Scsynth, _end, jack_env, osc_bundle, osc_message, start_jack
+from conductor.node.scsynth import Health, Scsynth, _end, encoded, jack_env, osc_bundle, start_jack
 
 log = logging.getLogger("tutti.node")
 SCLANG_PORT = 57120
@@ -146,7 +146,7 @@ class NodeAgent:
                 for x in (control, setting[2])
             ]
         if cue.t is None:  # now: a setting, or a cue scheduled "immediate"
-            self.scsynth.send(osc_message(address, args).build().dgram, port)
+            self.scsynth.send(encoded(address, args), port)
             self.cues_played += address != "/n_set"
             return
         # Aligned cues play early by the audio's way from this site to the one they are aligned at.

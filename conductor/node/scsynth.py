@@ -11,15 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.parsing import osc_types
 
 from conductor.core.process import die_with_parent
 from conductor.files import SYNTHS
 
 log = logging.getLogger("tutti.scsynth")
 DEFAULT_GROUP = 1  # as sclang's Server makes it: where cues with target 1 put their synths
+
+
+BUNDLE = b"#bundle\x00"  # what an OSC bundle begins with
 
 
 def osc_message(address: str, args: list[Any]) -> OscMessageBuilder:
@@ -29,11 +32,30 @@ def osc_message(address: str, args: list[Any]) -> OscMessageBuilder:
     return builder
 
 
+def encoded(address: str, args: list[Any]) -> bytes:
+    """The datagram ``osc_message(address, args).build().dgram`` is, for the arguments cues carry
+    (int, float, str), written with python-osc's own encoders: its builder reads back every
+    datagram it builds, which was most of what a cue cost a node."""
+    tags, data = ",", []
+    for arg in args:
+        if isinstance(arg, str):
+            tags += "s"
+            data.append(osc_types.write_string(arg))
+        elif isinstance(arg, float):
+            tags += "f"
+            data.append(osc_types.write_float(arg))
+        elif isinstance(arg, int) and not isinstance(arg, bool) and -(2**31) <= arg < 2**31:
+            tags += "i"
+            data.append(osc_types.write_int(arg))
+        else:
+            return osc_message(address, args).build().dgram  # anything else, as python-osc has it
+    return osc_types.write_string(address) + osc_types.write_string(tags) + b"".join(data)
+
+
 def osc_bundle(at: float, address: str, args: list[Any]) -> bytes:
-    """A bundle to run at ``at`` (epoch seconds on this machine's clock)."""
-    bundle = OscBundleBuilder(at)
-    bundle.add_content(osc_message(address, args).build())
-    return bundle.build().dgram
+    """A bundle to run at ``at`` (epoch seconds on this machine's clock), as OscBundleBuilder makes it."""
+    message = encoded(address, args)
+    return BUNDLE + osc_types.write_date(at) + osc_types.write_int(len(message)) + message
 
 
 class _Replies(asyncio.DatagramProtocol):
