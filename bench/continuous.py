@@ -112,7 +112,8 @@ async def main() -> None:
             )
             expected = sum(sent) * args.nodes
             await sniffer.wait_for(expected)
-            async with aiohttp.ClientSession() as http, http.get(f"{url}/api/status") as r:
+            lag_seconds = {"lag_seconds": str(time.time() - started)}  # the run's, not the joins'
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/api/status", params=lag_seconds) as r:
                 status = await r.json()
             crowd = [await results_of(load) for load in loads]
             sniffer.close()

@@ -180,8 +180,10 @@ class Gateway:
     async def _status(self, request: web.Request) -> web.Response:
         try:
             status = await self._performance.status()
-            lags = sorted(self.lags) or [0.0]
-            status["loop_lag_ms"] = {  # how late this process's event loop ran over the last minute
+            # over the last minute, or the last ?lag_seconds= (a bench times its own run)
+            seconds = _bounded(request.query.get("lag_seconds"), 1.0, LAG_KEPT * LAG_EVERY)
+            lags = sorted(list(self.lags)[-round(seconds / LAG_EVERY) :]) or [0.0]
+            status["loop_lag_ms"] = {  # how late this process's event loop ran
                 q: lags[round(f * (len(lags) - 1))] * 1000 for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
             }
             return web.json_response(status)
@@ -312,3 +314,12 @@ class Gateway:
             await self.sio.disconnect(sid)
         await self.sio.shutdown()
         await runner.cleanup()
+
+
+def _bounded(text: str | None, low: float, high: float) -> float:
+    """A number from a query string, within [low, high]; ``high`` when absent or not a finite number."""
+    try:
+        value = float(text) if text is not None else high
+    except ValueError:
+        return high
+    return min(max(value, low), high) if math.isfinite(value) else high
