@@ -321,6 +321,7 @@ class Score(Strict):
     cues: list[Cue] = []
     schedule: Schedule = "together"
     late: Late = "play"
+    count_in: Annotated[StrictInt, Field(ge=0, le=8)] = 0  # bars of clicks before a play from a standstill
 
     def part(self, part_id: str) -> Part | None:
         return next((p for p in self.parts if p.id == part_id), None)

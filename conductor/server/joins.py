@@ -55,13 +55,35 @@ class JoinLimiter:
         return bool(window) and len(window) == JOIN_FAILURES and now - window[0] < JOIN_COOLDOWN  # type: ignore[arg-type]
 
 
+_PLAIN = {  # pydantic's error types, as a person would say them
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "greater_than": "must be more than {gt}",
+    "less_than": "must be less than {lt}",
+    "missing": "is missing",
+    "extra_forbidden": "is not one of this message's fields",
+    "literal_error": "must be {expected}",
+    "union_tag_invalid": "must be one of {expected_tags}",
+    "int_type": "must be a whole number",
+    "float_type": "must be a number",
+    "string_type": "must be text",
+    "bool_type": "must be true or false",
+    "string_too_long": "is too long (at most {max_length} characters)",
+    "string_too_short": "cannot be empty",
+    "finite_number": "must be a finite number",
+}
+
+
 def summary(error: pydantic.ValidationError) -> str:
-    """A validation error in a line: the first few fields and what is wrong with each."""
+    """A validation error in a line, in plain words: the first few fields and what is wrong with each."""
     parts = []
     for err in error.errors(include_url=False)[:3]:
-        where = ".".join(str(x) for x in err["loc"]) or "payload"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
+        # A tagged union puts the tag (the command's name) first; the field is what a person wrote.
+        names = [str(x) for x in err["loc"] if isinstance(x, str)]
+        where = names[-1] if names else "payload"
+        plain = _PLAIN.get(err["type"])
+        parts.append(f"{where}: {plain.format(**err.get('ctx', {})) if plain else err['msg']}")
+    return "; ".join(dict.fromkeys(parts))
 
 
 class Roster:
@@ -98,7 +120,8 @@ class Roster:
         """A client for a checked join, and the rooms it goes in."""
         part = self.score.part(joined.part) if joined.part else None
         site = joined.site or (part.site if part else None)
-        name = joined.name or f"{joined.role}-{sid[:4]}"
+        # Unnamed: the part (or role) it is, and a few letters to tell two apart.
+        name = joined.name or f"{part.name if part else joined.role} ({sid[:4]})"
         client = Client(
             sid=sid, role=joined.role, name=name, part=joined.part, site=site, joined=now, last_seen=now,
             worker=worker, synth=joined.synth,
