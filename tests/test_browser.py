@@ -121,7 +121,7 @@ async def test_console_drives_two_performer_pages_in_step(browser: Browser, slow
         assert await playhead_error(page, slow_conductor) < 0.002
 
     # A section jump, then a pause, reach both pages too.
-    await console.click("text=Slack water (1:50.0)")
+    await console.click("text=Slack water (1:50.0, bar 34.1)")
     status = await wait_for_change(slow_conductor, 3)
     t = status["state"]["segments"][-1]["t"]
     await asyncio.gather(*(jump_time(p, t, status["clock_minus_wall"]) for p in performers))

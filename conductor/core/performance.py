@@ -17,7 +17,6 @@ from conductor.core.scheduler import cues_between
 from conductor.core.score import XY, Aligned, Fader, Schedule, Score, Sound, Toggle
 from conductor.core.transport import Change, Transport
 
-
 CLICK = ["tutti_click", -1, 0, 1, "amp"]  # sc_synths/tutti_click.scd, in the default group; then its amplitude
 
 

@@ -84,6 +84,8 @@ class Change:
         out: dict[str, Any] = {"seq": self.seq, "t": self.t, "command": self.command}
         if self.segment is not None:
             out["segment"] = asdict(self.segment)
+            if not self.segment.count_in:  # written only for a play after a count-in
+                del out["segment"]["count_in"]
         else:
             out["params"] = self.params
         return out

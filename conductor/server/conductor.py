@@ -57,6 +57,7 @@ class Conductor:
         self.out = out
         self.clock = clock or ConductorClock()
         self.started = time.time()
+        self.reachable: list[str] = []  # addresses of this machine other devices can open (set once listening)
         self.roster = Roster(concert)
         self.refusals = Refusals(self.clock.now)
         self.controls: dict[str, Any] = {}  # "part/control" -> latest value from a performer
@@ -271,7 +272,7 @@ class Conductor:
             url = f"{base}/perform?" + urlencode({"part": part.id, **({"token": token} if token else {})})
             svg = segno.make(url, error="m").svg_inline(scale=4, dark="#000", light="#fff")
             invites.append({"part": part.id, "name": part.name, "url": url, "svg": svg})
-        return {"ok": True, "invites": invites}
+        return {"ok": True, "invites": invites, "addresses": self.reachable}
 
     async def _sound(self, client: Client, payload: Any) -> dict[str, Any]:
         """A sound the conductor plays outside the score: sent to its nodes like a score cue."""

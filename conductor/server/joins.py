@@ -110,7 +110,7 @@ class Roster:
         if expected is not None and not hmac.compare_digest(expected.encode(), joined.token.encode()):
             per_part = joined.role == "performer" and self.concert.part_tokens
             whose = f"part '{joined.part}'" if per_part else f"role '{joined.role}'"
-            raise Rejected("bad_token", f"wrong token for {whose}")
+            raise Rejected("bad_token", f"{'wrong token' if joined.token else 'no token given'} for {whose}")
         unknown = [p for p in joined.parts if self.score.part(p) is None]
         if unknown:
             raise Rejected("unknown_part", f"no part {', '.join(unknown)} in the score")
