@@ -42,11 +42,12 @@ async def shoot(pages: dict[str, Page], out: Path, state: str) -> list[Path]:
 
 async def wait_phase(pages: dict[str, Page], phase: str) -> None:
     for page in pages.values():
-        await page.wait_for_function(f"() => document.getElementById('phase').dataset.phase === '{phase}'", timeout=20_000)
+        await page.wait_for_function(
+            f"() => document.getElementById('phase').dataset.phase === '{phase}'", timeout=20_000
+        )
 
 
 async def main(out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
         conductor = ConductorProcess(write_concert(Path(tmp), lookahead=0.1))
@@ -58,7 +59,9 @@ async def main(out: Path) -> list[Path]:
                 parts = {"ipad-landscape": "pulses", "ipad-portrait": "pulses", "phone": "drones"}
                 pages = {
                     name: await open_view(
-                        browser, f"{conductor.url}/perform?part={parts[name]}&token={TOKENS['performer']}&name=Ana", size
+                        browser,
+                        f"{conductor.url}/perform?part={parts[name]}&token={TOKENS['performer']}&name=Ana",
+                        size,
                     )
                     for name, size in VIEWPORTS.items()
                 }
@@ -72,7 +75,10 @@ async def main(out: Path) -> list[Path]:
                 await console.screenshot(path=str(out / "console-before-downbeat-ipad-landscape.png"), full_page=True)
                 await console.set_viewport_size({"width": 820, "height": 1180})
                 await console.screenshot(path=str(out / "console-before-downbeat-ipad-portrait.png"), full_page=True)
-                written += [out / "console-before-downbeat-ipad-landscape.png", out / "console-before-downbeat-ipad-portrait.png"]
+                written += [
+                    out / "console-before-downbeat-ipad-landscape.png",
+                    out / "console-before-downbeat-ipad-portrait.png",
+                ]
 
                 await boss.command("seek", position=30.0)  # near "Flood": the countdown shows
                 await boss.command("play", count_in=2)
@@ -118,5 +124,7 @@ async def main(out: Path) -> list[Path]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "test-output" / "screens")
-    for path in asyncio.run(main(parser.parse_args().out)):
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    for path in asyncio.run(main(out)):
         print(path)

@@ -172,6 +172,11 @@ export class Conductor extends EventTarget {
     return this.state ? segmentAt(this.state, t).playing : false;
   }
 
+  // Whether the latest change sets it playing, even if that is still a lookahead away.
+  goingToPlay() {
+    return Boolean(this.state?.segments.at(-1)?.playing);
+  }
+
   phase(t = this.now()) {
     return this.state && this.score ? phaseAt(this.state, t, this.score.duration) : { phase: "waiting" };
   }

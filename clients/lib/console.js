@@ -175,7 +175,7 @@ async function main() {
     if (e.target.closest("input, select, textarea") || e.metaKey || e.ctrlKey || e.altKey) return;
     if (e.key === " ") {
       e.preventDefault();
-      if (conductor.playing() || conductor.phase().phase === "count-in") send("pause");
+      if (conductor.goingToPlay()) send("pause");
       else play();
     } else if (e.key === "[" || e.key === "]") {
       const pos = conductor.position();
