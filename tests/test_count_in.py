@@ -30,7 +30,7 @@ def test_a_count_in_clicks_each_beat_then_plays_on_the_downbeat(performance: Per
     clicks = [r for r in accepted.cues if r.cue.args[:1] == ["tutti_click"]]
     assert [r.room for r in clicks] == ["nodes:all"] * 4  # a bar of 4/4
     assert [c.cue.t for c in clicks] == pytest.approx([100.2 + k * BEAT for k in range(4)])
-    assert [c.cue.args[-1] for c in clicks] == [1.0, 0.5, 0.5, 0.5]  # the bar's first beat louder
+    assert [c.cue.args[-1] for c in clicks] == [1.0, 0.6, 0.6, 0.6]  # the bar's first beat louder
     change = accepted.change
     assert change.t == pytest.approx(100.2 + 4 * BEAT)
     assert change.segment is not None and change.segment.count_in == pytest.approx(4 * BEAT)

@@ -79,7 +79,7 @@ class Performance:
         per_bar = self.score.tempo.beats_per_bar
         beat = self.beat(t)
         return [
-            Routed("nodes:all", NodeCue(t=t + k * beat, address="/s_new", args=[*CLICK, 0.5 if k % per_bar else 1.0]))
+            Routed("nodes:all", NodeCue(t=t + k * beat, address="/s_new", args=[*CLICK, 0.6 if k % per_bar else 1.0]))
             for k in range(bars * per_bar)
         ]
 
