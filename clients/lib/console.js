@@ -114,10 +114,12 @@ function rosterRows(score, feed, missingSince) {
   return score.parts.map((part) => {
     const performers = feed.clients.filter((c) => c.role === "performer" && c.part === part.id);
     const nodes = feed.clients.filter((c) => c.role === "node" && (c.parts ?? []).includes(part.id));
-    if (performers.length) delete missingSince[part.id];
-    else missingSince[part.id] ??= feed.now;
-    const missing = Math.round(feed.now - (missingSince[part.id] ?? feed.now));
-    const state = performers.length ? ["joined", "ok"] : [`missing for ${missing} s`, "missing"];
+    // A part seen and then gone is "missing for"; one nobody has joined since this console opened, "not joined".
+    if (performers.length) missingSince[part.id] = { seen: true };
+    else if (!missingSince[part.id]?.since) missingSince[part.id] = { seen: missingSince[part.id]?.seen, since: feed.now };
+    const { seen, since } = missingSince[part.id];
+    const missing = Math.round(feed.now - (since ?? feed.now));
+    const state = performers.length ? ["joined", "ok"] : [seen ? `missing for ${missing} s` : `not joined yet (${missing} s)`, "missing"];
     return row([[part.name], [part.site ?? "–"], [performers.map((c) => c.name).join(", ") || "–"],
       [nodes.map((c) => c.name).join(", ") || "–"], state]);
   });
