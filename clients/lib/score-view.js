@@ -104,12 +104,7 @@ function drawTimeline(ctx, layer, part, score, pos, box) {
   if (ex < x + w) {
     ctx.fillStyle = "#0c0f12";
     ctx.fillRect(ex, y, x + w - ex, h);
-    ctx.strokeStyle = "#e8e6e1";
-    ctx.lineWidth = 4;
-    ctx.beginPath();
-    ctx.moveTo(ex, y);
-    ctx.lineTo(ex, y + h);
-    ctx.stroke();
+    vertical(ctx, ex, y, h, "#e8e6e1", 4);
     ctx.fillStyle = "#aeb7c2";
     ctx.font = `600 ${Math.round(h * 0.05 + 10)}px system-ui, sans-serif`;
     ctx.fillText("end", ex + 10, y + h / 2);
@@ -168,13 +163,17 @@ function drawTimeline(ctx, layer, part, score, pos, box) {
   // What has passed is dimmed; the playhead is fixed.
   ctx.fillStyle = "rgba(16, 20, 24, 0.55)";
   ctx.fillRect(x, y, head - x, h);
-  ctx.strokeStyle = "#f2c14e";
-  ctx.lineWidth = 3;
-  ctx.beginPath();
-  ctx.moveTo(head, y);
-  ctx.lineTo(head, y + h);
-  ctx.stroke();
+  vertical(ctx, head, y, h, "#f2c14e", 3);
   ctx.restore();
+}
+
+function vertical(ctx, x, y, h, color, width) {
+  ctx.strokeStyle = color;
+  ctx.lineWidth = width;
+  ctx.beginPath();
+  ctx.moveTo(x, y);
+  ctx.lineTo(x, y + h);
+  ctx.stroke();
 }
 
 // Text items showing now, each wrapped to the layer's width (never squeezed), at its size (a

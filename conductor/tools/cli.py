@@ -305,16 +305,6 @@ def synths_command(action: str) -> int:
     return 1 if stale else 0
 
 
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.01 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"{text}: give a speed from 0.01 to 1000")
-    return value
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -341,25 +331,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _seconds(text: str) -> float:
-    """A duration on the command line: seconds, finite, 0 to 10."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not 0 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"{text} s: give 0 to 10 seconds")
-    return value
+def _between(low: float, high: float, what: str) -> Callable[[str], float]:
+    """A number on the command line, finite and within [low, high]; ``what`` says what to give."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text}: give {what}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text}: give a fraction from 0 to 1 (0.01 is 1 %)")
-    return value
+_seconds = _between(0, 10, "0 to 10 seconds")
+_fraction = _between(0, 1, "a fraction from 0 to 1 (0.01 is 1 %)")
+_speed = _between(0.01, 1000, "a speed from 0.01 to 1000")
 
 
 def _host_port(text: str) -> str:
