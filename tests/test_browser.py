@@ -262,6 +262,7 @@ async def test_an_audience_page_let_go_under_overload_comes_back_by_itself(brows
                 break
         assert not await page.evaluate("window.tutti.connected"), "the page was never let go"
         assert await page.evaluate("document.getElementById('banner').classList.contains('show')")
+        assert "busy" in await page.inner_text("#banner")  # why, in words: not a lost connection
         # The conductor catches up once the invitations stop; the page comes back by itself.
         await page.wait_for_function("() => window.tutti.connected", timeout=20_000)
         assert not await page.evaluate("document.getElementById('banner').classList.contains('show')")
