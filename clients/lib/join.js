@@ -74,7 +74,7 @@ function askToken(role, message) {
 const wait = (seconds) => new Promise((r) => setTimeout(r, seconds * 1000));
 
 // How a refused join is shown, and after how many seconds it is tried again (null: not by itself).
-function explain(outcome, auth) {
+export function explain(outcome, auth) {
   switch (outcome.code) {
     case "rate_limited":
       return [{ title: "Too many tries from this device", message: outcome.message,
