@@ -47,6 +47,8 @@ def test_the_score_sets_the_count_in_and_a_running_play_gets_none(performance: P
     counted = Performance(score)
     first = counted.accept(Play(cmd="play"), Timing(now=0.0, lookahead=0.1))
     assert len(first.cues) == 8
+    with pytest.raises(Rejected, match="already counting in"):  # pressed again during the count-in
+        counted.accept(Play(cmd="play"), Timing(now=first.change.t - 1, lookahead=0.1))
     again = counted.accept(Play(cmd="play"), Timing(now=first.change.t + 5, lookahead=0.1))
     assert again.cues == [] and again.change.segment is not None and again.change.segment.count_in == 0
     none = Performance(score).accept(Play(cmd="play", count_in=0), Timing(now=0.0, lookahead=0.1))

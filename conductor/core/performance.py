@@ -72,9 +72,13 @@ class Performance:
 
     def count_in(self, command: Command, t: float) -> list[Routed]:
         """A play from a standstill with a count-in (its own, else the score's): a click on every
-        node for each beat of the count-in bars from ``t``, the first of each bar louder."""
-        if not isinstance(command, Play) or self.transport.segments.at(t).playing:
+        node for each beat of the count-in bars from ``t``, the first of each bar louder. None while
+        it plays; a play pressed again during a count-in is refused (its clicks are on their way)."""
+        segments = self.transport.segments
+        if not isinstance(command, Play) or segments.at(t).playing:
             return []
+        if segments.values[-1].playing and segments.values[-1].count_in:
+            raise Rejected("unchanged", "already counting in: the piece starts on the downbeat")
         bars = self.score.count_in if command.count_in is None else command.count_in
         per_bar = self.score.tempo.beats_per_bar
         beat = self.beat(t)
