@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -100,10 +101,14 @@ async def main(out: Path) -> list[Path]:
                 await wait_phase(pages, "ended")
                 written += await shoot(pages, out, "ended")
 
-                refused = {
-                    "unknown-part": f"{conductor.url}/perform?part=nope&token={TOKENS['performer']}",
-                }
+                link = f"{conductor.url}/perform?part=drones&token={TOKENS['performer']}"
+                refused = {"unknown-part": f"{conductor.url}/perform?part=nope&token={TOKENS['performer']}"}
+                refused["rate-limited"] = link  # after ten wrong tokens from this address, below
                 for what, url in refused.items():
+                    if what == "rate-limited":
+                        for _ in range(10):
+                            with contextlib.suppress(ConnectionError):
+                                await TuttiClient(conductor.url, "conductor", "guess").connect()
                     page = await open_view(browser, url, VIEWPORTS["ipad-portrait"], ready="")
                     await page.wait_for_selector("#notice", timeout=10_000)
                     path = out / f"perform-refused-{what}-ipad-portrait.png"

@@ -107,7 +107,8 @@ function drawTimeline(ctx, layer, part, score, pos, box) {
     vertical(ctx, ex, y, h, "#e8e6e1", 4);
     ctx.fillStyle = "#aeb7c2";
     ctx.font = `600 ${Math.round(h * 0.05 + 10)}px system-ui, sans-serif`;
-    ctx.fillText("end", ex + 10, y + h / 2);
+    ctx.fillText("end", ex + 10, y + h * 0.06 + 8); // at the top, with the sections' names
+
   }
   for (const shape of layer.shapes) {
     const color = shape.color ?? part.color;
