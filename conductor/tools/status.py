@@ -32,7 +32,8 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
     if transport:
         position = transport.position(now)
         playing = transport.segments.at(now).playing
-        state = "ended" if position >= transport.score.duration else "playing" if playing else "paused"
+        still = "stopped" if position == 0 else "paused"
+        state = "ended" if position >= transport.score.duration else "playing" if playing else still
         title.append(f"   {state} at {_clock(position)}")
     lookahead = feed.get("lookahead", {})
     late = sum((c.get("health") or {}).get("cues_late", 0) for c in feed["clients"])
