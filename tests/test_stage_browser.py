@@ -118,13 +118,16 @@ async def test_performer_view_in_every_state_on_ipads_and_a_phone(browser: Brows
             assert not page.errors, f"{name}: {page.errors}"  # type: ignore[attr-defined]
 
         # Refusals in words. A part that does not exist: say so, and offer the parts (keeping the token).
-        wrong = await open_at(
-            browser, f"{conductor.url}/perform?part=nope&token={TOKENS['performer']}", VIEWPORTS["phone"], None
-        )
-        await shows(wrong, "#notice h1", "There is no part “nope”")
-        await shows(wrong, "#notice", "drones, pulses, sketch")
-        href = await wrong.get_attribute("#notice a", "href")
-        assert href is not None and "part=" not in href and f"token={TOKENS['performer']}" in href
+        for name, size in VIEWPORTS.items():
+            wrong = await open_at(browser, f"{conductor.url}/perform?part=nope&token={TOKENS['performer']}", size, None)
+            await shows(wrong, "#notice h1", "There is no part “nope”")
+            await shows(wrong, "#notice", "drones, pulses, sketch")
+            for part in ("#notice h1", "#notice .todo", "#notice a"):
+                seen = await box(wrong, part)
+                assert seen["x"] >= 0 and seen["x"] + seen["width"] <= size[0], f"{name}: {part} runs off the screen"
+            href = await wrong.get_attribute("#notice a", "href")
+            assert href is not None and "part=" not in href and f"token={TOKENS['performer']}" in href
+            await wrong.close()
         # A page that loaded but cannot reach the conductor (its Socket.IO blocked) says so, and keeps trying.
         cut_off = await browser.new_page(viewport={"width": 390, "height": 844})
         await cut_off.route_web_socket(re.compile(r"/socket\.io/"), lambda ws: ws.close())
