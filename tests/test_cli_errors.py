@@ -153,3 +153,24 @@ def test_serve_a_score_as_it_is(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.unit
+def test_with_lan_the_printed_urls_use_an_address_ipads_can_reach(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--lan`` listens on every network; the URLs printed are at this machine's network address."""
+    from types import SimpleNamespace
+
+    from conductor.core.concert import load_concert
+    from conductor.server import addresses
+    from conductor.tools.cli import announce
+
+    monkeypatch.setattr(addresses, "lan_addresses", lambda: ["192.0.2.7", "2001:db8::7"])
+    concert = load_concert(write_concert(tmp_path))
+    conductor = SimpleNamespace(osc=None, journal=SimpleNamespace(path=tmp_path / "journal.jsonl"), reachable=[])
+    announce(concert, conductor, ["0.0.0.0", "::"], 8080)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "console:   http://192.0.2.7:8080/console" in out and "audience:  http://192.0.2.7:8080/audience" in out
+    assert "only this machine" not in out
+    assert conductor.reachable == ["192.0.2.7", "2001:db8::7"]  # what the console's invitations offer
