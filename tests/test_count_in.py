@@ -10,7 +10,7 @@ import pytest
 
 from conductor.core import journal
 from conductor.core.performance import Performance, Timing
-from conductor.core.protocol import Pause, Play, Rejected, command_adapter
+from conductor.core.protocol import ControlInput, Pause, Play, Rejected, command_adapter
 from conductor.core.score import load_score, score_warnings
 from conductor.core.transport import Change
 from conductor.server.joins import summary
@@ -74,6 +74,9 @@ def test_refusals_in_plain_words() -> None:
     with pytest.raises(pydantic.ValidationError) as unknown:
         command_adapter.validate_python({"cmd": "jump"})
     assert summary(unknown.value).startswith("payload: must be one of 'play', 'pause'")
+    with pytest.raises(pydantic.ValidationError) as control:
+        ControlInput.model_validate({"id": "x", "value": "loud"})
+    assert summary(control.value) == "value: must be a number, true or false, or a pair"
 
 
 def test_a_text_past_the_end_fails_like_a_shape_and_a_part_without_layers_is_warned(tmp_path: object) -> None:

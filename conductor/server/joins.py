@@ -74,16 +74,31 @@ _PLAIN = {  # pydantic's error types, as a person would say them
 }
 
 
+# pydantic's labels for the branches of a union of types, as a person would say them
+_KINDS = {"int": "a number", "float": "a number", "bool": "true or false", "str": "text", "tuple": "a pair",
+          "list": "a list", "dict": "an object", "union": "a value", "none": "null"}  # fmt: skip
+
+
 def summary(error: pydantic.ValidationError) -> str:
     """A validation error in a line, in plain words: the first few fields and what is wrong with each."""
-    parts = []
-    for err in error.errors(include_url=False)[:3]:
-        # A tagged union puts the tag (the command's name) first; the field is what a person wrote.
-        names = [str(x) for x in err["loc"] if isinstance(x, str)]
-        where = names[-1] if names else "payload"
+    fields: dict[str, list[tuple[str, str]]] = {}  # field -> (union branch, what is wrong)
+    for err in error.errors(include_url=False):
+        # A tagged union puts the tag (the command's name) first, and a union of types names the
+        # branch last; the field is the last name a person wrote.
+        names = [x for x in err["loc"] if isinstance(x, str)]
+        branch = _KINDS[names.pop().split("[")[0]] if names and names[-1].split("[")[0] in _KINDS else ""
         plain = _PLAIN.get(err["type"])
-        parts.append(f"{where}: {plain.format(**err.get('ctx', {})) if plain else err['msg']}")
-    return "; ".join(dict.fromkeys(parts))
+        fields.setdefault(names[-1] if names else "payload", []).append(
+            (branch, plain.format(**err.get("ctx", {})) if plain else err["msg"])
+        )
+    parts = []
+    for where, problems in list(fields.items())[:3]:
+        if len(problems) > 1 and all(branch for branch, _ in problems):  # none of a union's kinds fits
+            *rest, last = dict.fromkeys(branch for branch, _ in problems)
+            parts.append(f"{where}: must be {', '.join(rest) + ', or ' if rest else ''}{last}")
+        else:
+            parts.append(f"{where}: {problems[0][1]}")
+    return "; ".join(parts)
 
 
 class Roster:
