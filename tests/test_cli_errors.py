@@ -77,6 +77,14 @@ def test_serve_on_a_busy_port(running: ConductorProcess, tmp_path: Path) -> None
     one_line(tutti("serve", str(write_concert(tmp_path)), "--port", port), "in use", "--port")
 
 
+def test_serve_with_a_busy_osc_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        osc = {"udp_port": 0, "tcp_port": taken.getsockname()[1]}
+        one_line(tutti("serve", str(write_concert(tmp_path, osc=osc))), "for OSC on UDP 0, TCP", "in use", "osc:")
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

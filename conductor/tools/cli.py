@@ -132,14 +132,17 @@ async def serve(args: argparse.Namespace) -> int:
         await conductor.stop()
         return 0
     conductor, gateway = local(concert, args.fresh, skip_bad_journal_lines=args.skip_bad_journal_lines)
+    osc = concert.settings.osc
+    where = f"for OSC on UDP {osc.udp_port}, TCP {osc.tcp_port}" if osc else ""
+    fix = "choose others under osc: in the concert file"
     try:
         await conductor.start(hosts[0])
+        where, fix = f"on {', '.join(hosts)} port {port}", "choose another with --port"
         runner, bound = await gateway.start(hosts, port)
     except OSError as e:
         await conductor.stop()
-        why = "the port is in use (another conductor?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-        where = f"{', '.join(hosts)} port {port}"
-        print(f"tutti serve: cannot listen on {where}: {why}; choose another with --port", file=sys.stderr)
+        why = "in use (another conductor?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        print(f"tutti serve: cannot listen {where}: {why}; {fix}", file=sys.stderr)
         return 1
     announce(concert, conductor, hosts, bound)
     if args.play:
