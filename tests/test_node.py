@@ -361,7 +361,7 @@ async def amp_on(port: int, group: int, control: str = "amp") -> float | None:
 
 async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -> None:
     (tmp_path / "score.yaml").write_text(TWO_NODES)
-    routes = {"udp_port": 0, "routes": [{"address": "/1/fader1", "param": "density"}]}
+    routes = {"udp_port": 0, "tcp_port": 0, "routes": [{"address": "/1/fader1", "param": "density"}]}
     conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3, osc=routes))
     ports = dict(zip("ab", udp_ports(2), strict=True))
     agents = []
