@@ -41,5 +41,5 @@ fi
 (cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
 
 if [[ "${1:-}" != "--no-demo" ]]; then
-    exec .venv/bin/tutti serve deploy/demo.yaml --play
+    exec .venv/bin/tutti serve deploy/demo.yaml --lan  # on this machine's networks, so iPads can join; Play is pressed at the console
 fi

@@ -91,9 +91,18 @@ class TuttiClient:
     async def connect(self) -> None:
         """Connect and wait for the welcome; raises ConnectionError with the conductor's reason."""
         self._joined = asyncio.get_running_loop().create_future()
-        await self.sio.connect(self.url, auth=self.auth, transports=["websocket"], wait_timeout=10)
-        async with asyncio.timeout(10):
-            await self._joined
+        try:
+            await self.sio.connect(self.url, auth=self.auth, transports=["websocket"], wait_timeout=10)
+            async with asyncio.timeout(10):
+                await self._joined
+        except (socketio.exceptions.ConnectionError, ConnectionError, TimeoutError) as e:
+            # Closed here, so that nothing is left for a closed event loop to trip over.
+            await self.sio.disconnect()
+            if self.sio.eio.http and not self.sio.eio.external_http:
+                await self.sio.eio.http.close()
+            if isinstance(e, ConnectionError):
+                raise
+            raise ConnectionError(f"cannot reach the conductor at {self.url}: {e or 'no answer'}") from e
         await self.sync_burst()
         self._sync_task = asyncio.create_task(self._sync_loop())
 

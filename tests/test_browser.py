@@ -121,7 +121,7 @@ async def test_console_drives_two_performer_pages_in_step(browser: Browser, slow
         assert await playhead_error(page, slow_conductor) < 0.002
 
     # A section jump, then a pause, reach both pages too.
-    await console.click("text=Slack water (1:50.0)")
+    await console.click("text=Slack water (1:50.0, bar 34.1)")
     status = await wait_for_change(slow_conductor, 3)
     t = status["state"]["segments"][-1]["t"]
     await asyncio.gather(*(jump_time(p, t, status["clock_minus_wall"]) for p in performers))
@@ -262,6 +262,7 @@ async def test_an_audience_page_let_go_under_overload_comes_back_by_itself(brows
                 break
         assert not await page.evaluate("window.tutti.connected"), "the page was never let go"
         assert await page.evaluate("document.getElementById('banner').classList.contains('show')")
+        assert "busy" in await page.inner_text("#banner")  # why, in words: not a lost connection
         # The conductor catches up once the invitations stop; the page comes back by itself.
         await page.wait_for_function("() => window.tutti.connected", timeout=20_000)
         assert not await page.evaluate("document.getElementById('banner').classList.contains('show')")

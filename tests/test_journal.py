@@ -617,7 +617,11 @@ async def test_replay_re_emits_a_performance_in_time(tmp_path: Path) -> None:
     await watcher.close()
     target.stop()
     assert run.returncode == 0
-    assert [line.split()[3] for line in out.decode().splitlines()] == ["play", "seek", "pause"]
+    lines = out.decode().splitlines()
+    assert [line.split("#")[1].split()[1] for line in lines] == ["play", "seek", "pause"]
+    # Where in the score each change took effect, and who made it.
+    assert lines[0].startswith("0:00.0 (bar 1.1)") and lines[1].startswith("0:30.0 (bar 10.1)")
+    assert all(line.endswith(")") and "(by " in line for line in lines)
     recorded = journal.read(tmp_path / "a" / "journal.jsonl").records
     replayed = journal.read(tmp_path / "b" / "journal.jsonl").records
     assert [r.change.command for r in replayed] == [r.change.command for r in recorded]

@@ -361,7 +361,7 @@ async def amp_on(port: int, group: int, control: str = "amp") -> float | None:
 
 async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -> None:
     (tmp_path / "score.yaml").write_text(TWO_NODES)
-    routes = {"udp_port": 0, "routes": [{"address": "/1/fader1", "param": "density"}]}
+    routes = {"udp_port": 0, "tcp_port": 0, "routes": [{"address": "/1/fader1", "param": "density"}]}
     conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3, osc=routes))
     ports = dict(zip("ab", udp_ports(2), strict=True))
     agents = []
@@ -480,3 +480,36 @@ async def test_a_killed_agent_takes_its_scsynth_and_jack_server_with_it(node: di
             return
         await asyncio.sleep(0.1)
     raise AssertionError("scsynth or jackd outlived their node agent")
+
+
+async def test_a_count_in_clicks_on_the_node_and_scsynth_refusals_reach_the_console(
+    node: dict[str, Any], browser: Browser
+) -> None:
+    conductor: ConductorProcess = node["conductor"]
+    recorder = Recorder(node["server"], "recorder-count-in")
+    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+    await boss.connect()
+    page = await browser.new_page()
+    try:
+        recorder.listen_to("scsynth-n1:out_1")
+        # Past the score's clicks, at 240 bpm: a bar of count-in is four clicks a quarter second apart.
+        assert (await boss.command("seek", position=10))["ok"] and (await boss.command("tempo", bpm=240))["ok"]
+        await asyncio.sleep(0.5)
+        recorder.clear()
+        answer = await boss.command("play", count_in=1)
+        assert answer["ok"]
+        skew = conductor.status()["clock_minus_wall"]
+        await hear_at(recorder, [answer["t"] - 1.0 + k * 0.25 - skew for k in range(4)], node["port"])
+
+        # A sound scsynth cannot play (no such SynthDef): the console shows scsynth's refusal.
+        await page.goto(f"{conductor.url}/console?token={TOKENS['conductor']}")
+        await page.wait_for_function("window.tutti?.score")
+        assert (await boss.sound("/s_new", ["no_such_synth", -1, 0, 1], target="site:here"))["ok"]
+        await page.wait_for_function(
+            "document.querySelector('#clients').innerText.includes('refused by scsynth')", timeout=10_000
+        )
+        assert "SynthDef not found" in await page.inner_text("#clients")
+    finally:
+        await page.close()
+        await boss.close()
+        recorder.close()

@@ -28,6 +28,19 @@ export function positionAt(state, t, duration) {
   return Math.min(Math.max(pos, 0), duration);
 }
 
+// What the performance is doing at conductor time t, as a stage view shows it: "waiting" (at the
+// start, not started), "count-in" (a play with a count-in is on its way: `downbeat` is its
+// conductor time), "playing", "paused" or "ended" (at the end of the piece).
+export function phaseAt(state, t, duration) {
+  const seg = segmentAt(state, t);
+  const pos = positionAt(state, t, duration);
+  if (pos >= duration) return { phase: "ended" };
+  if (seg.playing) return { phase: "playing" };
+  const next = state.segments.find((s) => s.t > t && s.playing);
+  if (next && next.count_in > 0 && t >= next.t - next.count_in) return { phase: "count-in", downbeat: next.t };
+  return { phase: pos === 0 ? "waiting" : "paused" };
+}
+
 // A change from a `state` event, applied to a state as the conductor applied it: from the
 // change's time on, the new segment (or parameter value) replaces whatever was set for later.
 // Entries superseded before `now` are dropped, so a state stays small over a whole concert.
@@ -157,6 +170,25 @@ export class Conductor extends EventTarget {
 
   playing(t = this.now()) {
     return this.state ? segmentAt(this.state, t).playing : false;
+  }
+
+  // Whether the latest change sets it playing, even if that is still a lookahead away.
+  goingToPlay() {
+    return Boolean(this.state?.segments.at(-1)?.playing);
+  }
+
+  phase(t = this.now()) {
+    return this.state && this.score ? phaseAt(this.state, t, this.score.duration) : { phase: "waiting" };
+  }
+
+  // The score time the performance plays at, per second of conductor time (1 at the score's tempo).
+  rate(t = this.now()) {
+    return this.state ? segmentAt(this.state, t).rate : 1;
+  }
+
+  // A problem on this page the conductor should know of (a sketch that failed): shown on the console.
+  problem(what, message) {
+    if (this.connected) this.socket.emit("problem", { what: String(what).slice(0, 64), message: String(message).slice(0, 300) });
   }
 
   section(t = this.now()) {

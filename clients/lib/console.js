@@ -1,23 +1,23 @@
 // The conductor's console: runs the transport and shows every client, its clock and the refusals.
 import { join } from "./join.js";
 import { LiveControl, refusalText } from "./live.js";
-import { formatTime, sectionAt } from "./score-view.js";
+import { barBeat, formatTime, parsePosition, sectionAt } from "./score-view.js";
 
 const $ = (id) => document.getElementById(id);
 const ms = (s) => (s == null ? "–" : (s * 1000).toFixed(2));
-
-function parseTime(text) {
-  const m = text.trim().match(/^(?:(\d+):)?(\d+(?:\.\d+)?)$/);
-  return m ? Number(m[1] ?? 0) * 60 + Number(m[2]) : null;
-}
+const LOOPBACK = /^(127\.|localhost$|\[::1\]$|::1$)/;
+const PHASES = { waiting: "waiting for the downbeat", "count-in": "count-in", playing: "playing", paused: "paused", ended: "ended" };
 
 // A node's scsynth at a glance: a crashed or late one must stand out.
 function soundOf(client) {
   const h = client.health;
   if (!h) return [client.role === "node" ? "no report yet" : ""];
   if (!h.up) return [`scsynth DOWN (${h.restarts} restarts) ${h.last_error ?? ""}`, "stale"];
-  const text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues`;
-  return h.late || h.cues_late ? [`${text} · ${h.late + h.cues_late} late`, "stale"] : [text];
+  let text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues`;
+  if (h.late || h.cues_late) text += ` · ${h.late + h.cues_late} late`;
+  // scsynth's own refusals (a SynthDef it does not have, a node ID in use): the sound did not play.
+  if (h.failures) text += ` · ${h.failures} refused by scsynth: ${h.last_error ?? ""}`;
+  return h.late || h.cues_late || h.failures ? [text, "stale"] : [text];
 }
 
 // Every JackTrip end the nodes run: a link that is not connected, or that drops audio, stands out.
@@ -63,6 +63,12 @@ async function showInvites(conductor) {
     return showError("invite: no answer from the conductor");
   }
   if (!answer.ok) return showError(`invite: ${answer.message}`);
+  // A phone cannot reach this machine's loopback address: say which address it can.
+  const others = (answer.addresses ?? []).map((a) => `${location.protocol}//${a.includes(":") ? `[${a}]` : a}:${location.port}/console`);
+  $("invites-warning").textContent = LOOPBACK.test(location.hostname)
+    ? `These links point at ${location.host}, this machine's own loopback address: no iPad or phone can open them. ` +
+      (others.length ? `Open the console at ${others.join(" or ")} and invite from there.` : "Start the conductor with --lan.")
+    : "";
   const cards = $("invites").querySelector(".cards");
   cards.replaceChildren(
     ...answer.invites.map((invite) => {
@@ -103,6 +109,44 @@ function makeSlider(conductor, p) {
   return { follow };
 }
 
+// Expected parts against who has joined: a part whose performer dropped shows as missing, and for how long.
+function rosterRows(score, feed, missingSince) {
+  return score.parts.map((part) => {
+    const performers = feed.clients.filter((c) => c.role === "performer" && c.part === part.id);
+    const nodes = feed.clients.filter((c) => c.role === "node" && (c.parts ?? []).includes(part.id));
+    // A part seen and then gone is "missing for"; one nobody has joined since this console opened, "not joined".
+    if (performers.length) missingSince[part.id] = { seen: true };
+    else if (!missingSince[part.id]?.since) missingSince[part.id] = { seen: missingSince[part.id]?.seen, since: feed.now };
+    const { seen, since } = missingSince[part.id];
+    const missing = Math.round(feed.now - (since ?? feed.now));
+    const state = performers.length ? ["joined", "ok"] : [seen ? `missing for ${missing} s` : `not joined yet (${missing} s)`, "missing"];
+    return row([[part.name], [part.site ?? "–"], [performers.map((c) => c.name).join(", ") || "–"],
+      [nodes.map((c) => c.name).join(", ") || "–"], state]);
+  });
+}
+
+// A click on Stop arms it; a second within a few seconds stops. Stop loses the place in the piece.
+function confirmed(button, label, armedLabel, action) {
+  let timer = null;
+  button.addEventListener("click", () => {
+    if (timer) {
+      clearTimeout(timer);
+      timer = null;
+      button.classList.remove("armed");
+      button.textContent = label;
+      action();
+      return;
+    }
+    button.classList.add("armed");
+    button.textContent = armedLabel;
+    timer = setTimeout(() => {
+      timer = null;
+      button.classList.remove("armed");
+      button.textContent = label;
+    }, 4000);
+  });
+}
+
 async function main() {
   const conductor = await join({ role: "conductor", name: "console" });
   window.tutti = conductor;
@@ -113,24 +157,69 @@ async function main() {
     try {
       const answer = await request();
       if (!answer.ok) showError(`${what}: ${answer.message}`);
+      return answer;
     } catch {
       showError(`${what}: no answer from the conductor`);
+      return null;
     }
   };
   const send = (cmd, fields) => ask(cmd, () => conductor.command(cmd, fields));
-  document.querySelectorAll("[data-cmd]").forEach((b) => b.addEventListener("click", () => send(b.dataset.cmd)));
-  $("seek").addEventListener("change", () => {
-    const position = parseTime($("seek").value);
-    if (position == null) showError("seek: write a time as m:ss or seconds");
-    else send("seek", { position });
+  const play = () => {
+    const { phase } = conductor.phase();
+    if (phase === "ended" && !confirm("The piece has ended. Play it again from the start?")) return;
+    const bars = $("countin").value;
+    send("play", bars === "" ? {} : { count_in: Number(bars) });
+  };
+  $("play").addEventListener("click", play);
+  $("pause").addEventListener("click", () => send("pause"));
+  confirmed($("stop"), "■ Stop…", "Press again to stop and go back to the start", () => send("stop"));
+  document.addEventListener("keydown", (e) => {
+    if (e.target.closest("input, select, textarea") || e.metaKey || e.ctrlKey || e.altKey) return;
+    if (e.key === " ") {
+      e.preventDefault();
+      if (conductor.goingToPlay()) send("pause");
+      else play();
+    } else if (e.key === "[" || e.key === "]") {
+      const pos = conductor.position();
+      const { current, next } = sectionAt(score, pos);
+      const before = score.sections.filter((s) => s.start < (current?.start ?? 0) || (s === current && pos - s.start > 2)).at(-1);
+      const target = e.key === "]" ? next : before ?? current;
+      if (target) send("section", { id: target.id });
+    }
+  });
+  $("seek").addEventListener("change", async () => {
+    const { seconds, error } = parsePosition(score, $("seek").value);
+    if (error) {
+      $("seek-out").textContent = "";
+      return showError(`seek: ${error}`);
+    }
+    const answer = await send("seek", { position: seconds });
+    if (answer?.ok) $("seek-out").textContent = `→ ${formatTime(seconds)}, bar ${barBeat(score, seconds)}`;
   });
   $("tempo").addEventListener("change", () => send("tempo", { bpm: Number($("tempo").value) }));
   for (const s of score.sections) {
     const b = document.createElement("button");
-    b.textContent = `${s.name ?? s.id} (${formatTime(s.start)})`;
+    b.textContent = `${s.name ?? s.id} (${formatTime(s.start)}, bar ${barBeat(score, s.start)})`;
     b.addEventListener("click", () => send("section", { id: s.id }));
     $("sections").append(b);
   }
+  // The scrub bar: the piece's sections to scale; a click seeks to where it lands.
+  const scrub = $("scrub");
+  const bounds = [...score.sections.map((s) => s.start), score.duration];
+  if (!score.sections.length || score.sections[0].start > 0) bounds.unshift(0);
+  for (let k = 0; k + 1 < bounds.length; k++) {
+    const s = score.sections.find((x) => x.start === bounds[k]);
+    const cell = Object.assign(document.createElement("div"), { className: "sec", textContent: s ? s.name ?? s.id : "" });
+    cell.style.width = `${(100 * (bounds[k + 1] - bounds[k])) / score.duration}%`;
+    scrub.append(cell);
+  }
+  const head = Object.assign(document.createElement("div"), { className: "head" });
+  scrub.append(head);
+  scrub.addEventListener("click", (e) => {
+    const r = scrub.getBoundingClientRect();
+    const position = Math.min(score.duration, Math.max(0, ((e.clientX - r.left) / r.width) * score.duration));
+    send("seek", { position: Math.round(position * 10) / 10 });
+  });
   // A sound outside the score, for the targets the score names; arguments that read as numbers are numbers.
   const sites = [...new Set([...(score.sites ?? []), ...score.parts.map((p) => p.site).filter(Boolean)])];
   const targets = [...sites.map((s) => [`site:${s}`, `site ${s}`]), ...score.parts.map((p) => [`part:${p.id}`, `part ${p.name}`])];
@@ -145,19 +234,33 @@ async function main() {
   const sliders = Object.fromEntries(score.parameters.map((p) => [p.id, makeSlider(conductor, p)]));
   $("invite").addEventListener("click", () => showInvites(conductor));
   $("invites-close").addEventListener("click", () => $("invites").classList.remove("show"));
-  conductor.addEventListener("refused", ({ detail }) => showError(`${detail.event}: ${detail.message}`));
+  // Refusals of what this console asked are shown from their answers; these are the others.
+  conductor.addEventListener("refused", ({ detail }) => {
+    if (!["command", "sound", "invite"].includes(detail.event)) showError(`${detail.event}: ${detail.message}`);
+  });
   conductor.addEventListener("disconnected", () => $("banner").classList.add("show"));
   conductor.addEventListener("welcome", () => $("banner").classList.remove("show"));
-
+  const missingSince = {};
   const history = {}; // site -> [[conductor time, median rtt]]
   conductor.socket.on("clients", (feed) => {
     const rows = feed.clients.map((c) => {
       const seen = feed.now - c.last_seen;
-      return row([[c.name], [c.role], [c.part ?? ""], [c.site ?? ""], [ms(c.rtt), "num"],
+      const parts = c.role === "node" ? (c.parts ?? []).join(", ") || "none (audio links only)" : c.part ?? "";
+      return row([[c.name], [c.role], [parts], [c.site ?? "–"], [ms(c.rtt), "num"],
         [ms(c.offset), "num"], [ms(c.error), "num"], [`${seen.toFixed(0)} s`, seen > 10 ? "num stale" : "num"],
         soundOf(c)]);
     });
     $("clients").replaceChildren(...rows);
+    $("roster").replaceChildren(...rosterRows(score, feed, missingSince));
+    const moved = Object.entries(feed.controls ?? {});
+    $("controls").textContent = moved.length
+      ? moved.map(([k, v]) => `${k}: ${Array.isArray(v) ? v.map((x) => Number(x).toFixed(2)).join(", ") : typeof v === "number" ? v.toFixed(2) : v}`).join(" · ")
+      : "none moved yet";
+    if (feed.recent?.length) $("recent").replaceChildren(...[...feed.recent].reverse().map((r) => {
+      const li = document.createElement("li");
+      li.textContent = `${new Date(r.t * 1000).toLocaleTimeString()} ${r.client || "?"} · ${r.event}: ${r.message}`;
+      return li;
+    }));
     const audience = Object.values(feed.audience ?? {}).reduce((a, b) => a + b, 0);
     $("audience").textContent = `${audience} in the audience`;
     $("links").replaceChildren(...linkRows(feed.clients));
@@ -205,8 +308,13 @@ async function main() {
   function frame() {
     const pos = conductor.position();
     $("clock").textContent = formatTime(pos);
+    $("barbeat").textContent = barBeat(score, pos);
     const { current, next, untilNext } = sectionAt(score, pos);
-    $("section").textContent = `${current?.name ?? current?.id ?? ""}${next ? ` — ${next.name ?? next.id} in ${Math.ceil(untilNext)} s` : ""}${conductor.playing() ? "" : " (paused)"}`;
+    const { phase } = conductor.phase();
+    $("phase").textContent = phase === "waiting" && conductor.state.seq > 0 ? "at the start" : PHASES[phase];
+    $("phase").dataset.phase = phase;
+    $("section").textContent = `${current?.name ?? current?.id ?? ""}${next ? ` — ${next.name ?? next.id} in ${Math.ceil(untilNext)} s` : ""}`;
+    head.style.left = `calc(${(100 * pos) / score.duration}% - 1px)`;
     for (const [name, slider] of Object.entries(sliders)) slider.follow(conductor.param(name), conductor.now());
     requestAnimationFrame(frame);
   }

@@ -1,14 +1,17 @@
-// The performer view: one part, drawn every frame from the synced conductor clock.
-import { join, keepAwake, params } from "./join.js";
+// The performer view: one part, drawn every frame from the synced conductor clock, with the
+// position, section and state large enough to read from a music stand.
+import { followConnection, join, keepAwake, params } from "./join.js";
 import { LiveControl, refusalText } from "./live.js";
-import { drawPart, formatTime } from "./score-view.js";
+import { areaOf, barBeat, drawPart, sectionAt } from "./score-view.js";
 import { mountSketch } from "./sketch.js";
 
-const stage = document.getElementById("stage");
-const canvas = document.getElementById("score");
-const hud = document.getElementById("hud");
-const banner = document.getElementById("banner");
+const $ = (id) => document.getElementById(id);
+const stage = $("stage");
+const canvas = $("score");
+const NAME_KEY = "tutti-name";
+const PHASES = { waiting: "Waiting for the downbeat", "count-in": "Count-in", playing: "Playing", paused: "Paused", ended: "End" };
 
+// The parts to choose from; the link keeps everything else the page was opened with (?token=, ?name=).
 async function pickPart() {
   const score = await (await fetch("/api/score")).json();
   const box = document.createElement("div");
@@ -16,13 +19,31 @@ async function pickPart() {
   box.innerHTML = `<h1></h1><p>Choose your part</p>`;
   box.querySelector("h1").textContent = score.title;
   for (const part of score.parts) {
+    const query = new URLSearchParams(params());
+    query.set("part", part.id);
     const a = document.createElement("a");
-    a.href = `?part=${encodeURIComponent(part.id)}`;
+    a.href = `?${query}`;
     a.textContent = part.site ? `${part.name} — ${part.site}` : part.name;
     a.style.borderLeft = `6px solid ${part.color}`;
     box.append(a);
   }
-  stage.replaceWith(box);
+  document.querySelector(".stagebar").remove();
+  document.querySelector(".stage-area").replaceWith(box);
+}
+
+// The conductor lists performers by name: asked once on this device, beside the clock, never in the way.
+function askName(conductor) {
+  const form = $("name");
+  form.hidden = false;
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = $("name-input").value.trim().slice(0, 40);
+    if (!name) return;
+    localStorage.setItem(NAME_KEY, name);
+    form.hidden = true;
+    conductor.socket.auth = { ...conductor.socket.auth, name };
+    conductor.socket.disconnect().connect(); // joins again under the new name
+  });
 }
 
 // Each kind of control: its element, and how it shows its parameter's value (`read` gives a
@@ -112,28 +133,30 @@ function makeControl(conductor, control) {
 async function main() {
   const partId = params().get("part");
   if (!partId) return pickPart();
-  const conductor = await join({ role: "performer", part: partId, name: params().get("name") ?? undefined });
+  const given = params().get("name") ?? localStorage.getItem(NAME_KEY);
+  const conductor = await join({ role: "performer", part: partId, name: given ? given.slice(0, 40) : undefined });
   const score = conductor.score;
   const part = score.parts.find((p) => p.id === partId);
+  if (!given) askName(conductor);
   document.title = `${part.name} — ${score.title}`;
+  $("part").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
   const view = { frames: 0, position: 0, wall: 0, sketches: [] }; // a hook for tests
   window.tutti = conductor;
   window.tuttiView = view;
   for (const layer of part.layers.filter((l) => l.type === "sketch")) {
-    view.sketches.push(await mountSketch(stage, layer, conductor, part));
+    const boxOf = () => areaOf(layer, stage.clientWidth, stage.clientHeight);
+    view.sketches.push(await mountSketch(stage, layer, conductor, part, boxOf));
   }
   const controls = part.controls.map((control) => makeControl(conductor, control));
   if (controls.length) {
-    const panel = document.createElement("div");
-    panel.className = "controls";
-    panel.append(...controls.map((c) => c.el));
-    stage.append(panel);
+    $("controls").append(...controls.map((c) => c.el));
+    $("controls").hidden = false;
   }
-  conductor.addEventListener("disconnected", () => banner.classList.add("show"));
-  conductor.addEventListener("welcome", () => banner.classList.remove("show"));
+  followConnection(conductor, $("banner"));
   keepAwake();
 
   const ctx = canvas.getContext("2d");
+  let shown = "";
   function frame() {
     const dpr = window.devicePixelRatio || 1;
     const width = canvas.clientWidth;
@@ -146,8 +169,24 @@ async function main() {
     ctx.clearRect(0, 0, width, height);
     const pos = conductor.position();
     drawPart(ctx, score, part, pos, width, height);
-    hud.innerHTML = `${formatTime(pos)}${conductor.playing() ? "" : " ❚❚"}<small></small>`;
-    hud.querySelector("small").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
+    const { phase, downbeat } = conductor.phase();
+    const { current } = sectionAt(score, pos);
+    const clock = `${Math.floor(pos / 60)}:${String(Math.floor(pos % 60)).padStart(2, "0")}`;
+    let countin = "";
+    if (phase === "count-in") countin = String(Math.max(1, Math.ceil((downbeat - conductor.now()) / (60 / score.tempo.bpm / conductor.rate(downbeat)))));
+    else if (phase === "ended") countin = "End of the piece";
+    const text = [barBeat(score, pos), clock, phase, current?.name ?? current?.id ?? "", countin].join("|");
+    if (text !== shown) { // the DOM only when what it shows changes
+      shown = text;
+      $("barbeat").textContent = barBeat(score, pos);
+      $("clock").textContent = clock;
+      $("phase").textContent = PHASES[phase];
+      $("phase").dataset.phase = phase;
+      $("section").textContent = current ? current.name ?? current.id : "";
+      $("countin").textContent = countin;
+      $("countin").hidden = !countin;
+      $("countin").dataset.phase = phase;
+    }
     for (const control of controls) control.follow();
     view.frames += 1;
     view.position = pos;

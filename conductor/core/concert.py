@@ -8,6 +8,7 @@ absent token leaves that role open (usual for the audience).
 from __future__ import annotations
 
 import os
+import secrets
 import ssl
 from pathlib import Path
 from typing import Annotated
@@ -132,12 +133,17 @@ def _resolve(spec: str) -> str:
     return spec
 
 
-def load_concert(path: Path | str) -> Concert:
-    """Load a concert file and its score; raise InvalidFile listing every problem."""
+def load_concert(path: Path | str, resolve_tokens: bool = True) -> Concert:
+    """Load a concert file and its score; raise InvalidFile listing every problem.
+
+    Without ``resolve_tokens`` (checking a file, planning a deployment) a token that cannot be read
+    here is a warning, not a problem: the machine that serves the concert has it.
+    """
     path = Path(path)
     doc = YamlDocument(path)
     settings = doc.validate(ConcertFile)
     problems = []
+    unresolved = []
     tokens, part_tokens = {}, {}
     for role, spec in settings.tokens.model_dump().items():
         for key, one in spec.items() if isinstance(spec, dict) else [(None, spec)]:
@@ -149,7 +155,8 @@ def load_concert(path: Path | str) -> Concert:
                 else:
                     part_tokens[key] = _resolve(one)
             except ValueError as e:
-                problems.append(doc.problem(("tokens", role) + ((key,) if key else ()), str(e)))
+                problem = doc.problem(("tokens", role) + ((key,) if key else ()), str(e))
+                (problems if resolve_tokens else unresolved).append(problem)
     score_path = path.parent / settings.score
     if not score_path.is_file():
         problems.append(doc.problem(("score",), f"no score file at {score_path}"))
@@ -181,14 +188,24 @@ def load_concert(path: Path | str) -> Concert:
             problems.append(
                 doc.problem(("audio", "hub", "node"), f"set it to '{hub_machine.name}': the hub machine runs the hub")
             )
-    warnings = []
+    warnings = [f"{u} (needed where the conductor runs)" for u in unresolved]
     if settings.audio is not None:
         errors, cautions = check_audio(settings.audio)
         problems += [doc.problem(loc, message) for loc, message in errors]
-        warnings = [f"{doc.problem(loc, message)} (warning)" for loc, message in cautions]
+        warnings += [f"{doc.problem(loc, message)} (warning)" for loc, message in cautions]
     if problems:
         raise InvalidFile(problems)
     return Concert(path, settings, tokens, part_tokens, score, warnings)
+
+
+def concert_for_score(score_path: Path | str, journal: Path) -> Concert:
+    """A concert with defaults for a score served as it is (a composer trying a piece): fresh
+    random tokens for the conductor, the performers and the nodes, an open audience."""
+    path = Path(score_path).resolve()
+    score = load_score(path)
+    tokens = {role: secrets.token_urlsafe(9) for role in ("conductor", "performer", "node")}
+    settings = ConcertFile(score=str(path), journal=str(journal.resolve()), tokens=Tokens(**tokens))
+    return Concert(path, settings, tokens, {}, score, [])
 
 
 def is_concert(path: Path | str) -> bool:

@@ -18,6 +18,9 @@ class NodeMachine(_Strict):
     host: StrictStr  # the machine's address
     parts: list[StrictStr] = []  # default: the site's parts
     port: Port = 57110  # scsynth's UDP port
+    # The sound card JACK plays through: an ALSA device ("hw:USB", "hw:1"), or "dummy" for a
+    # machine that only relays audio. Without it the node runs JACK's dummy driver: silent.
+    sound_card: Annotated[StrictStr, Field(pattern=r"^(dummy|hw:[A-Za-z0-9_,]{1,40})$")] | None = None
 
 
 class SiteMachines(_Strict):

@@ -141,12 +141,15 @@ def _object(value: Any, name: str) -> dict[str, Any]:
 
 def _segment(value: Any, name: str) -> Segment:
     data = _object(value, name)
-    if set(data) != {"t", "pos", "rate", "playing"}:
-        raise ValueError(f"{name}: needs exactly t, pos, rate and playing")
+    if set(data) - {"count_in"} != {"t", "pos", "rate", "playing"}:
+        raise ValueError(f"{name}: needs exactly t, pos, rate and playing (and count_in, for a play after clicks)")
     if not isinstance(data["playing"], bool):
         raise ValueError(f"{name}.playing: {_show(data['playing'])} is not true or false")
     numbers = [_number(data[k], f"{name}.{k}") for k in ("t", "pos", "rate")]
-    return Segment(*numbers, data["playing"])
+    count_in = _number(data.get("count_in", 0.0), f"{name}.count_in")
+    if not 0 <= count_in <= 3600:
+        raise ValueError(f"{name}.count_in: {count_in:g} s is not 0 to 3600")
+    return Segment(*numbers, data["playing"], count_in)
 
 
 def _values(value: Any, name: str) -> dict[str, float]:

@@ -10,12 +10,14 @@ settings a joining node needs and a performer's controls are worked out here too
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from conductor.core.protocol import Command, ControlInput, NodeCue, Rejected, SetParam, SetParams, SoundEvent
+from conductor.core.protocol import Command, ControlInput, NodeCue, Play, Rejected, SetParam, SetParams, SoundEvent
 from conductor.core.scheduler import cues_between
 from conductor.core.score import XY, Aligned, Fader, Schedule, Score, Sound, Toggle
 from conductor.core.transport import Change, Transport
+
+CLICK = ["tutti_click", -1, 0, 1, "amp"]  # sc_synths/tutti_click.scd, in the default group; then its amplitude
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,30 @@ class Performance:
         at_once = schedule == "immediate" and command.at is None  # nodes set it when it reaches them
         # Otherwise cues up to sent_until are on their way, and a change cannot overtake them.
         t = timing.now if at_once else max(self.when(command.at, timing, align), timing.sent_until)
-        change = self.transport.plan(command, t)
+        clicks = self.count_in(command, t)
+        change = self.transport.plan(command, t + len(clicks) * self.beat(t))
+        if clicks and change.segment is not None:
+            change = replace(change, segment=replace(change.segment, count_in=change.t - t))
         self.transport.apply(change)
         cues = self.sounding(change.params, None if at_once else change.t, align)
-        return Accepted(change, cues)
+        return Accepted(change, clicks + cues)
+
+    def count_in(self, command: Command, t: float) -> list[Routed]:
+        """A play from a standstill with a count-in (its own, else the score's): a click on every
+        node for each beat of the count-in bars from ``t``, the first of each bar louder. None while
+        it plays; a play pressed again during a count-in is refused (its clicks are on their way)."""
+        segments = self.transport.segments
+        if not isinstance(command, Play) or segments.at(t).playing:
+            return []
+        if segments.values[-1].playing and segments.values[-1].count_in:
+            raise Rejected("unchanged", "already counting in: the piece starts on the downbeat")
+        bars = self.score.count_in if command.count_in is None else command.count_in
+        per_bar = self.score.tempo.beats_per_bar
+        beat = self.beat(t)
+        return [
+            Routed("nodes:all", NodeCue(t=t + k * beat, address="/s_new", args=[*CLICK, 0.6 if k % per_bar else 1.0]))
+            for k in range(bars * per_bar)
+        ]
 
     def schedule_of(self, command: Command) -> Schedule:
         """A parameter is timed as its schedule says (default: the score's); the transport always together."""

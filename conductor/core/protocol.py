@@ -22,6 +22,7 @@ CONTROL = "control"  # payload: ControlInput, from a performer; ack like COMMAND
 HEALTH = "health"  # payload: a node's health (scsynth, cues, clock), every second; no ack
 INVITE = "invite"  # payload: Invite, from a conductor; ack: {"ok": true, "invites": [{part, name, url, svg}]}
 SOUND = "sound"  # payload: SoundEvent, from a conductor: a cue outside the score; ack: {"ok": true, "t"}
+PROBLEM = "problem"  # payload: PageProblem, from a page (a sketch that failed); no ack; shown on the console
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: Welcome
 STATE = "state"  # to every joined client but nodes, once changes are on disk: StateUpdate
@@ -60,6 +61,7 @@ class _Command(Message):
 
 class Play(_Command):
     cmd: Literal["play"]
+    count_in: Annotated[StrictInt, Field(ge=0, le=8)] | None = None  # bars of clicks first; default: the score's
 
 
 class Pause(_Command):
@@ -124,6 +126,13 @@ class ControlInput(Message):
 
     id: Name
     value: Num | bool | tuple[Num, Num]
+
+
+class PageProblem(Message):
+    """Something that failed on a page, for the console: a performer's sketch that threw."""
+
+    what: Annotated[StrictStr, Field(max_length=64)]
+    message: Annotated[StrictStr, Field(max_length=300)]
 
 
 class Invite(Message):
@@ -222,6 +231,7 @@ class SegmentState(Outbound):
     pos: float
     rate: float
     playing: bool
+    count_in: float = 0.0
 
 
 class ChangeState(Outbound):

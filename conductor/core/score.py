@@ -322,6 +322,7 @@ class Score(Strict):
     cues: list[Cue] = []
     schedule: Schedule = "together"
     late: Late = "play"
+    count_in: Annotated[StrictInt, Field(ge=0, le=8)] = 0  # bars of clicks before a play from a standstill
 
     def part(self, part_id: str) -> Part | None:
         return next((p for p in self.parts if p.id == part_id), None)
@@ -462,6 +463,7 @@ def _cross_checks(score: Score, folder: Path) -> list[tuple[Loc, str]]:
             elif isinstance(layer, TextLayer):
                 for k, item in enumerate(layer.items):
                     in_piece((*lloc, "items", k, "start"), item.start)
+                    in_piece((*lloc, "items", k, "end"), item.end)
             elif isinstance(layer, SketchLayer):
                 if not (folder / layer.src).is_file():
                     out.append(((*lloc, "src"), f"no sketch file '{layer.src}' next to the score"))
@@ -486,4 +488,31 @@ def _cross_checks(score: Score, folder: Path) -> list[tuple[Loc, str]]:
     return out
 
 
-__all__ = ["InvalidFile", "LoadedScore", "Score", "load_score"]
+def score_warnings(score: Score) -> list[tuple[Loc, str]]:
+    """What is valid but probably not meant: a part whose performers would see only the clock."""
+    return [
+        (("parts", i, "layers"), "no layers: its performers see only the clock (add a timeline, text or sketch)")
+        for i, part in enumerate(score.parts)
+        if not part.layers
+    ]
+
+
+def _when(score: Score, seconds: float) -> str:
+    beats = int(seconds * score.tempo.bpm / 60 + 1e-6)
+    bar, beat = divmod(beats, score.tempo.beats_per_bar)
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f} (bar {bar + 1}.{beat + 1})"
+
+
+def resolved_times(score: Score) -> list[str]:
+    """Each section and cue with its time worked out, as minutes and seconds and as bar.beat."""
+    grid = f"{score.tempo.bpm:g} bpm, {score.tempo.beats_per_bar} beats a bar"
+    out = [f"{grid}; ends at {_when(score, score.duration)}"]
+    out += [f"section {s.id}{f' ({s.name})' if s.name else ''} at {_when(score, s.start)}" for s in score.sections]
+    out += [
+        f"cue {i} at {_when(score, c.at)}: {c.target} {c.address} {' '.join(map(str, c.args))}".rstrip()
+        for i, c in enumerate(score.cues)
+    ]
+    return out
+
+
+__all__ = ["InvalidFile", "LoadedScore", "Score", "load_score", "resolved_times", "score_warnings"]

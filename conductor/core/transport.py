@@ -36,6 +36,7 @@ class Segment:
     pos: float  # score position at t
     rate: float  # score seconds per second while playing
     playing: bool
+    count_in: float = 0.0  # seconds of count-in (clicks, a count on the pages) before t, its downbeat
 
     def position(self, t: float) -> float:
         return self.pos + (t - self.t) * self.rate if self.playing else self.pos
@@ -83,6 +84,8 @@ class Change:
         out: dict[str, Any] = {"seq": self.seq, "t": self.t, "command": self.command}
         if self.segment is not None:
             out["segment"] = asdict(self.segment)
+            if not self.segment.count_in:  # written only for a play after a count-in
+                del out["segment"]["count_in"]
         else:
             out["params"] = self.params
         return out
@@ -126,6 +129,8 @@ class Transport:
             case Play():
                 return moved(pos=0.0 if here >= self.score.duration else here, playing=True)
             case Pause():
+                if not seg.playing and not self.segments.values[-1].playing:
+                    raise Rejected("unchanged", "already paused: press play to go on")
                 return moved(playing=False)
             case Stop():
                 return moved(pos=0.0, playing=False)

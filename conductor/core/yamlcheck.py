@@ -40,6 +40,28 @@ class InvalidFile(Exception):
         super().__init__("\n".join(map(str, self.problems)))
 
 
+# PyYAML's syntax errors, as someone who writes scores would put them.
+_PLAIN_YAML = (
+    ("expected <block end>", "this line is indented differently from the lines around it"),
+    ("did not find expected key", "this line is indented differently from the keys above it"),
+    ("did not find expected '-' indicator", "this list item is not lined up with the items above it"),
+    ("mapping values are not allowed here", "a ': ' where YAML does not expect one (put text with ': ' in quotes)"),
+    ("could not find expected ':'", "a line with no 'key: value' where one is expected (a missing ':'?)"),
+    ("found character '\\t'", "a tab: indent with spaces"),
+    ("found unexpected end of stream", "a quote is opened and never closed"),
+    ("expected ',' or ']'", "a [list] is not closed, or its items are not separated by commas"),
+    ("expected ',' or '}'", "a {mapping} is not closed, or its entries are not separated by commas"),
+    ("found undefined alias", "a *name with no &name before it"),
+)
+
+
+def plain_yaml(message: str) -> str:
+    for start, plain in _PLAIN_YAML:
+        if message.startswith(start):
+            return plain
+    return message
+
+
 def field_name(loc: Loc) -> str:
     """``('parts', 0, 'layers')`` -> ``parts[0].layers``."""
     out = ""
@@ -71,7 +93,8 @@ class YamlDocument:
         except yaml.MarkedYAMLError as e:  # syntax, and scalars no constructor takes (a bare "=")
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else 1
-            raise InvalidFile([Problem(self.name, line, "(syntax)", str(e.problem or e))]) from e
+            where = f"column {mark.column + 1}: " if mark else ""
+            raise InvalidFile([Problem(self.name, line, "(syntax)", where + plain_yaml(str(e.problem or e)))]) from e
         except yaml.reader.ReaderError as e:  # a control character YAML does not allow
             line = text[: e.position].count("\n") + 1
             message = f"character {e.character:#x} is not allowed"

@@ -25,7 +25,7 @@ from conductor.core import journal, protocol
 from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
 from conductor.core.performance import Performance
-from conductor.core.protocol import ControlInput, Health, Invite, Rejected, Report
+from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Report
 from conductor.core.scheduler import Lookahead
 from conductor.core.transport import Transport
 from conductor.server.broadcast import StateBroadcast
@@ -57,6 +57,7 @@ class Conductor:
         self.out = out
         self.clock = clock or ConductorClock()
         self.started = time.time()
+        self.reachable: list[str] = []  # addresses of this machine other devices can open (set once listening)
         self.roster = Roster(concert)
         self.refusals = Refusals(self.clock.now)
         self.controls: dict[str, Any] = {}  # "part/control" -> latest value from a performer
@@ -103,6 +104,7 @@ class Conductor:
             protocol.HEALTH: self._health,
             protocol.INVITE: self._invite,
             protocol.SOUND: self._sound,
+            protocol.PROBLEM: self._problem,
         }
 
     @property
@@ -270,7 +272,7 @@ class Conductor:
             url = f"{base}/perform?" + urlencode({"part": part.id, **({"token": token} if token else {})})
             svg = segno.make(url, error="m").svg_inline(scale=4, dark="#000", light="#fff")
             invites.append({"part": part.id, "name": part.name, "url": url, "svg": svg})
-        return {"ok": True, "invites": invites}
+        return {"ok": True, "invites": invites, "addresses": self.reachable}
 
     async def _sound(self, client: Client, payload: Any) -> dict[str, Any]:
         """A sound the conductor plays outside the score: sent to its nodes like a score cue."""
@@ -279,8 +281,16 @@ class Conductor:
         if client.role != "conductor":
             raise Rejected("forbidden", f"only the conductor may play sounds (you are {client.role})")
         routed = self.core.sound(sound, self.nodes.timing())
+        if not self.nodes.members.get(routed.room):
+            where = "no node has joined" if sound.target == "all" else f"no node sounds {sound.target}"
+            raise Rejected("no_nodes", f"{where}: nothing would play it (start one with `tutti node`)")
         self.nodes.queue(routed)
         return {"ok": True, "t": routed.cue.t}
+
+    async def _problem(self, client: Client, payload: Any) -> None:
+        """A page says something failed on it (a sketch): listed on the console with who it was."""
+        problem = PageProblem.model_validate(payload)
+        self.refusals.count("page_problem", f"{problem.what}: {problem.message}", protocol.PROBLEM, client.name)
 
     # --- running ------------------------------------------------------------------------------
 

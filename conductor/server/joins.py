@@ -55,12 +55,49 @@ class JoinLimiter:
         return bool(window) and len(window) == JOIN_FAILURES and now - window[0] < JOIN_COOLDOWN  # type: ignore[arg-type]
 
 
+_PLAIN = {  # pydantic's error types, as a person would say them
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "greater_than": "must be more than {gt}",
+    "less_than": "must be less than {lt}",
+    "missing": "is missing",
+    "extra_forbidden": "is not one of this message's fields",
+    "literal_error": "must be {expected}",
+    "union_tag_invalid": "must be one of {expected_tags}",
+    "int_type": "must be a whole number",
+    "float_type": "must be a number",
+    "string_type": "must be text",
+    "bool_type": "must be true or false",
+    "string_too_long": "is too long (at most {max_length} characters)",
+    "string_too_short": "cannot be empty",
+    "finite_number": "must be a finite number",
+}
+
+
+# pydantic's labels for the branches of a union of types, as a person would say them
+_KINDS = {"int": "a number", "float": "a number", "bool": "true or false", "str": "text", "tuple": "a pair",
+          "list": "a list", "dict": "an object", "union": "a value", "none": "null"}  # fmt: skip
+
+
 def summary(error: pydantic.ValidationError) -> str:
-    """A validation error in a line: the first few fields and what is wrong with each."""
+    """A validation error in a line, in plain words: the first few fields and what is wrong with each."""
+    fields: dict[str, list[tuple[str, str]]] = {}  # field -> (union branch, what is wrong)
+    for err in error.errors(include_url=False):
+        # A tagged union puts the tag (the command's name) first, and a union of types names the
+        # branch last; the field is the last name a person wrote.
+        names = [x for x in err["loc"] if isinstance(x, str)]
+        branch = _KINDS[names.pop().split("[")[0]] if names and names[-1].split("[")[0] in _KINDS else ""
+        plain = _PLAIN.get(err["type"])
+        fields.setdefault(names[-1] if names else "payload", []).append(
+            (branch, plain.format(**err.get("ctx", {})) if plain else err["msg"])
+        )
     parts = []
-    for err in error.errors(include_url=False)[:3]:
-        where = ".".join(str(x) for x in err["loc"]) or "payload"
-        parts.append(f"{where}: {err['msg']}")
+    for where, problems in list(fields.items())[:3]:
+        if len(problems) > 1 and all(branch for branch, _ in problems):  # none of a union's kinds fits
+            *rest, last = dict.fromkeys(branch for branch, _ in problems)
+            parts.append(f"{where}: must be {', '.join(rest) + ', or ' if rest else ''}{last}")
+        else:
+            parts.append(f"{where}: {problems[0][1]}")
     return "; ".join(parts)
 
 
@@ -88,7 +125,7 @@ class Roster:
         if expected is not None and not hmac.compare_digest(expected.encode(), joined.token.encode()):
             per_part = joined.role == "performer" and self.concert.part_tokens
             whose = f"part '{joined.part}'" if per_part else f"role '{joined.role}'"
-            raise Rejected("bad_token", f"wrong token for {whose}")
+            raise Rejected("bad_token", f"{'wrong token' if joined.token else 'no token given'} for {whose}")
         unknown = [p for p in joined.parts if self.score.part(p) is None]
         if unknown:
             raise Rejected("unknown_part", f"no part {', '.join(unknown)} in the score")
@@ -98,7 +135,8 @@ class Roster:
         """A client for a checked join, and the rooms it goes in."""
         part = self.score.part(joined.part) if joined.part else None
         site = joined.site or (part.site if part else None)
-        name = joined.name or f"{joined.role}-{sid[:4]}"
+        # Unnamed: the part (or role) it is, and a few letters to tell two apart.
+        name = joined.name or f"{part.name if part else joined.role} ({sid[:4]})"
         client = Client(
             sid=sid, role=joined.role, name=name, part=joined.part, site=site, joined=now, last_seen=now,
             worker=worker, synth=joined.synth,

@@ -5,23 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from conductor.core import journal
-from conductor.core.concert import Concert, is_concert, load_concert
-from conductor.core.score import load_score
-from conductor.core.yamlcheck import InvalidFile
+from conductor.core.concert import Concert, concert_for_score, is_concert, load_concert
+from conductor.core.score import LoadedScore, load_score, resolved_times, score_warnings
+from conductor.core.yamlcheck import InvalidFile, Problem, YamlDocument
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
+    from conductor.core.transport import Change
     from conductor.server.conductor import Conductor
 
 
@@ -31,21 +33,56 @@ def check(paths: list[str]) -> int:
     for path in paths:
         try:
             if is_concert(path):
-                concert = load_concert(path)
+                concert = load_concert(path, resolve_tokens=False)
                 for warning in concert.warnings:
                     print(warning, file=sys.stderr)
                 print(f"{path}: ok: concert '{concert.title}' with score {concert.score.path}")
             else:
-                score = load_score(path).score
+                loaded = load_score(path)
+                if problems := sketch_problems(loaded):
+                    raise InvalidFile(problems)
+                doc = YamlDocument(path)
+                for loc, message in score_warnings(loaded.score):
+                    print(f"{doc.problem(loc, message)} (warning)", file=sys.stderr)
+                score = loaded.score
                 print(
                     f"{path}: ok: '{score.title}', {len(score.parts)} parts, {len(score.sections)} sections, "
                     f"{len(score.cues)} cues, {score.duration:g} s"
                 )
+                for line in resolved_times(score):
+                    print(f"  {line}")
         except InvalidFile as e:
             failed += 1
             print(e, file=sys.stderr)
             print(f"{path}: {len(e.problems)} problem(s)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def sketch_problems(loaded: LoadedScore) -> list[Problem]:
+    """Sketch files that do not parse as JavaScript modules (checked with node), as the score's problems."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        return []  # ./setup.sh installs node; without it the sketches are checked on stage only
+    doc = YamlDocument(loaded.path)
+    out = []
+    for i, part in enumerate(loaded.score.parts):
+        for j, layer in enumerate(part.layers):
+            if layer.type != "sketch":
+                continue
+            source = (loaded.folder / layer.src).read_bytes()
+            run = subprocess.run(
+                [node, "--input-type=module", "--check"], input=source, capture_output=True, timeout=30, check=False
+            )
+            if run.returncode:
+                lines = run.stderr.decode(errors="replace").splitlines()
+                where = lines[0].removeprefix("[stdin]:") if lines else "?"
+                error = next((line for line in lines if "Error" in line), "does not parse")
+                message = f"{layer.src} line {where}: {error}"
+                out.append(doc.problem(("parts", i, "layers", j, "src"), message))
+    return out
 
 
 def stop_signal() -> asyncio.Event:
@@ -60,10 +97,16 @@ def stop_signal() -> asyncio.Event:
 async def serve(args: argparse.Namespace) -> int:
     from conductor.server.conductor import local
 
-    concert = load_concert(args.concert)
+    if is_concert(args.concert):
+        concert = load_concert(args.concert)
+    else:  # a score on its own: a concert with defaults, its tokens printed
+        if args.workers:
+            print(f"{args.concert}: web workers need a concert file (see deploy/README.md)", file=sys.stderr)
+            return 2
+        concert = concert_for_score(args.concert, Path("journals") / f"{Path(args.concert).stem}.jsonl")
     for warning in concert.warnings:
         print(warning, file=sys.stderr)
-    hosts = args.host or concert.hosts
+    hosts = args.host or (["0.0.0.0", "::"] if args.lan else concert.hosts)
     port = concert.settings.port if args.port is None else args.port
     stop = stop_signal()
     if args.workers:
@@ -93,8 +136,18 @@ async def serve(args: argparse.Namespace) -> int:
         await conductor.stop()
         return 0
     conductor, gateway = local(concert, args.fresh, skip_bad_journal_lines=args.skip_bad_journal_lines)
-    await conductor.start(hosts[0])
-    runner, bound = await gateway.start(hosts, port)
+    osc = concert.settings.osc
+    where = f"for OSC on UDP {osc.udp_port}, TCP {osc.tcp_port}" if osc else ""
+    fix = "choose others under osc: in the concert file"
+    try:
+        await conductor.start(hosts[0])
+        where, fix = f"on {', '.join(hosts)} port {port}", "choose another with --port"
+        runner, bound = await gateway.start(hosts, port)
+    except OSError as e:
+        await conductor.stop()
+        why = "in use (another conductor?)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        print(f"tutti serve: cannot listen {where}: {why}; {fix}", file=sys.stderr)
+        return 1
     announce(concert, conductor, hosts, bound)
     gc.freeze()  # what was loaded to start lives all concert: full collections need not walk it
     if args.play:
@@ -116,15 +169,29 @@ async def worker(args: argparse.Namespace) -> int:
 
 
 def announce(concert: Concert, conductor: Conductor, hosts: list[str], port: int) -> None:
-    shown = "localhost" if hosts[0] in ("::", "0.0.0.0") else hosts[0]
+    """What to open, at an address the performers' iPads can reach (or a warning that they cannot)."""
+    from conductor.server.addresses import is_loopback, lan_addresses, url
+
+    wildcard = any(h in ("::", "0.0.0.0") for h in hosts)
+    reachable = lan_addresses() if wildcard else [h for h in hosts if not is_loopback(h)]
+    conductor.reachable = reachable
     scheme = "https" if concert.settings.tls else "http"
-    base = f"{scheme}://[{shown}]:{port}" if ":" in shown else f"{scheme}://{shown}:{port}"
+    local_host = "127.0.0.1" if wildcard else hosts[0]
+    base = url(scheme, reachable[0] if reachable else local_host, port)
     print(f"Tutti conductor: {concert.title}")
     if conductor.osc:
         tcp = f", TCP (SLIP) {conductor.osc.tcp_port}" if conductor.osc.tcp_port else ""
         print(f"  OSC on UDP {conductor.osc.udp_port}{tcp}")
-    print(f"  listening on {base} ({', '.join(hosts)})")
-    print(f"  open {base}/ for the concert page; {base}/api/status for the state")
+    print(f"  listening on {url(scheme, local_host, port)} ({', '.join(hosts)})")
+    direct = not is_concert(concert.path)  # a score served as it is: its tokens are made up for this run
+    print(f"  console:   {base}/console" + (f"?token={concert.token_for('conductor')}" if direct else ""))
+    print(f"  perform:   {base}/perform   (each part's link and QR code: the console's Invite performers)")
+    print(f"  audience:  {base}/audience")
+    if not reachable:
+        print("  only this machine can open these: start with --lan (or set host) for iPads and phones to join")
+    if direct:
+        tokens = ", ".join(f"{role} {concert.token_for(role)}" for role in ("conductor", "performer", "node"))
+        print(f"  tokens for this run: {tokens}")
     print(f"  journal: {conductor.journal.path}", flush=True)
 
 
@@ -149,12 +216,14 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
         await client.connect()
     loop = asyncio.get_running_loop()
     start = loop.time()
+    where = _score_positions(contents.header)
     try:
         for delay, record in journal.replay_times(contents.records):
             await asyncio.sleep(max(0.0, start + delay / speed - loop.time()))
             command = {k: v for k, v in record.change.command.items() if k != "at"}
-            words = " ".join(f"{k}={v}" for k, v in command.items() if k != "cmd")
-            print(f"{delay:9.3f} s  #{record.change.seq:<4} {command['cmd']} {words}".rstrip(), flush=True)
+            words = " ".join(f"{k}={_plain(v)}" for k, v in command.items() if k != "cmd")
+            by = record.by.get("name") or record.by.get("role") or "?"
+            print(f"{where(record.change)}  #{record.change.seq:<4} {command['cmd']} {words}  (by {by})", flush=True)
             if client:
                 answer = await client.command(**command)
                 if not answer.get("ok"):
@@ -163,6 +232,44 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
         if client:
             await client.close()
     return 0
+
+
+def _plain(value: object) -> str:
+    """A journalled value as a person wrote it: 0.2, not 0.19999999999999996."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_plain(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ",".join(_plain(v) for v in value)
+    return str(value)
+
+
+def _score_positions(header: dict[str, object]) -> Callable[[Change], str]:
+    """Where in the score each change took effect (m:ss.s and bar.beat), from the journal's score;
+    the conductor time elapsed if that score cannot be read."""
+    from conductor.core.transport import Transport
+
+    try:
+        score = load_score(str(header.get("score", ""))).score
+    except (InvalidFile, OSError):
+        first: list[float] = []
+
+        def elapsed(change: Change) -> str:
+            first.append(change.t)
+            return f"{change.t - first[0]:9.3f} s"
+
+        return elapsed
+    transport = Transport(score)
+
+    def position(change: Change) -> str:
+        transport.apply(change)
+        pos = transport.position(change.t)
+        beats = int(pos * score.tempo.bpm / 60 + 1e-6)
+        bar, beat = divmod(beats, score.tempo.beats_per_bar)
+        return f"{int(pos // 60)}:{pos % 60:04.1f} (bar {bar + 1}.{beat + 1})"
+
+    return position
 
 
 async def run_node(args: argparse.Namespace) -> int:
@@ -206,6 +313,15 @@ def synths_command(action: str) -> int:
     return 1 if stale else 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tutti")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _count(text: str) -> int:
     """A count on the command line: a whole number, 0 or more."""
     if not text.isdigit():
@@ -216,15 +332,51 @@ def _count(text: str) -> int:
 CA_HELP = "PEM file of the certificate authority to trust for an https:// conductor (a concert's private CA)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line that says where to look, rather than the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _between(low: float, high: float, what: str) -> Callable[[str], float]:
+    """A number on the command line, finite and within [low, high]; ``what`` says what to give."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text}: give {what}")
+        return value
+
+    return parse
+
+
+_seconds = _between(0, 10, "0 to 10 seconds")
+_fraction = _between(0, 1, "a fraction from 0 to 1 (0.01 is 1 %)")
+_speed = _between(0.01, 1000, "a speed from 0.01 to 1000")
+
+
+def _host_port(text: str) -> str:
+    port = text.rpartition(":")[2]
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not HOST:PORT (for example 127.0.0.1:8080 or [::1]:8080)")
+    return text
+
+
 def command_line() -> argparse.ArgumentParser:
     """The ``tutti`` command's arguments."""
-    parser = argparse.ArgumentParser(prog="tutti", description="Networked laptop-ensemble performance.")
+    parser = _Parser(prog="tutti", description="Networked laptop-ensemble performance.")
+    parser.add_argument("--version", action="version", version=f"tutti {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every join, change and rejection")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("serve", help="run the conductor for a concert")
-    p.add_argument("concert", help="concert file (YAML)")
+    p = sub.add_parser("serve", help="run the conductor for a concert, or for a score as it is")
+    p.add_argument("concert", help="concert file (YAML), or a score: served with defaults and printed tokens")
     p.add_argument("--host", action="append", help="address to listen on (repeatable; default from the concert)")
+    p.add_argument("--lan", action="store_true", help="listen on every network of this machine, so iPads can join")
     p.add_argument("--port", type=int, help="port (0 picks a free one; default from the concert)")
     p.add_argument("--fresh", action="store_true", help="set an existing journal aside and start a new performance")
     p.add_argument(
@@ -252,14 +404,14 @@ def command_line() -> argparse.ArgumentParser:
     p.add_argument("journal")
     p.add_argument("--url", help="a conductor to send the changes to (as the conductor role)")
     p.add_argument("--token", default="", help="the conductor token for --url")
-    p.add_argument("--speed", type=float, default=1.0, help="playback speed (2 = twice as fast)")
+    p.add_argument("--speed", type=_speed, default=1.0, help="playback speed (2 = twice as fast)")
 
     p = sub.add_parser("emulate", help="emulate a site link: a TCP proxy adding delay and jitter")
-    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on (port 0 picks one)")
-    p.add_argument("--to", required=True, help="HOST:PORT to forward to")
-    p.add_argument("--delay", type=float, default=0.0, help="one-way delay, seconds")
-    p.add_argument("--jitter", type=float, default=0.0, help="extra uniform random delay up to this, seconds")
-    p.add_argument("--loss", type=float, default=0.0, help="fraction of packets lost (TCP: resent after a timeout)")
+    p.add_argument("--listen", type=_host_port, default="127.0.0.1:0", help="HOST:PORT to listen on (port 0 picks one)")
+    p.add_argument("--to", type=_host_port, required=True, help="HOST:PORT to forward to")
+    p.add_argument("--delay", type=_seconds, default=0.0, help="one-way delay, seconds")
+    p.add_argument("--jitter", type=_seconds, default=0.0, help="extra uniform random delay up to this, seconds")
+    p.add_argument("--loss", type=_fraction, default=0.0, help="fraction of packets lost (TCP: resent after a timeout)")
     p.add_argument("--udp", action="store_true", help="a UDP link (OSC, JackTrip) rather than TCP (Socket.IO)")
     p.add_argument("--seed", type=int, help="random seed, to repeat a run")
 
@@ -310,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if not args.verbose and args.command in ("status", "replay"):  # their refusals are said once, below
+        logging.getLogger("tutti.client").setLevel(logging.ERROR)
     try:
         if args.command == "check":
             return check(args.files)
@@ -326,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "deploy":
             from conductor.tools import deploy
 
-            concert = load_concert(args.concert)
+            concert = load_concert(args.concert, resolve_tokens=False)
             if concert.settings.deployment is None:
                 print(f"{args.concert}: no 'deployment' section: nothing says which machine runs what", file=sys.stderr)
                 return 1
@@ -350,6 +504,14 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(emulate.run(args.listen, args.to, args.delay, args.jitter, args.loss, args.udp, args.seed))
     except (InvalidFile, journal.JournalError) as e:
         print(e, file=sys.stderr)
+        return 1
+    except ConnectionError as e:  # the conductor refused or could not be reached
+        advice = (
+            "give the conductor token with --token or TUTTI_CONDUCTOR_TOKEN"
+            if "bad_token" in str(e)
+            else "check the --url and that the conductor is running"
+        )
+        print(f"tutti {args.command}: {str(e).removeprefix('bad_token: ')}: {advice}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

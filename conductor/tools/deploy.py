@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from conductor.core.audio import client_name, hub_command
-from conductor.core.deployment import Deployment
+from conductor.core.deployment import Deployment, NodeMachine
 
 if TYPE_CHECKING:
     from conductor.core.audio import AudioSettings
@@ -54,7 +54,7 @@ class Machine:
 def conductor_url(concert: Concert, deployment: Deployment) -> str:
     if deployment.url:
         return deployment.url
-    scheme = "https" if concert.settings.tls else "http"
+    scheme = "https" if concert.settings.tls or deployment.ca else "http"  # a concert CA signs its certificate
     host = f"[{deployment.conductor}]" if ":" in deployment.conductor else deployment.conductor
     return f"{scheme}://{host}:{concert.settings.port}"
 
@@ -119,13 +119,20 @@ def plan(concert: Concert) -> dict[str, Machine]:
         for node in machines_at.nodes:
             machine = machines.setdefault(node.host, Machine(node.host))
             parts = "".join(f" --part {p}" for p in node.parts)
+            jack = _sound_card(machine, node, audio)
             command = (
                 f"{INSTALL}/.venv/bin/tutti node --url {url} --name {node.name} --site {site}{parts} --port {node.port}"
-            ) + "".join(f" {x}" for x in trust)
+            ) + "".join(f" {x}" for x in [*trust, *jack])
             if ca:
                 machine.files["ca.pem"] = ca
             machine.runs.append(f"node {node.name} (site {site}) with scsynth on UDP {node.port} (local)")
-            machine.units[f"tutti-node-{node.name}.service"] = _unit(f"Tutti node {node.name}", command, "node.env")
+            unit = _unit(f"Tutti node {node.name}", command, "node.env")
+            if jack:  # the node joins the sound card's JACK server, once it runs
+                after = f"tutti-jack-{node.name}.service"
+                unit = unit.replace(
+                    "After=network-online.target\n", f"After=network-online.target {after}\nRequires={after}\n"
+                )
+            machine.units[f"tutti-node-{node.name}.service"] = unit
             if audio is None:
                 continue
             first = machines_at.nodes[0].name
@@ -150,6 +157,29 @@ def plan(concert: Concert) -> dict[str, Machine]:
                                 ("udp", pair.client.bind_port, f"JackTrip: audio from {pair.server.site}")
                             )
     return machines
+
+
+def _sound_card(machine: Machine, node: NodeMachine, audio: AudioSettings | None) -> list[str]:
+    """A JACK server on the node's sound card (its own unit), and the node agent's options to use it."""
+    if node.sound_card is None:
+        machine.runs.append(
+            f"WARNING: no sound_card for {node.name}: JACK runs on the dummy driver and this node is SILENT"
+            " (set deployment.sites.SITE.nodes[].sound_card, e.g. hw:1; `aplay -l` lists the cards)"
+        )
+        return []
+    if node.sound_card == "dummy":
+        machine.runs.append(f"JACK for {node.name} on the dummy driver (no sound card, as configured)")
+        return []
+    rate, period = (audio.sample_rate, audio.period) if audio else (48000, 128)
+    server = f"tutti-{node.name}"
+    command = f"/usr/bin/jackd -R -n {server} -d alsa -d {node.sound_card} -r {rate} -p {period} -n 2"
+    machine.runs.append(f"JACK server {server} on sound card {node.sound_card} ({rate} Hz, {period} frames)")
+    unit = _unit(f"JACK on {node.sound_card} for {node.name}", command, "node.env")
+    # No desktop session to hand the card over: JACK takes it without asking D-Bus.
+    machine.units[f"tutti-jack-{node.name}.service"] = unit.replace(
+        "[Service]\n", "[Service]\nEnvironment=JACK_NO_AUDIO_RESERVATION=1\n"
+    )
+    return ["--jack-server", server, "--no-jack"]
 
 
 def _hub_ports(machine: Machine, audio: AudioSettings) -> None:
@@ -187,15 +217,133 @@ def render(concert: Concert, out: Path) -> list[Path]:
                 else:
                     shutil.copy(SOURCE / name, image / name)
             written.append(image)
-        (folder / "PLAN.txt").write_text(describe({host: machine}) + "\n")
+        (folder / "PLAN.txt").write_text(steps(concert, host, machine))
         written.append(folder / "PLAN.txt")
         if "tutti-conductor.service" in machine.units:
             written += _conductor_files(concert, folder)
     return written
 
 
+def _env_names(concert: Concert, roles: tuple[str, ...]) -> list[str]:
+    """The environment variables the concert file reads tokens from, for these roles."""
+    names = []
+    for role, spec in concert.settings.tokens.model_dump().items():
+        if role in roles:
+            specs = spec.values() if isinstance(spec, dict) else [spec]
+            names += [s.removeprefix("env:") for s in specs if isinstance(s, str) and s.startswith("env:")]
+    return names
+
+
+def _certificate(host: str, ca: str) -> list[str]:
+    """Commands that make the conductor's certificate with the concert's CA (where its key is kept)."""
+    san = (
+        f"IP:{host}"
+        if host.replace(":", "").replace(".", "").isalnum() and any(c in host for c in ":.")
+        else f"DNS:{host}"
+    )
+    return [
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+        f' -keyout conductor-key.pem -subj "/CN={host}" -out conductor.csr',
+        f"openssl x509 -req -in conductor.csr -CA {ca} -CAkey ca-key.pem -CAcreateserial -days 400"
+        f' -out conductor.pem -extfile <(printf "subjectAltName={san}")',
+        f"install -d {CONFIG}/tls && install -m 0600 conductor.pem conductor-key.pem {CONFIG}/tls/",
+    ]
+
+
+def steps(concert: Concert, host: str, machine: Machine) -> str:
+    """PLAN.txt: what a site technician does on this machine, in order, from a fresh Debian."""
+    deployment = concert.settings.deployment
+    assert deployment is not None
+    url = conductor_url(concert, deployment)
+    conductor = "tutti-conductor.service" in machine.units
+    hub = "compose.yaml" in machine.files
+    lines = [f"{host}: {concert.title}", "", "What runs here:"]
+    lines += [f"  {what}" for what in machine.runs]
+    out: list[list[str]] = []
+    out.append(
+        [
+            "Install Tutti (Debian, as root):",
+            f"git clone TUTTI-REPOSITORY {INSTALL} && cd {INSTALL} && ./setup.sh --no-demo",
+        ]
+    )
+    copied = [name for name in machine.files if name not in ("compose.yaml", "Dockerfile")]
+    if conductor:
+        copied += ["concert.yaml", "score/"]
+    if copied:
+        out.append(
+            [
+                f"Copy this folder's {', '.join(copied)} into {CONFIG}:",
+                f"install -d -m 0750 {CONFIG} && cp -r {' '.join(copied)} {CONFIG}/",
+            ]
+        )
+    if machine.units:
+        out.append(["Install the systemd units:", f"cp {' '.join(machine.units)} /etc/systemd/system/"])
+    if conductor:
+        names = _env_names(concert, ("conductor", "performer", "audience", "node"))
+        out.append(
+            [f"Write the tokens into {CONFIG}/tokens.env (one NAME=token a line; never into the concert file):"]
+            + [f"{name}=..." for name in names]
+            + [f"chmod 600 {CONFIG}/tokens.env"]
+        )
+    if any("node.env" in unit for unit in machine.units.values()) or hub:
+        out.append(
+            [
+                f"Write the node token into {CONFIG}/node.env (install -d -m 0750 {CONFIG} first):",
+                "TUTTI_NODE_TOKEN=... (the concert's node token)",
+                f"chmod 600 {CONFIG}/node.env",
+            ]
+        )
+    if conductor and url.startswith("https") and not concert.settings.tls:
+        why = f"Make the conductor's HTTPS certificate with the concert's CA ({deployment.ca})"
+        out.append(
+            [
+                f"{why}, where its key ca-key.pem is kept:",
+                *_certificate(deployment.conductor, Path(deployment.ca or "").name),
+            ]
+        )
+    if machine.ports:
+        out.append(
+            ["Open these ports in the firewall:"]
+            + [f"ufw allow {port}/{proto}   # {why}" for proto, port, why in machine.ports]
+        )
+    if machine.units:
+        out.append(
+            [
+                "Start, and at every boot:",
+                "systemctl daemon-reload",
+                f"systemctl enable --now {' '.join(sorted(machine.units))}",
+            ]
+        )
+    if hub:
+        out.append(["Build and start the hub's container (from this folder):", "docker compose up -d --build"])
+    if conductor:
+        out.append([f"Check: open {url}/console (conductor token); `tutti status --url {url}` shows the same."])
+        parts = concert.score.score.parts
+        invite = "the console's Invite performers shows each link with its token as a QR code"
+        out.append(
+            [f"Performers open their part ({invite}):", *(f"{p.name}: {url}/perform?part={p.id}" for p in parts)]
+        )
+        if deployment.ca:
+            where = "Settings > General > About > Certificate Trust Settings"
+            out.append([f"Install the concert's CA ({deployment.ca}) on every iPad and phone ({where})."])
+    else:
+        names = [n for n in machine.units if n.startswith("tutti-node-")]
+        if names:
+            out.append(
+                [f"Check: journalctl -u {names[0]} -f; the console at {url}/console lists the node with 'scsynth up'."]
+            )
+    if url.startswith("http:"):
+        lines += ["", "WARNING: the conductor is served over http: iPads keep the screen awake only over HTTPS."]
+        lines += ["  Set deployment.ca (the concert's CA) or tls in the concert file (see deploy/README.md)."]
+    lines += ["", "Steps:"]
+    for n, (head, *commands) in enumerate(out, 1):
+        lines.append(f"{n:2}. {head}")
+        lines += [f"      {command}" for command in commands]
+    return "\n".join(lines) + "\n"
+
+
 def _conductor_files(concert: Concert, folder: Path) -> list[Path]:
-    """The concert file for /etc/tutti, with the score (and its sketches) beside it."""
+    """The concert file for /etc/tutti, with the score (and its sketches) and its certificate beside it."""
     written = []
     score = concert.score
     for name in [score.path.name, *score.files()]:
@@ -205,5 +353,14 @@ def _conductor_files(concert: Concert, folder: Path) -> list[Path]:
         written.append(target)
     settings = concert.settings.model_dump(exclude_none=True, exclude={"deployment"})
     settings.update(score=f"score/{score.path.name}", journal=JOURNAL)
+    tls = concert.settings.tls
+    if tls is not None:  # its own certificate, beside the concert file as it will be in CONFIG
+        for name, source in (("cert.pem", tls.cert), ("key.pem", tls.key)):
+            (folder / "tls").mkdir(exist_ok=True)
+            shutil.copy(concert.path.parent / source, folder / "tls" / name)
+            written.append(folder / "tls" / name)
+        settings["tls"] = {"cert": "tls/cert.pem", "key": "tls/key.pem"}
+    elif concert.settings.deployment and concert.settings.deployment.ca:  # made with the CA (PLAN.txt says how)
+        settings["tls"] = {"cert": "tls/conductor.pem", "key": "tls/conductor-key.pem"}
     (folder / "concert.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     return [*written, folder / "concert.yaml"]

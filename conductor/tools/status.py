@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from typing import Any
 
 from rich.console import Console, Group
@@ -31,8 +30,11 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
     now = client.clock.now()
     title = Text(transport.score.title if transport else "", style="bold")
     if transport:
+        position = transport.position(now)
         playing = transport.segments.at(now).playing
-        title.append(f"   {'playing' if playing else 'stopped'} at {_clock(transport.position(now))}")
+        still = "stopped" if position == 0 else "paused"
+        state = "ended" if position >= transport.score.duration else "playing" if playing else still
+        title.append(f"   {state} at {_clock(position)}")
     lookahead = feed.get("lookahead", {})
     late = sum((c.get("health") or {}).get("cues_late", 0) for c in feed["clients"])
     title.append(f"   lookahead {lookahead.get('value', 0) * 1000:.0f} ms")
@@ -40,13 +42,20 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
         title.append(f" (set by {lookahead['worst']})")
     title.append(f"   {late} cues late")
 
-    roles = Counter((c["role"], c.get("site") or "–") for c in feed["clients"])
-    roles.update({("audience", site or "–"): n for site, n in feed.get("audience", {}).items()})
     who = Table(title="Clients", title_justify="left")
-    for column in ("role", "site", "count"):
+    for column in ("name", "role", "part", "site", "rtt ms"):
         who.add_column(column)
-    for (role, site), count in sorted(roles.items()):
-        who.add_row(role, site, str(count))
+    for c in sorted(feed["clients"], key=lambda c: (c["role"], c.get("part") or "", c["name"])):
+        part = ", ".join(c.get("parts") or []) if c["role"] == "node" else c.get("part") or ""
+        rtt = "–" if c.get("rtt") is None else f"{c['rtt'] * 1000:.1f}"
+        who.add_row(c["name"], c["role"], part, c.get("site") or "–", rtt)
+    for site, n in sorted(feed.get("audience", {}).items()):
+        who.add_row(f"{n} in the audience", "audience", "", site or "–", "")
+    if transport:  # a part no performer plays is missing
+        present = {c.get("part") for c in feed["clients"] if c["role"] == "performer"}
+        for part in transport.score.parts:
+            if part.id not in present:
+                who.add_row(Text("nobody", style="bold red"), "performer", part.id, part.site or "–", "")
 
     nodes = Table(title="Nodes", title_justify="left")
     for column in ("name", "site", "scsynth", "cpu %", "synths", "cues", "late", "clock ± ms"):
