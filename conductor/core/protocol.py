@@ -8,9 +8,21 @@ cues back as those models.
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    model_validator,
+)
 
 from conductor.core.score import Late, Sound
 
@@ -29,8 +41,59 @@ CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
 ERROR = "error"  # to one client: ErrorMessage
 
+EVENTS = frozenset({SYNC, COMMAND, REPORT, CONTROL, HEALTH, INVITE, SOUND})
+
 ROLES = ("conductor", "performer", "audience", "node")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
+MAX_MAGNITUDE = 2**53  # beyond this a number is not exact in a browser (and 1e400 is Infinity there)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20 or abs(value := int(text)) > MAX_MAGNITUDE:
+        raise ValueError(f"integer {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+class FiniteJson:
+    """The ``json`` python-socketio and python-engineio use: no NaN or infinity in, nor out.
+
+    ``1e999`` is valid JSON that Python reads as infinity; a browser that receives ``Infinity``
+    cannot parse the packet at all, so one peer's number would silence every page that is sent it.
+    """
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        return json.dumps(obj, **{**kwargs, "allow_nan": False})
+
+    @staticmethod
+    def loads(text: str | bytes, **kwargs: Any) -> Any:
+        return json.loads(text, parse_float=_finite_float, parse_int=_bounded_int, parse_constant=_no_constant)
+
+
+def finite(value: Any, depth: int = 0) -> bool:
+    """Whether every number in a JSON-like value is finite and in range (and it nests at most 8 deep)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int | float):
+        return math.isfinite(value) and abs(value) <= (MAX_MAGNITUDE if isinstance(value, int) else math.inf)
+    if depth >= 8:
+        return False
+    if isinstance(value, dict):
+        return all(finite(v, depth + 1) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(finite(v, depth + 1) for v in value)
+    return False
 
 
 class Message(BaseModel):
@@ -151,6 +214,15 @@ class Health(Message):
     late: Annotated[StrictInt, Field(ge=0)]
     cues: Annotated[StrictInt, Field(ge=0)]
     links: Annotated[list[LinkReport], Field(max_length=16)] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_extras(cls, data: Any) -> Any:
+        # Fields a newer agent adds are not declared, so check their numbers here: one node's
+        # infinite ``cpu_avg`` would otherwise reach every console.
+        if not finite(data):
+            raise ValueError("every number must be finite (and fields nest at most 8 deep)")
+        return data
 
 
 # --- what the conductor sends ----------------------------------------------------------------------
@@ -282,4 +354,4 @@ def refusal(ack: Any) -> dict[str, Any] | None:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

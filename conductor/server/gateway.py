@@ -25,12 +25,17 @@ from conductor.core.concert import Concert
 from conductor.core.protocol import Rejected
 from conductor.files import CLIENTS, VENDOR
 from conductor.server import fanout
+from conductor.server.connections import ConnectionGuard
 from conductor.server.joins import JOINED
 
 log = logging.getLogger("tutti.gateway")
 LAG_EVERY = 0.05  # seconds between looks at how late the event loop runs
 LAG_KEPT = 1200  # looks kept for /api/status: the last minute
 SHED_SHARE = 0.1  # of the audience let go each second while overloaded (the latest to join first)
+POLLING_REFUSED = (
+    "this conductor serves clients from several web workers, which cannot share a long-polling "
+    "session: connect with the WebSocket transport (socket.io-client: transports: ['websocket'])"
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,15 @@ class _Server(socketio.AsyncServer):
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
             await self._on_malformed(eio_sid, e)
 
+    async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        # Every event a client names goes to the catch-all, which refuses (and counts) what the
+        # protocol does not know. Names python-socketio would route elsewhere ("*", "connect",
+        # "disconnect", or not a string at all) are renamed so that they cannot reach a handler.
+        event = data[0] if isinstance(data, list) and data else None
+        if not isinstance(event, str) or event not in protocol.EVENTS:
+            data = [f"?{str(event)[:62]}", *(data[1:] if isinstance(data, list) else [])]
+        await super()._handle_event(eio_sid, namespace, id, data)
+
 
 @web.middleware
 async def _uncompressed(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -110,25 +124,58 @@ class Gateway:
         self.lags: deque[float] = deque(maxlen=LAG_KEPT)
         self.overloaded = False
         self._slow: set[str] = set()  # sids let go for reading nothing, counted when they leave
-        cors = concert.settings.cors_origins
+        self._origins = set(concert.settings.cors_origins)
+        self._counting: set[asyncio.Task[None]] = set()
         self.sio = _Server(
             self._malformed,
             async_mode="aiohttp",
             client_manager=client_manager or fanout.FanOut(),
             always_connect=True,  # so the welcome (or the reason for refusal) follows the CONNECT packet
             max_http_buffer_size=1_000_000,  # engine.io drops a client beyond this; we refuse far smaller
-            cors_allowed_origins="*" if "*" in cors else cors,
+            cors_allowed_origins=self._origin_allowed,  # checked on WebSocket and polling alike
+            json=protocol.FiniteJson,  # no NaN or infinity in or out
             ping_interval=5,
             ping_timeout=10,
+            # Web workers share a port and the kernel picks one for each new connection, so a
+            # long-polling session's next request may reach another worker: WebSocket only.
+            transports=["websocket"] if worker else ["polling", "websocket"],
         )
         fanout.install(self.sio, concert.settings.unread_limit, self._let_go)
-        self.app = web.Application(middlewares=[_uncompressed])
+        self.app = web.Application(middlewares=[_uncompressed, *([self._no_polling] if worker else [])])
         self.sio.attach(self.app)
         self._routes()
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
         self.sio.on(protocol.SYNC, self._sync)
         self.sio.on("*", self._forward)
+
+    def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
+        """The conductor's own origin (the address the page was served from) and ``cors_origins``.
+
+        Browsers send ``Origin`` and cannot forge it; programs send none and are let in (their
+        token is what admits them). A page from anywhere else is refused, and counted.
+        """
+        if not origin or "*" in self._origins or origin in self._origins:
+            return True
+        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        if origin == own:
+            return True
+        self._count_later("bad_origin", f"{origin[:100]} is not this conductor's origin nor in cors_origins")
+        return False
+
+    def _count_later(self, code: str, message: str) -> None:
+        """Count a refusal from code that cannot wait (the performance may be in another process)."""
+        if self.performance is not None:
+            task = asyncio.ensure_future(self.performance.count(Rejected(code, message), "connect", ""))
+            self._counting.add(task)
+            task.add_done_callback(self._counting.discard)
+
+    @web.middleware
+    async def _no_polling(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With web workers, refuse long-polling with the reason (and what to do), not "Invalid session"."""
+        if request.path.startswith("/socket.io") and request.query.get("transport") == "polling":
+            return web.Response(status=400, text=POLLING_REFUSED)
+        return await handler(request)
 
     def serve(self, performance: Performance) -> None:
         self.performance = performance
@@ -230,7 +277,7 @@ class Gateway:
 
     async def _forward(self, event: str, sid: str, *args: Any) -> Any:
         try:
-            ack = await self._performance.handle(sid, str(event)[:64], list(args))
+            ack = await self._performance.handle(sid, event, list(args))
         except Rejected as r:
             ack = {"ok": False, **r.payload(event)}
         if refusal := protocol.refusal(ack):
@@ -290,6 +337,8 @@ class Gateway:
         """Listen on every host; ``reuse_port`` lets several workers share one port (the kernel spreads joins)."""
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
+        assert runner.server is not None
+        ConnectionGuard(self._count_later).install(runner.server)
         self._load = asyncio.create_task(self._watch_load())
         bound = port
         for host in hosts:
