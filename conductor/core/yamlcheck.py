@@ -117,7 +117,9 @@ class YamlDocument:
                     node = self._loader.get_single_node()
                 except RecursionError:
                     line = self._loader.get_mark().line + 1
-                    raise InvalidFile([Problem(self.name, line, "(syntax)", f"nested more than {MAX_DEPTH} deep")])
+                    raise InvalidFile(
+                        [Problem(self.name, line, "(syntax)", f"nested more than {MAX_DEPTH} deep")]
+                    ) from None
                 if node is not None:
                     _Extent(self.name).check(node, 0)
                 self.data = self._build(node, ()) if node is not None else {}

@@ -138,6 +138,7 @@ class Conductor:
             "journal": str(self.journal.path),
             "journal_unavailable": self.journal.unavailable,
             "osc_coalesced": self.osc.coalesced if self.osc else 0,
+            "osc_echo_peers": len(self.osc.udp_peers) if self.osc else 0,
             "lookahead": self.lookahead.to_json(),
         }
 

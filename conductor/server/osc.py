@@ -45,6 +45,7 @@ ECHO_FOR = 60.0  # seconds a controller is echoed to after it last moved a route
 ECHO_PEERS = 64  # controllers echoed to at most (UDP sources are easy to spoof)
 TCP_IDLE = 300.0  # seconds an OSC TCP connection may stay silent
 TCP_PER_ADDRESS = 8  # OSC TCP connections one address may hold
+TCP_TOTAL = 128  # ... and all addresses together
 ALLOWED_CACHE = 4096  # source addresses whose allow-list answer is remembered
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("@ll")
@@ -271,9 +272,10 @@ class OscIngress:
         peer = writer.get_extra_info("peername")
         source = (peer[0], peer[1])
         held = sum(1 for address in self.tcp_peers.values() if address == source[0])
-        if not self._allowed(source[0]) or held >= TCP_PER_ADDRESS:
-            if held >= TCP_PER_ADDRESS:
-                self._reject("osc_too_many", f"{source[0]} holds {held} OSC connections (at most {TCP_PER_ADDRESS})")
+        full = held >= TCP_PER_ADDRESS or len(self.tcp_peers) >= TCP_TOTAL
+        if not self._allowed(source[0]) or full:
+            if full:
+                self._reject("osc_too_many", f"{source[0]} holds {held} OSC connections, all {len(self.tcp_peers)}")
             writer.close()
             return
         self.tcp_peers[writer] = source[0]
