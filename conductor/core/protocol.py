@@ -41,8 +41,6 @@ CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
 ERROR = "error"  # to one client: ErrorMessage
 
-EVENTS = frozenset({SYNC, COMMAND, REPORT, CONTROL, HEALTH, INVITE, SOUND})
-
 ROLES = ("conductor", "performer", "audience", "node")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
 MAX_MAGNITUDE = 2**53  # beyond this a number is not exact in a browser (and 1e400 is Infinity there)

@@ -32,6 +32,9 @@ log = logging.getLogger("tutti.gateway")
 LAG_EVERY = 0.05  # seconds between looks at how late the event loop runs
 LAG_KEPT = 1200  # looks kept for /api/status: the last minute
 SHED_SHARE = 0.1  # of the audience let go each second while overloaded (the latest to join first)
+RESERVED = frozenset({"*", "connect", "disconnect"})  # names python-socketio routes to handlers of its own
+REFUSALS_PER_SECOND = 20.0  # refused events a client may send, on average ...
+REFUSALS_BURST = 100.0  # ... and at once; beyond that it is let go (it may join again)
 POLLING_REFUSED = (
     "this conductor serves clients from several web workers, which cannot share a long-polling "
     "session: connect with the WebSocket transport (socket.io-client: transports: ['websocket'])"
@@ -88,8 +91,8 @@ class _Server(socketio.AsyncServer):
         # protocol does not know. Names python-socketio would route elsewhere ("*", "connect",
         # "disconnect", or not a string at all) are renamed so that they cannot reach a handler.
         event = data[0] if isinstance(data, list) and data else None
-        if not isinstance(event, str) or event not in protocol.EVENTS:
-            data = [f"?{str(event)[:62]}", *(data[1:] if isinstance(data, list) else [])]
+        if not isinstance(event, str) or event in RESERVED:
+            data = [f"(reserved) {str(event)[:50]}", *(data[1:] if isinstance(data, list) else [])]
         await super()._handle_event(eio_sid, namespace, id, data)
 
 
@@ -124,6 +127,7 @@ class Gateway:
         self.lags: deque[float] = deque(maxlen=LAG_KEPT)
         self.overloaded = False
         self._slow: set[str] = set()  # sids let go for reading nothing, counted when they leave
+        self._refusals: dict[str, tuple[float, float]] = {}  # sid -> (allowance left, when)
         self._origins = set(concert.settings.cors_origins)
         self._counting: set[asyncio.Task[None]] = set()
         self.sio = _Server(
@@ -258,6 +262,7 @@ class Gateway:
         return True
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        self._refusals.pop(sid, None)
         if sid in self._slow:
             self._slow.discard(sid)
             unread = self.concert.settings.unread_limit
@@ -277,12 +282,31 @@ class Gateway:
 
     async def _forward(self, event: str, sid: str, *args: Any) -> Any:
         try:
-            ack = await self._performance.handle(sid, event, list(args))
+            ack = await self._performance.handle(sid, str(event)[:64], list(args))
         except Rejected as r:
             ack = {"ok": False, **r.payload(event)}
         if refusal := protocol.refusal(ack):
             await self.sio.emit(protocol.ERROR, refusal, to=sid)
+            await self._refused(sid)
         return ack
+
+    async def _refused(self, sid: str) -> None:
+        """A client that keeps sending what is refused is let go: a flood of garbage from one
+        connection would otherwise take the event loop from everyone else."""
+        now = asyncio.get_running_loop().time()
+        left, then = self._refusals.get(sid, (REFUSALS_BURST, now))
+        left = min(REFUSALS_BURST, left + (now - then) * REFUSALS_PER_SECOND) - 1
+        self._refusals[sid] = (left, now)
+        if left < 0 and self._refusals.pop(sid, None) is not None:
+            flooding = Rejected("flooding", f"more than {REFUSALS_PER_SECOND:g} refused events a second: let go")
+            await self._performance.count(flooding, "(events)", sid)
+            await self.sio.emit(protocol.ERROR, flooding.payload("(events)"), to=sid)
+            # The whole connection, not only the namespace: what it still sends is not read.
+            if eio_sid := self.sio.manager.eio_sid_from_sid(sid, "/"):
+                outlet = self.sio.eio.sockets.outlets.get(eio_sid)
+                await self.sio.eio.disconnect(eio_sid)
+                if outlet is not None and outlet.transport is not None:
+                    outlet.transport.close()  # once the close packet is written
 
     def _let_go(self, eio_sid: str) -> None:
         sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
@@ -296,6 +320,7 @@ class Gateway:
         await self._performance.count(rejected, "(packet)", sid or eio_sid)
         if sid:
             await self.sio.emit(protocol.ERROR, rejected.payload("(packet)"), to=sid)
+            await self._refused(sid)
 
     # --- overload: the audience makes way for the performers ---------------------------------------
 

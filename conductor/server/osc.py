@@ -301,6 +301,7 @@ class OscIngress:
                             continue
                         self._receive(packet, source, writer, values)
                 self._apply(values, coalesce=False)
+                await asyncio.sleep(0)  # a read that was already buffered does not yield: let others in
         except TimeoutError:
             log.info("OSC TCP connection from %s idle for %g s: closed", source[0], TCP_IDLE)
         except ConnectionError:
