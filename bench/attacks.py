@@ -185,11 +185,15 @@ async def malformed_events(c: Conductor) -> None:
         if raw.ws.closed:  # undecodable packets may close it: join again
             await raw.close()
             raw = raws[i % len(raws)] = await Raw.join(c.url, auths[i % len(auths)])
-        await raw.send(random.choice(GARBAGE_EVENTS))
-        if i % 200 == 0:
-            await asyncio.sleep(0)
+            ATTACKERS["rejoined"] += 1
+        with contextlib.suppress(ConnectionError):
+            await raw.send(random.choice(GARBAGE_EVENTS))
+        await asyncio.sleep(0)  # let the reader see a close
     for raw in raws:
         await raw.close()
+
+
+ATTACKERS = {"rejoined": 0}  # attackers' connections the conductor let go, and they opened again
 
 
 async def garbage_frames(c: Conductor) -> None:
@@ -209,6 +213,7 @@ async def garbage_frames(c: Conductor) -> None:
                 except aiohttp.ClientConnectionResetError:
                     break  # the conductor closed it: open another
                 sent += 1
+                await asyncio.sleep(0)  # let the reader see a close
             await ws.close()
 
 
@@ -223,15 +228,18 @@ def _random_osc() -> bytes:
     return bytes(packet)
 
 
-async def random_osc(c: Conductor) -> None:
+async def random_osc_udp(c: Conductor) -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for i in range(5000):
+    for i in range(10_000):
         udp.sendto(_random_osc(), (c.host, c.udp))
         if i % 100 == 0:
             await asyncio.sleep(0.001)
     udp.close()
+
+
+async def random_osc_tcp(c: Conductor) -> None:
     sent = 0
-    while sent < 5000:
+    while sent < 10_000:
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection(c.host, c.tcp)
             for _ in range(500):
@@ -285,7 +293,8 @@ async def spoofed_sources(c: Conductor) -> None:
 ATTACKS: list[tuple[str, Callable[[Conductor], Awaitable[None]]]] = [
     ("10,000 malformed Socket.IO events", malformed_events),
     ("2,000 garbage WebSocket frames", garbage_frames),
-    ("10,000 random OSC packets (UDP, TCP)", random_osc),
+    ("10,000 random OSC packets on UDP", random_osc_udp),
+    ("10,000 random OSC packets on TCP (SLIP)", random_osc_tcp),
     ("1,100 idle OSC TCP connections", idle_osc),
     ("1,100 slow HTTP connections", slow_http),
     ("20,000 spoofed OSC sources", spoofed_sources),
@@ -312,8 +321,13 @@ async def main() -> None:
             joined = await joining
             await _settled(c)
             rtts = good.between(began, time.time())
-            after = (await c.status())["rejections"]
+            state = await c.status()
+            after = state["rejections"]
             refused = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            if attack is spoofed_sources:
+                refused["(controllers echoed to)"] = state["osc_echo_peers"]
+            if ATTACKERS["rejoined"]:
+                refused["(attackers joined again)"], ATTACKERS["rejoined"] = ATTACKERS["rejoined"], 0
             row = {
                 "attack": name, "p50": percentile(rtts, 0.5), "p99": percentile(rtts, 0.99), "joins": joined,
                 "rss_before": rss / 1024, "rss_after": rss_kib(c.proc.pid) / 1024, "refused": refused,

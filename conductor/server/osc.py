@@ -46,6 +46,7 @@ ECHO_PEERS = 64  # controllers echoed to at most (UDP sources are easy to spoof)
 TCP_IDLE = 300.0  # seconds an OSC TCP connection may stay silent
 TCP_PER_ADDRESS = 8  # OSC TCP connections one address may hold
 TCP_TOTAL = 128  # ... and all addresses together
+TCP_READ = 4096  # bytes of a TCP stream handled before the event loop gets a turn (dozens of messages)
 ALLOWED_CACHE = 4096  # source addresses whose allow-list answer is remembered
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("@ll")
@@ -283,7 +284,7 @@ class OscIngress:
         try:
             while True:
                 async with asyncio.timeout(TCP_IDLE):
-                    data = await reader.read(65536)
+                    data = await reader.read(TCP_READ)
                 if not data:
                     break
                 buffer += data
