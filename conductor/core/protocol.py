@@ -43,7 +43,7 @@ ERROR = "error"  # to one client: ErrorMessage
 
 ROLES = ("conductor", "performer", "audience", "node")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
-MAX_MAGNITUDE = 2**53  # beyond this a number is not exact in a browser (and 1e400 is Infinity there)
+MAX_DIGITS = 300  # an integer in JSON: a browser reads 10**400 as Infinity
 
 
 def _finite_float(text: str) -> float:
@@ -54,9 +54,9 @@ def _finite_float(text: str) -> float:
 
 
 def _bounded_int(text: str) -> int:
-    if len(text) > 20 or abs(value := int(text)) > MAX_MAGNITUDE:
-        raise ValueError(f"integer {text[:20]} is out of range")
-    return value
+    if len(text) > MAX_DIGITS:  # a browser reads a longer integer as Infinity
+        raise ValueError(f"integer {text[:20]}… is out of range")
+    return int(text)
 
 
 def _no_constant(name: str) -> Any:
@@ -84,7 +84,7 @@ def finite(value: Any, depth: int = 0) -> bool:
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return True
     if isinstance(value, int | float):
-        return math.isfinite(value) and abs(value) <= (MAX_MAGNITUDE if isinstance(value, int) else math.inf)
+        return math.isfinite(value) and abs(value) < 10**MAX_DIGITS
     if depth >= 8:
         return False
     if isinstance(value, dict):

@@ -298,15 +298,21 @@ class Gateway:
         left = min(REFUSALS_BURST, left + (now - then) * REFUSALS_PER_SECOND) - 1
         self._refusals[sid] = (left, now)
         if left < 0 and self._refusals.pop(sid, None) is not None:
-            flooding = Rejected("flooding", f"more than {REFUSALS_PER_SECOND:g} refused events a second: let go")
-            await self._performance.count(flooding, "(events)", sid)
-            await self.sio.emit(protocol.ERROR, flooding.payload("(events)"), to=sid)
-            # The whole connection, not only the namespace: what it still sends is not read.
-            if eio_sid := self.sio.manager.eio_sid_from_sid(sid, "/"):
-                outlet = self.sio.eio.sockets.outlets.get(eio_sid)
-                await self.sio.eio.disconnect(eio_sid)
-                if outlet is not None and outlet.transport is not None:
-                    outlet.transport.close()  # once the close packet is written
+            # After the refusal's acknowledgement has gone out: the client learns why.
+            task = asyncio.ensure_future(self._let_flooder_go(sid))
+            self._counting.add(task)
+            task.add_done_callback(self._counting.discard)
+
+    async def _let_flooder_go(self, sid: str) -> None:
+        flooding = Rejected("flooding", f"more than {REFUSALS_PER_SECOND:g} refused events a second: let go")
+        await self._performance.count(flooding, "(events)", sid)
+        await self.sio.emit(protocol.ERROR, flooding.payload("(events)"), to=sid)
+        # The whole connection, not only the namespace: what it still sends is not read.
+        if eio_sid := self.sio.manager.eio_sid_from_sid(sid, "/"):
+            outlet = self.sio.eio.sockets.outlets.get(eio_sid)
+            await self.sio.eio.disconnect(eio_sid)
+            if outlet is not None and outlet.transport is not None:
+                outlet.transport.close()  # once the close packet is written
 
     def _let_go(self, eio_sid: str) -> None:
         sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
