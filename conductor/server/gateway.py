@@ -161,10 +161,13 @@ class Gateway:
         """
         if not origin or "*" in self._origins or origin in self._origins:
             return True
-        own = f"{environ.get('wsgi.url_scheme', 'http')}://{environ.get('HTTP_HOST', '')}"
+        request = environ.get("aiohttp.request")  # its scheme is https under TLS (python-engineio says http)
+        own = f"{request.scheme}://{request.host}" if request is not None else ""
         if origin == own:
             return True
-        self._count_later("bad_origin", f"{origin[:100]} is not this conductor's origin nor in cors_origins")
+        if not environ.get("tutti.counted"):  # python-engineio asks again for the refusal's headers
+            environ["tutti.counted"] = True
+            self._count_later("bad_origin", f"{origin[:100]} is not this conductor's origin nor in cors_origins")
         return False
 
     def _count_later(self, code: str, message: str) -> None:
@@ -250,6 +253,8 @@ class Gateway:
                 raise refused
             # The performance puts the client in its rooms and sends its welcome, in that order.
             await self._performance.join(sid, auth, Source(address, self.worker))
+            if not self.sio.manager.is_connected(sid, "/"):  # it left while its join was checked
+                await self._performance.leave(sid)
         except Rejected as r:
             await self.sio.emit(protocol.ERROR, r.payload("connect"), to=sid)
             return False
