@@ -315,31 +315,30 @@ async def test_join_limiting_never_refuses_a_right_token_and_limits_guesses_per_
         conductor.stop()
 
 
-async def test_a_node_agent_waits_for_the_conductor_and_joins_again_after_a_restart(tmp_path: Path) -> None:
+async def test_a_node_agent_waits_for_the_conductor_and_keeps_trying_after_a_refusal(tmp_path: Path) -> None:
     port = free_port("127.0.0.1")
-    concert = write_concert(tmp_path, port=port)
     url = f"http://127.0.0.1:{port}"
     node = subprocess.Popen(  # noqa: ASYNC220 (started once, read at the end)
-        [sys.executable, "-m", "conductor", "node", "--url", url, "--token", TOKENS["node"], "--name", "late",
+        [sys.executable, "-m", "conductor", "node", "--url", url, "--token", "new-node-token", "--name", "late",
          "--no-synth", "--no-jack"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     conductor = None
     try:
-        await asyncio.sleep(1.5)  # the conductor is not there yet: the agent must keep trying
+        await asyncio.sleep(1.5)  # no conductor yet: the agent must keep trying, not exit
         assert node.poll() is None
-        conductor = ConductorProcess(concert)
-        names = lambda: [c["name"] for c in conductor.status()["clients"]]  # noqa: E731
-        await until(lambda: "late" in names(), 20)
+        conductor = ConductorProcess(write_concert(tmp_path, port=port))  # the node token is still the old one
+        await until(lambda: conductor.status()["rejections"].get("bad_token", 0) >= 2, 20)  # refused, tried again
+        assert node.poll() is None
         conductor.stop()
-        conductor.start()
-        await until(lambda: "late" in names(), 20)
+        conductor = ConductorProcess(write_concert(tmp_path, port=port, tokens={**TOKENS, "node": "new-node-token"}))
+        await until(lambda: "late" in [c["name"] for c in conductor.status()["clients"]], 20)
     finally:
         node.terminate()
         output = node.communicate(timeout=10)[0]
         if conductor:
             conductor.stop()
-    assert "Traceback" not in output and "trying again" in output
+    assert "Traceback" not in output and "trying again" in output and "wrong token" in output, output
 
 
 async def test_certificate_and_scheme_failures_name_their_cause(tmp_path: Path) -> None:
