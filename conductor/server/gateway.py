@@ -129,7 +129,7 @@ class Gateway:
         self._slow: set[str] = set()  # sids let go for reading nothing, counted when they leave
         self._refusals: dict[str, tuple[float, float]] = {}  # sid -> (allowance left, when)
         self._origins = set(concert.settings.cors_origins)
-        self._counting: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # counting refusals, letting flooders go
         self.sio = _Server(
             self._malformed,
             async_mode="aiohttp",
@@ -174,8 +174,8 @@ class Gateway:
         """Count a refusal from code that cannot wait (the performance may be in another process)."""
         if self.performance is not None:
             task = asyncio.ensure_future(self.performance.count(Rejected(code, message), "connect", ""))
-            self._counting.add(task)
-            task.add_done_callback(self._counting.discard)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     @web.middleware
     async def _no_polling(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -305,8 +305,8 @@ class Gateway:
         if left < 0 and self._refusals.pop(sid, None) is not None:
             # After the refusal's acknowledgement has gone out: the client learns why.
             task = asyncio.ensure_future(self._let_flooder_go(sid))
-            self._counting.add(task)
-            task.add_done_callback(self._counting.discard)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _let_flooder_go(self, sid: str) -> None:
         flooding = Rejected("flooding", f"more than {REFUSALS_PER_SECOND:g} refused events a second: let go")
@@ -388,6 +388,7 @@ class Gateway:
     async def stop(self, runner: web.AppRunner) -> None:
         """Say goodbye to this gateway's clients, then stop serving."""
         self._load.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         welcomed = list(self._members(JOINED))
         # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
         for sid in welcomed:
