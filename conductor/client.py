@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
+import yarl
 
 from conductor.core import protocol
 from conductor.core.clock import OffsetEstimator
@@ -26,6 +28,8 @@ log = logging.getLogger("tutti.client")
 FAST_UNTIL = 32  # exchanges
 FAST_INTERVAL = 0.5  # seconds
 CHANGES_KEPT = 1000
+RETRY_FIRST = 0.5  # seconds before the first retry of a join that failed ...
+RETRY_MAX = 10.0  # ... doubling up to this
 
 
 class TuttiClient:
@@ -33,6 +37,9 @@ class TuttiClient:
 
     Clock sync runs in bursts of ``burst`` exchanges every ``resync`` seconds. ``ca`` is a PEM
     file of certificate authorities to trust for ``https://`` (a concert's private CA).
+    With ``rejoin``, it never gives up: ``connect`` retries (with backoff) until the conductor
+    lets it in, and it joins again whenever it is let go or refused, as node agents and
+    ``tutti status`` must through a concert.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class TuttiClient:
         spacing: float = 0.02,
         resync: float = 3.0,
         estimator: OffsetEstimator | None = None,
+        rejoin: bool = False,
     ):
         self.url = url
         self.auth = {
@@ -78,42 +86,87 @@ class TuttiClient:
         # may follow a fader at 100 values a second for hours).
         self.changes: deque[dict[str, Any]] = deque(maxlen=CHANGES_KEPT)
         self._joined: asyncio.Future[None] | None = None
-        tls = {"ssl": ssl.create_default_context(cafile=ca)} if ca else {}
+        self._ssl = ssl.create_default_context(cafile=ca) if ca else None
+        tls = {"ssl": self._ssl} if self._ssl else {}
         self.sio = socketio.AsyncClient(
             reconnection=True, reconnection_delay=0.2, reconnection_delay_max=2, websocket_extra_options=tls
         )
         self.sio.on(protocol.WELCOME, self._welcome)
         self.sio.on(protocol.STATE, self._state)
         self.sio.on(protocol.ERROR, self._error)
+        self.sio.on("disconnect", self._disconnected)
+        self.rejoin = rejoin
+        self.retries = 0  # joins that failed and were tried again
         self._sync_task: asyncio.Task[None] | None = None
+        self._rejoin_task: asyncio.Task[None] | None = None
         self._closing = False
 
     async def connect(self) -> None:
-        """Connect and wait for the welcome; raises ConnectionError with the conductor's reason."""
+        """Connect and wait for the welcome; raises ConnectionError with the conductor's reason
+        (unless ``rejoin``: then it tries again, with backoff, until it is in)."""
+        await self._join()
+        await self.sync_burst()
+        self._sync_task = asyncio.create_task(self._sync_loop())
+
+    async def _join(self) -> None:
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await self._join_once()
+            except ConnectionError as e:
+                if not self.rejoin or self._closing:
+                    await self._let_go()
+                    raise
+                self.retries += 1
+                log.warning("%s; trying again in %.1f s", e, delay)
+            with contextlib.suppress(Exception):
+                await self.sio.disconnect()
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # spread a crowd's retries out
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _join_once(self) -> None:
         self._joined = asyncio.get_running_loop().create_future()
         try:
             await self.sio.connect(self.url, auth=self.auth, transports=["websocket"], wait_timeout=10)
+        except socketio.exceptions.ConnectionError as e:
+            raise ConnectionError(await why_unreachable(self.url, self._ssl)) from e
+        try:
             async with asyncio.timeout(10):
                 await self._joined
-        except (socketio.exceptions.ConnectionError, ConnectionError, TimeoutError) as e:
-            # Closed here, so that nothing is left for a closed event loop to trip over.
+        except TimeoutError:
+            raise ConnectionError(f"{self.url}: no welcome within 10 s") from None
+
+    async def _let_go(self) -> None:
+        """Close what a failed join left open, so that nothing is left for a closed event loop."""
+        with contextlib.suppress(Exception):
             await self.sio.disconnect()
-            if self.sio.eio.http and not self.sio.eio.external_http:
-                await self.sio.eio.http.close()
-            if isinstance(e, ConnectionError):
-                raise
-            raise ConnectionError(f"cannot reach the conductor at {self.url}: {e or 'no answer'}") from e
-        await self.sync_burst()
-        self._sync_task = asyncio.create_task(self._sync_loop())
+        if self.sio.eio.http and not self.sio.eio.external_http:
+            await self.sio.eio.http.close()
+
+    async def _disconnected(self, reason: Any = None) -> None:
+        # python-socketio reconnects by itself after a lost connection, but not after the
+        # conductor let this client go or refused it (a restart, overload): that is done here.
+        if not self.rejoin or self._closing or reason != self.sio.reason.SERVER_DISCONNECT:
+            return
+        if self._rejoin_task is None or self._rejoin_task.done():
+            self._rejoin_task = asyncio.create_task(self._join_again())
+
+    async def _join_again(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect()  # let python-socketio finish closing the refused connection
+        await asyncio.sleep(RETRY_FIRST * random.uniform(0.8, 1.2))
+        if not self._closing:
+            await self._join()
 
     async def close(self) -> None:
         # Not only a cancellation: Python 3.11's wait_for (inside python-socketio's call) can
         # swallow one that lands as an answer arrives, and the loop would sync on for ever.
         self._closing = True
-        if self._sync_task:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+        for task in (self._sync_task, self._rejoin_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.sio.disconnect()
 
     async def _welcome(self, data: dict[str, Any]) -> None:
@@ -141,7 +194,9 @@ class TuttiClient:
         log.warning("conductor refused %s: %s", data.get("event"), data.get("message"))
         self.errors.append(data)
         if data.get("event") == "connect" and self._joined and not self._joined.done():
-            self._joined.set_exception(ConnectionError(f"{data.get('code')}: {data.get('message')}"))
+            self._joined.set_exception(
+                ConnectionError(f"{self.url} refused the join: {data.get('code')}: {data.get('message')}")
+            )
 
     async def sync_once(self) -> bool:
         t0 = self.clock.local()
@@ -196,3 +251,40 @@ class TuttiClient:
     def position(self, conductor_t: float | None = None) -> float:
         assert self.transport is not None, "not joined"
         return self.transport.position(self.now() if conductor_t is None else conductor_t)
+
+
+async def why_unreachable(url: str, context: ssl.SSLContext | None = None) -> str:
+    """One line that says why a conductor cannot be reached: refused, TLS (which part), or HTTP."""
+    address = yarl.URL(url)
+    host, port, secure = address.host or "", address.port or 80, address.scheme in ("https", "wss")
+    try:
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=(context or ssl.create_default_context()) if secure else None
+            )
+            if not secure:  # does it answer plain HTTP? A TLS server answers garbage or nothing
+                writer.write(f"GET /api/status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                first = await reader.readline()
+                if not first.startswith(b"HTTP/"):
+                    writer.close()
+                    return f"{url}: the conductor speaks HTTPS here: use https://"
+            writer.close()
+    except ssl.SSLCertVerificationError as e:
+        if e.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+            return f"{url}: the certificate is not for {host} (name mismatch): {e.verify_message}"
+        return f"{url}: certificate from an unknown authority ({e.verify_message}): give the concert's CA with --ca"
+    except ssl.SSLError as e:
+        if "WRONG_VERSION_NUMBER" in str(e) or "record layer" in str(e) or "packet length" in str(e):
+            return f"{url}: the conductor speaks plain HTTP here: use http://"
+        return f"{url}: TLS failed: {e.reason or e}"
+    except (TimeoutError, ConnectionError) as e:
+        if secure and isinstance(e, ConnectionResetError | TimeoutError):
+            return f"{url}: the TLS handshake got no answer (is it plain HTTP? use http://)"
+        return (
+            f"{url}: cannot connect: {e.strerror or e.__class__.__name__}"
+            if isinstance(e, OSError)
+            else f"{url}: no answer within 5 s"
+        )
+    except OSError as e:
+        return f"{url}: cannot connect: {e.strerror or e}"
+    return f"{url}: the conductor did not accept the Socket.IO connection"

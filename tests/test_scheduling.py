@@ -46,7 +46,9 @@ SCORE = (
 @pytest.fixture
 async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     (tmp_path / "score.yaml").write_text(SCORE)
-    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.01))
+    # max_lookahead: the late-cue test slows one site to 0.6 s, and the lookahead is to follow it.
+    concert = write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.01, max_lookahead=2.0)
+    conductor = ConductorProcess(concert)
     host, port = conductor.url.removeprefix("http://").split(":")
     server = f"tutti-sched-{os.getpid()}"
     jackd = await start_jack(server)

@@ -22,7 +22,7 @@ from conductor.core.yamlcheck import InvalidFile, YamlDocument
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class OscRoute(_Strict):
@@ -58,6 +58,8 @@ class ConcertFile(_Strict):
     host: StrictStr | list[StrictStr] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     lookahead: Annotated[float, Field(gt=0, le=10)] = 0.05  # seconds: the least between a command and its effect
+    # Seconds: the most, whatever a client reports; a slower destination is not waited for.
+    max_lookahead: Annotated[float, Field(gt=0, le=10)] = 0.3
     journal: StrictStr = "journal.jsonl"
     tokens: Tokens
     cors_origins: list[StrictStr] = []  # other web origins allowed to connect ("*" for any)

@@ -8,9 +8,21 @@ cues back as those models.
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    model_validator,
+)
 
 from conductor.core.score import Late, Sound
 
@@ -32,6 +44,55 @@ ERROR = "error"  # to one client: ErrorMessage
 
 ROLES = ("conductor", "performer", "audience", "node")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
+MAX_DIGITS = 300  # an integer in JSON: a browser reads 10**400 as Infinity
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_DIGITS:  # a browser reads a longer integer as Infinity
+        raise ValueError(f"integer {text[:20]}… is out of range")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+class FiniteJson:
+    """The ``json`` python-socketio and python-engineio use: no NaN or infinity in, nor out.
+
+    ``1e999`` is valid JSON that Python reads as infinity; a browser that receives ``Infinity``
+    cannot parse the packet at all, so one peer's number would silence every page that is sent it.
+    """
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        return json.dumps(obj, **{**kwargs, "allow_nan": False})
+
+    @staticmethod
+    def loads(text: str | bytes, **kwargs: Any) -> Any:
+        return json.loads(text, parse_float=_finite_float, parse_int=_bounded_int, parse_constant=_no_constant)
+
+
+def finite(value: Any, depth: int = 0) -> bool:
+    """Whether every number in a JSON-like value is finite and in range (and it nests at most 8 deep)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int | float):
+        return math.isfinite(value) and abs(value) < 10**MAX_DIGITS
+    if depth >= 8:
+        return False
+    if isinstance(value, dict):
+        return all(finite(v, depth + 1) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(finite(v, depth + 1) for v in value)
+    return False
 
 
 class Message(BaseModel):
@@ -192,6 +253,15 @@ class Health(Message):
     error: Annotated[Num, Field(ge=0, le=60)] = 60.0  # the bound on that offset's error (s)
     links: Annotated[list[LinkReport], Field(max_length=16)] = []
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_extras(cls, data: Any) -> Any:
+        # Fields a newer agent adds are not declared, so check their numbers here: one node's
+        # infinite ``cpu_avg`` would otherwise reach every console.
+        if not finite(data):
+            raise ValueError("every number must be finite (and fields nest at most 8 deep)")
+        return data
+
 
 # --- what the conductor sends ----------------------------------------------------------------------
 
@@ -323,4 +393,4 @@ def refusal(ack: Any) -> dict[str, Any] | None:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -7,6 +7,8 @@ it is made, so it can never contradict a cue already sent: nothing sent needs ca
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
 
 from conductor.core.score import Cue, Score
@@ -56,29 +58,50 @@ BOOST_STEP = 0.02  # seconds added to the lookahead for each report of late cues
 BOOST_HALF_LIFE = 60.0  # ... and how slowly that extra wears off again
 
 
+OUTLIER = 4.0  # a destination more than this many times the median delay ...
+OUTLIER_ABOVE = 0.05  # ... and this many seconds above it is not followed (with 3 or more)
+
+
 @dataclass
 class Lookahead:
     """The lookahead for ``together``: the worst destination's delay with a margin, never below
-    ``floor`` (the concert's ``lookahead``), plus an extra that late cues add and time wears off."""
+    ``floor`` (the concert's ``lookahead``) nor above ``ceiling`` (its ``max_lookahead``), plus an
+    extra that late cues add and time wears off.
+
+    One destination far slower than the rest (an outlier, or one past the ceiling) is not
+    followed: it would hold every change back for everyone. It is named in ``ignored``.
+    """
 
     floor: float
+    ceiling: float = 0.3
     boost: float = 0.0
     value: float = 0.0
     worst: str = ""  # the destination that sets it ("" when the floor does)
+    ignored: tuple[str, ...] = ()  # destinations too slow to follow
 
     def __post_init__(self) -> None:
+        self.ceiling = max(self.ceiling, self.floor)
         self.value = self.value or self.floor
 
-    def to_json(self) -> dict[str, float | str]:
-        return {"value": self.value, "worst": self.worst, "boost": self.boost}
+    def to_json(self) -> dict[str, float | str | list[str]]:
+        return {"value": self.value, "worst": self.worst, "boost": self.boost, "ignored": list(self.ignored)}
 
     def update(self, delays: dict[str, float], elapsed: float) -> float:
         self.boost *= 0.5 ** (elapsed / BOOST_HALF_LIFE)
-        worst, delay = max(delays.items(), key=lambda kv: kv[1], default=("", 0.0))
+        followed = self._followed(delays)
+        self.ignored = tuple(sorted(set(delays) - set(followed)))
+        worst, delay = max(followed.items(), key=lambda kv: kv[1], default=("", 0.0))
         needed = delay * MARGIN + ALLOWANCE
         self.worst = worst if needed > self.floor else ""  # who sets it, unless the floor does
-        self.value = max(self.floor, needed) + self.boost
+        self.value = min(self.ceiling, max(self.floor, needed) + self.boost)
         return self.value
+
+    def _followed(self, delays: dict[str, float]) -> dict[str, float]:
+        fits = {k: d for k, d in delays.items() if math.isfinite(d) and d * MARGIN + ALLOWANCE <= self.ceiling}
+        if len(fits) < 3:
+            return fits
+        median = statistics.median(fits.values())
+        return {k: d for k, d in fits.items() if d <= max(median * OUTLIER, median + OUTLIER_ABOVE)}
 
     def late(self, cues: int) -> None:
         """Destinations got ``cues`` late: give every cue more time."""

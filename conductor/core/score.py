@@ -32,7 +32,7 @@ from conductor.core.yamlcheck import InvalidFile, Loc, YamlDocument
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _matching(pattern: str, explanation: str) -> AfterValidator:

@@ -19,6 +19,9 @@ import yaml
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=pydantic.BaseModel)
+MAX_BYTES = 1_000_000  # a score or concert file larger than this is refused unread
+MAX_NODES = 100_000  # values a file may hold once its aliases are expanded ("billion laughs")
+MAX_DEPTH = 64  # how deep its lists and mappings may nest
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,47 @@ def plain_yaml(message: str) -> str:
     return message
 
 
+class _Extent:
+    """How many values a composed YAML document holds with its aliases expanded, and how deep it nests.
+
+    An alias is a reference, so a few hundred bytes can stand for billions of values; each node is
+    measured once (aliases share nodes), so this is quick whatever the expansion would be.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth)
+        self.open: set[int] = set()
+
+    def check(self, node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in self.sizes:
+            return self.sizes[key]
+        line = node.start_mark.line + 1
+        if key in self.open:
+            raise InvalidFile([Problem(self.name, line, "(syntax)", "an alias refers to the value that holds it")])
+        if depth > MAX_DEPTH:
+            raise InvalidFile([Problem(self.name, line, "(syntax)", f"nested more than {MAX_DEPTH} deep")])
+        self.open.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        values, deepest = 1, 0
+        for child in children:
+            n, d = self.check(child, depth + 1)
+            values, deepest = values + n, max(deepest, d + 1)
+            if values > MAX_NODES:
+                message = f"more than {MAX_NODES:,} values once its aliases are expanded"
+                raise InvalidFile([Problem(self.name, line, "(syntax)", message)])
+            if deepest + depth > MAX_DEPTH:
+                raise InvalidFile([Problem(self.name, line, "(syntax)", f"nested more than {MAX_DEPTH} deep")])
+        self.open.discard(key)
+        self.sizes[key] = (values, deepest)
+        return values, deepest
+
+
 def field_name(loc: Loc) -> str:
     """``('parts', 0, 'layers')`` -> ``parts[0].layers``."""
     out = ""
@@ -78,15 +122,28 @@ class YamlDocument:
         self.name = str(path)
         self.lines: dict[Loc, int] = {}
         self.problems: list[Problem] = []
+        too_large = f"larger than {MAX_BYTES:,} bytes: a score or concert file is far smaller"
         if text is None:
             try:
+                if self.path.stat().st_size > MAX_BYTES:
+                    raise InvalidFile([Problem(self.name, 1, "(file)", too_large)])
                 text = self.path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
                 raise InvalidFile([Problem(self.name, 1, "(file)", f"cannot read: {e}")]) from e
+        if len(text) > MAX_BYTES:
+            raise InvalidFile([Problem(self.name, 1, "(file)", too_large)])
         try:
             self._loader = yaml.SafeLoader(text)
             try:
-                node = self._loader.get_single_node()
+                try:
+                    node = self._loader.get_single_node()
+                except RecursionError:
+                    line = self._loader.get_mark().line + 1
+                    raise InvalidFile(
+                        [Problem(self.name, line, "(syntax)", f"nested more than {MAX_DEPTH} deep")]
+                    ) from None
+                if node is not None:
+                    _Extent(self.name).check(node, 0)
                 self.data = self._build(node, ()) if node is not None else {}
             finally:
                 self._loader.dispose()

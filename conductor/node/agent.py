@@ -56,7 +56,9 @@ class NodeAgent:
         self._jack: asyncio.subprocess.Process | None = None
         self.sclang_port = sclang_port
         synth = None if scsynth else False  # a node without synths gets no cues
-        self.client = TuttiClient(url, "node", token, site=site, name=name, parts=parts, synth=synth, ca=ca)
+        self.client = TuttiClient(
+            url, "node", token, site=site, name=name, parts=parts, synth=synth, ca=ca, rejoin=True
+        )
         self.client.sio.on(protocol.CUES, self._cues)
         self.client.on_welcome = self._welcome
         self.audio: SiteAudio | None = None  # this site's JackTrip end, if the concert gives it one

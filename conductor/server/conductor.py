@@ -11,6 +11,7 @@ role may send commands; anything malformed, oversized, unknown or forbidden is a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ from conductor.server.broadcast import StateBroadcast
 from conductor.server.console import ConsoleFeed, Refusals
 from conductor.server.cues import CHANNEL, NodeCues
 from conductor.server.gateway import Gateway, Out, Source
-from conductor.server.joins import JOIN_COOLDOWN, Client, Roster, summary
+from conductor.server.joins import BARRED_DELAY, JOIN_COOLDOWN, Client, Roster, summary
 from conductor.server.osc import OscIngress
 from conductor.server.pipeline import Pipeline
 
@@ -61,7 +62,7 @@ class Conductor:
         self.roster = Roster(concert)
         self.refusals = Refusals(self.clock.now)
         self.controls: dict[str, Any] = {}  # "part/control" -> latest value from a performer
-        self.lookahead = Lookahead(floor=concert.settings.lookahead)
+        self.lookahead = Lookahead(floor=concert.settings.lookahead, ceiling=concert.settings.max_lookahead)
 
         resumed = journal.resume(
             concert.journal_path, self.score.score, self.score.sha256, fresh=fresh, skip_bad=skip_bad_journal_lines
@@ -133,11 +134,13 @@ class Conductor:
             "clock_minus_wall": now - time.time(),
             "position": self.transport.position(now),
             "state": self.transport.snapshot(now),
-            "clients": [c.info().model_dump() for c in self.clients.values()],
+            # Open to anyone: no sids (with one, a client could be sent events in another's name).
+            "clients": [c.info().model_dump(exclude={"sid"}) for c in self.clients.values()],
             "rejections": dict(self.refusals.counts),
             "journal": str(self.journal.path),
             "journal_unavailable": self.journal.unavailable,
             "osc_coalesced": self.osc.coalesced if self.osc else 0,
+            "osc_echo_peers": len(self.osc.udp_peers) if self.osc else 0,
             "lookahead": self.lookahead.to_json(),
         }
 
@@ -175,15 +178,19 @@ class Conductor:
     async def join(self, sid: str, auth: Any, source: Source) -> None:
         """Admit a client: its rooms, then its welcome, through ``out``. Raises Rejected (counted)."""
         roster = self.roster
+        role = str(auth.get("role"))[:16] if isinstance(auth, dict) else ""
+        barred = roster.failed.barred(source.address, role, time.monotonic())
+        if barred:  # guessing: each try waits, and a right token still gets in
+            await asyncio.sleep(BARRED_DELAY)
         try:
-            if roster.failed.barred(source.address, time.monotonic()):
-                raise Rejected("rate_limited", f"too many failed joins from {source.address}; wait {JOIN_COOLDOWN:g} s")
             joined = roster.auth(auth)
         except Rejected as r:
-            if r.code != "rate_limited":
-                roster.failed.failed(source.address, time.monotonic())
+            if r.code == "bad_token":
+                roster.failed.failed(source.address, role, time.monotonic())
+                if barred:
+                    r = Rejected("rate_limited", f"too many wrong tokens for role '{role}'; wait {JOIN_COOLDOWN:g} s")
             self._refuse(sid, "connect", r)
-            raise
+            raise r from None
         now = self.clock.now()
         client, rooms = roster.admit(sid, joined, now, source.worker)
         welcome = protocol.Welcome(

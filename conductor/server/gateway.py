@@ -26,12 +26,20 @@ from conductor.core.concert import Concert
 from conductor.core.protocol import Rejected
 from conductor.files import CLIENTS, VENDOR
 from conductor.server import fanout
+from conductor.server.connections import ConnectionGuard
 from conductor.server.joins import JOINED
 
 log = logging.getLogger("tutti.gateway")
 LAG_EVERY = 0.05  # seconds between looks at how late the event loop runs
 LAG_KEPT = 1200  # looks kept for /api/status: the last minute
 SHED_SHARE = 0.1  # of the audience let go each second while overloaded (the latest to join first)
+RESERVED = frozenset({"*", "connect", "disconnect"})  # names python-socketio routes to handlers of its own
+REFUSALS_PER_SECOND = 20.0  # refused events a client may send, on average ...
+REFUSALS_BURST = 100.0  # ... and at once; beyond that it is let go (it may join again)
+POLLING_REFUSED = (
+    "this conductor serves clients from several web workers, which cannot share a long-polling "
+    "session: connect with the WebSocket transport (socket.io-client: transports: ['websocket'])"
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,15 @@ class _Server(socketio.AsyncServer):
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
             await self._on_malformed(eio_sid, e)
 
+    async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        # Every event a client names goes to the catch-all, which refuses (and counts) what the
+        # protocol does not know. Names python-socketio would route elsewhere ("*", "connect",
+        # "disconnect", or not a string at all) are renamed so that they cannot reach a handler.
+        event = data[0] if isinstance(data, list) and data else None
+        if not isinstance(event, str) or event in RESERVED:
+            data = [f"(reserved) {str(event)[:50]}", *(data[1:] if isinstance(data, list) else [])]
+        await super()._handle_event(eio_sid, namespace, id, data)
+
 
 @web.middleware
 async def _uncompressed(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -111,25 +128,62 @@ class Gateway:
         self.lags: deque[float] = deque(maxlen=LAG_KEPT)
         self.overloaded = False
         self._slow: set[str] = set()  # sids let go for reading nothing, counted when they leave
-        cors = concert.settings.cors_origins
+        self._refusals: dict[str, tuple[float, float]] = {}  # sid -> (allowance left, when)
+        self._origins = set(concert.settings.cors_origins)
+        self._background: set[asyncio.Task[None]] = set()  # counting refusals, letting flooders go
         self.sio = _Server(
             self._malformed,
             async_mode="aiohttp",
             client_manager=client_manager or fanout.FanOut(),
             always_connect=True,  # so the welcome (or the reason for refusal) follows the CONNECT packet
             max_http_buffer_size=1_000_000,  # engine.io drops a client beyond this; we refuse far smaller
-            cors_allowed_origins="*" if "*" in cors else cors,
+            cors_allowed_origins=self._origin_allowed,  # checked on WebSocket and polling alike
+            json=protocol.FiniteJson,  # no NaN or infinity in or out
             ping_interval=5,
             ping_timeout=10,
+            # Web workers share a port and the kernel picks one for each new connection, so a
+            # long-polling session's next request may reach another worker: WebSocket only.
+            transports=["websocket"] if worker else ["polling", "websocket"],
         )
         fanout.install(self.sio, concert.settings.unread_limit, self._let_go)
-        self.app = web.Application(middlewares=[_uncompressed])
+        self.app = web.Application(middlewares=[_uncompressed, *([self._no_polling] if worker else [])])
         self.sio.attach(self.app)
         self._routes()
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
         self.sio.on(protocol.SYNC, self._sync)
         self.sio.on("*", self._forward)
+
+    def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
+        """The conductor's own origin (the address the page was served from) and ``cors_origins``.
+
+        Browsers send ``Origin`` and cannot forge it; programs send none and are let in (their
+        token is what admits them). A page from anywhere else is refused, and counted.
+        """
+        if not origin or "*" in self._origins or origin in self._origins:
+            return True
+        request = environ.get("aiohttp.request")  # its scheme is https under TLS (python-engineio says http)
+        own = f"{request.scheme}://{request.host}" if request is not None else ""
+        if origin == own:
+            return True
+        if not environ.get("tutti.counted"):  # python-engineio asks again for the refusal's headers
+            environ["tutti.counted"] = True
+            self._count_later("bad_origin", f"{origin[:100]} is not this conductor's origin nor in cors_origins")
+        return False
+
+    def _count_later(self, code: str, message: str) -> None:
+        """Count a refusal from code that cannot wait (the performance may be in another process)."""
+        if self.performance is not None:
+            task = asyncio.ensure_future(self.performance.count(Rejected(code, message), "connect", ""))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    @web.middleware
+    async def _no_polling(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With web workers, refuse long-polling with the reason (and what to do), not "Invalid session"."""
+        if request.path.startswith("/socket.io") and request.query.get("transport") == "polling":
+            return web.Response(status=400, text=POLLING_REFUSED)
+        return await handler(request)
 
     def serve(self, performance: Performance) -> None:
         self.performance = performance
@@ -202,6 +256,8 @@ class Gateway:
                 raise refused
             # The performance puts the client in its rooms and sends its welcome, in that order.
             await self._performance.join(sid, auth, Source(address, self.worker))
+            if not self.sio.manager.is_connected(sid, "/"):  # it left while its join was checked
+                await self._performance.leave(sid)
         except Rejected as r:
             await self.sio.emit(protocol.ERROR, r.payload("connect"), to=sid)
             return False
@@ -214,6 +270,7 @@ class Gateway:
         return True
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        self._refusals.pop(sid, None)
         if sid in self._slow:
             self._slow.discard(sid)
             unread = self.concert.settings.unread_limit
@@ -238,7 +295,32 @@ class Gateway:
             ack = {"ok": False, **r.payload(event)}
         if refusal := protocol.refusal(ack):
             await self.sio.emit(protocol.ERROR, refusal, to=sid)
+            await self._refused(sid)
         return ack
+
+    async def _refused(self, sid: str) -> None:
+        """A client that keeps sending what is refused is let go: a flood of garbage from one
+        connection would otherwise take the event loop from everyone else."""
+        now = asyncio.get_running_loop().time()
+        left, then = self._refusals.get(sid, (REFUSALS_BURST, now))
+        left = min(REFUSALS_BURST, left + (now - then) * REFUSALS_PER_SECOND) - 1
+        self._refusals[sid] = (left, now)
+        if left < 0 and self._refusals.pop(sid, None) is not None:
+            # After the refusal's acknowledgement has gone out: the client learns why.
+            task = asyncio.ensure_future(self._let_flooder_go(sid))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _let_flooder_go(self, sid: str) -> None:
+        flooding = Rejected("flooding", f"more than {REFUSALS_PER_SECOND:g} refused events a second: let go")
+        await self._performance.count(flooding, "(events)", sid)
+        await self.sio.emit(protocol.ERROR, flooding.payload("(events)"), to=sid)
+        # The whole connection, not only the namespace: what it still sends is not read.
+        if eio_sid := self.sio.manager.eio_sid_from_sid(sid, "/"):
+            outlet = self.sio.eio.sockets.outlets.get(eio_sid)
+            await self.sio.eio.disconnect(eio_sid)
+            if outlet is not None and outlet.transport is not None:
+                outlet.transport.close()  # once the close packet is written
 
     def _let_go(self, eio_sid: str) -> None:
         sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
@@ -252,6 +334,7 @@ class Gateway:
         await self._performance.count(rejected, "(packet)", sid or eio_sid)
         if sid:
             await self.sio.emit(protocol.ERROR, rejected.payload("(packet)"), to=sid)
+            await self._refused(sid)
 
     # --- overload: the audience makes way for the performers ---------------------------------------
 
@@ -295,6 +378,8 @@ class Gateway:
         """Listen on every host; ``reuse_port`` lets several workers share one port (the kernel spreads joins)."""
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
+        assert runner.server is not None
+        ConnectionGuard(self._count_later).install(runner.server)
         self._load = asyncio.create_task(self._watch_load())
         bound = port
         for host in hosts:
@@ -308,6 +393,7 @@ class Gateway:
     async def stop(self, runner: web.AppRunner) -> None:
         """Say goodbye to this gateway's clients, then stop serving."""
         self._load.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         welcomed = list(self._members(JOINED))
         # python-socketio's shutdown leaves connections open, and aiohttp would wait on each.
         for sid in welcomed:

@@ -22,9 +22,13 @@ from conductor.core.protocol import Auth, ClientInfo, Rejected
 log = logging.getLogger("tutti.joins")
 JOINED = "joined"  # every welcomed client
 FOLLOWERS = "state"  # every welcomed client but nodes and the audience: state changes go to it
+TIMED = ("node", "performer")  # the roles whose delay sets the lookahead
 AUDIENCE_FOLLOWERS = "state:audience"  # the audience, sent parameter changes less often
-JOIN_FAILURES = 10  # failed joins from one address ...
-JOIN_COOLDOWN = 30.0  # ... within this many seconds bar it until they are that old
+JOIN_FAILURES = 10  # wrong tokens for a role from one address ...
+ROLE_FAILURES = 30  # ... or for a role from anywhere ...
+JOIN_COOLDOWN = 30.0  # ... within this many seconds slow that role's joins until they are that old
+BARRED_DELAY = 1.0  # seconds a join waits for its token to be checked while its role is barred
+LIMITED_SOURCES = 10_000  # addresses remembered at most
 
 
 class Client(ClientInfo):
@@ -39,20 +43,28 @@ class Client(ClientInfo):
 
 
 class JoinLimiter:
-    """Refuses joins from an address for a while after it failed too often (guessing tokens)."""
+    """Slows token guessing: per role from one address, and per role from every address together.
+
+    Only wrong tokens count (a malformed join guesses nothing). While a role is barred, a join
+    for it waits ``BARRED_DELAY`` before its token is checked, and a right token is still let in:
+    others failing from the same address (a venue's NAT) never lock the real console out.
+    """
 
     def __init__(self) -> None:
-        self.failures: dict[str, deque[float]] = {}
+        self.failures: dict[tuple[str, str], deque[float]] = {}  # (address, role) -> when
+        self.role_failures: dict[str, deque[float]] = {}  # role -> when, from any address
 
-    def failed(self, source: str, now: float) -> None:
-        window = self.failures.setdefault(source, deque(maxlen=JOIN_FAILURES))
-        window.append(now)
-        if len(self.failures) > 10_000:  # forget the oldest address rather than grow without end
+    def failed(self, source: str, role: str, now: float) -> None:
+        self.failures.setdefault((source, role), deque(maxlen=JOIN_FAILURES)).append(now)
+        self.role_failures.setdefault(role, deque(maxlen=ROLE_FAILURES)).append(now)
+        if len(self.failures) > LIMITED_SOURCES:  # forget the oldest address rather than grow without end
             self.failures.pop(next(iter(self.failures)))
 
-    def barred(self, source: str, now: float) -> bool:
-        window = self.failures.get(source)
-        return bool(window) and len(window) == JOIN_FAILURES and now - window[0] < JOIN_COOLDOWN  # type: ignore[arg-type]
+    def barred(self, source: str, role: str, now: float) -> bool:
+        for window in (self.failures.get((source, role)), self.role_failures.get(role)):
+            if window and len(window) == window.maxlen and now - window[0] < JOIN_COOLDOWN:
+                return True
+        return False
 
 
 _PLAIN = {  # pydantic's error types, as a person would say them
@@ -136,7 +148,7 @@ class Roster:
         part = self.score.part(joined.part) if joined.part else None
         site = joined.site or (part.site if part else None)
         # Unnamed: the part (or role) it is, and a few letters to tell two apart.
-        name = joined.name or f"{part.name if part else joined.role} ({sid[:4]})"
+        name = self._unique(joined.name or f"{part.name if part else joined.role} ({sid[:4]})")
         client = Client(
             sid=sid, role=joined.role, name=name, part=joined.part, site=site, joined=now, last_seen=now,
             worker=worker, synth=joined.synth,
@@ -144,7 +156,10 @@ class Roster:
         rooms = [f"role:{client.role}", JOINED]
         if client.role == "node":  # the rooms cues are sent to: all nodes, a site, a part, one node
             client.parts = self._node_parts(joined, site)
-            rooms += [f"nodes:{r}" for r in [f"node:{client.name}", *(f"part:{p}" for p in client.parts)]]
+            # Cues for ``node:NAME`` reach it under the name it asked for, even while a stale
+            # connection of its own still holds that name (it is listed as NAME-2 until then).
+            node_room = f"node:{joined.name or client.name}"
+            rooms += [f"nodes:{r}" for r in [node_room, *(f"part:{p}" for p in client.parts)]]
             rooms += ["nodes:all"] if joined.synth else []
             rooms += [f"nodes:site:{site}"] if site and joined.synth else []
         else:
@@ -153,6 +168,15 @@ class Roster:
         self.clients[sid] = client
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")
         return client, rooms
+
+    def _unique(self, name: str) -> str:
+        """Names are unique: the console, the lookahead and ``tutti status`` tell clients apart by them."""
+        taken = {c.name for c in self.clients.values()}
+        n, unique = 1, name
+        while unique in taken:
+            n += 1
+            unique = f"{name}-{n}"
+        return unique
 
     def _node_parts(self, joined: Auth, site: str | None) -> list[str]:
         """The parts a node sounds: those it names, else its site's, else (no site) every part."""
@@ -179,7 +203,9 @@ class Roster:
             del self.clients[sid]
 
     def delays(self) -> dict[str, float]:
-        return {c.name: c.delay for c in self.clients.values() if c.delay is not None}
+        """What the lookahead follows: how late the conductor's messages reach each node and
+        performer (who play in time). The audience and consoles only watch."""
+        return {c.name: c.delay for c in self.clients.values() if c.delay is not None and c.role in TIMED}
 
     def links(self) -> list[dict[str, Any]]:
         """Every JackTrip end's last report, from the nodes' health."""

@@ -46,6 +46,8 @@ ECHO_FOR = 60.0  # seconds a controller is echoed to after it last moved a route
 ECHO_PEERS = 64  # controllers echoed to at most (UDP sources are easy to spoof)
 TCP_IDLE = 300.0  # seconds an OSC TCP connection may stay silent
 TCP_PER_ADDRESS = 8  # OSC TCP connections one address may hold
+TCP_TOTAL = 128  # ... and all addresses together
+TCP_READ = 4096  # bytes of a TCP stream handled before the event loop gets a turn (dozens of messages)
 ALLOWED_CACHE = 4096  # source addresses whose allow-list answer is remembered
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("@ll")
@@ -280,9 +282,10 @@ class OscIngress:
         peer = writer.get_extra_info("peername")
         source = (peer[0], peer[1])
         held = sum(1 for address in self.tcp_peers.values() if address == source[0])
-        if not self._allowed(source[0]) or held >= TCP_PER_ADDRESS:
-            if held >= TCP_PER_ADDRESS:
-                self._reject("osc_too_many", f"{source[0]} holds {held} OSC connections (at most {TCP_PER_ADDRESS})")
+        full = held >= TCP_PER_ADDRESS or len(self.tcp_peers) >= TCP_TOTAL
+        if not self._allowed(source[0]) or full:
+            if full:
+                self._reject("osc_too_many", f"{source[0]} holds {held} OSC connections, all {len(self.tcp_peers)}")
             writer.close()
             return
         self.tcp_peers[writer] = source[0]
@@ -290,7 +293,7 @@ class OscIngress:
         try:
             while True:
                 async with asyncio.timeout(TCP_IDLE):
-                    data = await reader.read(65536)
+                    data = await reader.read(TCP_READ)
                 if not data:
                     break
                 buffer += data
@@ -308,6 +311,7 @@ class OscIngress:
                             continue
                         self._receive(packet, source, writer, values)
                 self._apply(values, coalesce=False)
+                await asyncio.sleep(0)  # a read that was already buffered does not yield: let others in
         except TimeoutError:
             log.info("OSC TCP connection from %s idle for %g s: closed", source[0], TCP_IDLE)
         except ConnectionError:

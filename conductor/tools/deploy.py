@@ -63,7 +63,8 @@ def _unit(description: str, command: str, environment: str) -> str:
     return (
         f"[Unit]\nDescription={description}\nAfter=network-online.target\nWants=network-online.target\n\n"
         f"[Service]\nExecStart={command}\nEnvironmentFile={CONFIG}/{environment}\nRestart=always\nRestartSec=1\n"
-        "LimitRTPRIO=95\nLimitMEMLOCK=infinity\n\n[Install]\nWantedBy=multi-user.target\n"
+        # Every client, controller and cue channel is a file descriptor; 1024 is soon reached.
+        "LimitRTPRIO=95\nLimitMEMLOCK=infinity\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n"
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import Any
 
 from rich.console import Console, Group
@@ -88,10 +89,15 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
 
 async def run(url: str, token: str, once: bool, output: str | None, ca: str | None = None) -> int:
     """Draw the dashboard until interrupted (or once, into ``output`` or the terminal)."""
-    client = TuttiClient(url, "conductor", token, name="tutti status", ca=ca)
+    # Drawing on (not --once), it waits for the conductor and joins again whenever let go.
+    client = TuttiClient(url, "conductor", token, name="tutti status", ca=ca, rejoin=not once)
     feeds: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     client.sio.on(protocol.CLIENTS, feeds.put)
-    await client.connect()
+    try:
+        await client.connect()
+    except ConnectionError as e:
+        print(e, file=sys.stderr)
+        return 1
     try:
         if once:
             feed = await asyncio.wait_for(feeds.get(), 5)
