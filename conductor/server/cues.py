@@ -56,7 +56,6 @@ class NodeCues:
         self._loop: asyncio.Task[None] | None = None
         self.members: dict[str, set[str]] = {}  # room -> the nodes in it
         self.tickets: dict[str, str] = {}  # ticket -> the node's sid, until it opens its channel
-        self.members: dict[str, set[str]] = {}  # room -> the nodes in it
         self.channels: dict[str, tuple[web.WebSocketResponse, asyncio.Transport]] = {}  # sid -> its cue channel
         period = audio.period / audio.sample_rate if (audio := roster.concert.settings.audio) else 0.0
         self._period = period
@@ -150,8 +149,6 @@ class NodeCues:
     async def welcome(self, sid: str, parts: list[str], rooms: list[str]) -> None:
         """What a joining node needs: its synths' settings now, and the score cues already sent
         for the time ahead (it plays each cue once, so one it has already is dropped)."""
-        for room in rooms:
-            self.members.setdefault(room, set()).add(sid)
         for room in rooms:
             self.members.setdefault(room, set()).add(sid)
         now = self.now()

@@ -39,7 +39,7 @@ from conductor.core.protocol import Rejected, SetParam
 log = logging.getLogger("tutti.osc")
 MAX_PACKET = 8192  # bytes: a controller's message is tiny; larger is refused
 UDP_BUFFER = 4 << 20  # bytes of OSC the kernel may hold while the conductor is busy
-READ_AT_ONCE = 1024  # datagrams read in one pass before the event loop gets a turn
+READ_AT_ONCE = 128  # datagrams read in one pass before the event loop gets a turn (a clock sync waits)
 BEHIND = 0.25  # seconds a datagram may wait in the kernel before a burst's values coalesce
 FRAME = 1 / 60  # seconds: echoes of one parameter are sent at most this often
 ECHO_FOR = 60.0  # seconds a controller is echoed to after it last moved a routed parameter
