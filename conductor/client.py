@@ -281,10 +281,10 @@ async def why_unreachable(url: str, context: ssl.SSLContext | None = None) -> st
         if secure and isinstance(e, ConnectionResetError | TimeoutError):
             return f"{url}: the TLS handshake got no answer (is it plain HTTP? use http://)"
         return (
-            f"{url}: cannot connect: {e.strerror or e.__class__.__name__}"
+            f"{url}: cannot reach the conductor: {e.strerror or e.__class__.__name__}"
             if isinstance(e, OSError)
             else f"{url}: no answer within 5 s"
         )
     except OSError as e:
-        return f"{url}: cannot connect: {e.strerror or e}"
+        return f"{url}: cannot reach the conductor: {e.strerror or e}"
     return f"{url}: the conductor did not accept the Socket.IO connection"

@@ -21,12 +21,13 @@ import pytest
 from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
+from conductor.core import protocol
 from conductor.core.audio import AudioSettings, check_audio, client_command, hub_command
 from conductor.core.concert import load_concert
 from conductor.core.scheduler import audio_delays
 from conductor.core.yamlcheck import InvalidFile
 from conductor.node.jackio import Recorder
-from conductor.node.jacktrip import SiteAudio, wanted_connections
+from conductor.node.jacktrip import LinkState, SiteAudio, wanted_connections
 from conductor.node.scsynth import osc_message
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_node, until
@@ -446,3 +447,18 @@ async def test_a_missing_jacktrip_is_reported_and_nothing_else_stops() -> None:
     [state] = site.states
     assert state.state == "stopped" and "no jacktrip at '/no/such/jacktrip'" in state.last_error
     await site.close()
+
+
+def test_every_link_state_reports_as_a_node_s_health_says() -> None:
+    """What a node reports of its links is valid health, in every state, measured or not."""
+    state = LinkState("pku", "client", peer="hub")
+    reports = [state.report()]
+    for line in ("Received Connection from Peer!", "Timed Out waiting for peer " + "x" * 400):
+        state.read(line)
+        reports.append(state.report())
+    state.latency_ms, state.measured = 24.0, 3
+    state.history.append((time.time(), 24.0))
+    reports.append(state.report())
+    for report in reports:
+        health = protocol.Health.model_validate({"up": True, "late": 0, "cues": 0, "links": [report]})
+        assert health.links[0].state == report["state"]

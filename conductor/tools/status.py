@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from typing import Any
 
 from rich.console import Console, Group
@@ -93,11 +92,7 @@ async def run(url: str, token: str, once: bool, output: str | None, ca: str | No
     client = TuttiClient(url, "conductor", token, name="tutti status", ca=ca, rejoin=not once)
     feeds: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     client.sio.on(protocol.CLIENTS, feeds.put)
-    try:
-        await client.connect()
-    except ConnectionError as e:
-        print(e, file=sys.stderr)
-        return 1
+    await client.connect()  # refused or unreachable: ``tutti`` says so in one line, with what to do
     try:
         if once:
             feed = await asyncio.wait_for(feeds.get(), 5)
