@@ -201,6 +201,19 @@ def test_the_lookahead_is_the_worst_delay_with_a_margin_and_late_cues_add_to_it(
     assert lookahead.update({"far": 0.048}, 60.0) == pytest.approx(0.07 + 0.02)  # half of it gone a minute later
 
 
+def test_a_slow_node_is_followed_up_to_the_ceiling_and_a_slow_performer_page_is_not() -> None:
+    lookahead = Lookahead(floor=0.02, ceiling=0.3)
+    delays = {"na": 0.002, "nb": 0.015, "nc": 0.12, "page": 0.003}
+    assert lookahead.update(delays, 0.0, nodes={"na", "nb", "nc"}) == pytest.approx(0.12 * 1.25 + 0.01)
+    assert lookahead.worst == "nc" and not lookahead.ignored
+    # the same delay from a performer's page: an outlier, drawn late on its own
+    assert lookahead.update(delays, 0.0, nodes={"na", "nb"}) == pytest.approx(0.015 * 1.25 + 0.01)
+    assert lookahead.ignored == ("nc",)
+    # past the ceiling, not even a node is followed: it would hold everyone back
+    assert lookahead.update({**delays, "nc": 0.5}, 0.0, nodes={"na", "nb", "nc"}) < 0.3
+    assert lookahead.ignored == ("nc",)
+
+
 def test_audio_delays_to_a_site_through_the_hub_and_through_a_pair() -> None:
     links = [
         {"site": "ucas", "role": "hub", "peer": ""},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Set
 from dataclasses import dataclass
 
 from conductor.core.score import Cue, Score
@@ -68,8 +69,10 @@ class Lookahead:
     ``floor`` (the concert's ``lookahead``) nor above ``ceiling`` (its ``max_lookahead``), plus an
     extra that late cues add and time wears off.
 
-    One destination far slower than the rest (an outlier, or one past the ceiling) is not
-    followed: it would hold every change back for everyone. It is named in ``ignored``.
+    A destination past the ceiling is not followed: it would hold every change back for
+    everyone. Nor is a performer far slower than the rest (an outlier): a page on bad Wi-Fi
+    draws late on its own. A node that is slow is followed up to the ceiling: every site must
+    sound together. Those not followed are named in ``ignored``.
     """
 
     floor: float
@@ -86,9 +89,10 @@ class Lookahead:
     def to_json(self) -> dict[str, float | str | list[str]]:
         return {"value": self.value, "worst": self.worst, "boost": self.boost, "ignored": list(self.ignored)}
 
-    def update(self, delays: dict[str, float], elapsed: float) -> float:
+    def update(self, delays: dict[str, float], elapsed: float, nodes: Set[str] = frozenset()) -> float:
+        """Follow ``delays`` (destination -> its delay, s); ``nodes`` are the destinations that sound."""
         self.boost *= 0.5 ** (elapsed / BOOST_HALF_LIFE)
-        followed = self._followed(delays)
+        followed = self._followed(delays, nodes)
         self.ignored = tuple(sorted(set(delays) - set(followed)))
         worst, delay = max(followed.items(), key=lambda kv: kv[1], default=("", 0.0))
         needed = delay * MARGIN + ALLOWANCE
@@ -96,12 +100,12 @@ class Lookahead:
         self.value = min(self.ceiling, max(self.floor, needed) + self.boost)
         return self.value
 
-    def _followed(self, delays: dict[str, float]) -> dict[str, float]:
+    def _followed(self, delays: dict[str, float], nodes: Set[str]) -> dict[str, float]:
         fits = {k: d for k, d in delays.items() if math.isfinite(d) and d * MARGIN + ALLOWANCE <= self.ceiling}
         if len(fits) < 3:
             return fits
         median = statistics.median(fits.values())
-        return {k: d for k, d in fits.items() if d <= max(median * OUTLIER, median + OUTLIER_ABOVE)}
+        return {k: d for k, d in fits.items() if k in nodes or d <= max(median * OUTLIER, median + OUTLIER_ABOVE)}
 
     def late(self, cues: int) -> None:
         """Destinations got ``cues`` late: give every cue more time."""

@@ -207,6 +207,9 @@ class Roster:
         performer (who play in time). The audience and consoles only watch."""
         return {c.name: c.delay for c in self.clients.values() if c.delay is not None and c.role in TIMED}
 
+    def node_names(self) -> set[str]:
+        return {c.name for c in self.clients.values() if c.role == "node"}
+
     def links(self) -> list[dict[str, Any]]:
         """Every JackTrip end's last report, from the nodes' health."""
         return [link for c in self.clients.values() if c.health for link in c.health.get("links", [])]
