@@ -72,6 +72,7 @@ class TuttiClient:
         self.you: dict[str, Any] = {}
         self.welcome: dict[str, Any] = {}  # the latest welcome, as received
         self.on_welcome: Callable[[], Awaitable[None]] | None = None  # after each (re)join
+        self.on_state: Callable[[], None] | None = None  # after each state or transport update
         self.errors: list[dict[str, Any]] = []
         self.sync_timeouts = 0  # exchanges that got no answer in time
         # The latest state changes received, each with its local receipt time (bounded: a client
@@ -84,6 +85,7 @@ class TuttiClient:
         )
         self.sio.on(protocol.WELCOME, self._welcome)
         self.sio.on(protocol.STATE, self._state)
+        self.sio.on(protocol.TRANSPORT, self._state)  # nodes get this instead
         self.sio.on(protocol.ERROR, self._error)
         self._sync_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -127,6 +129,8 @@ class TuttiClient:
             self.changes.append({**change, "received": received})
             if change["seq"] > self.transport.seq:  # the welcome's snapshot may hold it already
                 self.transport.apply(Change.from_json(change))
+        if self.on_state:
+            self.on_state()
 
     async def _error(self, data: dict[str, Any]) -> None:
         log.warning("conductor refused %s: %s", data.get("event"), data.get("message"))

@@ -37,6 +37,14 @@ class OscSettings(_Strict):
     routes: list[OscRoute] = []
 
 
+class LinkSettings(_Strict):
+    """The Ableton Link session each node drives at its site."""
+
+    # Whether a tempo another Link peer sets (a performer's LinkClock.tempo_, a DJ app) becomes the
+    # concert's tempo at every site; by default the conductor's tempo wins and the peer is put back.
+    peers_set_tempo: bool = False
+
+
 class Tokens(_Strict):
     conductor: StrictStr
     performer: StrictStr | dict[StrictStr, StrictStr] | None = None  # one for every part, or one per part
@@ -67,6 +75,7 @@ class ConcertFile(_Strict):
     unread_limit: Annotated[int, Field(ge=4096)] = 1 << 20
     osc: OscSettings | None = None  # OSC controllers: ports, allow-list, routes
     audio: AudioSettings | None = None  # JackTrip links between the sites
+    link: LinkSettings = LinkSettings()
     tls: TlsSettings | None = None
     deployment: Deployment | None = None  # which machines run what (tutti deploy)
 

@@ -25,6 +25,7 @@ SOUND = "sound"  # payload: SoundEvent, from a conductor: a cue outside the scor
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: Welcome
 STATE = "state"  # to every joined client but nodes, once changes are on disk: StateUpdate
+TRANSPORT = "transport"  # to nodes, as changes are accepted (their Link peer and sclang follow it): StateUpdate
 CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
 ERROR = "error"  # to one client: ErrorMessage
@@ -243,6 +244,7 @@ class Welcome(Outbound):
     groups: dict[str, int] | None = None  # nodes: the scsynth group of each part they sound
     audio: dict[str, Any] | None = None  # nodes that run a JackTrip end: the concert's audio section
     cue_channel: str | None = None  # nodes: the path (with a one-time ticket) of a WebSocket for their cues
+    link: dict[str, Any] | None = None  # nodes: the concert's link section
 
 
 class ConsoleFeed(Outbound):

@@ -21,7 +21,10 @@ import pydantic
 
 from conductor.client import TuttiClient
 from conductor.core import protocol
+from conductor.core.transport import Transport
+from conductor.node.face import SclangFace
 from conductor.node.jacktrip import AudioSettings, SiteAudio
+from conductor.node.link import LinkPeer
 from conductor.node.scsynth import Health, Scsynth, _end, jack_env, osc_bundle, osc_message, start_jack
 
 log = logging.getLogger("tutti.node")
@@ -48,6 +51,8 @@ class NodeAgent:
         sclang_port: int = SCLANG_PORT,
         ca: str | None = None,
         jacktrip: str = "jacktrip",
+        link: bool = True,
+        link_lead: float = 0.2,
     ):
         self.scsynth = scsynth
         self.jacktrip = jacktrip
@@ -69,8 +74,29 @@ class NodeAgent:
         self._http: aiohttp.ClientSession | None = None
         self._ssl = ssl.create_default_context(cafile=ca) if ca else None
         self._channel: asyncio.Task[None] | None = None
+        # This machine's Link session and its sclang follow the transport (not on a hub).
+        self.link = LinkPeer(self._transport, self.client.now, self._propose, link_lead) if link and scsynth else None
+        self.face = SclangFace(self.link, sclang_port) if self.link else None
+        self.client.on_state = self._followed
+
+    def _transport(self) -> Transport | None:
+        return self.client.transport
+
+    def _followed(self) -> None:
+        if self.link and self.face:
+            self.link.changed()
+            self.face.changed()
+
+    async def _propose(self, bpm: float) -> bool:
+        """A Link peer's tempo, to the conductor, if the concert lets peers set it."""
+        if not (self.client.welcome.get("link") or {}).get("peers_set_tempo"):
+            return False
+        with contextlib.suppress(Exception):
+            return bool((await self.client.command("tempo", bpm=round(bpm, 3))).get("ok"))
+        return False
 
     async def _welcome(self) -> None:
+        self._followed()
         if self.scsynth:
             self.scsynth.make_groups(list(self.client.welcome.get("groups", {}).values()))
         if path := self.client.welcome.get("cue_channel"):
@@ -178,6 +204,9 @@ class NodeAgent:
         if self.scsynth:
             await self.scsynth.start()
         await self.client.connect()
+        if self.link and self.face:
+            self.link.start()
+            self.face.start()
         while True:
             await asyncio.sleep(1.0)
             if self.client.sio.connected:
@@ -205,10 +234,14 @@ class NodeAgent:
                             "error": min(self.client.clock.error, 60.0),
                             "links": [state.report() for state in self.audio.states] if self.audio else [],
                             "synth": self.scsynth is not None,
+                            "link": self.link.report() if self.link else None,
                         },
                     )
 
     async def close(self) -> None:
+        if self.link and self.face:
+            await self.face.close()
+            await self.link.close()
         await self._close_channel()
         if self._http:
             await self._http.close()

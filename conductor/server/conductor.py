@@ -25,14 +25,14 @@ from conductor.core import journal, protocol
 from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
 from conductor.core.performance import Performance
-from conductor.core.protocol import ControlInput, Health, Invite, Rejected, Report
+from conductor.core.protocol import ControlInput, Health, Invite, Rejected, Report, SetTempo
 from conductor.core.scheduler import Lookahead
 from conductor.core.transport import Transport
-from conductor.server.broadcast import StateBroadcast
+from conductor.server.broadcast import FRAME, StateBroadcast
 from conductor.server.console import ConsoleFeed, Refusals
 from conductor.server.cues import CHANNEL, NodeCues
 from conductor.server.gateway import Gateway, Out, Source
-from conductor.server.joins import JOIN_COOLDOWN, Client, Roster, summary
+from conductor.server.joins import JOIN_COOLDOWN, NODES, Client, Roster, summary
 from conductor.server.osc import OscIngress
 from conductor.server.pipeline import Pipeline
 
@@ -82,8 +82,11 @@ class Conductor:
 
         self.nodes = NodeCues(self.core, self.roster, out, self.lookahead, self.clock.now)
         self.broadcast = StateBroadcast(out)
+        # Nodes follow the transport (for their Link session and sclang) as soon as a change is
+        # accepted, like their cues: a tempo change must reach them within the lookahead.
+        self.node_state = StateBroadcast(out, ((NODES, FRAME),), protocol.TRANSPORT)
         self.pipeline = Pipeline(self.core, self.journal, self.nodes.timing)
-        self.pipeline.on_accepted.append(self.nodes.accepted)
+        self.pipeline.on_accepted += [self.nodes.accepted, self.node_state.durable]
         self.pipeline.on_durable.append(self.broadcast.durable)
         self.pipeline.on_reverted += [self.nodes.reverted, self._reverted]
         self.console = ConsoleFeed(
@@ -114,7 +117,9 @@ class Conductor:
         return self.roster.clients
 
     def _reverted(self) -> None:
-        self.broadcast.reverted(protocol.Snapshot.model_validate(self.transport.snapshot(self.clock.now())))
+        snapshot = protocol.Snapshot.model_validate(self.transport.snapshot(self.clock.now()))
+        self.broadcast.reverted(snapshot)
+        self.node_state.reverted(snapshot)
 
     def _journal_availability(self, reason: str | None) -> None:
         if reason:
@@ -194,6 +199,7 @@ class Conductor:
             cue_channel=f"{CHANNEL}?ticket={self.nodes.ticket(sid)}"
             if client.role == "node" and self.cue_channel
             else None,
+            link=self.concert.settings.link.model_dump() if client.role == "node" else None,
         )
         # Rooms first, the welcome last: a change broadcast after the welcome's snapshot reaches
         # this client after its welcome, even through Redis (one channel, in order).
@@ -230,7 +236,9 @@ class Conductor:
     async def _command(self, client: Client, payload: Any) -> dict[str, Any]:
         _check_size(payload)
         command = protocol.command_adapter.validate_python(payload)
-        if client.role != "conductor":
+        # A node proposes the tempo a Link peer at its site set, if the concert lets peers set it.
+        proposed = isinstance(command, SetTempo) and client.role == "node" and self.concert.settings.link.peers_set_tempo
+        if client.role != "conductor" and not proposed:
             raise Rejected("forbidden", f"only the conductor may send commands (you are {client.role})")
         change = await self.pipeline.apply(command, {"role": client.role, "name": client.name})
         return {"ok": True, "seq": change.seq, "t": change.t}
@@ -297,6 +305,7 @@ class Conductor:
         if self.osc:
             self.osc.close()
         await self.broadcast.stop()
+        await self.node_state.stop()
         await self.journal.close()
 
 

@@ -23,6 +23,7 @@ log = logging.getLogger("tutti.joins")
 JOINED = "joined"  # every welcomed client
 FOLLOWERS = "state"  # every welcomed client but nodes and the audience: state changes go to it
 AUDIENCE_FOLLOWERS = "state:audience"  # the audience, sent parameter changes less often
+NODES = "role:node"  # every node: sent changes as they are accepted (``transport`` events)
 JOIN_FAILURES = 10  # failed joins from one address ...
 JOIN_COOLDOWN = 30.0  # ... within this many seconds bar it until they are that old
 
@@ -103,7 +104,7 @@ class Roster:
             sid=sid, role=joined.role, name=name, part=joined.part, site=site, joined=now, last_seen=now,
             worker=worker, synth=joined.synth,
         )  # fmt: skip
-        rooms = [f"role:{client.role}", JOINED]
+        rooms = [f"role:{client.role}", JOINED]  # role:node is NODES
         if client.role == "node":  # the rooms cues are sent to: all nodes, a site, a part, one node
             client.parts = self._node_parts(joined, site)
             rooms += [f"nodes:{r}" for r in [f"node:{client.name}", *(f"part:{p}" for p in client.parts)]]
