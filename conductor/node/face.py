@@ -21,9 +21,10 @@ import contextlib
 import logging
 import socket
 
+from pythonosc.osc_message_builder import OscMessageBuilder
+
 from conductor.core.transport import Segment
 from conductor.node.link import Line, LinkPeer
-from conductor.server.osc import message
 
 log = logging.getLogger("tutti.face")
 EVERY = 1.0  # seconds between full reports
@@ -55,7 +56,7 @@ class SclangFace:
 
     def _send(self, address: str, *args: float | int | str) -> None:
         with contextlib.suppress(OSError):  # no sclang listening yet: it catches up with the next report
-            self._sock.sendto(message(address, *args), self.address)
+            self._sock.sendto(_message(address, args), self.address)
             self.sent += 1
 
     def _committed(self, segment: Segment, line: Line) -> None:
@@ -95,3 +96,11 @@ class SclangFace:
                 self._params.clear()
                 self.changed()
             await asyncio.sleep(EVERY)
+
+
+def _message(address: str, args: tuple[float | int | str, ...]) -> bytes:
+    """An OSC message with floats as doubles: a beat count of an hour's piece needs more than float32."""
+    builder = OscMessageBuilder(address)
+    for arg in args:
+        builder.add_arg(arg, OscMessageBuilder.ARG_TYPE_DOUBLE if isinstance(arg, float) else None)
+    return builder.build().dgram

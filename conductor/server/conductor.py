@@ -237,7 +237,8 @@ class Conductor:
         _check_size(payload)
         command = protocol.command_adapter.validate_python(payload)
         # A node proposes the tempo a Link peer at its site set, if the concert lets peers set it.
-        proposed = isinstance(command, SetTempo) and client.role == "node" and self.concert.settings.link.peers_set_tempo
+        peers_set_tempo = self.concert.settings.link.peers_set_tempo
+        proposed = isinstance(command, SetTempo) and client.role == "node" and peers_set_tempo
         if client.role != "conductor" and not proposed:
             raise Rejected("forbidden", f"only the conductor may send commands (you are {client.role})")
         change = await self.pipeline.apply(command, {"role": client.role, "name": client.name})
