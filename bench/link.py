@@ -64,7 +64,8 @@ sections:
 # Each site's sclang: the Tutti face's clock plays a click on every beat; the baseline starts a
 # TempoClock when /naive/play arrives. The node's scsynth, not one sclang boots.
 SCLANG = """(
-var s = Server(\\site, NetAddr("127.0.0.1", %(port)d)), naive, link, click;
+// clientID 1: node IDs above the groups the node agent makes for the parts (1000 on)
+var s = Server(\\site, NetAddr("127.0.0.1", %(port)d), ServerOptions.new.maxLogins_(2), 1), naive, link, click;
 click = Pbind(
     \\instrument, \\tutti_click, \\dur, 1, \\amp, 1, \\group, 0, \\addAction, 0, \\sendGate, false
 );
@@ -74,10 +75,12 @@ Tutti.start(%(lead)s);
 link = Tutti.play(click);
 OSCFunc({ |msg| Tutti.remove(link); naive = click.play(TempoClock(msg[1] / 60)) }, '/naive/play');
 OSCFunc({ naive !? { naive.stop } }, '/naive/stop');
+OSCFunc({ |msg| Tutti.clock.tempo = msg[1] / 60 }, '/test/tempo'); // a performer setting their own tempo
 "READY".postln;
 )
 """
-LEAD = 0.2
+LEAD = 0.2  # the nodes' Link lead and sclang's latency (its default)
+LOOKAHEAD = 0.3  # the concert's: changes reach the farther site (40 ms) more than LEAD ahead
 
 
 async def ip(*args: str) -> None:
@@ -156,7 +159,7 @@ class Sites:
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[Sites]:
-        concert = concert_file({"conductor": TOKEN, "node": TOKEN}, SCORE, lookahead=0.1, **self.concert)
+        concert = concert_file({"conductor": TOKEN, "node": TOKEN}, SCORE, lookahead=LOOKAHEAD, **self.concert)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(jack_server(self.jack))
             self.url = await stack.enter_async_context(running("serve", str(concert)))
@@ -212,10 +215,14 @@ class Sites:
         return status
 
     async def _ready(self) -> bool:
+        """Every node's clock settled (here all read one system clock, so the truth is known: within
+        half a millisecond, as in a concert long before the piece), its sclang joined its Link session."""
         await self.status()
         for site in self.sites:
             health = self.health(site)
-            if health.get("samples", 0) < 32 or not (health.get("link") or {}).get("peers"):
+            if health.get("samples", 0) < 32 or abs(health.get("offset", 1.0) - self.clock_minus_wall) > 0.0005:
+                return False
+            if not (health.get("link") or {}).get("peers"):
                 return False
             assert site.sclang_log is not None
             if b"READY" not in site.sclang_log.read_bytes():

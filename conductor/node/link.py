@@ -37,6 +37,7 @@ log = logging.getLogger("tutti.link")
 CHECK = 0.1  # seconds between comparisons of the session with the conductor's line
 TOLERANCE = 0.0005  # seconds of phase error before the session is put back
 MARGIN = 0.002  # seconds before ``lead`` a change is committed: a timer may wake a little late
+LATE = 0.005  # seconds after its due time a change counts as late
 PROPOSE_EVERY = 1.0  # seconds between tempo proposals sent to the conductor
 
 
@@ -84,6 +85,7 @@ class LinkPeer:
         self.phase_error = 0.0  # seconds, at the last check
         self.put_back = 0  # times another peer's tempo or phase was put back
         self.proposed = 0  # tempos proposed to the conductor
+        self.late = 0  # changes that arrived too late to be committed ``lead`` ahead
         self._proposed_at = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -118,6 +120,7 @@ class LinkPeer:
             "phase_error_ms": self.phase_error * 1000.0,
             "put_back": self.put_back,
             "proposed": self.proposed,
+            "late": self.late,
         }
 
     async def _run(self) -> None:
@@ -147,6 +150,13 @@ class LinkPeer:
         segment = transport.segments.at(due)
         line = line_of(segment, score.tempo.bpm)
         if line != self.line or segment.playing != self.playing:
+            if self.line is not None and segment.t > self.line.t and due - segment.t > LATE:
+                self.late += 1
+                log.warning(
+                    "link: a change came %.0f ms too late to reach sclang on time: give the concert a longer"
+                    " lookahead or this node a shorter --link-lead",
+                    (due - segment.t) * 1000,
+                )
             self._commit(line, segment.playing, now)
             if self.on_commit:
                 self.on_commit(segment, line)

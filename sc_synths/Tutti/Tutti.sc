@@ -80,20 +80,36 @@ Tutti {
 	}
 
 	*prTransport { |msg|
-		var on = msg[1] != 0, begins = msg[4];
-		tempo = msg[2];
-		// Link keeps the phase within a bar; the bars are counted here.
-		offset = (msg[3] - clock.beats).round(beatsPerBar);
+		this.prAgree(msg, thisThread.seconds, 0);
+	}
+
+	// The node commits a new line to Link, then tells sclang; Link's own message may come second.
+	// Until the clock's phase agrees with the line, look again every few milliseconds.
+	*prAgree { |msg, received, tries|
+		var line = msg[3] + ((thisThread.seconds - received) * msg[2] / 60);
+		var apart = line - clock.beats;
+		if((apart - apart.round(beatsPerBar)).abs > 0.01 and: { tries < 40 }) {
+			SystemClock.sched(0.005, { clock !? { this.prAgree(msg, received, tries + 1) }; nil });
+		} {
+			this.prFollow(msg[1] != 0, msg[2], apart.round(beatsPerBar), msg[4]);
+		};
+	}
+
+	*prFollow { |on, bpmNow, newOffset, begins|
+		tempo = bpmNow;
+		offset = newOffset; // Link keeps the phase within a bar; the bars are counted here
 		heard = true;
 		if(on != target) {
+			// At the change: the clock runs its latency early, so a little late here still sounds on
+			// time. Much later (sclang started after it), from now.
+			var at = begins - offset;
+			if(at < (clock.beats - (lead * clock.tempo / 2))) { at = clock.beats };
 			target = on;
-			clock.schedAbs(begins - offset, { this.prChange(on, begins); nil });
+			clock.schedAbs(at, { this.prChange(on, begins); nil });
 		} {
 			if(on.not) { standing = begins };
 		};
-		// Link's phase may have moved under the clock's next wait (a seek): wake it to look again.
-		clock.sched(0, { nil });
-		SystemClock.sched(0.02, { clock !? { clock.sched(0, { nil }) }; nil });
+		clock.sched(0, { nil }); // the clock's next wait was reckoned on the old line: wake it
 	}
 
 	*prChange { |on, begins|
