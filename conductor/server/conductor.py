@@ -34,6 +34,7 @@ from conductor.server.cues import CHANNEL, NodeCues
 from conductor.server.gateway import Gateway, Out, Source
 from conductor.server.joins import JOIN_COOLDOWN, NODES, Client, Roster, summary
 from conductor.server.osc import OscIngress
+from conductor.server.osctime import SenderClocks
 from conductor.server.pipeline import Pipeline
 
 log = logging.getLogger("tutti.conductor")
@@ -96,7 +97,8 @@ class Conductor:
         self.osc: OscIngress | None = None
         if concert.settings.osc is not None:
             ranges = {p.id: (p.min, p.max) for p in self.score.score.parameters}
-            self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count)
+            clocks = SenderClocks(self._node_clocks, lambda: self.clock.now() - time.time())
+            self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count, clocks)
             self.pipeline.on_accepted.append(self.osc.echo)
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
             protocol.SYNC: self._sync,
@@ -115,6 +117,14 @@ class Conductor:
     @property
     def clients(self) -> dict[str, Client]:
         return self.roster.clients
+
+    def _node_clocks(self) -> list[tuple[str, float]]:
+        """Each node's address and clock offset (conductor minus its wall clock), as it last reported."""
+        return [
+            (c.address, c.health["offset"])
+            for c in self.clients.values()
+            if c.role == "node" and c.health and protocol.is_number(c.health.get("offset"))
+        ]
 
     def _reverted(self) -> None:
         snapshot = protocol.Snapshot.model_validate(self.transport.snapshot(self.clock.now()))
@@ -189,6 +199,7 @@ class Conductor:
             raise
         now = self.clock.now()
         client, rooms = roster.admit(sid, joined, now, source.worker)
+        client.address = source.address
         welcome = protocol.Welcome(
             you=client.info(),
             score=self.score.to_json(),

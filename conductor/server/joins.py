@@ -33,6 +33,7 @@ class Client(ClientInfo):
 
     model_config = ConfigDict(frozen=False)
     synth: bool = Field(True, exclude=True)  # nodes: false for one that runs only audio links (a hub)
+    address: str = Field("", exclude=True)  # where it connected from (a node's OSC bundles are timed by its clock)
     rooms: list[str] = Field([], exclude=True)
 
     def info(self) -> ClientInfo:
