@@ -16,8 +16,16 @@ function soundOf(client) {
   const h = client.health;
   if (!h) return [client.role === "node" ? "no report yet" : ""];
   if (!h.up) return [`scsynth DOWN (${h.restarts} restarts) ${h.last_error ?? ""}`, "stale"];
-  const text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues`;
-  return h.late || h.cues_late ? [`${text} · ${h.late + h.cues_late} late`, "stale"] : [text];
+  const text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues${linkOf(h.link)}`;
+  const off = h.link && (Math.abs(h.link.phase_error_ms) > 1 || h.link.late);
+  return h.late || h.cues_late || off ? [`${text} · ${h.late + h.cues_late} late`, "stale"] : [text];
+}
+
+// The node's Ableton Link session: its tempo, the other peers in it (sclang, apps) and its phase error.
+function linkOf(link) {
+  if (!link) return "";
+  const peers = `${link.peers} peer${link.peers === 1 ? "" : "s"}`;
+  return ` · Link ${link.tempo.toFixed(2)} bpm, ${peers}, phase ${link.phase_error_ms.toFixed(2)} ms`;
 }
 
 // Every JackTrip end the nodes run: a link that is not connected, or that drops audio, stands out.
