@@ -144,6 +144,18 @@ class LinkReport(Message):
     latency_ms: Num | None = None
 
 
+class LinkHealth(Message):
+    """A node's Ableton Link session (see ``conductor/node/link.py``)."""
+
+    peers: Annotated[StrictInt, Field(ge=0)]  # other peers in it: sclang, apps
+    tempo: Annotated[Num, Field(ge=0, le=1000)]
+    playing: StrictBool
+    phase_error_ms: Annotated[Num, Field(ge=-1e6, le=1e6)]  # the session's beat against the conductor's
+    put_back: Annotated[StrictInt, Field(ge=0)]  # another peer's tempo or phase, put back
+    proposed: Annotated[StrictInt, Field(ge=0)]  # tempos proposed to the conductor
+    late: Annotated[StrictInt, Field(ge=0)]  # changes too late to be committed the lead ahead
+
+
 class Health(Message):
     """A node agent's report: its scsynth, the cues it played, its clock, its JackTrip links."""
 
@@ -152,6 +164,7 @@ class Health(Message):
     late: Annotated[StrictInt, Field(ge=0)]
     cues: Annotated[StrictInt, Field(ge=0)]
     links: Annotated[list[LinkReport], Field(max_length=16)] = []
+    link: LinkHealth | None = None
 
 
 # --- what the conductor sends ----------------------------------------------------------------------

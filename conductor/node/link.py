@@ -35,7 +35,7 @@ from conductor.tools.emulate import sleep_until
 
 log = logging.getLogger("tutti.link")
 CHECK = 0.1  # seconds between comparisons of the session with the conductor's line
-TOLERANCE = 0.0005  # seconds of phase error before the session is put back
+TOLERANCE = 0.001  # seconds of phase error before the session is put back (nodes sharing one agree to less)
 MARGIN = 0.002  # seconds before ``lead`` a change is committed: a timer may wake a little late
 LATE = 0.005  # seconds after its due time a change counts as late
 PROPOSE_EVERY = 1.0  # seconds between tempo proposals sent to the conductor
