@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from bench.link import BPM, FACE, LEAD, Sites, nearest
+from conductor.client import TuttiClient
 from conductor.core.score import Score
 from conductor.core.transport import Segment, Transport
 from conductor.node.link import Line, LinkPeer, line_of, wrapped
+from tests.conftest import TOKENS, ConductorProcess, write_concert
 
 ROOT = Path(__file__).resolve().parent.parent
 BEAT = 60.0 / BPM
@@ -216,3 +218,21 @@ async def test_two_sites_patterns_play_the_score_s_beats_together_through_tempo_
         for site in sites.sites:
             late = [t - stopped for t in sites.onsets(site) if t > stopped + 0.001]
             assert late == [], f"site {site.name} played on after the pause: {late}"
+
+
+@pytest.mark.integration
+async def test_a_node_proposes_a_link_peer_s_tempo_only_if_the_concert_lets_peers_set_it(tmp_path: Path) -> None:
+    for allowed in (False, True):
+        folder = tmp_path / str(allowed)
+        folder.mkdir()
+        conductor = ConductorProcess(write_concert(folder, link={"peers_set_tempo": allowed}))
+        try:
+            node = TuttiClient(conductor.url, "node", TOKENS["node"], name="n1", synth=False)
+            await node.connect()
+            assert node.welcome["link"] == {"peers_set_tempo": allowed}
+            answer = await node.command("tempo", bpm=90)
+            assert answer["ok"] is allowed, answer
+            assert (await node.command("play"))["ok"] is False  # only the tempo, and only if allowed
+            await node.close()
+        finally:
+            conductor.stop()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -159,6 +160,17 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
     return 0
 
 
+def lead(text: str) -> float:
+    """``--link-lead``: seconds, from 0 to 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 2:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text}: give seconds from 0 to 2 (sclang's latency, 0.2 by default)")
+    return value
+
+
 async def run_node(args: argparse.Namespace) -> int:
     from conductor.node.agent import NodeAgent
     from conductor.node.scsynth import Scsynth
@@ -274,7 +286,7 @@ def command_line() -> argparse.ArgumentParser:
         help="join this network's Ableton Link session and drive it from the conductor (default: on)",
     )  # fmt: skip
     p.add_argument(
-        "--link-lead", type=float, default=0.2, metavar="SECONDS",
+        "--link-lead", type=lead, default=0.2, metavar="SECONDS",
         help="commit tempo and phase changes to Link this early: sclang's latency (default 0.2)",
     )  # fmt: skip
     p.add_argument("--ca", help=CA_HELP)
