@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
 import sys
 import time
@@ -317,6 +318,13 @@ def after_change(sites: Sites, site: Site, change: float, targets: list[float], 
     return [round((t - nearest(targets, t)) * 1000, 3) for t in heard]
 
 
+def fresh(recorder: Recorder) -> None:
+    """Forget what was recorded, not the xruns: one just before still disturbs the first onsets."""
+    xruns = list(recorder.xruns)
+    recorder.clear()
+    recorder.xruns.extend(xruns)
+
+
 async def until_heard(sites: Sites, wall: float) -> None:
     """Wait until wall time ``wall`` has sounded (and the recorder has it)."""
     await asyncio.sleep(max(0.0, wall - time.time()) + LEAD + 0.1)
@@ -334,7 +342,7 @@ async def main() -> None:
         boss, recorder = sites.boss, sites.recorder
         assert boss is not None and recorder is not None
         beat = 60.0 / BPM
-        recorder.clear()
+        fresh(recorder)
         started = time.time()
         played = await boss.command("play")
         await asyncio.sleep(args.beats // 2 * beat)
@@ -355,7 +363,7 @@ async def main() -> None:
         # The baseline: a TempoClock started by a play message at each site, the transport playing too.
         await boss.command("stop")
         await boss.command("tempo", bpm=BPM)
-        recorder.clear()
+        fresh(recorder)
         started = time.time()
         await boss.command("play")
         await boss.sound("/naive/play", [BPM], to="sclang")
@@ -383,5 +391,14 @@ async def main() -> None:
     save(args.json, results)
 
 
+async def interruptible() -> None:
+    """main(), cancelled by SIGTERM or SIGINT so that the namespaces and processes are taken down."""
+    task = asyncio.ensure_future(main())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(interruptible())
