@@ -3,7 +3,9 @@
 It joins the conductor as role ``node``, keeps its clock in step like every client, supervises a
 scsynth (and, when no audio device is configured, a JACK server with the dummy driver), and turns
 each ``cue`` (a conductor time and an OSC message) into an OSC bundle timetagged in this machine's
-clock, which scsynth plays sample-accurately. It reports its health every second.
+clock, which scsynth plays sample-accurately. It follows the transport (``transport`` events)
+and drives its network's Ableton Link session and its sclang from it (``link.py``, ``face.py``).
+It reports its health every second.
 """
 
 from __future__ import annotations
