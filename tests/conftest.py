@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -24,6 +25,18 @@ from bench.harness import CHROMIUM, CHROMIUM_ARGS, redis_server
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = ROOT / "scores"
 TOKENS = {"conductor": "t-conductor", "performer": "t-performer", "node": "t-node"}
+
+
+def udp_ports(count: int) -> list[int]:
+    """``count`` distinct UDP ports free on 127.0.0.1 now (for scsynth and sclang)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def write_concert(folder: Path, score: Path = SCORES / "demo.yaml", **extra: Any) -> Path:

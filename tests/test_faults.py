@@ -15,7 +15,7 @@ from conductor.client import TuttiClient
 from conductor.core import journal
 from conductor.core.score import PART_GROUP_BASE
 from conductor.server.cluster import free_port
-from tests.conftest import TOKENS, ConductorProcess, write_concert
+from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_browser import open_page, playhead_error
 from tests.test_node import _is, amp_on, node_health, node_ready, start_node, stop_node, until, until_async
 
@@ -43,7 +43,7 @@ async def test_a_killed_conductor_comes_back_from_its_journal(tmp_path: Path) ->
     # A 4 s lookahead: cues already sent when it dies are sent again by its successor.
     concert = write_concert(tmp_path, score=tmp_path / "score.yaml", port=free_port("127.0.0.1"), lookahead=4.0)
     conductor = ConductorProcess(concert)
-    port = 57600 + os.getpid() % 300
+    (port,) = udp_ports(1)
     agent = await start_node(conductor.url, "n1", "here", port, f"tutti-faults-{os.getpid()}")
     clients = [
         TuttiClient(conductor.url, "performer", TOKENS["performer"], part="one"),
@@ -180,7 +180,7 @@ async def test_a_killed_node_agent_started_again_plays_on_with_the_current_setti
     would, it joins, is given the parameters' current values, and plays the cues still to come."""
     (tmp_path / "score.yaml").write_text(REJOIN_SCORE)
     conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3))
-    port, server = 57950 + os.getpid() % 40, f"tutti-rejoin-{os.getpid()}"
+    (port,), server = udp_ports(1), f"tutti-rejoin-{os.getpid()}"
     boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
     agent = await start_node(conductor.url, "na", "a", port, server)
     try:

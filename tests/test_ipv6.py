@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conductor.client import TuttiClient
 from conductor.node.scsynth import osc_message
-from tests.conftest import TOKENS, ConductorProcess, write_concert
+from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_node, until
 
 SCORE = """\
@@ -36,8 +36,9 @@ async def test_a_conductor_and_two_nodes_on_ipv6(tmp_path: Path) -> None:
     agents = []
     boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
     try:
+        ports = udp_ports(2)
         for i, site in enumerate(("a", "b")):
-            port = 57100 + (os.getpid() % 200) * 2 + i
+            port = ports[i]
             agents.append(await start_node(conductor.url, f"n{site}", site, port, f"tutti-v6-{site}-{os.getpid()}"))
             await until(lambda s=site: node_health(conductor, f"n{s}").get("up") is True, 30, f"n{site} not up")
         await boss.connect()

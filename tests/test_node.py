@@ -34,7 +34,7 @@ from conductor.client import TuttiClient
 from conductor.core.score import PART_GROUP_BASE
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import osc_bundle, osc_message
-from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
+from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 
 CLICKS = [1.0, 1.5, 2.0, 2.75]
 HELLO = 1.25  # a cue for sclang
@@ -99,11 +99,11 @@ async def node(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     (tmp_path / "score.yaml").write_text(SCORE)
     conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3))
     server = f"tutti-node-test-{os.getpid()}"
-    port = 57400 + os.getpid() % 500
-    agent = await start_node(conductor.url, "n1", "here", port, server, "--sclang-port", str(port + 1))
+    port, sclang = udp_ports(2)
+    agent = await start_node(conductor.url, "n1", "here", port, server, "--sclang-port", str(sclang))
     try:
         await node_ready(conductor, "n1")
-        yield {"conductor": conductor, "server": server, "port": port, "agent": agent}
+        yield {"conductor": conductor, "server": server, "port": port, "sclang": sclang, "agent": agent}
     finally:
         await stop_node(agent)
         conductor.stop()
@@ -280,7 +280,7 @@ async def test_a_cue_for_sclang_arrives_with_its_time(node: dict[str, Any], tmp_
         "TUTTI_TEST_REPLY": str(listener.getsockname()[1]),
     }
     sclang = await asyncio.create_subprocess_exec(
-        "sclang", "-u", str(node["port"] + 1), str(script), env=env, stdout=asyncio.subprocess.PIPE
+        "sclang", "-u", str(node["sclang"]), str(script), env=env, stdout=asyncio.subprocess.PIPE
     )
     boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
     try:
@@ -288,7 +288,7 @@ async def test_a_cue_for_sclang_arrives_with_its_time(node: dict[str, Any], tmp_
         async with asyncio.timeout(60):
             while not (line := (await sclang.stdout.readline()).decode()).startswith("tutti-ready"):
                 assert line, "sclang exited before it was ready"
-        assert line.split() == ["tutti-ready", str(node["port"] + 1)]
+        assert line.split() == ["tutti-ready", str(node["sclang"])]
         await boss.connect()
         assert (await boss.command("play"))["ok"]
         status = conductor.status()
@@ -363,8 +363,7 @@ async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -
     (tmp_path / "score.yaml").write_text(TWO_NODES)
     routes = {"udp_port": 0, "routes": [{"address": "/1/fader1", "param": "density"}]}
     conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3, osc=routes))
-    base = 57000 + os.getpid() % 300
-    ports = {"a": base, "b": base + 1}
+    ports = dict(zip("ab", udp_ports(2), strict=True))
     agents = []
     boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
     try:
@@ -414,7 +413,7 @@ async def test_a_performer_s_controls_reach_scsynth_as_their_parameters_schedule
     """``immediate``: the drone changes well inside the lookahead; ``together``: not before it."""
     (tmp_path / "score.yaml").write_text(SCHEDULED)
     conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=1.5))
-    port = 57950 + os.getpid() % 40
+    (port,) = udp_ports(1)
     agent = await start_node(conductor.url, "n1", "here", port, f"tutti-params-{os.getpid()}")
     boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
     player = TuttiClient(conductor.url, "performer", TOKENS["performer"], part="one")

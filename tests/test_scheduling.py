@@ -23,7 +23,7 @@ from conductor.core.score import Aligned, load_score
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import osc_bundle, start_jack
 from conductor.tools.emulate import TcpDelayProxy, UdpDelayProxy
-from tests.conftest import TOKENS, ConductorProcess, write_concert
+from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_node, until
 
 DELAYS = {"a": 0.002, "b": 0.015, "c": 0.040}
@@ -55,7 +55,7 @@ async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     }
     agents = []
     recorder = None
-    ports = [57300 + (os.getpid() % 200) * 3 + i for i in range(len(DELAYS))]
+    ports = udp_ports(len(DELAYS))
     try:
         for port, (site, proxy) in zip(ports, proxies.items(), strict=True):
             await proxy.start()
@@ -137,8 +137,17 @@ async def test_cues_sound_together_at_three_sites_and_the_lookahead_follows_the_
         print("spread per cue as heard, ms:", " ".join(f"{s * 1000:.3f}" for s in raw))
         print("spread per cue as placed, ms:", " ".join(f"{s * 1000:.3f}" for s in placed))
         assert len(placed) >= len(TOGETHER) // 2, f"xruns at {recorder.xruns} left {len(placed)} cues to compare"
-        assert max(placed) < 0.001, [f"{s * 1000:.3f} ms" for s in placed]
-        assert max(raw) < 0.01, [f"{s * 1000:.3f} ms" for s in raw]  # a relay would spread them by 38 ms
+
+        # A cue that reached its node after its time (a starved process on a busy machine) sounds
+        # at once: the node counts it, and only as many cues as were counted may be off.
+        def reports() -> list[dict[str, Any]]:
+            return [c["health"] or {} for c in conductor.status()["clients"] if c["role"] == "node"]
+
+        await until(lambda: all(h.get("cues", 0) >= len(TOGETHER) for h in reports()), 5, "cues not reported")
+        late = sum(h.get("cues_late", 0) for h in reports())
+        assert late <= 2, f"{late} cues arrived late"
+        assert sorted(placed)[len(placed) - late - 1] < 0.001, [f"{s * 1000:.3f} ms" for s in placed]
+        assert sorted(raw)[len(raw) - late - 1] < 0.01, [f"{s * 1000:.3f} ms" for s in raw]  # a relay: 38 ms
 
         # Jitter rises on the way to c: the lookahead grows to cover it.
         sites["proxies"]["c"].jitter = 0.08

@@ -133,36 +133,67 @@ class Invite(Message):
     base: Annotated[StrictStr, Field(pattern=r"^https?://[^\s/?#]+$", max_length=200)]
 
 
+Count = Annotated[StrictInt, Field(ge=0)]
+Finite = Annotated[Num, Field(ge=-1e9, le=1e9)]
+Text = Annotated[StrictStr, Field(max_length=500)]
+
+
 class LinkReport(Message):
     """One JackTrip end a node runs (see ``conductor/node/jacktrip.py``)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)  # newer agents may report more
     site: Name
     role: Literal["hub", "client", "p2p server", "p2p client"]
     peer: StrictStr = ""
     state: Name
-    latency_ms: Num | None = None
+    for_s: Finite = 0.0  # seconds in this state
+    restarts: Count = 0
+    underruns: Count = 0
+    overflows: Count = 0
+    lost: Count = 0  # packets
+    peers: Count = 0  # a hub's clients connected
+    latency_ms: Finite | None = None  # the last round trip measured in-band
+    measured: Count = 0  # round trips measured so far
+    history_ms: Annotated[list[Finite], Field(max_length=600)] = []
+    patched: Count = 0  # JACK connections made for this link
+    last_error: Text = ""
+    version: Annotated[StrictStr, Field(max_length=64)] = ""
 
 
 class LinkHealth(Message):
     """A node's Ableton Link session (see ``conductor/node/link.py``)."""
 
-    peers: Annotated[StrictInt, Field(ge=0)]  # other peers in it: sclang, apps
+    peers: Count  # other peers in it: sclang, apps
     tempo: Annotated[Num, Field(ge=0, le=1000)]
     playing: StrictBool
     phase_error_ms: Annotated[Num, Field(ge=-1e6, le=1e6)]  # the session's beat against the conductor's
-    put_back: Annotated[StrictInt, Field(ge=0)]  # another peer's tempo or phase, put back
-    proposed: Annotated[StrictInt, Field(ge=0)]  # tempos proposed to the conductor
-    late: Annotated[StrictInt, Field(ge=0)]  # changes too late to be committed the lead ahead
+    put_back: Count  # another peer's tempo or phase, put back
+    proposed: Count  # tempos proposed to the conductor
+    late: Count  # changes too late to be committed the lead ahead
 
 
 class Health(Message):
-    """A node agent's report: its scsynth, the cues it played, its clock, its JackTrip links."""
+    """A node agent's report, every second: its scsynth, the cues it played, its clock, its links."""
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)  # newer agents may report more
-    up: StrictBool
-    late: Annotated[StrictInt, Field(ge=0)]
-    cues: Annotated[StrictInt, Field(ge=0)]
+    up: StrictBool  # scsynth answers (a node without synths: always)
+    synth: StrictBool = True  # false for a node that runs only audio links
+    restarts: Count = 0  # of scsynth
+    late: Count  # bundles scsynth reported late
+    failures: Count = 0  # commands scsynth refused
+    ugens: Count = 0
+    synths: Count = 0
+    cpu_avg: Annotated[Num, Field(ge=0, le=1000)] = 0.0
+    cpu_peak: Annotated[Num, Field(ge=0, le=1000)] = 0.0
+    last_error: Text = ""
+    cues: Count  # played
+    cues_late: Count = 0  # arrived after their time ...
+    cues_skipped: Count = 0  # ... of which skipped
+    cues_moved: Count = 0  # ... and moved to the next beat
+    cues_repeated: Count = 0  # received again, dropped
+    offset: Finite = 0.0  # the node's clock offset to the conductor (s)
+    samples: Count = 0  # clock exchanges so far
+    error: Annotated[Num, Field(ge=0, le=60)] = 60.0  # the bound on that offset's error (s)
     links: Annotated[list[LinkReport], Field(max_length=16)] = []
     link: LinkHealth | None = None
 

@@ -212,33 +212,28 @@ class NodeAgent:
         while True:
             await asyncio.sleep(1.0)
             if self.client.sio.connected:
-                h = self.scsynth.health if self.scsynth else Health(up=True)
-                with contextlib.suppress(Exception):
-                    await self.client.sio.emit(
-                        protocol.HEALTH,
-                        {
-                            "up": h.up,
-                            "restarts": h.restarts,
-                            "late": h.late,
-                            "ugens": h.ugens,
-                            "synths": h.synths,
-                            "cpu_avg": h.cpu_avg,
-                            "cpu_peak": h.cpu_peak,
-                            "last_error": h.last_error,
-                            "cues": self.cues_played,
-                            "cues_late": self.cues_late,
-                            "cues_skipped": self.cues_skipped,
-                            "cues_moved": self.cues_moved,
-                            "cues_repeated": self.cues_repeated,
-                            "failures": h.failures,
-                            "offset": self.client.clock.offset,
-                            "samples": self.client.clock.samples,
-                            "error": min(self.client.clock.error, 60.0),
-                            "links": [state.report() for state in self.audio.states] if self.audio else [],
-                            "synth": self.scsynth is not None,
-                            "link": self.link.report() if self.link else None,
-                        },
-                    )
+                try:
+                    health = self.health().model_dump()
+                except pydantic.ValidationError as e:  # a report the conductor would refuse: say why here
+                    log.error("health not reported: %s", e)
+                    continue
+                with contextlib.suppress(Exception):  # a disconnect in between: the next report goes
+                    await self.client.sio.emit(protocol.HEALTH, health)
+
+    def health(self) -> protocol.Health:
+        h = self.scsynth.health if self.scsynth else Health(up=True)
+        clock = self.client.clock
+        return protocol.Health(
+            up=h.up, synth=self.scsynth is not None, restarts=h.restarts, late=h.late, failures=h.failures,
+            ugens=h.ugens, synths=h.synths, cpu_avg=h.cpu_avg, cpu_peak=h.cpu_peak, last_error=h.last_error[-500:],
+            cues=self.cues_played, cues_late=self.cues_late, cues_skipped=self.cues_skipped,
+            cues_moved=self.cues_moved, cues_repeated=self.cues_repeated,
+            offset=clock.offset, samples=clock.samples, error=min(clock.error, 60.0),
+            links=[protocol.LinkReport.model_validate(state.report()) for state in self.audio.states]
+            if self.audio
+            else [],
+            link=protocol.LinkHealth.model_validate(self.link.report()) if self.link else None,
+        )  # fmt: skip
 
     async def close(self) -> None:
         if self.link and self.face:

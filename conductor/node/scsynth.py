@@ -70,22 +70,33 @@ class Health:
 async def start_jack(
     name: str, *, rate: int = 48000, period: int = 128, channels: int = 2
 ) -> asyncio.subprocess.Process:
-    """A JACK server named ``name`` with the dummy driver, once it answers (stop it with terminate())."""
+    """A JACK server named ``name`` with the dummy driver, once it answers (stop it with terminate()).
+
+    A server of the same name that is still going away (the previous agent's, killed with it) makes
+    a new one exit at once; it is started again until the name is free.
+    """
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
-    jackd = await asyncio.create_subprocess_exec(
-        "jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period),
-        "-C", str(channels), "-P", str(channels),
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
-    )  # fmt: skip
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # JACK servers must be up before anyone joins them
+    jackd = None
+    while time.monotonic() < deadline:
+        if jackd is None or jackd.returncode is not None:
+            jackd = await asyncio.create_subprocess_exec(
+                "jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period),
+                "-C", str(channels), "-P", str(channels),
+                env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )  # fmt: skip
+        await asyncio.sleep(0.1)
+        if jackd.returncode is not None:
+            continue  # the name is taken: ours exited
         probe = await asyncio.create_subprocess_exec(
             "jack_lsp", "-s", name, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
-        if await probe.wait() == 0:
+        # Ours must still be running once the name answers: otherwise it was the old server.
+        if await probe.wait() == 0 and jackd.returncode is None:
             return jackd
-        await asyncio.sleep(0.1)
-    jackd.kill()
+    if jackd is not None and jackd.returncode is None:
+        jackd.kill()
     raise RuntimeError(f"JACK server {name} did not start")
 
 
