@@ -315,7 +315,7 @@ def measure(sites: Sites, start: float, end: float, beat: float) -> dict[str, An
 def after_change(sites: Sites, site: Site, change: float, targets: list[float], count: int = 4) -> list[float]:
     """The errors (ms) of a site's first onsets after a change at wall time ``change``."""
     heard = [t for t in sites.onsets(site) if t >= change][:count]
-    return [round((t - nearest(targets, t)) * 1000, 3) for t in heard]
+    return [round(float(t - nearest(targets, t)) * 1000, 3) for t in heard]
 
 
 def fresh(recorder: Recorder) -> None:
@@ -375,13 +375,13 @@ async def main() -> None:
         results["naive"] = measure(sites, started, paused["t"] - sites.clock_minus_wall, beat)
 
     print(f"two sites (one-way {', '.join(f'{d * 1000:g} ms' for d in DELAYS.values())}), {BPM:g} bpm; ms")
-    print(f"{'clock':<8}{'onsets':<10}{'subset':<8}{'spread p50':>11}{'p99':>8}{'max':>8}", end="")
+    print(f"{'clock':<8}{'onsets':<10}{'subset':<8}{'n':>5}{'spread p50':>11}{'p99':>8}{'max':>8}", end="")
     print(f"{'error p50':>11}{'p99':>8}{'max':>8}{'xruns':>7}")
     for name, r in results.items():
         for subset in ("", "_calm"):
             s, e = r["spread" + subset], r["error" + subset]
             print(
-                f"{name:<8}{'/'.join(map(str, r['onsets'])):<10}{subset.strip('_') or 'all':<8}"
+                f"{name:<8}{'/'.join(map(str, r['onsets'])):<10}{subset.strip('_') or 'all':<8}{e['n']:>5}"
                 f"{s['p50_ms']:11.3f}{s['p99_ms']:8.3f}{s['max_ms']:8.3f}"
                 f"{e['p50_ms']:11.3f}{e['p99_ms']:8.3f}{e['max_ms']:8.3f}{r['xruns']:>7}"
             )
