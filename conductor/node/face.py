@@ -5,9 +5,10 @@ The node sends OSC to sclang's port (57120, where ``to: sclang`` cues go):
 - ``/tutti/score bpm beatsPerBar lead [section startBeat]...``: the score's tempo and meter, how
   early the node commits changes to Link (the ``LinkClock``'s latency must be the same), and the
   sections with the score beat each starts at.
-- ``/tutti/transport playing bpm beat changeBeat``: the Link line: its tempo, its beat ``lead``
-  seconds from now (sclang rounds its clock's offset from it to whole bars), and the beat at which
-  this segment begins, where it starts or stops and, stopped, stands.
+- ``/tutti/transport playing bpm beat changeBeat``, in a bundle timetagged with the node's wall
+  clock when sent: the Link line: its tempo, its beat ``lead`` seconds after the timetag (sclang
+  rounds its clock's offset from it to whole bars), and the beat at which this segment begins,
+  where it starts or stops and, stopped, stands.
 - ``/tutti/param name value``: a parameter's value.
 
 A transport message goes the moment its line is committed to Link, the score and every parameter
@@ -20,7 +21,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 
+from pythonosc.osc_bundle_builder import OscBundleBuilder
+from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from conductor.core.transport import Segment
@@ -54,17 +58,24 @@ class SclangFace:
                 await self._task
         self._sock.close()
 
-    def _send(self, address: str, *args: float | int | str) -> None:
+    def _send(self, address: str, *args: float | int | str, at: float | None = None) -> None:
+        """A message, or with ``at`` (this machine's wall clock) a bundle timetagged then."""
+        packet = _message(address, args)
+        if at is not None:
+            bundle = OscBundleBuilder(at)
+            bundle.add_content(OscMessage(packet))
+            packet = bundle.build().dgram
         with contextlib.suppress(OSError):  # no sclang listening yet: it catches up with the next report
-            self._sock.sendto(_message(address, args), self.address)
+            self._sock.sendto(packet, self.address)
             self.sent += 1
 
     def _committed(self, segment: Segment, line: Line) -> None:
         self._transport(segment, line)
 
     def _transport(self, segment: Segment, line: Line) -> None:
+        wall = time.time()  # the line's beat is for this moment: sclang reads it from the timetag
         ahead = line.at(self.link.now() + self.link.lead)
-        self._send("/tutti/transport", int(segment.playing), line.bpm, ahead, line.at(segment.t))
+        self._send("/tutti/transport", int(segment.playing), line.bpm, ahead, line.at(segment.t), at=wall)
 
     def changed(self) -> None:
         """The state changed: send the parameters that moved, and look again when the next is due."""

@@ -23,7 +23,7 @@ Tutti {
 		clock.schedAbs(clock.nextBar, { this.prBar; beatsPerBar });
 		responders = [
 			OSCFunc({ |msg| this.prScore(msg) }, '/tutti/score').permanent_(true),
-			OSCFunc({ |msg| this.prTransport(msg) }, '/tutti/transport').permanent_(true),
+			OSCFunc({ |msg, time| this.prTransport(msg, time) }, '/tutti/transport').permanent_(true),
 			OSCFunc({ |msg| this.prParam(msg[1].asSymbol, msg[2]) }, '/tutti/param').permanent_(true)
 		];
 		^clock
@@ -79,17 +79,20 @@ Tutti {
 		};
 	}
 
-	*prTransport { |msg|
-		this.prAgree(msg, thisThread.seconds, 0);
+	*prTransport { |msg, time|
+		this.prAgree(msg, time, 0);
 	}
 
 	// The node commits a new line to Link, then tells sclang; Link's own message may come second.
-	// Until the clock's phase agrees with the line, look again every few milliseconds.
-	*prAgree { |msg, received, tries|
-		var line = msg[3] + ((thisThread.seconds - received) * msg[2] / 60);
-		var apart = line - clock.beats;
+	// Until the clock's phase agrees with the line, look again every few milliseconds. The line's
+	// beat is for the time of the bundle's timetag (the node's clock when it sent it): a message
+	// sclang reads late is still read right.
+	*prAgree { |msg, sent, tries|
+		var now = Main.elapsedTime;
+		var line = msg[3] + ((now - sent) * msg[2] / 60);
+		var apart = line - clock.secs2beats(now);
 		if((apart - apart.round(beatsPerBar)).abs > 0.01 and: { tries < 40 }) {
-			SystemClock.sched(0.005, { clock !? { this.prAgree(msg, received, tries + 1) }; nil });
+			SystemClock.sched(0.005, { clock !? { this.prAgree(msg, sent, tries + 1) }; nil });
 		} {
 			this.prFollow(msg[1] != 0, msg[2], apart.round(beatsPerBar), msg[4]);
 		};
