@@ -287,7 +287,7 @@ def figures(values: list[float]) -> dict[str, float]:
 def measure(sites: Sites, start: float, end: float, beat: float) -> dict[str, Any]:
     """Spread and errors of the onsets heard between wall times start and end."""
     assert sites.recorder is not None
-    targets = sites.beats(start + sites.clock_minus_wall, end + sites.clock_minus_wall)
+    targets = sites.beats(start + sites.clock_minus_wall, end + beat + sites.clock_minus_wall)  # one may be early
     heard = [[t for t in sites.onsets(site) if start <= t < end] for site in sites.sites]
     xruns = list(sites.recorder.xruns)
 

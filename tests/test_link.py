@@ -27,7 +27,13 @@ from tests.conftest import TOKENS, ConductorProcess, write_concert
 
 ROOT = Path(__file__).resolve().parent.parent
 BEAT = 60.0 / BPM
-ON_BEAT = 0.002  # seconds: a generous bound here; bench/link.py measures the figures
+# Generous bounds (bench/link.py measures the figures): the sites' onsets apart, and each against
+# the score's beat. On a busy machine's dummy-driver JACK, each scsynth's own clock strays by a few
+# milliseconds for half a minute after an xrun (bench/onsets.py). A pattern that missed a tempo
+# change (120 to 150 bpm) or the seek (half a beat) would be off by 80 ms or more; a TempoClock
+# started by a play message is 38 ms apart between these sites.
+APART = 0.005
+ON_BEAT = 0.010
 NEAR_XRUN = 1.0  # seconds after an xrun during which an onset is not held to it
 
 
@@ -140,7 +146,7 @@ def on_beat(sites: Sites, start: float, end: float, change: float | None = None)
     """The onsets heard at each site between wall times start and end, their errors against the
     score's beats, and the spread between the sites' onsets of each beat."""
     assert sites.recorder is not None
-    beats = sites.beats(start + sites.clock_minus_wall, end + sites.clock_minus_wall)
+    beats = sites.beats(start + sites.clock_minus_wall, end + BEAT + sites.clock_minus_wall)  # an onset may be early
     xruns = list(sites.recorder.xruns)
     heard = [[t for t in sites.onsets(site) if start <= t < end] for site in sites.sites]
 
@@ -179,11 +185,13 @@ async def test_two_sites_patterns_play_the_score_s_beats_together_through_tempo_
             assert len(times) >= 2, f"site {site.name} heard {len(times)} clicks"
             bar = first["beats"][0]  # the play starts at a bar line: score position 0
             assert times[0] > bar - ON_BEAT, f"site {site.name} played before the bar: {times[0] - bar}"
-            # On it (sclang's own test checks the bar exactly; here a busy machine may lose a click).
+            # Its first click is on the bar line (sclang's own test checks that exactly); here, with
+            # two sclangs, two scsynths and a conductor on a busy two-core machine, the first event
+            # can reach scsynth late, so the bar is checked loosely and the beats from then on.
             assert times[0] - bar < BEAT + ON_BEAT, f"site {site.name} began {times[0] - bar:.4f} s after the bar"
         for errors in first["errors"]:
             assert mostly_within(errors, ON_BEAT), f"off the score's beats (s): {errors}"
-        assert mostly_within(first["spread"], ON_BEAT), f"the sites apart (s): {first['spread']}"
+        assert mostly_within(first["spread"], APART), f"the sites apart (s): {first['spread']}"
 
         # A tempo change, and a seek half a beat off the phase: both sites follow at the same beat.
         for command in ({"cmd": "tempo", "bpm": BPM * 1.25}, {"cmd": "seek", "position": 30.25}):
@@ -196,7 +204,7 @@ async def test_two_sites_patterns_play_the_score_s_beats_together_through_tempo_
             for site, errors in zip(sites.sites, after["errors"], strict=True):
                 assert len(errors) >= 3, f"site {site.name} after {command}: {after['heard']}"
                 assert mostly_within(errors, ON_BEAT), f"site {site.name} after {command}: {errors}"
-            assert mostly_within(after["spread"], ON_BEAT), f"after {command}: {after['spread']}"
+            assert mostly_within(after["spread"], APART), f"after {command}: {after['spread']}"
 
         # A performer's LinkClock proposing its own tempo is put back: the conductor's wins.
         before = [(sites.health(site).get("link") or {}).get("put_back", 0) for site in sites.sites]
