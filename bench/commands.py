@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, medians, save, started  # noqa: E402
+from bench.harness import concert_file, cpu_seconds, medians, save, started  # noqa: E402
+from conductor.tools.cli import run  # noqa: E402
 
 TOKEN = "bench"
 
@@ -70,19 +71,25 @@ async def main() -> None:
         return
 
     results: dict[str, list[float]] = {"group commit": [], "one fdatasync per change": []}
+    cpu: dict[str, list[float]] = {name: [] for name in results}  # the conductor's CPU per command
     for _ in range(args.rounds):
         for name, max_batch in (("group commit", 0), ("one fdatasync per change", 1)):
             concert = concert_file({"conductor": TOKEN}, lookahead=0.05)
             command = (sys.executable, str(Path(__file__)), "--serve", str(concert), "--max-batch", str(max_batch))
             proc, url = await started(*command, pattern=r"listening on (\S+)")
             try:
+                before = cpu_seconds(proc.pid)
                 results[name].append(await rate(url, args.commands, args.window))
+                cpu[name].append((cpu_seconds(proc.pid) - before) / args.commands * 1e6)
             finally:
                 proc.terminate()
                 await proc.wait()
     print(f"{args.commands} commands, {args.window} in flight, median of {args.rounds} rounds")
-    save(args.json, medians("journal", "commands/s", results, "one fdatasync per change", digits=0))
+    figures = medians("journal", "commands/s", results, "one fdatasync per change", digits=0)
+    print()
+    figures["cpu"] = medians("conductor CPU", "us/command", cpu, "one fdatasync per change", digits=0)
+    save(args.json, figures)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())  # on the loop that ``tutti serve`` runs on

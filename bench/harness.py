@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import statistics
 import sys
@@ -170,6 +171,12 @@ def medians(title: str, unit: str, runs: dict[str, list[float]], base: str, digi
         figures[name] = {"median": median, "rounds": values}
         print(f"{name:<28}{median:12.{digits}f}{median / reference:31.2f}x")
     return figures
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, user and system (from /proc: Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def save(path: str | None, results: object) -> None:

@@ -25,12 +25,14 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import socket
 import statistics
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +41,19 @@ from pythonosc.osc_packet import OscPacket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running, save  # noqa: E402
+from bench.harness import (  # noqa: E402
+    concert_file,
+    jack_server,
+    node_agent,
+    nodes_up,
+    percentile,
+    running,
+    save,
+    started,
+)
 from conductor.core.score import PART_GROUP_BASE  # noqa: E402
 from conductor.node.scsynth import osc_message  # noqa: E402
+from conductor.tools.cli import run  # noqa: E402
 
 SCORE = """\
 title: Relay bench
@@ -57,6 +69,7 @@ BASE_PORT = 57700
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
+RELAYED = re.compile(rb'"seq",(-?[0-9.e+]+)')
 
 
 def relay_concert(osc_port: int) -> Path:
@@ -80,13 +93,14 @@ class Sniffer:
         self.controls = controls or {"seq"}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        # Let the kernel pass only incoming UDP: loopback also carries every WebSocket frame, and
-        # shows each packet twice (going out and coming in).
+        # Let the kernel pass only incoming UDP and TCP (loopback shows each packet twice, going out
+        # and coming in): OSC to the scsynths, and the conductor's frames to the nodes.
         program = [
             (0x20, 0, 0, 0xFFFFF004),  # load the packet type
-            (0x15, 3, 0, PACKET_OUTGOING),  # outgoing: drop
+            (0x15, 4, 0, PACKET_OUTGOING),  # outgoing: drop
             (0x30, 0, 0, 9),  # load the IP protocol
-            (0x15, 0, 1, socket.IPPROTO_UDP),
+            (0x15, 1, 0, socket.IPPROTO_UDP),
+            (0x15, 0, 1, socket.IPPROTO_TCP),
             (0x06, 0, 0, 0xFFFF),  # keep
             (0x06, 0, 0, 0),  # drop
         ]
@@ -96,6 +110,8 @@ class Sniffer:
         self.sock.bind(("lo", 0))
         self.sock.setblocking(False)
         self.arrivals: list[tuple[float, int, float]] = []  # time, scsynth port, value (of "seq")
+        self.conductor_port = 0  # the conductor's frames from this port are timed too
+        self.relayed: dict[float, float] = {}  # value of "seq" -> when the conductor first sent it on
         self.by_control: list[tuple[float, int, str, float]] = []  # time, port, control, value
         self.enough = asyncio.Event()
         self.expected = 0
@@ -108,9 +124,12 @@ class Sniffer:
             except BlockingIOError:
                 return
             now = time.time()
-            if addr[2] == PACKET_OUTGOING or data[9] != socket.IPPROTO_UDP:
+            if addr[2] == PACKET_OUTGOING or data[9] not in (socket.IPPROTO_UDP, socket.IPPROTO_TCP):
                 continue  # the filter is not attached yet
             header = (data[0] & 0x0F) * 4
+            if data[9] == socket.IPPROTO_TCP:
+                self._relayed(now, data[header:])
+                continue
             (port,) = struct.unpack("!H", data[header + 2 : header + 4])
             if port not in self.ports:
                 continue
@@ -124,6 +143,13 @@ class Sniffer:
                 continue
             if len(self.arrivals) >= self.expected:
                 self.enough.set()
+
+    def _relayed(self, now: float, segment: bytes) -> None:
+        """The conductor's hop: a frame to a node carrying ``"seq", value`` (one per value, in JSON)."""
+        if struct.unpack("!H", segment[:2])[0] != self.conductor_port:
+            return
+        for match in RELAYED.finditer(segment[(segment[12] >> 4) * 4 :]):
+            self.relayed.setdefault(float(match[1]), now)
 
     async def wait_for(self, count: int, quiet: float = 2.0) -> None:
         """Until ``count`` deliveries are in, or none has come for ``quiet`` seconds (the rest are lost)."""
@@ -141,11 +167,18 @@ class Sniffer:
         self.sock.close()
 
 
-async def measure(
-    sniffer: Sniffer, send: Any, ports: list[int], first: int, count: int, gap: float
-) -> tuple[list[float], float, int]:
-    """Send seq first..first+count; returns delivery latencies (s), messages/s and deliveries lost."""
+@dataclass
+class Measured:
+    latencies: list[float]  # each delivery's time from the controller's send to a scsynth (s)
+    rate: float  # controller messages per second, until the last delivery
+    lost: int  # deliveries that never came
+    conductor: list[float]  # relayed: from the controller's send to the conductor's frame to a node (s)
+
+
+async def measure(sniffer: Sniffer, send: Any, ports: list[int], first: int, count: int, gap: float) -> Measured:
+    """Send seq first..first+count, ``gap`` seconds apart."""
     sniffer.arrivals.clear()
+    sniffer.relayed.clear()
     sent: dict[float, float] = {}
     for seq in range(first, first + count):
         sent[float(seq)] = time.time()
@@ -156,7 +189,8 @@ async def measure(
     arrivals = [(t, port, seq) for t, port, seq in sniffer.arrivals if seq in sent]
     latencies = [t - sent[seq] for t, _, seq in arrivals]
     span = max(t for t, _, _ in arrivals) - min(sent.values()) if arrivals else float("inf")
-    return latencies, len(arrivals) / len(ports) / span, expected - len(arrivals)
+    conductor = [t - sent[seq] for seq, t in sniffer.relayed.items() if seq in sent]
+    return Measured(latencies, len(arrivals) / len(ports) / span, expected - len(arrivals), conductor)
 
 
 def relay(controller: socket.socket, osc_port: int) -> Callable[[int], None]:
@@ -179,13 +213,47 @@ def direct(controller: socket.socket, ports: list[int]) -> Callable[[int], None]
     return send
 
 
+async def forward(listen: int, to: list[int]) -> None:
+    """A process that does nothing but pass each datagram on: what two hops cost with no work at all."""
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    class Forward(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            for port in to:
+                out.sendto(data, ("127.0.0.1", port))
+
+    await asyncio.get_running_loop().create_datagram_endpoint(Forward, local_addr=("127.0.0.1", listen))
+    print("forwarding", flush=True)
+    await asyncio.Event().wait()
+
+
+@contextlib.asynccontextmanager
+async def two_hops(controller: socket.socket, ports: list[int]) -> AsyncIterator[Callable[[int], None]]:
+    """The floor: the same /n_set through two forwarding processes (on the loop Tutti runs on) to every scsynth."""
+    first, second = free_udp_port(), free_udp_port()
+    procs = []
+    for listen, to in ((second, ports), (first, [second])):
+        command = (sys.executable, __file__, "--forward", str(listen), ",".join(map(str, to)))
+        procs.append((await started(*command, pattern=r"(forwarding)"))[0])
+    try:
+        yield direct(controller, [first])
+    finally:
+        for proc in procs:
+            proc.terminate()
+            await proc.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=300, help="paced messages per case, for latency")
     parser.add_argument("--burst", type=int, default=2000, help="messages per case, for throughput")
     parser.add_argument("--nodes", default="1,4,8")
     parser.add_argument("--json")
+    parser.add_argument("--forward", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.forward:
+        await forward(int(args.forward[0]), [int(port) for port in args.forward[1].split(",")])
+        return
 
     osc_port = free_udp_port()
     concert = relay_concert(osc_port)
@@ -195,10 +263,11 @@ async def main() -> None:
     results: dict[str, Any] = {}
     seq = 1
     print(f"{'nodes':>5} {'path':<8}{'p50 ms':>9}{'p99 ms':>9}{'msg/s':>10}{'lost':>7}", end="")
-    print(f"{'p50 ratio':>11}{'msg/s ratio':>13}")
+    print(f"{'p50 ratio':>11}{'msg/s ratio':>13}{'conductor':>9}{'node':>9}  (hops: p50 ms)")
     try:
         async with jack_server(JACK), running("serve", str(concert)) as url:
             sniffer = Sniffer(set())
+            sniffer.conductor_port = int(url.rsplit(":", 1)[1])
             for count in (int(n) for n in args.nodes.split(",")):
                 while len(agents) < count:
                     n = len(agents)
@@ -208,23 +277,34 @@ async def main() -> None:
                 sniffer.ports = set(ports)
 
                 row = {}
-                for name, send in (("direct", direct(controller, ports)), ("relay", relay(controller, osc_port))):
-                    latencies, _, _ = await measure(sniffer, send, ports, seq, args.messages, 0.02)
-                    seq += args.messages
-                    _, rate, lost = await measure(sniffer, send, ports, seq, args.burst, 0)
-                    seq += args.burst
-                    row[name] = {
-                        "p50_ms": statistics.median(latencies) * 1000,
-                        "p99_ms": percentile(latencies, 0.99) * 1000,
-                        "msgs_per_s": rate,
-                        "lost": lost,
+                async with two_hops(controller, ports) as floor:
+                    paths = {
+                        "direct": direct(controller, ports),
+                        "two hops": floor,
+                        "relay": relay(controller, osc_port),
                     }
+                    for name, send in paths.items():
+                        paced = await measure(sniffer, send, ports, seq, args.messages, 0.02)
+                        seq += args.messages
+                        burst = await measure(sniffer, send, ports, seq, args.burst, 0)
+                        seq += args.burst
+                        row[name] = {
+                            "p50_ms": statistics.median(paced.latencies) * 1000,
+                            "p99_ms": percentile(paced.latencies, 0.99) * 1000,
+                            "msgs_per_s": burst.rate,
+                            "lost": burst.lost,
+                        }
+                        if paced.conductor:  # the two hops a direct send does not take
+                            hop = statistics.median(paced.conductor) * 1000
+                            row[name]["conductor_p50_ms"] = hop
+                            row[name]["node_p50_ms"] = row[name]["p50_ms"] - hop
                 for name, r in row.items():
                     ratio = r["p50_ms"] / row["direct"]["p50_ms"]
                     rate_ratio = r["msgs_per_s"] / row["direct"]["msgs_per_s"]
+                    hops = f"{r['conductor_p50_ms']:9.3f}{r['node_p50_ms']:9.3f}" if "conductor_p50_ms" in r else ""
                     print(
                         f"{count:>5} {name:<8}{r['p50_ms']:9.3f}{r['p99_ms']:9.3f}{r['msgs_per_s']:10.0f}"
-                        f"{r['lost']:7d}{ratio:10.1f}x{rate_ratio:12.3f}x"
+                        f"{r['lost']:7d}{ratio:10.1f}x{rate_ratio:12.3f}x{hops}"
                     )
                 results[str(count)] = row
             sniffer.close()
@@ -239,4 +319,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())  # the forwarders on the loop that tutti serve and tutti node run on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -25,6 +26,25 @@ from bench.harness import CHROMIUM, CHROMIUM_ARGS, redis_server
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = ROOT / "scores"
 TOKENS = {"conductor": "t-conductor", "performer": "t-performer", "node": "t-node"}
+
+
+# What starts a real process: the fixtures that do, and the calls a test body may make itself.
+PROCESS_FIXTURES = {"conductor", "browser", "redis_url", "live", "node", "sites", "scsynth", "workers", "small_disk",
+                    "osc_conductor", "slow_conductor", "audience", "boss", "per_part"}  # fmt: skip
+STARTS_PROCESSES = re.compile(
+    r"ConductorProcess\(|start_node\(|subprocess|Scsynth\(|start_jack\(|jack_server\(|running\("
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test ``integration`` or ``unit``, so that ``pytest -m unit`` runs the fast ones alone."""
+    for item in items:
+        if item.get_closest_marker("unit") or item.get_closest_marker("integration"):
+            continue
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function else ""
+        starts = PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or STARTS_PROCESSES.search(source)
+        item.add_marker(pytest.mark.integration if starts else pytest.mark.unit)
 
 
 def udp_ports(count: int) -> list[int]:

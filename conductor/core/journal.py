@@ -60,6 +60,7 @@ HEADER = b'{"type":"header"'  # how the writer begins a header, to tell one torn
 CHECKPOINT = b'{"type":"checkpoint"'  # how the writer begins a checkpoint line, to find the last one
 RETRY_EVERY = 1.0  # seconds between tries to write again after a failed write
 BLOCK = 1 << 16  # bytes read at a time when reading backwards or counting lines
+ENCODE_AT_ONCE = 200  # records encoded before the event loop gets a turn
 SKIP_OR_FRESH = "start with --skip-bad-journal-lines to skip it, or --fresh to begin a new performance"
 
 
@@ -582,9 +583,9 @@ class Journal:
                 await self._recover()
 
     async def _write(self, batch: Waiting) -> None:
-        records = [record for record, _ in batch]
         try:
-            await asyncio.to_thread(self._encode_and_sync, records)
+            data = await _encoded([record for record, _ in batch])
+            await asyncio.to_thread(self._sync, data)
         except OSError as e:
             self._failed(f"journal {self.path}: {_why(e)}", batch)
             return
@@ -621,10 +622,6 @@ class Journal:
         self._since_checkpoint = 0
         self._checkpoint_due = math.inf
         return True
-
-    def _encode_and_sync(self, records: list[Record]) -> None:
-        # Encoding here too keeps the event loop free for a large batch.
-        self._sync(b"".join(_line(record.to_json()) for record in records))
 
     def _sync(self, data: bytes) -> None:
         """In a thread: append ``data`` and fdatasync; on failure, cut the file back to its last good size."""
@@ -695,6 +692,20 @@ def _write_all(fd: int, data: bytes) -> None:
         if written <= 0:
             raise OSError(errno.EIO, "the write wrote nothing")
         view = view[written:]
+
+
+async def _encoded(records: list[Record]) -> bytes:
+    """The lines of ``records``, encoded on the event loop a slice at a time.
+
+    Not in the writer's thread: a thread that encodes holds the interpreter's lock for up to its
+    switch interval (5 ms) at a time, and the event loop would wait as long.
+    """
+    lines = []
+    for i, record in enumerate(records, start=1):
+        lines.append(_line(record.to_json()))
+        if i % ENCODE_AT_ONCE == 0:
+            await asyncio.sleep(0)
+    return b"".join(lines)
 
 
 def _line(entry: dict[str, Any]) -> bytes:

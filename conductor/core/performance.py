@@ -94,9 +94,11 @@ class Performance:
             param = self.score.parameter(name)
             if param is None or param.n_set is None:
                 continue
-            args = [param.n_set.control, param.synth_value(value)]
+            control, synth_value = param.n_set.control, param.synth_value(value)
             for part in param.n_set.parts or [p.id for p in self.score.parts]:
-                cue = NodeCue(t=t, address="/n_set", args=[self.score.group(part), *args], align=align)
+                # Built from a validated value: constructed, not validated again (a fader's every value)
+                args = [self.score.group(part), control, synth_value]
+                cue = NodeCue.model_construct(t=t, address="/n_set", args=args, align=align)
                 out.append(Routed(f"nodes:part:{part}", cue))
         return out
 

@@ -267,8 +267,8 @@ class ClientInfo(Outbound):
     sid: str
     role: str
     name: str
-    part: str | None
-    site: str | None
+    part: str | None = None
+    site: str | None = None
     joined: float
     last_seen: float
     rtt: float | None = None

@@ -8,6 +8,7 @@ Times in a score are score seconds, written as a number (``12.5``), as minutes a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -329,7 +330,11 @@ class Score(Strict):
         return next((s for s in self.sections if s.id == section_id), None)
 
     def parameter(self, param_id: str) -> Parameter | None:
-        return next((p for p in self.parameters if p.id == param_id), None)
+        return self._parameters.get(param_id)
+
+    @functools.cached_property
+    def _parameters(self) -> dict[str, Parameter]:  # looked up for every value a fader sends
+        return {p.id: p for p in self.parameters}
 
     def policy(self, cue: Sound) -> tuple[Schedule, Late]:
         """How a cue is timed and what a late one does: its own, its section's (for a cue in the
@@ -342,7 +347,11 @@ class Score(Strict):
 
     def group(self, part_id: str) -> int:
         """The scsynth group that holds a part's sound on its nodes (created by the node agent)."""
-        return PART_GROUP_BASE + next(i for i, p in enumerate(self.parts) if p.id == part_id)
+        return self._groups[part_id]
+
+    @functools.cached_property
+    def _groups(self) -> dict[str, int]:
+        return {p.id: PART_GROUP_BASE + i for i, p in enumerate(self.parts)}
 
     def site_ids(self) -> set[str]:
         """Every site the score names: in ``sites``, or as a part's site."""

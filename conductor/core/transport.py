@@ -108,6 +108,8 @@ class Transport:
 
     def plan(self, command: Command, t: float) -> Change:
         """The change ``command`` makes at conductor time ``t``; raises Rejected if it cannot."""
+        if isinstance(command, SetParam):  # first: a fader sends a hundred a second
+            return self._values(command, t, {command.name: command.value})
         seg = self.segments.at(t)
         here = self.position(t)
 
@@ -139,8 +141,6 @@ class Transport:
                 return moved(pos=section.start)
             case SetTempo(bpm=bpm):
                 return moved(rate=bpm / self.score.tempo.bpm)
-            case SetParam(name=name, value=value):
-                return self._values(command, t, {name: value})
             case SetParams(values=values):
                 return self._values(command, t, values)
         raise Rejected("bad_command", "unknown command")  # unreachable: commands are validated first

@@ -67,6 +67,7 @@ class NodeAgent:
         self.client.sio.on(protocol.CUES, self._cues)
         self.client.on_welcome = self._welcome
         self.audio: SiteAudio | None = None  # this site's JackTrip end, if the concert gives it one
+        self.site = ""  # as the conductor's welcome gives it
         self.cues_played = 0
         self.cues_late = 0  # cues that arrived after their time ...
         self.cues_skipped = 0  # ... of which the score's rule skipped these
@@ -99,16 +100,21 @@ class NodeAgent:
 
     async def _welcome(self) -> None:
         self._followed()
+        try:
+            welcome = protocol.Welcome.model_validate(self.client.welcome)
+        except pydantic.ValidationError as e:  # a conductor of another version: say what does not fit
+            log.error("welcome not understood: %s", e)
+            return
+        self.site = welcome.you.site or ""
         if self.scsynth:
-            self.scsynth.make_groups(list(self.client.welcome.get("groups", {}).values()))
-        if path := self.client.welcome.get("cue_channel"):
+            self.scsynth.make_groups(list((welcome.groups or {}).values()))
+        if welcome.cue_channel:
             await self._close_channel()
-            self._channel = asyncio.create_task(self._read_channel(self.client.url.rstrip("/") + path))
-        plan = self.client.welcome.get("audio")
-        if plan is not None and self.audio is None and self.client.you.get("site"):
+            self._channel = asyncio.create_task(self._read_channel(self.client.url.rstrip("/") + welcome.cue_channel))
+        if welcome.audio is not None and self.audio is None and self.site:
             self.audio = SiteAudio(
-                AudioSettings.model_validate(plan),
-                self.client.you["site"],
+                AudioSettings.model_validate(welcome.audio),
+                self.site,
                 self.jack_server,
                 self.scsynth.client_name if self.scsynth else "",
                 jack_env(self.jack_server),
@@ -172,7 +178,7 @@ class NodeAgent:
             self.cues_played += address != "/n_set"
             return
         # Aligned cues play early by the audio's way from this site to the one they are aligned at.
-        early = (cue.align or {}).get(self.client.you.get("site") or "", 0.0)
+        early = (cue.align or {}).get(self.site, 0.0)
         local = self.client.clock.to_local(cue.t) - early
         now = time.time()
         if local < now:  # it came too late: the score says what to do

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -260,19 +261,21 @@ class Gateway:
         )
 
     async def _watch_load(self) -> None:
-        """Measure how late the event loop runs; while it is too late, let audience clients go."""
-        loop = asyncio.get_running_loop()
+        """Measure how late the event loop runs; while it is too late, let audience clients go.
+
+        Timed with ``time.monotonic``: uvloop's ``loop.time()`` is whole milliseconds, read once a turn.
+        """
         lags: deque[float] = deque(maxlen=round(1 / LAG_EVERY))
         shed_at = 0.0
         while True:
-            start = loop.time()
+            start = time.monotonic()
             await asyncio.sleep(LAG_EVERY)
-            lags.append(loop.time() - start - LAG_EVERY)
+            lags.append(max(0.0, time.monotonic() - start - LAG_EVERY))
             self.lags.append(lags[-1])
             self.lag = sorted(lags)[int(0.9 * (len(lags) - 1))]
             self.overloaded = len(lags) == lags.maxlen and self.lag > self.concert.settings.overload_lag
-            if self.overloaded and loop.time() - shed_at >= 1.0:
-                shed_at = loop.time()
+            if self.overloaded and time.monotonic() - shed_at >= 1.0:
+                shed_at = time.monotonic()
                 await self._shed()
 
     async def _shed(self) -> None:
