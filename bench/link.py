@@ -11,10 +11,11 @@ share), where one JACK-Client recorder hears both.
 
 Printed: the spread between the two sites' onsets of the same beat, and each onset's error
 against the score's beat times in conductor time (p50, p99, max of |value|), all onsets and
-those with no xrun in the ``CALM`` seconds before them; the errors of each site's first onsets after a tempo change
-(120 to 150 bpm: an onset still at the old tempo would be a tenth of a beat off, 40 ms). The baseline,
-in the same run: each site's sclang starts a ``TempoClock`` at the score's tempo when a play
-message (a ``to: sclang`` sound, sent at once) arrives, as an ensemble would without Tutti.
+those with no xrun in the ``CALM`` seconds before them nor the ``BROKEN`` seconds after; the
+errors of each site's first onsets after a tempo change (120 to 150 bpm: an onset still at the
+old tempo would be a tenth of a beat off, 40 ms). The baseline, in the same run: each site's
+sclang starts a ``TempoClock`` at the score's tempo when a play message (a ``to: sclang`` sound,
+sent at once) arrives, as an ensemble would without Tutti.
 Needs root (network namespaces), jackd, scsynth and sclang.
 """
 
@@ -49,6 +50,7 @@ BPM = 120.0
 BEATS_PER_BAR = 4
 DELAYS = {"a": 0.002, "b": 0.040}  # one way, seconds
 CALM = 5.0  # seconds without an xrun before an onset counts as undisturbed
+BROKEN = 0.05  # ... nor one this soon after the onset (the recorder times a block by its neighbours')
 FACE = ROOT / "sc_synths" / "Tutti"
 SCORE = f"""title: Link
 duration: 3600
@@ -291,8 +293,8 @@ def measure(sites: Sites, start: float, end: float, beat: float) -> dict[str, An
     heard = [[t for t in sites.onsets(site) if start <= t < end] for site in sites.sites]
     xruns = list(sites.recorder.xruns)
 
-    def calm(t: float) -> bool:
-        return not any(0 <= t - x < CALM for x in xruns)
+    def calm(t: float) -> bool:  # the recorder's clock line also breaks just before an xrun
+        return not any(-BROKEN < t - x < CALM for x in xruns)
 
     errors = [t - nearest(targets, t) for times in heard for t in times]
     calm_errors = [t - nearest(targets, t) for times in heard for t in times if calm(t)]
