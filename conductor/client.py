@@ -80,6 +80,7 @@ class TuttiClient:
         self.you: dict[str, Any] = {}
         self.welcome: dict[str, Any] = {}  # the latest welcome, as received
         self.on_welcome: Callable[[], Awaitable[None]] | None = None  # after each (re)join
+        self.on_state: Callable[[], None] | None = None  # after each state or transport update
         self.errors: list[dict[str, Any]] = []
         self.sync_timeouts = 0  # exchanges that got no answer in time
         # The latest state changes received, each with its local receipt time (bounded: a client
@@ -93,6 +94,7 @@ class TuttiClient:
         )
         self.sio.on(protocol.WELCOME, self._welcome)
         self.sio.on(protocol.STATE, self._state)
+        self.sio.on(protocol.TRANSPORT, self._state)  # nodes get this instead
         self.sio.on(protocol.ERROR, self._error)
         self.sio.on("disconnect", self._disconnected)
         self.rejoin = rejoin
@@ -189,6 +191,8 @@ class TuttiClient:
             self.changes.append({**change, "received": received})
             if change["seq"] > self.transport.seq:  # the welcome's snapshot may hold it already
                 self.transport.apply(Change.from_json(change))
+        if self.on_state:
+            self.on_state()
 
     async def _error(self, data: dict[str, Any]) -> None:
         log.warning("conductor refused %s: %s", data.get("event"), data.get("message"))

@@ -13,11 +13,19 @@ function soundOf(client) {
   const h = client.health;
   if (!h) return [client.role === "node" ? "no report yet" : ""];
   if (!h.up) return [`scsynth DOWN (${h.restarts} restarts) ${h.last_error ?? ""}`, "stale"];
-  let text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues`;
+  let text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues${linkOf(h.link)}`;
   if (h.late || h.cues_late) text += ` · ${h.late + h.cues_late} late`;
   // scsynth's own refusals (a SynthDef it does not have, a node ID in use): the sound did not play.
   if (h.failures) text += ` · ${h.failures} refused by scsynth: ${h.last_error ?? ""}`;
-  return h.late || h.cues_late || h.failures ? [text, "stale"] : [text];
+  const off = h.link && (Math.abs(h.link.phase_error_ms) > 1 || h.link.late);
+  return h.late || h.cues_late || h.failures || off ? [text, "stale"] : [text];
+}
+
+// The node's Ableton Link session: its tempo, the other peers in it (sclang, apps) and its phase error.
+function linkOf(link) {
+  if (!link) return "";
+  const peers = `${link.peers} peer${link.peers === 1 ? "" : "s"}`;
+  return ` · Link ${link.tempo.toFixed(2)} bpm, ${peers}, phase ${link.phase_error_ms.toFixed(2)} ms`;
 }
 
 // Every JackTrip end the nodes run: a link that is not connected, or that drops audio, stands out.

@@ -13,7 +13,7 @@ import ssl
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from conductor.core.audio import AudioSettings, check_audio
 from conductor.core.deployment import Deployment
@@ -26,9 +26,22 @@ class _Strict(BaseModel):
 
 
 class OscRoute(_Strict):
+    """An address to a parameter (one number), or to two (an XY pad: two numbers, one change)."""
+
     address: Annotated[StrictStr, Field(pattern=r"^/\S+$")]
-    param: StrictStr
-    range: tuple[float, float] = (0.0, 1.0)  # what the controller sends for the parameter's min and max
+    param: StrictStr | None = None
+    params: tuple[StrictStr, StrictStr] | None = None
+    range: tuple[float, float] = (0.0, 1.0)  # what the controller sends for a parameter's min and max
+
+    @model_validator(mode="after")
+    def _one_or_two(self) -> OscRoute:
+        if (self.param is None) == (self.params is None):
+            raise ValueError("give param (one parameter) or params (two, for an XY pad)")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.param,) if self.param is not None else self.params or ()
 
 
 class OscSettings(_Strict):
@@ -36,6 +49,14 @@ class OscSettings(_Strict):
     tcp_port: Annotated[int, Field(ge=0, le=65535)] | None = 9001
     allow: list[StrictStr] = ["127.0.0.1/32", "::1/128"]  # networks controllers may send from
     routes: list[OscRoute] = []
+
+
+class LinkSettings(_Strict):
+    """The Ableton Link session each node drives at its site."""
+
+    # Whether a tempo another Link peer sets (a performer's LinkClock.tempo_, a DJ app) becomes the
+    # concert's tempo at every site; by default the conductor's tempo wins and the peer is put back.
+    peers_set_tempo: bool = False
 
 
 class Tokens(_Strict):
@@ -70,6 +91,7 @@ class ConcertFile(_Strict):
     unread_limit: Annotated[int, Field(ge=4096)] = 1 << 20
     osc: OscSettings | None = None  # OSC controllers: ports, allow-list, routes
     audio: AudioSettings | None = None  # JackTrip links between the sites
+    link: LinkSettings = LinkSettings()
     tls: TlsSettings | None = None
     deployment: Deployment | None = None  # which machines run what (tutti deploy)
 
@@ -169,8 +191,10 @@ def load_concert(path: Path | str, resolve_tokens: bool = True) -> Concert:
         raise InvalidFile(problems)
     score = load_score(score_path)
     for i, route in enumerate(settings.osc.routes if settings.osc else []):
-        if score.score.parameter(route.param) is None:
-            problems.append(doc.problem(("osc", "routes", i, "param"), f"no parameter '{route.param}' in the score"))
+        for name in route.names:
+            if score.score.parameter(name) is None:
+                where = ("osc", "routes", i, "param" if route.param else "params")
+                problems.append(doc.problem(where, f"no parameter '{name}' in the score"))
         if route.range[0] == route.range[1]:
             problems.append(doc.problem(("osc", "routes", i, "range"), "the two ends of a range must differ"))
     if part_tokens:

@@ -38,6 +38,7 @@ PROBLEM = "problem"  # payload: PageProblem, from a page (a sketch that failed);
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: Welcome
 STATE = "state"  # to every joined client but nodes, once changes are on disk: StateUpdate
+TRANSPORT = "transport"  # to nodes, as changes are accepted (their Link peer and sclang follow it): StateUpdate
 CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
 ERROR = "error"  # to one client: ErrorMessage
@@ -92,6 +93,8 @@ def finite(value: Any, depth: int = 0) -> bool:
         return all(finite(v, depth + 1) for v in value.values())
     if isinstance(value, list | tuple):
         return all(finite(v, depth + 1) for v in value)
+    if isinstance(value, BaseModel):  # a part already built, such as a node's LinkHealth
+        return finite(value.model_dump(), depth)
     return False
 
 
@@ -229,6 +232,18 @@ class LinkReport(Message):
     version: Annotated[StrictStr, Field(max_length=64)] = ""
 
 
+class LinkHealth(Message):
+    """A node's Ableton Link session (see ``conductor/node/link.py``)."""
+
+    peers: Count  # other peers in it: sclang, apps
+    tempo: Annotated[Num, Field(ge=0, le=1000)]
+    playing: StrictBool
+    phase_error_ms: Annotated[Num, Field(ge=-1e6, le=1e6)]  # the session's beat against the conductor's
+    put_back: Count  # another peer's tempo or phase, put back
+    proposed: Count  # tempos proposed to the conductor
+    late: Count  # changes too late to be committed the lead ahead
+
+
 class Health(Message):
     """A node agent's report, every second: its scsynth, the cues it played, its clock, its links."""
 
@@ -252,6 +267,7 @@ class Health(Message):
     samples: Count = 0  # clock exchanges so far
     error: Annotated[Num, Field(ge=0, le=60)] = 60.0  # the bound on that offset's error (s)
     links: Annotated[list[LinkReport], Field(max_length=16)] = []
+    link: LinkHealth | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -354,6 +370,7 @@ class Welcome(Outbound):
     groups: dict[str, int] | None = None  # nodes: the scsynth group of each part they sound
     audio: dict[str, Any] | None = None  # nodes that run a JackTrip end: the concert's audio section
     cue_channel: str | None = None  # nodes: the path (with a one-time ticket) of a WebSocket for their cues
+    link: dict[str, Any] | None = None  # nodes: the concert's link section
 
 
 class ConsoleFeed(Outbound):

@@ -3,7 +3,9 @@
 It joins the conductor as role ``node``, keeps its clock in step like every client, supervises a
 scsynth (and, when no audio device is configured, a JACK server with the dummy driver), and turns
 each ``cue`` (a conductor time and an OSC message) into an OSC bundle timetagged in this machine's
-clock, which scsynth plays sample-accurately. It reports its health every second.
+clock, which scsynth plays sample-accurately. It follows the transport (``transport`` events)
+and drives its network's Ableton Link session and its sclang from it (``link.py``, ``face.py``).
+It reports its health every second.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import pydantic
 
 from conductor.client import TuttiClient
 from conductor.core import protocol
+from conductor.core.transport import Transport
+from conductor.node.face import SclangFace
 from conductor.node.jacktrip import AudioSettings, SiteAudio
+from conductor.node.link import LinkPeer
 from conductor.node.scsynth import Health, Scsynth, _end, encoded, jack_env, osc_bundle, start_jack
 
 log = logging.getLogger("tutti.node")
@@ -48,6 +53,8 @@ class NodeAgent:
         sclang_port: int = SCLANG_PORT,
         ca: str | None = None,
         jacktrip: str = "jacktrip",
+        link: bool = True,
+        link_lead: float = 0.2,
     ):
         self.scsynth = scsynth
         self.jacktrip = jacktrip
@@ -72,8 +79,29 @@ class NodeAgent:
         self._http: aiohttp.ClientSession | None = None
         self._ssl = ssl.create_default_context(cafile=ca) if ca else None
         self._channel: asyncio.Task[None] | None = None
+        # This machine's Link session and its sclang follow the transport (not on a hub).
+        self.link = LinkPeer(self._transport, self.client.now, self._propose, link_lead) if link and scsynth else None
+        self.face = SclangFace(self.link, sclang_port) if self.link else None
+        self.client.on_state = self._followed
+
+    def _transport(self) -> Transport | None:
+        return self.client.transport
+
+    def _followed(self) -> None:
+        if self.link and self.face:
+            self.link.changed()
+            self.face.changed()
+
+    async def _propose(self, bpm: float) -> bool:
+        """A Link peer's tempo, to the conductor, if the concert lets peers set it."""
+        if not (self.client.welcome.get("link") or {}).get("peers_set_tempo"):
+            return False
+        with contextlib.suppress(Exception):
+            return bool((await self.client.command("tempo", bpm=round(bpm, 3))).get("ok"))
+        return False
 
     async def _welcome(self) -> None:
+        self._followed()
         try:
             welcome = protocol.Welcome.model_validate(self.client.welcome)
         except pydantic.ValidationError as e:  # a conductor of another version: say what does not fit
@@ -186,6 +214,9 @@ class NodeAgent:
         if self.scsynth:
             await self.scsynth.start()
         await self.client.connect()
+        if self.link and self.face:
+            self.link.start()
+            self.face.start()
         while True:
             await asyncio.sleep(1.0)
             if self.client.sio.connected:
@@ -209,9 +240,13 @@ class NodeAgent:
             links=[state.report() for state in self.audio.states]  # type: ignore[misc]
             if self.audio
             else [],
+            link=protocol.LinkHealth.model_validate(self.link.report()) if self.link else None,
         )  # fmt: skip
 
     async def close(self) -> None:
+        if self.link and self.face:
+            await self.face.close()
+            await self.link.close()
         await self._close_channel()
         if self._http:
             await self._http.close()

@@ -64,13 +64,18 @@ class _Stream:
 
 
 class StateBroadcast:
-    def __init__(self, out: Out):
+    """The ``state`` events to the pages; with ``event`` TRANSPORT and the nodes' room, the same for nodes."""
+
+    def __init__(
+        self,
+        out: Out,
+        streams: tuple[tuple[str, float], ...] = ((FOLLOWERS, FRAME), (AUDIENCE_FOLLOWERS, AUDIENCE_FRAME)),
+        event: str = protocol.STATE,
+    ):
         self.out = out
+        self.event = event
         self._outbox: asyncio.Queue[tuple[str, protocol.StateUpdate]] = asyncio.Queue()
-        self._streams = [
-            _Stream(FOLLOWERS, FRAME, self._outbox),
-            _Stream(AUDIENCE_FOLLOWERS, AUDIENCE_FRAME, self._outbox),
-        ]
+        self._streams = [_Stream(room, frame, self._outbox) for room, frame in streams]
         self._sender: asyncio.Task[None] | None = None  # one at a time: messages leave in order
         self.sent = 0  # state messages sent
 
@@ -98,7 +103,7 @@ class StateBroadcast:
         while True:
             room, update = await self._outbox.get()
             self.sent += 1
-            await self.out.emit(protocol.STATE, update.model_dump(exclude_none=True), room=room)
+            await self.out.emit(self.event, update.model_dump(exclude_none=True), room=room)
 
     async def stop(self) -> None:
         for stream in self._streams:

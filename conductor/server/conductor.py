@@ -26,15 +26,16 @@ from conductor.core import journal, protocol
 from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
 from conductor.core.performance import Performance
-from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Report
+from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Report, SetTempo
 from conductor.core.scheduler import Lookahead
 from conductor.core.transport import Transport
-from conductor.server.broadcast import StateBroadcast
+from conductor.server.broadcast import FRAME, StateBroadcast
 from conductor.server.console import ConsoleFeed, Refusals
 from conductor.server.cues import CHANNEL, NodeCues
 from conductor.server.gateway import Gateway, Out, Source
-from conductor.server.joins import BARRED_DELAY, JOIN_COOLDOWN, Client, Roster, summary
+from conductor.server.joins import BARRED_DELAY, JOIN_COOLDOWN, NODES, Client, Roster, summary
 from conductor.server.osc import OscIngress
+from conductor.server.osctime import SenderClocks
 from conductor.server.pipeline import Pipeline
 
 log = logging.getLogger("tutti.conductor")
@@ -84,8 +85,11 @@ class Conductor:
 
         self.nodes = NodeCues(self.core, self.roster, out, self.lookahead, self.clock.now)
         self.broadcast = StateBroadcast(out)
+        # Nodes follow the transport (for their Link session and sclang) as soon as a change is
+        # accepted, like their cues: a tempo change must reach them within the lookahead.
+        self.node_state = StateBroadcast(out, ((NODES, FRAME),), protocol.TRANSPORT)
         self.pipeline = Pipeline(self.core, self.journal, self.nodes.timing)
-        self.pipeline.on_accepted.append(self.nodes.accepted)
+        self.pipeline.on_accepted += [self.nodes.accepted, self.node_state.durable]
         self.pipeline.on_durable.append(self.broadcast.durable)
         self.pipeline.on_reverted += [self.nodes.reverted, self._reverted]
         self.console = ConsoleFeed(
@@ -95,7 +99,8 @@ class Conductor:
         self.osc: OscIngress | None = None
         if concert.settings.osc is not None:
             ranges = {p.id: (p.min, p.max) for p in self.score.score.parameters}
-            self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count)
+            clocks = SenderClocks(self._node_clocks, lambda: self.clock.now() - time.time())
+            self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count, clocks)
             self.pipeline.on_accepted.append(self.osc.echo)
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
             protocol.SYNC: self._sync,
@@ -116,8 +121,18 @@ class Conductor:
     def clients(self) -> dict[str, Client]:
         return self.roster.clients
 
+    def _node_clocks(self) -> list[tuple[str, float]]:
+        """Each node's address and clock offset (conductor minus its wall clock), as it last reported."""
+        return [
+            (c.address, c.health["offset"])
+            for c in self.clients.values()
+            if c.role == "node" and c.health and protocol.is_number(c.health.get("offset"))
+        ]
+
     def _reverted(self) -> None:
-        self.broadcast.reverted(protocol.Snapshot.model_validate(self.transport.snapshot(self.clock.now())))
+        snapshot = protocol.Snapshot.model_validate(self.transport.snapshot(self.clock.now()))
+        self.broadcast.reverted(snapshot)
+        self.node_state.reverted(snapshot)
 
     def _journal_availability(self, reason: str | None) -> None:
         if reason:
@@ -193,6 +208,7 @@ class Conductor:
             raise r from None
         now = self.clock.now()
         client, rooms = roster.admit(sid, joined, now, source.worker)
+        client.address = source.address
         welcome = protocol.Welcome(
             you=client.info(),
             score=self.score.to_json(),
@@ -203,6 +219,7 @@ class Conductor:
             cue_channel=f"{CHANNEL}?ticket={self.nodes.ticket(sid)}"
             if client.role == "node" and self.cue_channel
             else None,
+            link=self.concert.settings.link.model_dump() if client.role == "node" else None,
         )
         # Rooms first, the welcome last: a change broadcast after the welcome's snapshot reaches
         # this client after its welcome, even through Redis (one channel, in order).
@@ -239,7 +256,10 @@ class Conductor:
     async def _command(self, client: Client, payload: Any) -> dict[str, Any]:
         _check_size(payload)
         command = protocol.command_adapter.validate_python(payload)
-        if client.role != "conductor":
+        # A node proposes the tempo a Link peer at its site set, if the concert lets peers set it.
+        peers_set_tempo = self.concert.settings.link.peers_set_tempo
+        proposed = isinstance(command, SetTempo) and client.role == "node" and peers_set_tempo
+        if client.role != "conductor" and not proposed:
             raise Rejected("forbidden", f"only the conductor may send commands (you are {client.role})")
         change = await self.pipeline.apply(command, {"role": client.role, "name": client.name})
         return {"ok": True, "seq": change.seq, "t": change.t}
@@ -314,6 +334,7 @@ class Conductor:
         if self.osc:
             self.osc.close()
         await self.broadcast.stop()
+        await self.node_state.stop()
         await self.journal.close()
 
 

@@ -24,6 +24,7 @@ JOINED = "joined"  # every welcomed client
 FOLLOWERS = "state"  # every welcomed client but nodes and the audience: state changes go to it
 TIMED = ("node", "performer")  # the roles whose delay sets the lookahead
 AUDIENCE_FOLLOWERS = "state:audience"  # the audience, sent parameter changes less often
+NODES = "role:node"  # every node: sent changes as they are accepted (``transport`` events)
 JOIN_FAILURES = 10  # wrong tokens for a role from one address ...
 ROLE_FAILURES = 30  # ... or for a role from anywhere ...
 JOIN_COOLDOWN = 30.0  # ... within this many seconds slow that role's joins until they are that old
@@ -36,6 +37,7 @@ class Client(ClientInfo):
 
     model_config = ConfigDict(frozen=False)
     synth: bool = Field(True, exclude=True)  # nodes: false for one that runs only audio links (a hub)
+    address: str = Field("", exclude=True)  # where it connected from (a node's OSC bundles are timed by its clock)
     rooms: list[str] = Field([], exclude=True)
 
     def info(self) -> ClientInfo:
@@ -153,7 +155,7 @@ class Roster:
             sid=sid, role=joined.role, name=name, part=joined.part, site=site, joined=now, last_seen=now,
             worker=worker, synth=joined.synth,
         )  # fmt: skip
-        rooms = [f"role:{client.role}", JOINED]
+        rooms = [f"role:{client.role}", JOINED]  # role:node is NODES
         if client.role == "node":  # the rooms cues are sent to: all nodes, a site, a part, one node
             client.parts = self._node_parts(joined, site)
             # Cues for ``node:NAME`` reach it under the name it asked for, even while a stale

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import socket
 import struct
 import time
@@ -34,7 +35,8 @@ from pythonosc.osc_packet import OscPacket
 
 from conductor.core.concert import OscRoute, OscSettings
 from conductor.core.performance import Accepted
-from conductor.core.protocol import Rejected, SetParam
+from conductor.core.protocol import Rejected, SetParam, SetParams
+from conductor.server.osctime import SenderClocks, timetag, when
 
 log = logging.getLogger("tutti.osc")
 MAX_PACKET = 8192  # bytes: a controller's message is tiny; larger is refused
@@ -52,7 +54,7 @@ ALLOWED_CACHE = 4096  # source addresses whose allow-list answer is remembered
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("@ll")
 
-Submit = Callable[[SetParam, dict[str, Any], int], "asyncio.Future[Any]"]
+Submit = Callable[[SetParam | SetParams, dict[str, Any], int], "asyncio.Future[Any]"]
 
 
 def _padded(length: int) -> int:
@@ -101,8 +103,9 @@ def message(address: str, *args: Any) -> bytes:
 @dataclass
 class _Value:
     route: OscRoute
-    value: float
+    values: tuple[float, ...]  # one per parameter of the route (an XY pad's two)
     source: tuple[str, int]
+    at: float | None = None  # conductor time from the bundle's timetag; None: as soon as it can
 
 
 class OscIngress:
@@ -115,11 +118,14 @@ class OscIngress:
         params: dict[str, tuple[float, float]],
         submit: Submit,
         reject: Callable[[str, str], None],
+        clocks: SenderClocks | None = None,
     ):
         self.settings = settings
         self.params = params  # name -> (min, max)
         self.routes = {r.address: r for r in settings.routes}
-        self.by_param = {r.param: r for r in settings.routes}
+        self.by_param = {name: r for r in settings.routes for name in r.names}
+        self.clocks = clocks or SenderClocks(list, lambda: 0.0)  # how timetags become conductor time
+        self._known: dict[str, float] = {}  # routed parameter -> its latest value, for an XY pad's echo
         self.allow = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
         self._submit, self._reject = submit, reject
         self.udp_peers: dict[tuple[str, int], float] = {}  # controller -> when it last moved a parameter
@@ -128,7 +134,7 @@ class OscIngress:
         self._allowed_cache: dict[str, bool] = {}
         self._udp: socket.socket | None = None
         self._tcp: asyncio.Server | None = None
-        self._echoes: dict[str, float] = {}  # parameter -> value to echo at the next frame
+        self._echoes: set[str] = set()  # routes (addresses) to echo at the next frame
         self._echo_timer: asyncio.TimerHandle | None = None
         self.udp_port = self.tcp_port = 0
         self._buffer = bytearray(MAX_PACKET + 1)  # one datagram at a time, read in place
@@ -204,40 +210,53 @@ class OscIngress:
         if not all(well_formed(m.dgram) for m in messages):
             self._reject("osc_malformed", f"an OSC message from {source[0]} is cut short or padded wrongly")
             return
+        tag = timetag(data)
         for msg in messages:
             route = self.routes.get(msg.address)
             if route is None:
                 self._reject("osc_unknown_address", f"no route for {msg.address[:64]}")
                 continue
-            args = list(msg.params)
-            if len(args) != 1 or isinstance(args[0], bool) or not isinstance(args[0], int | float):
-                self._reject("osc_bad_args", f"{msg.address} takes one number")
+            args, wanted = list(msg.params), len(route.names)
+            kind = "one number" if wanted == 1 else f"{wanted} numbers"
+            if len(args) != wanted or any(isinstance(a, bool) or not isinstance(a, int | float) for a in args):
+                self._reject("osc_bad_args", f"{msg.address} takes {kind}")
                 continue
-            if args[0] != args[0] or args[0] in (float("inf"), float("-inf")):
-                self._reject("osc_bad_args", f"{msg.address} takes a finite number")
+            if not all(math.isfinite(a) for a in args):
+                self._reject("osc_bad_args", f"{msg.address} takes finite numbers")
                 continue
-            values.append(_Value(route, float(args[0]), source))
+            at = None
+            if tag is not None:
+                try:
+                    asked = self.clocks.conductor_time(source[0], tag)
+                    at = when(asked, time.time() + self.clocks.own())
+                except ValueError as e:
+                    self._reject("osc_bad_time", f"{msg.address} from {source[0]}: {e}")
+                    continue
+            values.append(_Value(route, tuple(float(a) for a in args), source, at))
 
     def _apply(self, values: list[_Value], coalesce: bool) -> None:
         passed_over: dict[str, int] = {}
         if coalesce and len(values) > 1:  # behind: each parameter's latest value only
             latest: dict[str, _Value] = {}
             for v in values:
-                if v.route.param in latest:
-                    passed_over[v.route.param] = passed_over.get(v.route.param, 0) + 1
-                latest[v.route.param] = v
+                if v.route.address in latest:
+                    passed_over[v.route.address] = passed_over.get(v.route.address, 0) + 1
+                latest[v.route.address] = v
             values = sorted(latest.values(), key=values.index)
             self.coalesced += sum(passed_over.values())
         now = time.monotonic()
         for v in values:
-            low, high = v.route.range
-            lo, hi = self.params[v.route.param]
-            fraction = min(1.0, max(0.0, (v.value - low) / (high - low)))
+            pairs = zip(v.route.names, v.values, strict=True)
+            scaled = {name: self._scaled(name, v.route, value) for name, value in pairs}
             # finite and in range by construction: not validated again
-            command = SetParam.model_construct(cmd="param", name=v.route.param, value=lo + fraction * (hi - lo))
+            command: SetParam | SetParams = (
+                SetParam.model_construct(cmd="param", name=v.route.names[0], value=scaled[v.route.names[0]], at=v.at)
+                if v.route.param is not None
+                else SetParams.model_construct(cmd="params", values=scaled, at=v.at)
+            )
             try:
                 done = self._submit(command, {"role": "osc", "name": f"{v.source[0]}:{v.source[1]}"},
-                                    passed_over.get(v.route.param, 0))  # fmt: skip
+                                    passed_over.get(v.route.address, 0))  # fmt: skip
             except Rejected as r:
                 self._reject(r.code, f"{v.route.address}: {r.message}")
                 continue
@@ -250,6 +269,12 @@ class OscIngress:
                 self._forget_peers(now)
             if v.source in self.udp_peers or len(self.udp_peers) < ECHO_PEERS:
                 self.udp_peers[v.source] = now
+
+    def _scaled(self, name: str, route: OscRoute, value: float) -> float:
+        """A controller's value (in the route's range) as the parameter's."""
+        low, high = route.range
+        lo, hi = self.params[name]
+        return lo + min(1.0, max(0.0, (value - low) / (high - low))) * (hi - lo)
 
     def _forget_peers(self, now: float) -> None:
         for peer, seen in list(self.udp_peers.items()):
@@ -327,20 +352,24 @@ class OscIngress:
         """An output of the pipeline: tell the controllers the new values, once per frame."""
         for name, value in accepted.change.params.items():
             if name in self.by_param:
-                self._echoes[name] = value
+                self._known[name] = value
+                self._echoes.add(self.by_param[name].address)
                 if self._echo_timer is None:
                     self._echo_timer = asyncio.get_running_loop().call_later(FRAME, self._send_echoes)
 
     def _send_echoes(self) -> None:
         self._echo_timer = None
-        echoes, self._echoes = self._echoes, {}
+        echoes, self._echoes = self._echoes, set()
         now = time.monotonic()
         self._forget_peers(now)
-        for name, value in echoes.items():
-            route = self.by_param[name]
-            lo, hi = self.params[name]
+        for address in echoes:
+            route = self.routes[address]
             low, high = route.range
-            packet = message(route.address, low + (value - lo) / (hi - lo) * (high - low))
+            sent = []
+            for name in route.names:  # an XY pad is echoed both its values
+                lo, hi = self.params[name]
+                sent.append(low + (self._known.get(name, lo) - lo) / (hi - lo) * (high - low))
+            packet = message(route.address, *sent)
             if self._udp:
                 for peer in self.udp_peers:
                     with contextlib.suppress(OSError):

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -272,6 +273,17 @@ def _score_positions(header: dict[str, object]) -> Callable[[Change], str]:
     return position
 
 
+def lead(text: str) -> float:
+    """``--link-lead``: seconds, from 0 to 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 2:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text}: give seconds from 0 to 2 (sclang's latency, 0.2 by default)")
+    return value
+
+
 async def run_node(args: argparse.Namespace) -> int:
     from conductor.node.agent import NodeAgent
     from conductor.node.scsynth import Scsynth
@@ -281,7 +293,7 @@ async def run_node(args: argparse.Namespace) -> int:
     agent = NodeAgent(
         args.url, token, args.site, args.name, args.part, scsynth,
         jack_server=args.jack_server, start_jack=not args.no_jack, sclang_port=args.sclang_port, ca=args.ca,
-        jacktrip=args.jacktrip,
+        jacktrip=args.jacktrip, link=args.link, link_lead=args.link_lead,
     )  # fmt: skip
     stop = stop_signal()
     task = asyncio.create_task(agent.run())
@@ -427,6 +439,14 @@ def command_line() -> argparse.ArgumentParser:
     p.add_argument("--no-jack", action="store_true", help="use a JACK server already running (a real sound card)")
     p.add_argument("--no-synth", action="store_true", help="no scsynth: only this site's audio links (a hub server)")
     p.add_argument("--jacktrip", default="jacktrip", help="the jacktrip program, 1.7 or 2.x (default: jacktrip)")
+    p.add_argument(
+        "--link", action=argparse.BooleanOptionalAction, default=True,
+        help="join this network's Ableton Link session and drive it from the conductor (default: on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--link-lead", type=lead, default=0.2, metavar="SECONDS",
+        help="commit tempo and phase changes to Link this early: sclang's latency (default 0.2)",
+    )  # fmt: skip
     p.add_argument("--ca", help=CA_HELP)
 
     p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")

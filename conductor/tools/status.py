@@ -58,7 +58,7 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
                 who.add_row(Text("nobody", style="bold red"), "performer", part.id, part.site or "–", "")
 
     nodes = Table(title="Nodes", title_justify="left")
-    for column in ("name", "site", "scsynth", "cpu %", "synths", "cues", "late", "clock ± ms"):
+    for column in ("name", "site", "scsynth", "cpu %", "synths", "cues", "late", "clock ± ms", "link"):
         nodes.add_column(column)
     links = Table(title="Audio links", title_justify="left")
     for column in ("site", "end", "state", "round trip ms", "underruns", "lost", "restarts", "last error"):
@@ -72,7 +72,7 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
         nodes.add_row(
             c["name"], c.get("site") or "–", scsynth, f"{h.get('cpu_avg', 0):.1f}", str(h.get("synths", 0)),
             str(h.get("cues", 0)), Text(str(late_cues), style="red" if late_cues else ""),
-            f"{(c.get('error') or 0) * 1000:.2f}",
+            f"{(c.get('error') or 0) * 1000:.2f}", link_of(h.get("link")),
         )  # fmt: skip
         for link in h.get("links", []):
             end = "hub" if link["role"] == "hub" else f"{link['role']} of {link.get('peer', '')}"
@@ -84,6 +84,14 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
             )  # fmt: skip
     refused = ", ".join(f"{k}: {v}" for k, v in feed.get("rejections", {}).items()) or "none"
     return Group(title, who, nodes, *([links] if links.row_count else []), Text(f"Refused: {refused}"))
+
+
+def link_of(link: dict[str, Any] | None) -> Text:
+    """A node's Link session: tempo, other peers, phase error (red past a millisecond)."""
+    if not link:
+        return Text("off")
+    text = f"{link['tempo']:.2f} bpm, {link['peers']} peers, {link['phase_error_ms']:+.2f} ms"
+    return Text(text, style="red" if abs(link["phase_error_ms"]) > 1 or link.get("late") else "")
 
 
 async def run(url: str, token: str, once: bool, output: str | None, ca: str | None = None) -> int:
