@@ -101,14 +101,14 @@ async def main(out: Path) -> list[Path]:
                 await wait_phase(pages, "ended")
                 written += await shoot(pages, out, "ended")
 
-                link = f"{conductor.url}/perform?part=drones&token={TOKENS['performer']}"
                 refused = {"unknown-part": f"{conductor.url}/perform?part=nope&token={TOKENS['performer']}"}
-                refused["rate-limited"] = link  # after ten wrong tokens from this address, below
+                # after ten wrong performer tokens from this address, below (a right token still gets in)
+                refused["rate-limited"] = f"{conductor.url}/perform?part=drones&token=guess"
                 for what, url in refused.items():
                     if what == "rate-limited":
                         for _ in range(10):
                             with contextlib.suppress(ConnectionError):
-                                await TuttiClient(conductor.url, "conductor", "guess").connect()
+                                await TuttiClient(conductor.url, "performer", "guess", part="drones").connect()
                     page = await open_view(browser, url, VIEWPORTS["ipad-portrait"], ready="")
                     await page.wait_for_selector("#notice", timeout=10_000)
                     path = out / f"perform-refused-{what}-ipad-portrait.png"
