@@ -205,6 +205,7 @@ async def test_console_before_the_downbeat(browser: Browser, tmp_path: Path) -> 
         # Space plays and pauses; the scrub bar seeks where it is clicked.
         await console.locator("body").press(" ")
         await until(lambda: conductor.status()["state"]["segments"][-1]["playing"], "play from the space bar")
+        await console.wait_for_function("window.tutti.goingToPlay()")  # the page has the play too
         await console.locator("body").press(" ")
         await until(lambda: not conductor.status()["state"]["segments"][-1]["playing"], "pause from the space bar")
         scrub = await box(console, "#scrub")
