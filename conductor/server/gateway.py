@@ -348,14 +348,18 @@ class Gateway:
     async def _watch_load(self) -> None:
         """Measure how late the event loop runs; while it is too late, let audience clients go.
 
-        Timed with ``time.monotonic``: uvloop's ``loop.time()`` is whole milliseconds, read once a turn.
+        A timer set ``LAG_EVERY`` from now fires when the loop gets to it: how much later than its
+        time is how late everything else runs. Its time is taken from ``loop.time()`` (uvloop's
+        is read once a turn, in whole milliseconds, so up to a millisecond early), and when it
+        fired from ``time.monotonic``, the same clock to the nanosecond.
         """
+        loop = asyncio.get_running_loop()
         lags: deque[float] = deque(maxlen=round(1 / LAG_EVERY))
         shed_at = 0.0
         while True:
-            start = time.monotonic()
+            due = loop.time() + LAG_EVERY
             await asyncio.sleep(LAG_EVERY)
-            lags.append(max(0.0, time.monotonic() - start - LAG_EVERY))
+            lags.append(max(0.0, time.monotonic() - due))
             self.lags.append(lags[-1])
             self.lag = sorted(lags)[int(0.9 * (len(lags) - 1))]
             self.overloaded = len(lags) == lags.maxlen and self.lag > self.concert.settings.overload_lag
