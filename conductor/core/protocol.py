@@ -242,6 +242,7 @@ class LinkHealth(Message):
     put_back: Count  # another peer's tempo or phase, put back
     proposed: Count  # tempos proposed to the conductor
     late: Count  # changes too late to be committed the lead ahead
+    lead: Annotated[Num, Field(ge=0, le=2)] = 0.0  # seconds before it sounds a change is committed to Link
 
 
 class Health(Message):

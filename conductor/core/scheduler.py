@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from conductor.core.score import Cue, Score
@@ -72,7 +72,8 @@ class Lookahead:
     A destination past the ceiling is not followed: it would hold every change back for
     everyone. Nor is a performer far slower than the rest (an outlier): a page on bad Wi-Fi
     draws late on its own. A node that is slow is followed up to the ceiling: every site must
-    sound together. Those not followed are named in ``ignored``.
+    sound together. Those not followed are named in ``ignored``. A node that drives an Ableton
+    Link session needs its Link ``lead`` more (it commits each change that much before it sounds).
     """
 
     floor: float
@@ -89,19 +90,26 @@ class Lookahead:
     def to_json(self) -> dict[str, float | str | list[str]]:
         return {"value": self.value, "worst": self.worst, "boost": self.boost, "ignored": list(self.ignored)}
 
-    def update(self, delays: dict[str, float], elapsed: float, nodes: Set[str] = frozenset()) -> float:
-        """Follow ``delays`` (destination -> its delay, s); ``nodes`` are the destinations that sound."""
+    def update(
+        self,
+        delays: dict[str, float],
+        elapsed: float,
+        nodes: Set[str] = frozenset(),
+        leads: Mapping[str, float] | None = None,
+    ) -> float:
+        """Follow ``delays`` (destination -> its delay, s); ``nodes`` are the destinations that sound,
+        ``leads`` the seconds ahead that some of them need a change besides (their Link lead)."""
         self.boost *= 0.5 ** (elapsed / BOOST_HALF_LIFE)
-        followed = self._followed(delays, nodes)
+        needs = {k: d * MARGIN + ALLOWANCE + (leads or {}).get(k, 0.0) for k, d in delays.items() if math.isfinite(d)}
+        followed = self._followed(delays, needs, nodes)
         self.ignored = tuple(sorted(set(delays) - set(followed)))
-        worst, delay = max(followed.items(), key=lambda kv: kv[1], default=("", 0.0))
-        needed = delay * MARGIN + ALLOWANCE
+        worst, needed = max(((k, needs[k]) for k in followed), key=lambda kv: kv[1], default=("", 0.0))
         self.worst = worst if needed > self.floor else ""  # who sets it, unless the floor does
         self.value = min(self.ceiling, max(self.floor, needed) + self.boost)
         return self.value
 
-    def _followed(self, delays: dict[str, float], nodes: Set[str]) -> dict[str, float]:
-        fits = {k: d for k, d in delays.items() if math.isfinite(d) and d * MARGIN + ALLOWANCE <= self.ceiling}
+    def _followed(self, delays: dict[str, float], needs: dict[str, float], nodes: Set[str]) -> dict[str, float]:
+        fits = {k: delays[k] for k, need in needs.items() if need <= self.ceiling}
         if len(fits) < 3:
             return fits
         median = statistics.median(fits.values())

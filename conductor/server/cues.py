@@ -189,7 +189,8 @@ class NodeCues:
             await asyncio.sleep(CUE_TICK)
             try:
                 if time.monotonic() - updated > LOOKAHEAD_EVERY:
-                    self.lookahead.update(self.roster.delays(), time.monotonic() - updated, self.roster.node_names())
+                    roster, elapsed = self.roster, time.monotonic() - updated
+                    self.lookahead.update(roster.delays(), elapsed, roster.node_names(), roster.link_leads())
                     updated = time.monotonic()
                     self.align = {site: self._alignment(site) for site in aligned}
                     early = max((max(o.values(), default=0.0) for o in self.align.values()), default=0.0)
