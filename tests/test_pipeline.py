@@ -55,6 +55,13 @@ def test_a_parameter_change_comes_with_its_cues_for_each_part_a_lookahead_ahead(
     assert core.transport.params["density"].at(T0 + 1) == 1.0
 
 
+def test_the_transport_waits_for_link_sessions_and_parameter_values_do_not(core: Performance) -> None:
+    link = Timing(T0, 0.05, transport=0.25)  # a node commits transport changes to Link 0.2 s ahead
+    assert core.accept(command_adapter.validate_python({"cmd": "play"}), link).change.t == pytest.approx(T0 + 0.25)
+    value = core.accept(SetParam(cmd="param", name="density", value=1.0), link)
+    assert value.change.t == pytest.approx(T0 + 0.05)
+
+
 def test_a_change_never_overtakes_cues_already_sent(core: Performance) -> None:
     accepted = core.accept(command_adapter.validate_python({"cmd": "play"}), Timing(T0, 0.0, sent_until=T0 + 5))
     assert accepted.change.t == T0 + 5

@@ -214,15 +214,16 @@ def test_a_slow_node_is_followed_up_to_the_ceiling_and_a_slow_performer_page_is_
     assert lookahead.ignored == ("nc",)
 
 
-def test_a_node_driving_ableton_link_gets_its_link_lead_on_top_of_its_delay() -> None:
+def test_a_node_driving_ableton_link_gets_its_link_lead_for_changes_of_the_transport() -> None:
     lookahead = Lookahead(floor=0.05, ceiling=0.3)
     delays = {"near": 0.002, "far": 0.040}
-    # the near node commits to Link 0.2 s ahead: it, not the farther one, sets the lookahead
-    assert lookahead.update(delays, 0.0, {"near", "far"}, {"near": 0.2}) == pytest.approx(0.002 * 1.25 + 0.01 + 0.2)
-    assert lookahead.worst == "near"
-    # a lead the ceiling cannot give is not followed (the node counts its changes late and says so)
-    assert lookahead.update(delays, 0.0, {"near", "far"}, {"near": 0.5}) == pytest.approx(0.04 * 1.25 + 0.01)
-    assert lookahead.ignored == ("near",)
+    # parameter values do not wait for Link: the far node's delay sets their lookahead
+    assert lookahead.update(delays, 0.0, {"near", "far"}, {"near": 0.2}) == pytest.approx(0.04 * 1.25 + 0.01)
+    # the transport reaches the near node's Link session 0.2 s before it sounds
+    assert lookahead.transport == pytest.approx(0.002 * 1.25 + 0.01 + 0.2)
+    # a lead past the ceiling gets the ceiling (the node counts its changes late and says so)
+    lookahead.update(delays, 0.0, {"near", "far"}, {"near": 0.5})
+    assert lookahead.transport == 0.3 and lookahead.value == pytest.approx(0.04 * 1.25 + 0.01)
 
 
 def test_audio_delays_to_a_site_through_the_hub_and_through_a_pair() -> None:

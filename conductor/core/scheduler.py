@@ -72,23 +72,34 @@ class Lookahead:
     A destination past the ceiling is not followed: it would hold every change back for
     everyone. Nor is a performer far slower than the rest (an outlier): a page on bad Wi-Fi
     draws late on its own. A node that is slow is followed up to the ceiling: every site must
-    sound together. Those not followed are named in ``ignored``. A node that drives an Ableton
-    Link session needs its Link ``lead`` more (it commits each change that much before it sounds).
+    sound together. Those not followed are named in ``ignored``.
+
+    A node that drives an Ableton Link session commits each change of the transport to it its Link
+    ``lead`` before it sounds: play, pause, seek and tempo (not parameter values, which Link does
+    not carry) are planned ``transport`` ahead, which gives those nodes their lead on top.
     """
 
     floor: float
     ceiling: float = 0.3
     boost: float = 0.0
     value: float = 0.0
+    transport: float = 0.0  # the lookahead for changes of the transport
     worst: str = ""  # the destination that sets it ("" when the floor does)
     ignored: tuple[str, ...] = ()  # destinations too slow to follow
 
     def __post_init__(self) -> None:
         self.ceiling = max(self.ceiling, self.floor)
         self.value = self.value or self.floor
+        self.transport = max(self.transport, self.value)
 
     def to_json(self) -> dict[str, float | str | list[str]]:
-        return {"value": self.value, "worst": self.worst, "boost": self.boost, "ignored": list(self.ignored)}
+        return {
+            "value": self.value,
+            "transport": self.transport,
+            "worst": self.worst,
+            "boost": self.boost,
+            "ignored": list(self.ignored),
+        }
 
     def update(
         self,
@@ -98,18 +109,22 @@ class Lookahead:
         leads: Mapping[str, float] | None = None,
     ) -> float:
         """Follow ``delays`` (destination -> its delay, s); ``nodes`` are the destinations that sound,
-        ``leads`` the seconds ahead that some of them need a change besides (their Link lead)."""
+        ``leads`` the Link lead of those that drive a Link session."""
         self.boost *= 0.5 ** (elapsed / BOOST_HALF_LIFE)
-        needs = {k: d * MARGIN + ALLOWANCE + (leads or {}).get(k, 0.0) for k, d in delays.items() if math.isfinite(d)}
-        followed = self._followed(delays, needs, nodes)
+        followed = self._followed(delays, nodes)
         self.ignored = tuple(sorted(set(delays) - set(followed)))
-        worst, needed = max(((k, needs[k]) for k in followed), key=lambda kv: kv[1], default=("", 0.0))
+        worst, delay = max(followed.items(), key=lambda kv: kv[1], default=("", 0.0))
+        needed = delay * MARGIN + ALLOWANCE
         self.worst = worst if needed > self.floor else ""  # who sets it, unless the floor does
         self.value = min(self.ceiling, max(self.floor, needed) + self.boost)
+        led = [
+            d * MARGIN + ALLOWANCE + (leads or {})[k] + self.boost for k, d in followed.items() if k in (leads or {})
+        ]
+        self.transport = min(self.ceiling, max([self.value, *led]))  # past the ceiling: late, and counted
         return self.value
 
-    def _followed(self, delays: dict[str, float], needs: dict[str, float], nodes: Set[str]) -> dict[str, float]:
-        fits = {k: delays[k] for k, need in needs.items() if need <= self.ceiling}
+    def _followed(self, delays: dict[str, float], nodes: Set[str]) -> dict[str, float]:
+        fits = {k: d for k, d in delays.items() if math.isfinite(d) and d * MARGIN + ALLOWANCE <= self.ceiling}
         if len(fits) < 3:
             return fits
         median = statistics.median(fits.values())

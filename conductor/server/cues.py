@@ -61,7 +61,7 @@ class NodeCues:
         self._period = period
 
     def timing(self) -> Timing:
-        return Timing(self.now(), self.lookahead.value, self.sent_until, self.align)
+        return Timing(self.now(), self.lookahead.value, self.lookahead.transport, self.sent_until, self.align)
 
     # --- outputs of the pipeline ---------------------------------------------------------------
 
