@@ -66,8 +66,8 @@ sections:
 # Each site's sclang: the Tutti face's clock plays a click on every beat; the baseline starts a
 # TempoClock when /naive/play arrives. The node's scsynth, not one sclang boots.
 SCLANG = """(
-// clientID 1: node IDs above the groups the node agent makes for the parts (1000 on)
-var s = Server(\\site, NetAddr("127.0.0.1", %(port)d), ServerOptions.new.maxLogins_(2), 1), naive, link, click;
+// the node's scsynth, as the Tutti README says a performer reaches it
+var s = Server.remote(\\site, NetAddr("127.0.0.1", %(port)d)), naive, link, click;
 click = Pbind(
     \\instrument, \\tutti_click, \\dur, 1, \\amp, 1, \\group, 0, \\addAction, 0, \\sendGate, false
 );
