@@ -382,6 +382,7 @@ class ConsoleFeed(Outbound):
     lookahead: dict[str, Any]
     journal: str | None = None  # why changes are refused, while the journal cannot be written
     now: float
+    links: dict[str, Any] | None = None  # each audio link's figures and history (conductor/server/linkmetrics.py)
 
 
 class ErrorMessage(Outbound):

@@ -41,6 +41,7 @@ class ConsoleFeed:
         lookahead: Lookahead,
         journal_state: Callable[[], str | None],
         out: Out,
+        links: Callable[[], dict[str, Any] | None] = lambda: None,
     ):
         self.roster = roster
         self.refusals = refusals
@@ -48,6 +49,7 @@ class ConsoleFeed:
         self.lookahead = lookahead
         self.journal_state = journal_state
         self.out = out
+        self.links = links
         self._task: asyncio.Task[None] | None = None
 
     def feed(self) -> protocol.ConsoleFeed:
@@ -63,6 +65,7 @@ class ConsoleFeed:
             lookahead=self.lookahead.to_json(),
             journal=self.journal_state(),
             now=self.refusals.now(),
+            links=self.links(),
         )
 
     async def _run(self) -> None:
