@@ -26,7 +26,9 @@ def test_a_row_per_link_with_each_direction_its_bound_and_the_round_trip_check()
     assert hub["link"] == "pku–ucas" and hub["a_to_b_ms"] == 9.0 and hub["b_to_a_ms"] == 20.0
     assert hub["bound_ms"] == 0.5  # the two ends' clock errors
     assert hub["jitter_a_to_b_ms"] == 0.5 and hub["jitter_b_to_a_ms"] == 3.0
-    assert hub["check_ms"] == pytest.approx(32.0 - 9.0 - 20.0 - PERIOD_MS, abs=1e-3)
+    assert hub["check_ms"] == pytest.approx(32.0 - 9.0 - 20.0 - PERIOD_MS, abs=1e-3) and hub["check_ok"]
+    off = link_rows([(0.0, [HUB]), (0.0, [{**PKU, "latency_ms": 40.0}])], PERIOD_MS)[0]
+    assert off["check_ok"] is False  # 8.3 ms more than the two ways and the loop back
     assert hub["lost"] == 2 and hub["underruns"] == 1
     # A pair: one direction measured so far, no bound without both clocks; both ends' losses.
     assert pair["link"] == "pku–whcm pair" and pair["a_to_b_ms"] == 5.0 and pair["b_to_a_ms"] is None

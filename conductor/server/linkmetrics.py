@@ -66,13 +66,17 @@ def link_rows(nodes: Iterable[tuple[float | None, list[dict[str, Any]]]], period
         check = None
         if None not in (rtt, a_to_b, b_to_a):
             check = round(rtt - a_to_b - b_to_a - period_ms, 3)  # type: ignore[operator]
+        bound = round(sum(errors) * 1000, 3) if len(errors) == 2 else None
         rows.append({
             "link": f"{a}–{b}{' pair' if pair else ''}", "a": a, "b": b, "pair": pair,
             "state": near.get("state", ""), "a_to_b_ms": a_to_b, "b_to_a_ms": b_to_a,
-            "bound_ms": round(sum(errors) * 1000, 3) if len(errors) == 2 else None,
+            "bound_ms": bound,
             "jitter_a_to_b_ms": _ms((far.get("way_jitter_ms") or {}).get(a)),
             "jitter_b_to_a_ms": _ms((near.get("way_jitter_ms") or {}).get(b)),
             "rtt_ms": rtt, "check_ms": check,
+            # The two ways and the loop back make the round trip, give or take a period (the two
+            # ends' JACK cycles are not in phase) and the clocks' bound; else a figure is wrong.
+            "check_ok": None if check is None else abs(check) <= period_ms + (bound or 0.0) + 0.01,
             "lost": near.get("lost", 0) + (far.get("lost", 0) if pair else 0),
             "underruns": near.get("underruns", 0) + (far.get("underruns", 0) if pair else 0),
             "overflows": near.get("overflows", 0) + (far.get("overflows", 0) if pair else 0),
