@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
-from conductor.core.scheduler import Lookahead, audio_delays
+from conductor.core.scheduler import Lookahead, audio_delays, moved
 from conductor.core.score import Aligned, load_score
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import osc_bundle, start_jack
@@ -225,6 +225,13 @@ def test_audio_delays_to_a_site_through_the_hub_and_through_a_pair() -> None:
     assert audio_delays(links, "ccom", period) == pytest.approx({"ucas": 0.009, "pku": 0.023})
     assert audio_delays(links, "ucas", period) == pytest.approx({"ccom": 0.009, "pku": 0.014})
     assert audio_delays(links, "whcm", period) == pytest.approx({"pku": 0.003})
+
+
+@pytest.mark.unit
+def test_a_delay_that_moves_by_more_than_a_period_is_replanned() -> None:
+    before = {"pku": {"ucas": 0.020, "ccom": 0.030}}
+    after = {"pku": {"ucas": 0.0215, "ccom": 0.0333, "whcm": 0.01}, "ucas": {"pku": 0.01}}
+    assert moved(before, after, 0.00267) == [("pku", "ccom", 0.030, 0.0333)]
 
 
 @pytest.mark.unit

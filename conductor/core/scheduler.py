@@ -161,3 +161,15 @@ def _ways(links: list[dict[str, object]], period: float) -> tuple[dict[tuple[str
             if isinstance(ms, int | float) and math.isfinite(ms):
                 ways[(str(peer), site)] = max(0.0, ms / 1000)
     return through_hub, direct
+
+
+def moved(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], period: float
+) -> list[tuple[str, str, float, float]]:
+    """(aligned site, other site, delay before, after) for each delay that moved by more than ``period``."""
+    return [
+        (site, other, was, now)
+        for site, delays in after.items()
+        for other, now in delays.items()
+        if (was := before.get(site, {}).get(other)) is not None and abs(now - was) > period
+    ]
