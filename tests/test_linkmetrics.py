@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pydantic
 import pytest
 
+from conductor.core import protocol
 from conductor.server.linkmetrics import CONCERT, LinkMetrics, link_rows, metrics_path, queue_needed
 
 PERIOD_MS = 128 / 48000 * 1000
@@ -58,3 +60,12 @@ def test_rows_are_written_and_the_whole_concert_stays_bounded(tmp_path: Path) ->
     assert len(feed["concert"]["pku–ucas"]) <= CONCERT and feed["concert"]["pku–ucas"][-1][0] == 3 * CONCERT - 1
     assert feed["concert"]["pku–ucas"][0][0] < CONCERT  # the start of the concert is still there
     assert len(feed["recent"]["pku–ucas"]) == 300
+
+
+@pytest.mark.unit
+def test_a_node_s_one_way_figures_are_bounded() -> None:
+    report = {"site": "pku", "role": "client", "state": "connected", "way_in_ms": {"ucas": 20.0}, "ways_measured": 3}
+    assert protocol.LinkReport.model_validate(report).way_in_ms == {"ucas": 20.0}
+    for bad in ({"ucas": -1.0}, {"ucas": 1e9}, {"ucas": "20"}, {f"s{i}": 1.0 for i in range(65)}):
+        with pytest.raises(pydantic.ValidationError, match="way_in_ms"):
+            protocol.LinkReport.model_validate({**report, "way_in_ms": bad})
