@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pydantic
 import pytest
+from rich.console import Console
+from rich.text import Text
 
 from conductor.core import protocol
 from conductor.server.linkmetrics import CONCERT, LinkMetrics, link_rows, metrics_path, queue_needed
+from conductor.tools.status import ways_table
 
 PERIOD_MS = 128 / 48000 * 1000
 HUB = {"site": "ucas", "role": "hub", "state": "connected", "way_in_ms": {"pku": 9.0}, "way_jitter_ms": {"pku": 0.5}}
@@ -69,3 +72,15 @@ def test_a_node_s_one_way_figures_are_bounded() -> None:
     for bad in ({"ucas": -1.0}, {"ucas": 1e9}, {"ucas": "20"}, {f"s{i}": 1.0 for i in range(65)}):
         with pytest.raises(pydantic.ValidationError, match="way_in_ms"):
             protocol.LinkReport.model_validate({**report, "way_in_ms": bad})
+
+
+@pytest.mark.unit
+def test_tutti_status_prints_each_way_and_marks_a_failed_check() -> None:
+    rows = link_rows([(0.0002, [HUB]), (0.0003, [{**PKU, "latency_ms": 40.0}])], PERIOD_MS)
+    table = ways_table(rows)
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "pku–ucas" in text and "9.00" in text and "20.00" in text and "40.00" in text and "+8.33" in text
+    [check] = table.columns[7].cells
+    assert isinstance(check, Text) and check.style == "bold red"  # the round trip does not add up
