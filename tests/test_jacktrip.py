@@ -158,18 +158,24 @@ async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
     assert matches_the_buffering(first, queue=4)  # a receive queue at each end, too
 
 
-async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, Any]) -> None:
-    conductor: ConductorProcess = sites["conductor"]
-    await until(lambda: all(link(conductor, s).get("latency_ms") for s in ("ccom", "pku")), 30, "not measured")
-    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-aligned", ports=2)
-    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
-    observer = TuttiClient(conductor.url, "node", TOKENS["node"], name="observer")  # gets the cues for all
+def watching(url: str) -> tuple[TuttiClient, TuttiClient, list[dict[str, Any]]]:
+    """A conductor client, and a node client that gets the cues for every node (into the list)."""
+    boss = TuttiClient(url, "conductor", TOKENS["conductor"])
+    observer = TuttiClient(url, "node", TOKENS["node"], name="observer")
     cues: list[dict[str, Any]] = []
 
     async def sent(batch: dict[str, Any]) -> None:
         cues.extend(batch["cues"])
 
     observer.sio.on("cues", sent)
+    return boss, observer, cues
+
+
+async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, Any]) -> None:
+    conductor: ConductorProcess = sites["conductor"]
+    await until(lambda: all(link(conductor, s).get("latency_ms") for s in ("ccom", "pku")), 30, "not measured")
+    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-aligned", ports=2)
+    boss, observer, cues = watching(conductor.url)
     try:
         recorder.listen_to("scsynth-npku:out_1", 0)  # pku's own click
         recorder.listen_to("jacktrip-pku:receive_1", 1)  # ccom's, through the hub

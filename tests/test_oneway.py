@@ -16,14 +16,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from playwright.async_api import Browser, Page
 
-from conductor.client import TuttiClient
 from conductor.node.jackio import Recorder
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
-from tests.test_jacktrip import PERIOD, link
+from tests.test_jacktrip import PERIOD, link, watching
 from tests.test_node import node_health, start_node, stop_node, until
 
 PING = "schedule: {aligned: pku}, address: /s_new, args: [tutti_ping, -1, 0, 0, freq, 1000, amp, 0.9]"
@@ -108,14 +106,7 @@ async def test_each_direction_is_measured_and_aligned_cues_use_it(tmp_path: Path
     conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", audio=audio))
     servers = {site: f"t18-{pid}-{site}" for site in ("ucas", "pku")}
     agents, listener, recorder = [], None, None
-    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
-    observer = TuttiClient(conductor.url, "node", TOKENS["node"], name="observer")  # gets the cues for all
-    cues: list[dict[str, Any]] = []
-
-    async def sent(batch: dict[str, Any]) -> None:
-        cues.extend(batch["cues"])
-
-    observer.sio.on("cues", sent)
+    boss, observer, cues = watching(conductor.url)
     try:
         for site, port in zip(("ucas", "pku"), udp_ports(2), strict=True):
             agents.append(await start_node(conductor.url, f"n{site}", site, port, servers[site]))

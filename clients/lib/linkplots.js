@@ -91,7 +91,8 @@ export function showLinks(links, table, plots, hint) {
   if (!links) return;
   const rows = links.rows ?? [];
   table.replaceChildren(...tableRows(rows));
-  hint.textContent = rows.length ? "" : "No link measured yet: each end measures both ways within seconds of connecting.";
+  hint.textContent = (rows.length ? "" : "No link measured yet: each end measures both ways within seconds of connecting. ") +
+    (links.unwritten ? `${links.unwritten} seconds of figures could not be written to ${links.file}: check the disk.` : "");
   for (const row of links.rows ?? []) {
     draw(canvasFor(plots, row.link, "recent"), links.recent?.[row.link] ?? [], `${row.link}, last minutes`, row);
     draw(canvasFor(plots, row.link, "concert"), links.concert?.[row.link] ?? [], `${row.link}, whole concert`, row);

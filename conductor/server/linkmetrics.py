@@ -14,7 +14,6 @@ bounded number of points, so a long concert costs no more to draw than a short o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -23,9 +22,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from conductor.server.periodic import Periodic
+
 log = logging.getLogger("tutti.links")
 
-EVERY = 1.0  # seconds between rows
 RECENT = 300  # rows kept per link for the last minutes (one a second)
 CONCERT = 240  # points kept per link over the whole concert: every other one dropped when full
 QUEUE_OVER = 60  # the last rows whose spread of delays sets the queue a direction needs
@@ -94,7 +94,7 @@ def queue_needed(delays_ms: list[float], period_ms: float) -> int | None:
     return max(2, math.ceil((max(delays_ms) - min(delays_ms)) / period_ms) + 1)
 
 
-class LinkMetrics:
+class LinkMetrics(Periodic):
     """Writes a row per link every second and keeps their history for the console."""
 
     def __init__(
@@ -111,8 +111,8 @@ class LinkMetrics:
         self.recent: dict[str, deque[list[Any]]] = {}  # link -> [t, a_to_b, b_to_a, rtt]
         self.concert: dict[str, list[list[Any]]] = {}
         self.current: list[dict[str, Any]] = []
-        self.write_failures = 0
-        self._task: asyncio.Task[None] | None = None
+        self.write_failures = 0  # seconds whose rows could not be written
+        super().__init__()
 
     def sample(self) -> list[dict[str, Any]]:
         """Take this second's rows: kept, and returned for the file."""
@@ -141,29 +141,20 @@ class LinkMetrics:
             "recent": {k: list(v) for k, v in self.recent.items()},
             "concert": self.concert,
             "period_ms": self.period_ms,
+            "unwritten": self.write_failures,
+            "file": str(self.path),
         }
 
     def _append(self, rows: list[dict[str, Any]]) -> None:
         with self.path.open("a") as file:
             file.writelines(json.dumps(row, allow_nan=False) + "\n" for row in rows)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(EVERY)
-            rows = self.sample()
-            if not rows:
-                continue
-            try:
-                await asyncio.to_thread(self._append, rows)
-            except (OSError, ValueError) as e:  # the concert goes on; the console says it
-                self.write_failures += 1
-                log.warning("link metrics not written to %s: %s", self.path, e)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def tick(self) -> None:
+        rows = self.sample()
+        if not rows:
+            return
+        try:
+            await asyncio.to_thread(self._append, rows)
+        except (OSError, ValueError) as e:  # the concert goes on; the console says so
+            self.write_failures += 1
+            log.warning("link metrics not written to %s: %s", self.path, e)
