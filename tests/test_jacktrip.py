@@ -220,6 +220,18 @@ async def test_the_round_trip_is_measured_and_matches_the_buffering(sites: dict[
     print(f"round trip {first * 1000:.3f} ms on connecting, expected {expected * 1000:.3f} ms")
     assert matches_the_buffering(first, queue=4)
 
+    # Each way through the hub, too: the hub times each client's impulses, each client the hub's.
+    def ways() -> bool:
+        hub = link(conductor, "ucas").get("way_in_ms", {})
+        return {"ccom", "pku"} <= set(hub) and all("ucas" in link(conductor, s).get("way_in_ms", {}) for s in hub)
+
+    await until(ways, 30, "not every way through the hub was measured")
+    up, down = link(conductor, "ucas")["way_in_ms"]["pku"], link(conductor, "pku")["way_in_ms"]["ucas"]
+    trip = link(conductor, "pku")["latency_ms"]
+    print(f"pku to the hub {up:.3f} ms, back {down:.3f} ms, round trip {trip:.3f} ms")
+    # Measured a few seconds apart, while jitter buffers trim their queues: a period or two apart.
+    assert abs(trip / 1000 - (up + down) / 1000 - PERIOD) <= 2 * PERIOD + 0.001, (up, down, trip)
+
 
 def expected_round_trip(queue: int) -> float:
     """Out to the hub and back, on connecting: each way, a receive queue of ``queue`` periods.
