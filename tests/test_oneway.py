@@ -42,15 +42,15 @@ RECENT = 'canvas[data-link="pku–ucas pair"][data-which="recent"]'
 
 async def plotted(page: Page) -> str:
     """What the link's last-minutes plot shows now (its pixels, as a data URL)."""
-    return await page.eval_on_selector('canvas[data-link="pku–ucas pair"][data-which="recent"]', "c => c.toDataURL()")
+    return await page.eval_on_selector(RECENT, "c => c.toDataURL()")
 
 
 async def console_follows_a_restart(page: Page, conductor: ConductorProcess, base: int) -> None:
     await page.wait_for_selector('#ways tr[data-link="pku–ucas pair"]')
     await page.wait_for_selector('canvas[data-link="pku–ucas pair"][data-which="concert"]')
-    first = await plotted(page)
+    before = await plotted(page)
     await page.wait_for_function(
-        "([sel, before]) => document.querySelector(sel).toDataURL() !== before", arg=[RECENT, first]
+        "([sel, before]) => document.querySelector(sel).toDataURL() !== before", arg=[RECENT, before]
     )
     row = await page.inner_text('#ways tr[data-link="pku–ucas pair"]')
     assert "connected" in row and "ucas→pku" in row, row
@@ -64,7 +64,7 @@ async def console_follows_a_restart(page: Page, conductor: ConductorProcess, bas
     await page.wait_for_function(
         "() => document.querySelector('#ways tr[data-link=\"pku–ucas pair\"]').innerText.includes('(connected)')"
     )
-    assert await plotted(page) != first
+    assert await plotted(page) != before
     assert await page.evaluate("document.querySelectorAll('#wayplots canvas').length") == 2
 
 
@@ -129,14 +129,13 @@ async def test_each_direction_is_measured_and_aligned_cues_use_it(tmp_path: Path
         recorder.listen_to("jacktrip-ucas:receive_1", 3)  # ucas's, through the link
         started = time.time()
 
-        def measured() -> bool:  # three of each direction since the recorders started
-            counts = [link(conductor, s).get("ways_measured", 0) for s in ("ucas", "pku")]
-            return all(c >= 3 for c in counts) and bool(link(conductor, "pku").get("latency_ms"))
+        before = {s: link(conductor, s).get("ways_measured", 0) for s in ("ucas", "pku")}
 
-        counts0 = [link(conductor, s).get("ways_measured", 0) for s in ("ucas", "pku")]
-        await until(lambda: measured() and all(
-            link(conductor, s).get("ways_measured", 0) >= c + 3 for s, c in zip(("ucas", "pku"), counts0, strict=True)
-        ), 30, "each direction was not measured")  # fmt: skip
+        def measured() -> bool:  # three of each direction since the recorders started, and a round trip
+            again = all(link(conductor, s).get("ways_measured", 0) >= n + 3 for s, n in before.items())
+            return again and bool(link(conductor, "pku").get("latency_ms"))
+
+        await until(measured, 30, "each direction was not measured")
 
         # A cue aligned at pku: ucas plays it early by what the conductor asks.
         await observer.connect()
