@@ -2,7 +2,9 @@
 
 Two sites, ucas and pku, each with its own ``tutti node`` and JACK server (dummy driver), joined by
 a pair whose packets go through ``tutti emulate --udp``: 3 ms plus up to 2 ms of jitter from pku to
-ucas, 12 ms back. Recorders at both ends time the very impulses the nodes measure with, as the
+ucas, 20 ms back. (With 12 ms back, jacktrip's jitter buffers, trimming each direction on its own on
+a busy machine, left as little as 2 ms between the two ways in some runs here.)
+Recorders at both ends time the very impulses the nodes measure with, as the
 truth; and a cue aligned at pku is recorded there, beside pku's own.
 """
 
@@ -34,7 +36,7 @@ parts:
   - {id: c, name: C, site: pku}
 cues:
 """ + "".join(f"  - {{at: {at}, target: all, {PING}}}\n" for at in AT)
-THERE, JITTER, BACK = 0.003, 0.002, 0.012  # pku to ucas, plus up to JITTER; ucas to pku
+THERE, JITTER, BACK = 0.003, 0.002, 0.020  # pku to ucas, plus up to JITTER; ucas to pku
 
 
 RECENT = 'canvas[data-link="pku–ucas pair"][data-which="recent"]'
@@ -53,7 +55,7 @@ async def console_follows_a_restart(page: Page, conductor: ConductorProcess, bas
         "([sel, before]) => document.querySelector(sel).toDataURL() !== before", arg=[RECENT, before]
     )
     row = await page.inner_text('#ways tr[data-link="pku–ucas pair"]')
-    assert "connected" in row and "ucas→pku" in row, row
+    assert "(connected)" in row and " ms) · " in row, row  # and the queue each way needs
     # pku's jacktrip is killed: its node starts it again, measures again, and the plot goes on.
     restarts = link(conductor, "pku").get("restarts", 0)
     pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", f" -B {base + 1} ", stdout=-1)
@@ -164,9 +166,12 @@ async def test_each_direction_is_measured_and_aligned_cues_use_it(tmp_path: Path
         assert min(abs(up - d) for _, d in true_up[-3:]) <= PERIOD, (up, true_up)
         assert min(abs(down - d) for _, d in true_down[-3:]) <= PERIOD, (down, true_down)
         # The emulated asymmetry is there, and half the round trip misses it by 4.5 ms or more.
-        assert max(abs(half - true_up[-1][1]), abs(half - true_down[-1][1])) >= 0.0045
+        typical = [statistics.median(d for _, d in ways) for ways in (true_up, true_down)]
+        assert max(abs(half - way) for way in typical) >= 0.0045, (half, typical)
         # The round trip checks the two: one way each, plus the far end's loop back (a period).
-        assert abs(round_trip - (up + down + PERIOD)) <= 2 * PERIOD, (round_trip, up, down)
+        # Its jitter buffers move each way by periods within seconds on a busy machine, so medians.
+        trips = statistics.median(link(conductor, "pku")["history_ms"][-5:]) / 1000
+        assert abs(trips - (sum(typical) + PERIOD)) <= 2 * PERIOD, (trips, typical)
 
         # The aligned cues: ucas plays each ping early by what the conductor asked, so that it
         # reaches pku at the cue's time. Where each scsynth (dummy driver) places its ping is its
