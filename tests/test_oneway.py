@@ -70,9 +70,9 @@ async def console_follows_a_restart(page: Page, conductor: ConductorProcess, bas
     assert await page.evaluate("document.querySelectorAll('#wayplots canvas').length") == 2
 
 
-def first(zero: float, onsets: list[float], at: float) -> float:
-    """The first onset within 0.1 s before to 0.2 s after ``at`` seconds into the piece."""
-    return min(t - zero for t in onsets if at - 0.1 <= t - zero < at + 0.2)
+def first(zero: float, onsets: list[float], at: float) -> float | None:
+    """The first onset within 0.1 s before to 0.2 s after ``at`` seconds into the piece, if any."""
+    return min((t - zero for t in onsets if at - 0.1 <= t - zero < at + 0.2), default=None)
 
 
 def matched(sent: list[float], arrived: list[float]) -> list[tuple[float, float]]:
@@ -179,7 +179,7 @@ async def test_each_direction_is_measured_and_aligned_cues_use_it(tmp_path: Path
         # with is from the delay the ping then took. That is within 1 ms while the link holds
         # still; but a jitter buffer may step a period between the latest measurement and a cue
         # (and the emulator, on a busy machine, jitters by itself), so the bound here is on the
-        # median of five cues: a period. Half the round trip, in the same run, misses by more.
+        # median of the five cues: a period. Half the round trip, in the same run, misses by more.
         asked = sorted((cue["t"], cue["align"]["ucas"]) for cue in cues if cue.get("align"))
         assert len(asked) == 5, asked
         errors, errors_half = [], []
@@ -187,6 +187,9 @@ async def test_each_direction_is_measured_and_aligned_cues_use_it(tmp_path: Path
             played = first(zero, ucas_played, at)  # at ucas
             arrived = first(zero, [o.time for o in recorder.onsets(port=3)], at)  # at pku
             own = first(zero, [o.time for o in recorder.onsets(port=2)], at)  # pku's own
+            if played is None or arrived is None or own is None:  # a link that drops packets may lose one
+                print(f"cue at {at}: not heard at both ends")
+                continue
             took = arrived - played
             errors.append(took - early)
             errors_half.append(took - half)
@@ -196,6 +199,7 @@ async def test_each_direction_is_measured_and_aligned_cues_use_it(tmp_path: Path
                 f" trip; heard at pku {(arrived - at) * 1000:+.3f} ms from the cue's time, pku's own"
                 f" {(own - at) * 1000:+.3f} ms, ucas played {(played - at + early) * 1000:+.3f} ms from its time"
             )
+        assert len(errors) >= 3, errors
         error = statistics.median(abs(e) for e in errors)
         error_half = statistics.median(abs(e) for e in errors_half)
         print(f"aligned at pku, median error: {error * 1000:.3f} ms one way, {error_half * 1000:.3f} ms half")
