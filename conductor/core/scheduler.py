@@ -138,29 +138,61 @@ class Lookahead:
 def audio_delays(links: list[dict[str, object]], to: str, period: float) -> dict[str, float]:
     """One-way audio delay from each site to site ``to``, from the nodes' link reports (seconds).
 
-    A measured round trip goes through two loops in JACK (the loopback at the far end, and the
-    prober's own send and return), each a period; the rest is the way there and back, half each.
+    Each direction of a link as measured on the shared clock (``way_in_ms``: an impulse sent at a
+    known conductor time, timed where it arrives); a direction not measured yet takes half the
+    round trip, less the period of the far end's loop back in JACK.
     A path between two hub clients goes through the hub; a pair's is direct.
     """
-    to_hub: dict[str, float] = {}
-    direct: dict[tuple[str, str], float] = {}
-    hub = ""
-    for link in links:
-        site, peer, ms = str(link.get("site")), str(link.get("peer", "")), link.get("latency_ms")
-        if link.get("role") == "hub":
-            hub = site
-        if not isinstance(ms, int | float):
-            continue
-        way = max(0.0, ms / 1000 - 2 * period) / 2
-        if link.get("role") == "client":
-            to_hub[site] = way
-            hub = hub or peer
-        elif link.get("role") == "p2p client":
-            direct[(site, peer)] = direct[(peer, site)] = way
+    hub_ways, direct = _ways(links, period)
+    hub = next((str(link.get("site")) for link in links if link.get("role") == "hub"), "")
+    hub = hub or next((str(link.get("peer")) for link in links if link.get("role") == "client"), "")
+    sites = {site for a_b in (*hub_ways, *direct) for site in a_b} | {hub}
     out = {}
-    for site in {*to_hub, *(a for a, _ in direct), hub} - {"", to}:
+    for site in sites - {"", to}:
         if (site, to) in direct:
             out[site] = direct[(site, to)]
-        elif (site == hub or site in to_hub) and (to == hub or to in to_hub):
-            out[site] = to_hub.get(site, 0.0) + to_hub.get(to, 0.0)
+        elif site == hub and (hub, to) in hub_ways:
+            out[site] = hub_ways[(hub, to)]
+        elif to == hub and (site, hub) in hub_ways:
+            out[site] = hub_ways[(site, hub)]
+        elif (site, hub) in hub_ways and (hub, to) in hub_ways:
+            out[site] = hub_ways[(site, hub)] + hub_ways[(hub, to)]
     return out
+
+
+def _ways(links: list[dict[str, object]], period: float) -> tuple[dict[tuple[str, str], float], ...]:
+    """Each direction's delay (from, to) -> s, through the hub and on pairs: measured, else half the
+    round trip."""
+    through_hub: dict[tuple[str, str], float] = {}
+    direct: dict[tuple[str, str], float] = {}
+    for link in links:
+        site, peer, role, ms = (
+            str(link.get("site")),
+            str(link.get("peer", "")),
+            link.get("role"),
+            link.get("latency_ms"),
+        )
+        ways = through_hub if role in ("hub", "client") else direct
+        if role in ("client", "p2p client") and isinstance(ms, int | float):  # the round trip, halved
+            half = max(0.0, ms / 1000 - period) / 2
+            ways.setdefault((site, peer), half)
+            ways.setdefault((peer, site), half)
+    for link in links:  # measured one way: these replace the halves
+        site, role, way_in = str(link.get("site")), link.get("role"), link.get("way_in_ms")
+        ways = through_hub if role in ("hub", "client") else direct
+        for peer, ms in way_in.items() if isinstance(way_in, dict) else []:
+            if isinstance(ms, int | float) and math.isfinite(ms):
+                ways[(str(peer), site)] = max(0.0, ms / 1000)
+    return through_hub, direct
+
+
+def moved(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], period: float
+) -> list[tuple[str, str, float, float]]:
+    """(aligned site, other site, delay before, after) for each delay that moved by more than ``period``."""
+    return [
+        (site, other, was, now)
+        for site, delays in after.items()
+        for other, now in delays.items()
+        if (was := before.get(site, {}).get(other)) is not None and abs(now - was) > period
+    ]
