@@ -55,8 +55,10 @@ class NodeAgent:
         jacktrip: str = "jacktrip",
         link: bool = True,
         link_lead: float = 0.2,
+        click_out: int = 0,
     ):
         self.scsynth = scsynth
+        self.click_out = click_out  # the output bus of the click track and count-in (headphones)
         self.jacktrip = jacktrip
         self.jack_server = jack_server
         self.start_jack = start_jack
@@ -165,6 +167,8 @@ class NodeAgent:
             return
         address, args = cue.address, list(cue.args)
         port = self.sclang_port if cue.to == "sclang" else None
+        if port is None and address == "/s_new" and args[:1] == ["tutti_click"] and self.click_out:
+            args += ["out", self.click_out]
         if port is None and address == "/n_set" and len(args) >= 3:
             self.scsynth.controls[(args[0], args[1])] = args
         elif port is None and address == "/s_new" and len(args) >= 4 and args[2] in (0, 1):

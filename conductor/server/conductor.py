@@ -26,7 +26,7 @@ from conductor.core import journal, protocol
 from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
 from conductor.core.performance import Performance
-from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Report, SetTempo
+from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Repeat, Report, SetTempo
 from conductor.core.scheduler import Lookahead
 from conductor.core.transport import Transport
 from conductor.server.broadcast import FRAME, StateBroadcast
@@ -92,6 +92,7 @@ class Conductor:
         self.pipeline.on_accepted += [self.nodes.accepted, self.node_state.durable]
         self.pipeline.on_durable.append(self.broadcast.durable)
         self.pipeline.on_reverted += [self.nodes.reverted, self._reverted]
+        self.nodes.repeat = self._repeat
         self.console = ConsoleFeed(
             self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out
         )
@@ -252,6 +253,16 @@ class Conductor:
         _check_size(payload)
         report = Report.model_validate(payload)
         client.rtt, client.offset, client.error, client.delay = report.rtt, report.offset, report.error, report.delay
+
+    def _repeat(self, at: float) -> bool:
+        """A loop's jump back at its end, journalled like any change; false if it was refused."""
+        try:
+            kept = self.pipeline.submit(Repeat(cmd="repeat", at=at), {"role": "conductor", "name": "loop"})
+        except Rejected as e:
+            log.warning("the loop cannot go back (%s): it plays on", e.message)
+            return False
+        kept.add_done_callback(lambda f: f.cancelled() or f.exception())  # a refusal is the pipeline's to log
+        return True
 
     async def _command(self, client: Client, payload: Any) -> dict[str, Any]:
         _check_size(payload)

@@ -289,11 +289,12 @@ async def run_node(args: argparse.Namespace) -> int:
     from conductor.node.scsynth import Scsynth
 
     token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
-    scsynth = None if args.no_synth else Scsynth(args.port, args.jack_server, f"scsynth-{args.name}")
+    channels = max(2, args.click_out + 2)  # the click's stereo pair on its own outputs
+    scsynth = None if args.no_synth else Scsynth(args.port, args.jack_server, f"scsynth-{args.name}", channels=channels)
     agent = NodeAgent(
         args.url, token, args.site, args.name, args.part, scsynth,
         jack_server=args.jack_server, start_jack=not args.no_jack, sclang_port=args.sclang_port, ca=args.ca,
-        jacktrip=args.jacktrip, link=args.link, link_lead=args.link_lead,
+        jacktrip=args.jacktrip, link=args.link, link_lead=args.link_lead, click_out=args.click_out,
     )  # fmt: skip
     stop = stop_signal()
     task = asyncio.create_task(agent.run())
@@ -371,6 +372,12 @@ _fraction = _between(0, 1, "a fraction from 0 to 1 (0.01 is 1 %)")
 _speed = _between(0.01, 1000, "a speed from 0.01 to 1000")
 
 
+def _bus(text: str) -> int:
+    if not text.isdigit() or int(text) > 62:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an output bus from 0 to 62")
+    return int(text)
+
+
 def _host_port(text: str) -> str:
     port = text.rpartition(":")[2]
     if not port.isdigit() or int(port) > 65535:
@@ -446,6 +453,11 @@ def command_line() -> argparse.ArgumentParser:
     p.add_argument(
         "--link-lead", type=lead, default=0.2, metavar="SECONDS",
         help="commit tempo and phase changes to Link this early: sclang's latency (default 0.2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--click-out", type=_bus, default=0, metavar="BUS",
+        help="scsynth output bus of the click track and count-in, a stereo pair (default 0: the main out); "
+        "e.g. 2 for headphones on outputs 3 and 4",
     )  # fmt: skip
     p.add_argument("--ca", help=CA_HELP)
 
