@@ -13,13 +13,22 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from conductor.core.protocol import Command, ControlInput, NodeCue, Play, Rejected, SetParam, SetParams, SoundEvent
+from conductor.core.protocol import (
+    CLICK_ID,
+    Command,
+    ControlInput,
+    NodeCue,
+    Play,
+    Rejected,
+    SetParam,
+    SetParams,
+    SoundEvent,
+)
 from conductor.core.scheduler import cues_between
 from conductor.core.score import XY, Aligned, Fader, Schedule, Score, Sound, Toggle
 from conductor.core.transport import Change, Transport
 
 CLICK = ["tutti_click", -1, 0, 1, "amp"]  # sc_synths/tutti_click.scd, in the default group; then its amplitude
-CLICK_ID = -1  # the click track's cues: a node in two of its rooms plays each beat once (by id and time)
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,10 @@ class Performance:
         per_bar = self.score.tempo.beats_per_bar
         beat = self.beat(t)
         return [
-            Routed("nodes:all", NodeCue(t=t + k * beat, address="/s_new", args=[*CLICK, 0.6 if k % per_bar else 1.0]))
+            Routed(
+                "nodes:all",
+                NodeCue(id=CLICK_ID, t=t + k * beat, address="/s_new", args=[*CLICK, 0.6 if k % per_bar else 1.0]),
+            )
             for k in range(bars * per_bar)
         ]
 

@@ -360,6 +360,9 @@ class Outbound(BaseModel):
 OscArgument = StrictInt | StrictFloat | StrictStr
 
 
+CLICK_ID = -1  # a NodeCue's id for the click track and count-in: to its own bus, each beat once however routed
+
+
 class NodeCue(Outbound):
     """One OSC message for a node's scsynth or sclang, at a conductor time (``t`` None: at once)."""
 

@@ -167,7 +167,7 @@ class NodeAgent:
             return
         address, args = cue.address, list(cue.args)
         port = self.sclang_port if cue.to == "sclang" else None
-        if port is None and address == "/s_new" and args[:1] == ["tutti_click"] and self.click_out:
+        if cue.id == protocol.CLICK_ID and self.click_out:
             args += ["out", self.click_out]
         if port is None and address == "/n_set" and len(args) >= 3:
             self.scsynth.controls[(args[0], args[1])] = args
