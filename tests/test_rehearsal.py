@@ -34,6 +34,7 @@ from conductor.core.score import Score, load_score
 from conductor.core.transport import Loop, Rehearsal, Transport
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import osc_bundle, start_jack
+from conductor.server.osc import message
 from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import start_node, stop_node, until
 from tests.test_scheduling import settled
@@ -303,3 +304,29 @@ async def test_a_loop_three_times_and_the_click_track_sound_in_step_at_two_sites
     assert len(compared) > 500 and max(compared) < 0.03, max(compared)
     passes = {round((t - wall - downbeat) // (2 * BAR)) for t, pos in seen if 4.0 <= pos < 4.2 and t - wall > downbeat}
     assert passes == {0, 1, 2}  # bar 3 on the page at each pass
+
+
+@pytest.mark.integration
+async def test_a_controller_loops_bars_and_sets_the_click_over_osc(tmp_path: Path) -> None:
+    (tmp_path / "score.yaml").write_text(TWO_SITES)
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", osc={"udp_port": 0}))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for address, args in (
+                ("/tutti/loop", [3.0, 4.0, 2.0]),  # as TouchOSC sends numbers
+                ("/tutti/click/site", ["b", 1]),
+                ("/tutti/loop", [4, 2]),  # refused: says what it takes
+                ("/tutti/bar", []),  # refused
+            ):
+                sock.sendto(message(address, *args), ("127.0.0.1", conductor.osc_udp))
+
+        def rehearsal() -> dict[str, Any]:
+            return conductor.status()["state"].get("rehearsal") or {}
+
+        await until(lambda: rehearsal().get("click") == ["site:b"], 10, "the click never came on at b")
+        assert rehearsal()["loop"] == {"start": 4.0, "end": 8.0, "times": 2, "passes": 1}
+        await until(lambda: conductor.status()["rejections"].get("osc_bad_args") == 2, 10, "not refused")
+        log = conductor.stop()
+        assert "/tutti/loop takes from to times" in log and "/tutti/bar takes bar preroll (bar: is missing)" in log
+    finally:
+        conductor.stop()
