@@ -269,6 +269,11 @@ async def test_a_loop_three_times_and_the_click_track_sound_in_step_at_two_sites
         end = downbeat + 3 * 2 * BAR + BAR  # three passes, then bar 5
         await until(lambda: time.time() > end + wall + 0.3, 30, "the loop never ended")
         await partners
+        # A rehearsal change without a move reaches the pages too.
+        assert (await boss.command("click", on=False))["ok"]
+        await page.wait_for_function("() => window.tutti.state.rehearsal.click.length === 0", timeout=10_000)
+        rehearsal = await page.evaluate("window.tutti.state.rehearsal")
+        assert rehearsal["loop"] == {"start": 2 * BAR, "end": 4 * BAR, "times": 3, "passes": 3}
     finally:
         await boss.close()
 
