@@ -1,6 +1,7 @@
 """Screenshots of what people see, to be looked at: the performer view in each state (waiting,
-count-in, playing, paused, looping in a rehearsal, ended, offline, refused) on an iPad both ways and a phone, the console
-before the downbeat with a part missing and while rehearsing a loop, and the audience on a phone.
+count-in, playing, paused, looping in a rehearsal, ended, offline, refused) on an iPad both ways
+and a phone, the console before the downbeat with a part missing and while rehearsing a loop
+(iPad and phone), and the audience on a phone.
 
     .venv/bin/python -m bench.screenshots [--out test-output/screens]
 
