@@ -1,0 +1,155 @@
+"""The concert archive: two nodes record their scsynth while the piece plays, one scsynth is killed
+in the middle; the collected, mixed archive has every click at its conductor time, and the gap is
+marked, as long as the silence it left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from conductor.client import TuttiClient
+from conductor.core import journal
+from conductor.node.scsynth import start_jack
+from conductor.tools.archive import ArchiveError, read_clock
+from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
+from tests.test_node import start_node, stop_node, until
+from tests.test_scheduling import settled
+
+CLICKS = [1.0 + 0.5 * k for k in range(24)]  # score seconds
+KILL_AT = 5.0  # score seconds: node a's scsynth is killed then
+PERIOD = 128 / 48000
+SCORE = (
+    "title: Archive\nduration: 60\ntempo: {bpm: 120}\n"
+    "parts:\n  - {id: pa, name: A, site: a}\n  - {id: pb, name: B, site: b}\n"
+    "cues:\n"
+    + "".join(f"  - {{at: {at}, target: all, address: /s_new, args: [tutti_click, -1, 0, 0]}}\n" for at in CLICKS)
+)
+
+
+def scsynth_pid(port: int) -> int:
+    """The scsynth listening on UDP ``port`` (only the test's node runs one there)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                argv
+                and argv[0].endswith(b"scsynth")
+                and b"-u" in argv
+                and argv[argv.index(b"-u") + 1] == str(port).encode()
+            ):
+                return int(entry.name)
+    raise AssertionError(f"no scsynth on port {port}")
+
+
+def onsets(samples: np.ndarray, rate: int, threshold: float = 0.5, quiet: float = 0.01) -> list[int]:
+    loud = np.flatnonzero(np.abs(samples) > threshold)
+    out: list[int] = []
+    for i in loud:
+        if not out or i - out[-1] > quiet * rate:
+            out.append(int(i))
+    return out
+
+
+def tutti(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conductor", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.integration
+async def test_two_sites_recorded_through_an_scsynth_kill_are_aligned_on_conductor_time(tmp_path: Path) -> None:
+    (tmp_path / "score.yaml").write_text(SCORE)
+    concert = write_concert(tmp_path, score=tmp_path / "score.yaml", lookahead=0.3)
+    conductor = ConductorProcess(concert)
+    server = f"t19-{os.getpid()}-archive"
+    jackd = await start_jack(server)
+    ports = udp_ports(2)
+    folders = {site: tmp_path / f"n{site}" for site in "ab"}
+    agents = []
+    try:
+        for port, site in zip(ports, "ab", strict=True):
+            extra = ("--no-jack", "--archive", str(folders[site]))
+            agents.append(await start_node(conductor.url, f"n{site}", site, port, server, *extra))
+        for site in "ab":
+            await until(lambda s=site: settled(conductor, f"n{s}"), 60, f"{site}'s clock never settled")
+        boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
+        await boss.connect()
+        wall = -conductor.status()["clock_minus_wall"]
+        start = (await boss.command("play"))["t"]  # score position 0 at this conductor time
+        await boss.close()
+        await until(lambda: time.time() > wall + start + KILL_AT, 20, "never got to the kill")
+        killed = time.time() - wall
+        os.kill(scsynth_pid(ports[0]), signal.SIGKILL)
+        await until(lambda: time.time() > wall + start + CLICKS[-1] + 0.5, 30, "the piece never got to its end")
+        late = sum(
+            (c["health"] or {}).get("cues_late", 0) for c in conductor.status()["clients"] if c["role"] == "node"
+        )
+    finally:
+        for agent in agents:
+            await stop_node(agent)
+        conductor.stop()
+        jackd.terminate()
+        await jackd.wait()
+
+    collected = tutti(
+        "archive", "collect", str(concert), str(tmp_path / "out"), *(f"--from={f}" for f in folders.values())
+    )
+    assert collected.returncode == 0, collected.stderr
+    assert "na/scsynth.wav" in collected.stdout and "scsynth down" in collected.stdout, collected.stdout
+    mixed = tutti("archive", "mix", str(tmp_path / "out"))
+    assert mixed.returncode == 0, mixed.stderr
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    records = journal.read(tmp_path / "out" / "journal.jsonl").records
+    assert [r.change.t for r in records if r.change.command["cmd"] == "play"] == [start]
+
+    t0 = json.loads((tmp_path / "out" / "stems" / "start.json").read_text())["t"]
+    multitrack, rate = soundfile.read(tmp_path / "out" / "mix.wav", always_2d=True)
+    assert multitrack.shape[1] == 4  # two stereo tracks
+    errors = []
+    for k, track in enumerate(index["tracks"]):
+        heard = [t0 + i / rate for i in onsets(multitrack[:, 2 * k], rate)]
+        [gap] = [g for g in track["gaps"] if g["kind"] == "scsynth down"] if track["node"] == "na" else [None]
+        for at in (start + c for c in CLICKS):
+            if gap and gap["t"] - 0.05 <= at <= gap["t"] + gap["seconds"]:
+                assert not any(abs(h - at) < 0.05 for h in heard), (
+                    f"{track['node']}: a click in the gap at {at - start}"
+                )
+                continue
+            near = min(heard, key=lambda h: abs(h - at))
+            errors.append(abs(near - at))
+            print(track["node"], round(at - start, 3), round((near - at) * 1e3, 3), gap)
+        if gap:  # the kill is inside it; scsynth came back within its supervisor's restart time
+            assert gap["t"] - 0.3 < killed < gap["t"] + gap["seconds"] and 0.1 < gap["seconds"] < 10, (gap, killed)
+    print(
+        f"{late} cues late; archive alignment against the journal: p50 {statistics.median(errors) * 1e3:.3f} ms, "
+        f"max {max(errors) * 1e3:.3f} ms over {len(errors)} clicks"
+    )
+    assert len(errors) > len(CLICKS) * 1.5
+    assert max(errors) < PERIOD, [f"{e * 1e3:.3f}" for e in errors]
+
+
+@pytest.mark.unit
+def test_a_clock_map_line_that_cannot_be_read_is_named_and_left_out(tmp_path: Path) -> None:
+    path = tmp_path / "clock.jsonl"
+    path.write_text('{"frame": 0, "t": 100.0}\n{"frame": "x", "t": 1}\nnot json\n{"frame": 48000, "t": 101.0}\n')
+    clock, problems = read_clock(path, 48000)
+    assert clock.time(24000) == pytest.approx(100.5) and clock.time(96000) == pytest.approx(102.0)
+    assert problems[0] == f"{path}:2: frame: not a whole number of frames" and problems[1].startswith(f"{path}:3:")
+    path.write_text("")
+    with pytest.raises(ArchiveError, match="no clock-map point"):
+        read_clock(path, 48000)
+    run = tutti("archive", "mix", str(tmp_path))
+    assert run.returncode == 1 and "run tutti archive collect first" in run.stderr and "Traceback" not in run.stderr
