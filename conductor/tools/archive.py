@@ -130,9 +130,8 @@ def mix(archive: Path, stems_only: bool = False) -> list[Path]:
     try:
         index = json.loads((archive / "index.json").read_text())
     except (OSError, ValueError) as e:
-        raise ArchiveError(
-            f"{archive / 'index.json'}: not a collected archive ({e}): run tutti archive collect"
-        ) from None
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        raise ArchiveError(f"{archive / 'index.json'}: {why}: run tutti archive collect first") from None
     tracks = index["tracks"]
     if not tracks:
         raise ArchiveError(f"{archive}: no tracks to mix")
