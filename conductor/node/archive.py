@@ -82,14 +82,14 @@ class ArchiveRecorder:
         self._line: float | None = None  # wall - frame/rate at the last clock-map point
         self._mapped = 0  # file frame of the last clock-map point
         self._file_minus_jack = 0  # a file frame less the JACK frame that sounded then
-        self._gone = 0  # JACK frame at which a port last went away (JACK names no port that has gone)
+        self._gone: dict[str, int] = {}  # JACK client -> the JACK frame at which it last went away
         self._looked = 0  # JACK frame at which the sources were last looked at
         every = [p for ports in self.ports for p in ports]
 
-        @self.client.set_port_registration_callback(only_available=False)
-        def registration(port: jack.Port | int, register: bool) -> None:  # JACK's notification thread
+        @self.client.set_client_registration_callback
+        def registration(name: str, register: bool) -> None:  # JACK's notification thread
             if not register:
-                self._gone = self.client.frame_time
+                self._gone[name] = self.client.frame_time
 
         @self.client.set_process_callback
         def process(frames: int) -> None:
@@ -112,14 +112,15 @@ class ArchiveRecorder:
             json.dumps({"rate": self.rate, "tracks": {t.name: t.channels for t in self.tracks}, "started": time.time()})
         )
         self.client.activate()
+        self._looked = self.client.frame_time
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(EVERY)
             try:
+                await asyncio.to_thread(self._write)  # first: it maps JACK frames to the file's
                 self._patch()
-                await asyncio.to_thread(self._write)
             except Exception:  # a bad moment in JACK: the next pass goes on (gaps keep the length)
                 log.exception("archive")
 
@@ -129,19 +130,21 @@ class ArchiveRecorder:
         looked, self._looked = self._looked, self.client.frame_time
         existing = {p.name for p in self.client.get_ports(is_output=True)}
         for track, ports in zip(self.tracks, self.ports, strict=True):
-            missing = False
+            unheard = False  # a source not connected at this look (gone, or back with new ports)
             for source, port in zip(track.sources, ports, strict=True):
-                if source not in existing:
-                    missing = True
-                elif source not in {c.name for c in self.client.get_all_connections(port)}:
-                    try:
+                if source in {c.name for c in self.client.get_all_connections(port)}:
+                    continue
+                unheard = True
+                if source in existing:
+                    with contextlib.suppress(jack.JackError):  # not ready yet: the next look
                         self.client.connect(source, port)
-                    except jack.JackError:
-                        missing = True
-            if missing and track.missing_since is None:
-                gone = self._gone if self._gone >= looked else self._looked  # since the last look
-                track.missing_since = gone + self._file_minus_jack
-            elif not missing and track.missing_since is not None:
+            if unheard and track.missing_since is None:
+                left = max((self._gone.get(source.split(":")[0], 0) for source in track.sources), default=0)
+                gone = left if left >= looked else looked  # it went since the last look
+                track.missing_since = max(0, gone + self._file_minus_jack)
+            pairs = zip(track.sources, ports, strict=True)
+            heard = all(s in {c.name for c in self.client.get_all_connections(p)} for s, p in pairs)
+            if heard and track.missing_since is not None:
                 now = self.client.frame_time + self._file_minus_jack
                 self._gap(track.kind, track.name, track.missing_since, now - track.missing_since)
                 track.missing_since = None
