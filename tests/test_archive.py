@@ -94,8 +94,8 @@ async def relisten(reference: Recorder, indices: list[int]) -> None:
         await until(lambda i=i: listening(i), 20, f"{SOURCES[i]} never came back")
 
 
-def outside(times: list[float], span: tuple[float, float], margin: float = 0.3) -> list[float]:
-    return [t for t in times if not span[0] - margin < t < span[1] + margin]
+def outside(times: list[float], spans: list[tuple[float, float]], margin: float = 0.3) -> list[float]:
+    return [t for t in times if not any(a - margin < t < b + margin for a, b in spans)]
 
 
 def onsets(samples: np.ndarray, rate: int, threshold: float = 0.5, quiet: float = 0.01) -> list[int]:
@@ -116,7 +116,7 @@ def tutti(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.integration
 async def test_two_sites_recorded_through_an_scsynth_kill_are_aligned_on_conductor_time(tmp_path: Path) -> None:
     (tmp_path / "score.yaml").write_text(SCORE)
-    base = 21000 + (os.getpid() % 1000) * 4  # JackTrip ports: a's hub, b's client
+    base = 40000 + (os.getpid() % 1000) * 8  # JackTrip ports (hub, client), apart from test_jacktrip.py
     audio = {  # each site's clicks go to the other over the link: a runs the hub, b joins it
         "hub": {"site": "a", "address": "::1", "port": base, "scsynth_to_send": 1},
         "links": [{"site": "b", "bind_port": base + 1, "scsynth_to_send": 1}],
@@ -192,10 +192,11 @@ async def test_two_sites_recorded_through_an_scsynth_kill_are_aligned_on_conduct
     names = [f"{t['node']}/{t['track']}" for t in index["tracks"]]
     assert names == list(TRACKS) and multitrack.shape[1] == 8  # four stereo tracks
     errors, in_gaps, worst = [], 0, {}
-    back["none"] = (0.0, 0.0)
     for k, track in enumerate(index["tracks"]):
-        # Left out: from a restart until the test's recorder listened again (the archive may be sooner).
-        away = back["scsynth" if names[k] == "na/scsynth" else "link" if "from" in names[k] else "none"]
+        # Left out: from a restart until the test's recorder listened again (the archive may be sooner),
+        # and around scsynth's death (one JACK server here for all four tracks; JACK waits for a dead client:
+        # those cycles may run some clients and not others).
+        away = [back["scsynth"]] + ([back["link"]] if "from" in names[k] else [])
         everything = [t0 + i / rate for i in onsets(multitrack[:, 2 * k], rate)]
         archived = outside(everything, away)
         real = outside(heard[SOURCES.index(TRACKS[names[k]])], away)
@@ -220,21 +221,22 @@ async def test_two_sites_recorded_through_an_scsynth_kill_are_aligned_on_conduct
             assert down and down[0]["seconds"] < 60, (track["gaps"], cut)
         if names[k] != "na/scsynth":
             continue
-        # The gap: marked where scsynth was killed, as long as the silence the clicks it missed left.
+        # The gap: marked where scsynth was killed, silence for as long as it had no scsynth to record.
         [gap] = [
             g for g in track["gaps"] if g["kind"] == "scsynth down" and g["t"] - 0.3 < killed < g["t"] + g["seconds"]
         ]
         assert gap["t"] - 0.3 < killed < gap["t"] + gap["seconds"] < killed + 10, (gap, killed)
+        back_at = gap["t"] + gap["seconds"]
+        silent = multitrack[round((gap["t"] - t0) * rate) + 1 : round((back_at - t0) * rate) - 1, 2 * k]
+        assert len(silent) > 0 and not np.abs(silent).any(), "the gap is not silence"
+        # The clicks after it are where they sounded (above): the track was not shifted by it.
         missed = [c for c in CLICKS if not any(abs(a - start - c) < 0.1 for a in everything)]
-        assert any(gap["t"] < start + c < gap["t"] + gap["seconds"] for c in missed), (
-            "none missed while it was down",
-            gap,
-            killed - start,
-            missed,
-            [round(a - start, 3) for a in everything],
-        )
-        for c in missed:  # every click missed is in a marked gap: that one, or a cycle JACK ran without it
-            assert any(g["t"] - 0.05 < start + c < g["t"] + g["seconds"] + 0.05 for g in track["gaps"]), (c, gap)
+        for c in missed:  # a cue sent while scsynth was down or starting is lost; any other is in a marked gap
+            lost = killed - 0.5 < start + c < back_at + 1.0
+            assert lost or any(g["t"] - 0.05 < start + c < g["t"] + g["seconds"] + 0.05 for g in track["gaps"]), (
+                c,
+                gap,
+            )
     print(
         f"archive against the test's own recorder: p50 {statistics.median(errors) * 1e3:.3f} ms, "
         f"max {max(errors) * 1e3:.3f} ms over {len(errors)} clicks ({in_gaps} in marked gaps); worst per track, ms: "
