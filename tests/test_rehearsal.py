@@ -305,6 +305,8 @@ async def test_a_loop_three_times_and_the_click_track_sound_in_step_at_two_sites
     assert sorted(loop)[-1 - late] < 0.001 and sorted(click)[-1 - late] < 0.001, (late, loop, click)
 
     # The page went round the loop with the conductor: its position at each instant is the journal's.
+    # A page is sent a change once it is on disk: on a machine this busy the jump's may reach it a
+    # little after the jump (it then goes round at once), so the half second after each is left out.
     transport = Transport(load_score(two_sites["score"]).score)
     for record in records:
         transport.apply(record.change)
@@ -313,7 +315,7 @@ async def test_a_loop_three_times_and_the_click_track_sound_in_step_at_two_sites
     compared = [
         abs(pos - transport.position(t - wall))
         for t, pos in seen
-        if downbeat - 1 < t - wall < end and all(abs(t - wall - j) > 0.05 for j in jumps_at)
+        if downbeat - 1 < t - wall < end and all(not -0.05 < t - wall - j < 0.5 for j in jumps_at)
     ]
     assert len(compared) > 500 and max(compared) < 0.03, max(compared)
     passes = {round((t - wall - downbeat) // (2 * BAR)) for t, pos in seen if 4.0 <= pos < 4.2 and t - wall > downbeat}
