@@ -1,7 +1,8 @@
 """Screenshots of what people see, to be looked at: the performer view in each state (waiting,
-count-in, playing, paused, ended, offline, refused) on an iPad both ways and a phone, the console
-before the downbeat with a part missing, its audio links each way (none measured, measured, a link
-restarting) on an iPad and a phone, and the audience on a phone.
+count-in, playing, paused, looping in a rehearsal, ended, offline, refused) on an iPad both ways
+and a phone, the console before the downbeat with a part missing and while rehearsing a loop
+(iPad and phone), its audio links each way (none measured, measured, a link restarting) on an
+iPad and a phone, and the audience on a phone.
 
     .venv/bin/python -m bench.screenshots [--out test-output/screens]
 
@@ -133,6 +134,26 @@ async def main(out: Path) -> list[Path]:
                 await boss.command("pause")
                 await wait_phase(pages, "paused")
                 written += await shoot(pages, out, "paused")
+
+                # Rehearsing: a loop of two bars and the click track on, on every view and the console.
+                await boss.command("loop", bars=[13, 14], times=3)
+                await boss.command("click", on=True, part="drones")
+                await boss.command("play", count_in=0)
+                await wait_phase(pages, "playing")
+                for page in pages.values():
+                    await page.wait_for_function("() => !document.getElementById('loopmark').hidden", timeout=10_000)
+                written += await shoot(pages, out, "looping")
+                for name, size in (("ipad-landscape", (1024, 768)), ("phone", (390, 844))):
+                    await console.set_viewport_size({"width": size[0], "height": size[1]})
+                    await console.wait_for_function(
+                        "() => document.getElementById('rehearsal-state').textContent.includes('bars 13–14')"
+                    )
+                    path = out / f"console-looping-{name}.png"
+                    await console.screenshot(path=str(path), full_page=True)
+                    written.append(path)
+                await boss.command("unloop")
+                await boss.command("pause")
+                await wait_phase(pages, "paused")
 
                 audience = await open_view(browser, f"{conductor.url}/audience", VIEWPORTS["phone"])
                 await audience.screenshot(path=str(out / "audience-phone.png"))

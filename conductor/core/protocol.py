@@ -164,8 +164,77 @@ class SetParams(_Command):
     values: Annotated[dict[Name, Num], Field(min_length=1, max_length=16)]
 
 
+# --- rehearsal: loops, bars with a pre-roll, the click track ------------------------------------
+
+Bar = Annotated[StrictInt, Field(ge=1, le=100_000)]
+
+
+class SetLoop(_Command):
+    """Loop a span (a section, or bars ``[from, to]`` inclusive): jump to its start now, and back to it
+    each time the play reaches its end, ``times`` passes in all (default: until ``unloop``)."""
+
+    cmd: Literal["loop"]
+    section: Name | None = None
+    bars: tuple[Bar, Bar] | None = None
+    times: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_span(self) -> SetLoop:
+        if (self.section is None) == (self.bars is None):
+            raise ValueError("give a section or bars [from, to], not both")
+        if self.bars and self.bars[1] < self.bars[0]:
+            raise ValueError("bars: the last bar comes before the first")
+        return self
+
+
+class Unloop(_Command):
+    cmd: Literal["unloop"]
+
+
+class Repeat(_Command):
+    """Back to the loop's start: the conductor's own at the loop's end, or a console's restart."""
+
+    cmd: Literal["repeat"]
+
+
+class GoToBar(_Command):
+    """A rehearsal mark by number: bar ``bar``, with ``preroll`` bars before it to play in."""
+
+    cmd: Literal["bar"]
+    bar: Bar
+    preroll: Annotated[StrictInt, Field(ge=0, le=8)] = 0
+
+
+class SetClick(_Command):
+    """The click track on or off: everywhere, at one site, or for one part's nodes."""
+
+    cmd: Literal["click"]
+    on: StrictBool
+    site: Name | None = None
+    part: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SetClick:
+        if self.site is not None and self.part is not None:
+            raise ValueError("give a site or a part, not both")
+        return self
+
+
 Command = Annotated[
-    Play | Pause | Stop | Seek | GoToSection | SetTempo | SetParam | SetParams, Field(discriminator="cmd")
+    Play
+    | Pause
+    | Stop
+    | Seek
+    | GoToSection
+    | SetTempo
+    | SetParam
+    | SetParams
+    | SetLoop
+    | Unloop
+    | Repeat
+    | GoToBar
+    | SetClick,
+    Field(discriminator="cmd"),
 ]
 command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
 
@@ -298,6 +367,9 @@ class Outbound(BaseModel):
 OscArgument = StrictInt | StrictFloat | StrictStr
 
 
+CLICK_ID = -1  # a NodeCue's id for the click track and count-in: to its own bus, each beat once however routed
+
+
 class NodeCue(Outbound):
     """One OSC message for a node's scsynth or sclang, at a conductor time (``t`` None: at once)."""
 
@@ -335,12 +407,14 @@ class ChangeState(Outbound):
     command: dict[str, Any]
     segment: SegmentState | None = None
     params: dict[str, float] | None = None
+    rehearsal: dict[str, Any] | None = None  # the loop and click track from ``t`` (``Rehearsal``)
 
 
 class Snapshot(Outbound):
     seq: int
     segments: list[SegmentState]
     params: dict[str, list[tuple[float, float]]]
+    rehearsal: dict[str, Any] | None = None
 
 
 class StateUpdate(Outbound):

@@ -26,7 +26,7 @@ from conductor.core import journal, protocol
 from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
 from conductor.core.performance import Performance
-from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Report, SetTempo
+from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Repeat, Report, SetTempo
 from conductor.core.scheduler import Lookahead
 from conductor.core.transport import Transport
 from conductor.server.broadcast import FRAME, StateBroadcast
@@ -99,6 +99,7 @@ class Conductor:
             period_ms = audio.period / audio.sample_rate * 1000
             path = metrics_path(concert.journal_path)
             self.link_metrics = LinkMetrics(self._node_links, path, self.clock.now, period_ms)
+        self.nodes.repeat = self._repeat
         self.console = ConsoleFeed(
             self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out,
             self.link_metrics.feed if self.link_metrics else lambda: None,
@@ -268,6 +269,16 @@ class Conductor:
         _check_size(payload)
         report = Report.model_validate(payload)
         client.rtt, client.offset, client.error, client.delay = report.rtt, report.offset, report.error, report.delay
+
+    def _repeat(self, at: float) -> bool:
+        """A loop's jump back at its end, journalled like any change; false if it was refused."""
+        try:
+            kept = self.pipeline.submit(Repeat(cmd="repeat", at=at), {"role": "conductor", "name": "loop"})
+        except Rejected as e:
+            log.warning("the loop cannot go back (%s): it plays on", e.message)
+            return False
+        kept.add_done_callback(lambda f: f.cancelled() or f.exception())  # a refusal is the pipeline's to log
+        return True
 
     async def _command(self, client: Client, payload: Any) -> dict[str, Any]:
         _check_size(payload)

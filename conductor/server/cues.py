@@ -60,6 +60,8 @@ class NodeCues:
         self.channels: dict[str, tuple[web.WebSocketResponse, asyncio.Transport]] = {}  # sid -> its cue channel
         period = audio.period / audio.sample_rate if (audio := roster.concert.settings.audio) else 0.0
         self._period = period
+        # The loop's jump back, as a change like any other (set by the conductor: its pipeline)
+        self.repeat: Callable[[float], bool] = lambda at: False
 
     def timing(self) -> Timing:
         return Timing(self.now(), self.lookahead.value, self.lookahead.transport, self.sent_until, self.align)
@@ -208,6 +210,12 @@ class NodeCues:
                     early = max((max(o.values(), default=0.0) for o in self.align.values()), default=0.0)
                 now = self.now()
                 horizon = max(self.sent_until, now + self.lookahead.value + early)
+                # A loop's end within the horizon: its jump first, so no cue past the end is sent.
+                while (at := self.core.transport.next_jump(self.sent_until, horizon)) is not None:
+                    if not self.repeat(at):
+                        break
+                for routed in self.core.clicks(self.sent_until, horizon):
+                    self.queue(routed)
                 for routed in self.core.score_cues(self.sent_until, horizon, self.align):
                     if self.core.immediate(score.cues[routed.cue.id or 0]):
                         self._held.append(routed)

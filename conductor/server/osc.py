@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 from pythonosc import slip
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -36,7 +37,8 @@ from pythonosc.osc_packet import OscPacket
 
 from conductor.core.concert import OscRoute, OscSettings
 from conductor.core.performance import Accepted
-from conductor.core.protocol import Rejected, SetParam, SetParams
+from conductor.core.protocol import Command, Rejected, SetParam, SetParams, command_adapter
+from conductor.server.joins import summary
 from conductor.server.osctime import SenderClocks, timetag, when
 
 log = logging.getLogger("tutti.osc")
@@ -55,7 +57,41 @@ ALLOWED_CACHE = 4096  # source addresses whose allow-list answer is remembered
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("@ll")
 
-Submit = Callable[[SetParam | SetParams, dict[str, Any], int], "asyncio.Future[Any]"]
+Submit = Callable[[Command, dict[str, Any], int], "asyncio.Future[Any]"]
+
+# Rehearsal from a controller: fixed addresses, each a command with its arguments in this order.
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "/tutti/play": ("play", ("count_in",)),
+    "/tutti/pause": ("pause", ()),
+    "/tutti/section": ("section", ("id",)),
+    "/tutti/bar": ("bar", ("bar", "preroll")),
+    "/tutti/loop": ("loop", ("from", "to", "times")),  # bars, both played
+    "/tutti/loop/section": ("loop", ("section", "times")),
+    "/tutti/unloop": ("unloop", ()),
+    "/tutti/repeat": ("repeat", ()),
+    "/tutti/click": ("click", ("on",)),
+    "/tutti/click/site": ("click", ("site", "on")),
+    "/tutti/click/part": ("click", ("part", "on")),
+}
+
+
+def osc_command(address: str, args: list[Any]) -> Command:
+    """The command a rehearsal address makes; raises Rejected (saying what it takes) if it cannot."""
+    cmd, names = COMMANDS[address]
+    takes = f"{address} takes {' '.join(names) or 'nothing'}"
+    if len(args) > len(names):
+        raise Rejected("osc_bad_args", takes)
+    # Controllers send whole numbers as floats (TouchOSC) and switches as numbers or T/F.
+    plain = [int(a) if isinstance(a, float) and a.is_integer() else a for a in args]
+    fields: dict[str, Any] = {"cmd": cmd, **dict(zip(names, plain, strict=False))}
+    if "on" in fields:
+        fields["on"] = bool(fields["on"])
+    if "from" in fields or "to" in fields:
+        fields["bars"] = [fields.pop("from", None), fields.pop("to", None)]
+    try:
+        return command_adapter.validate_python(fields)
+    except pydantic.ValidationError as e:
+        raise Rejected("osc_bad_args", f"{takes} ({summary(e)})") from None
 
 
 def _padded(length: int) -> int:
@@ -246,6 +282,9 @@ class OscIngress:
             messages = [(m.address, tuple(m.params)) for m in read]
         tag = timetag(data)
         for address, args in messages:
+            if address in COMMANDS:
+                self._command(address, list(args), source, tag)
+                continue
             route = self.routes.get(address)
             if route is None:
                 self._reject("osc_unknown_address", f"no route for {address[:64]}")
@@ -267,6 +306,21 @@ class OscIngress:
                     self._reject("osc_bad_time", f"{address} from {source[0]}: {e}")
                     continue
             values.append(_Value(route, tuple(float(a) for a in args), source, at))
+
+    def _command(self, address: str, args: list[Any], source: tuple[str, int], tag: float | None) -> None:
+        try:
+            command = osc_command(address, args)
+            if tag is not None:
+                at = when(self.clocks.conductor_time(source[0], tag), time.time() + self.clocks.own())
+                command = command.model_copy(update={"at": at})
+            done = self._submit(command, {"role": "osc", "name": f"{source[0]}:{source[1]}"}, 0)
+        except Rejected as r:
+            self._reject(r.code, f"{address}: {r.message}")
+            return
+        except ValueError as e:  # a timetag that cannot be a conductor time
+            self._reject("osc_bad_time", f"{address} from {source[0]}: {e}")
+            return
+        done.add_done_callback(_retrieved)
 
     def _apply(self, values: list[_Value], coalesce: bool) -> None:
         passed_over: dict[str, int] = {}
