@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,10 @@ DEFAULT_GROUP = 1  # as sclang's Server makes it: where cues with target 1 put t
 
 
 BUNDLE = b"#bundle\x00"  # what an OSC bundle begins with
+JACK_REGISTRY = Path("/dev/shm/jack-shm-registry")  # jack2's list of servers (shm.h)
+JACK_REGISTRY_HEADER = struct.Struct("<IHxxiiii")  # magic, protocol, type, size, hdr_len, entry_len
+JACK_MAGIC = 0x4A41434B  # "JACK"
+JACK_MAX_SERVERS = 8
 
 
 def osc_message(address: str, args: list[Any]) -> OscMessageBuilder:
@@ -89,6 +95,47 @@ class Health:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def forget_killed_jack_servers(registry: Path = JACK_REGISTRY) -> int:
+    """Free the entries that killed JACK servers left in jack2's registry; how many were freed.
+
+    jack2 takes back a dead server's entry only for a new server of the same name, and refuses a
+    ninth name ("Too many servers already active"): a machine whose JACK servers were killed
+    (a node agent killed with its server) would soon start none. Only entries whose process is
+    gone are cleared, as jack2 itself clears them.
+    """
+    try:
+        fd = os.open(registry, os.O_RDWR)
+    except OSError:
+        return 0  # no JACK server has run here yet
+    try:
+        with mmap.mmap(fd, 0) as shm:
+            magic, _, _, _, header, _ = JACK_REGISTRY_HEADER.unpack_from(shm)
+            entry = (header - JACK_REGISTRY_HEADER.size) // JACK_MAX_SERVERS
+            if magic != JACK_MAGIC or entry < 8:
+                return 0  # not a layout this knows: leave it to jack2
+            freed = 0
+            for at in range(JACK_REGISTRY_HEADER.size, header, entry):
+                (pid,) = struct.unpack_from("<i", shm, at)
+                if pid > 0 and not _alive(pid):
+                    shm[at : at + entry] = bytes(entry)
+                    freed += 1
+            return freed
+    except (OSError, ValueError, struct.error):
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 async def start_jack(
     name: str, *, rate: int = 48000, period: int = 128, channels: int = 2
 ) -> asyncio.subprocess.Process:
@@ -97,6 +144,8 @@ async def start_jack(
     A server of the same name that is still going away (the previous agent's, killed with it) makes
     a new one exit at once; it is started again until the name is free.
     """
+    if freed := await asyncio.to_thread(forget_killed_jack_servers):
+        log.info("freed %d entries of killed JACK servers in %s", freed, JACK_REGISTRY)
     env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
     deadline = time.monotonic() + 20
     jackd = None
