@@ -97,6 +97,7 @@ export class Conductor extends EventTarget {
       this.state = applyUpdate(this.state, msg, this.now());
       this.emit("state", msg);
     });
+    this.socket.on("sketch", (msg) => this.emit("sketch", msg));
     this.socket.on("error", (err) => {
       if (err.code === "overloaded") this.letGo = true;
       this.emit("refused", err);
@@ -189,6 +190,16 @@ export class Conductor extends EventTarget {
   // A problem on this page the conductor should know of (a sketch that failed): shown on the console.
   problem(what, message) {
     if (this.connected) this.socket.emit("problem", { what: String(what).slice(0, 64), message: String(message).slice(0, 300) });
+  }
+
+  // An event for other parts' sketches: { name, data, to?: [part ids], at?: score time }. The
+  // conductor's answer: { ok: true, t? } or a refusal, with its reason.
+  async sketchEvent(fields) {
+    try {
+      return await this.socket.timeout(5000).emitWithAck("sketch", fields);
+    } catch {
+      return { ok: false, code: "no_answer", message: "no answer from the conductor" };
+    }
   }
 
   section(t = this.now()) {

@@ -3,7 +3,7 @@
 import { followConnection, join, keepAwake, params } from "./join.js";
 import { LiveControl, refusalText } from "./live.js";
 import { areaOf, barBeat, drawPart, sectionAt } from "./score-view.js";
-import { mountSketch } from "./sketch.js";
+import { mountFrame, mountSketch } from "./sketch.js";
 
 const $ = (id) => document.getElementById(id);
 const stage = $("stage");
@@ -145,7 +145,8 @@ async function main() {
   window.tuttiView = view;
   for (const layer of part.layers.filter((l) => l.type === "sketch")) {
     const boxOf = () => areaOf(layer, stage.clientWidth, stage.clientHeight);
-    view.sketches.push(await mountSketch(stage, layer, conductor, part, boxOf));
+    if (layer.p5) view.sketches.push(mountFrame(stage, layer, conductor, part, boxOf));
+    else view.sketches.push(await mountSketch(stage, layer, conductor, part, boxOf));
   }
   const controls = part.controls.map((control) => makeControl(conductor, control));
   if (controls.length) {

@@ -1,11 +1,35 @@
-// Runs a composer's p5.js sketch in its own layer. A sketch module's default export is an
-// instance-mode function `(p, tutti) => { p.setup = ...; p.draw = ... }`; `tutti` gives the synced
-// score time, parameters and sections, and the layer's size (`width`, `height`, which follow
-// resizes and rotation: the sketch's canvas is resized with its layer). A sketch that fails, in
-// any of its functions or touch handlers, shows its error in a line inside its own layer, stops,
-// and is reported to the conductor's console; every other layer goes on.
+// Runs a composer's p5.js sketch in its own layer, in one of two ways:
+// - a module sketch: the default export is an instance-mode function `(p, tutti) => { p.setup = ...;
+//   p.draw = ... }`, run in the page (mountSketch);
+// - a global-mode sketch (the layer names `p5: "1.x"` or `"2.x"`): `function setup()`, `draw()` and
+//   the rest as openprocessing.org exports them, run unchanged in a sandboxed frame of its own sized
+//   to the layer, with `tutti` and a socket.io-style `io()` as globals (mountFrame).
+// `tutti` gives the synced score time, parameters and sections, the layer's size (`width`, `height`,
+// which follow resizes and rotation) and events to and from the other parts' sketches (`send`, `on`).
+// A sketch that fails shows its error in a line inside its own layer, stops, and is reported to the
+// conductor's console; every other layer goes on.
 
 import { sectionAt } from "./score-view.js";
+
+const SPIN = 0.004; // seconds of a timed event's wait spun rather than left to a timer, which can be late
+
+// An event from another part's sketch, fired at its conductor time `t` (a timed one) or at once.
+export function deliver(event, now, fire) {
+  const meta = { from: event.part, sender: event.sender, at: event.at ?? null, late: 0 };
+  if (event.t == null) return fire(event, meta);
+  const go = () => {
+    let left = event.t - now();
+    if (left > SPIN) return setTimeout(go, (left - SPIN) * 1000);
+    while ((left = event.t - now()) > 0); // the last few milliseconds, to the synced clock
+    fire(event, { ...meta, late: -left });
+  };
+  go();
+}
+
+// What a sketch frame needs of the page's clock estimate to read the same synced clock.
+function clockModel(clock) {
+  return { _from: clock._from, _to: clock._to, _since: clock._since, _steered: true, maxSlew: clock.maxSlew };
+}
 
 export function sketchApi(conductor, part, box) {
   return {
@@ -18,7 +42,78 @@ export function sketchApi(conductor, part, box) {
     param: (name) => conductor.param(name),
     section: () => sectionAt(conductor.score, conductor.position()),
     playing: () => conductor.playing(),
+    send: (name, data = null, { to, at } = {}) => conductor.sketchEvent({ name, data, to, at }),
+    on: (name, fn) =>
+      conductor.addEventListener("sketch", ({ detail }) => {
+        if (detail.name === name) deliver(detail, () => conductor.now(), (e, meta) => fn(e.data, meta));
+      }),
   };
+}
+
+const P5 = { "1.x": "/vendor/p5/p5.min.js", "2.x": "/vendor/p5-2/p5.min.js" };
+
+// The frame's document: the sketch's start (state, clock, score) as JSON, then sketch-boot.js,
+// sketch-frame.js, p5 and the sketch itself, which p5 starts in global mode once the frame has loaded.
+function frameDocument(layer, conductor, part, version) {
+  const init = { part, score: conductor.score, version, state: conductor.state, clock: clockModel(conductor.clock) };
+  const json = JSON.stringify(init).replaceAll("<", "\\u003c"); // no "</script>" inside the script
+  const src = `/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version ?? "")}`;
+  return `<!doctype html><html><head><meta charset="utf-8">
+<style>html, body { margin: 0; overflow: hidden; background: transparent; } canvas { display: block; }</style>
+<script type="application/json" id="tutti-init">${json}</script>
+<script src="/clients/sketch-boot.js"></script>
+<script type="module" src="/clients/sketch-frame.js"></script>
+<script src="${P5[layer.p5]}"></script>
+</head><body><script src="${src}"></script></body></html>`;
+}
+
+// A global-mode sketch in a sandboxed frame: its globals, its canvas (of any size) and its errors
+// stay inside it, and without `allow-same-origin` it cannot reach the page, the token or the socket.
+export function mountFrame(container, layer, conductor, part, boxOf, version = "") {
+  const frame = document.createElement("iframe");
+  frame.className = "sketch-layer sketch-frame";
+  frame.dataset.src = layer.src;
+  frame.sandbox = "allow-scripts";
+  frame.allow = "accelerometer; gyroscope; magnetometer"; // deviceMoved and deviceTurned on an iPad
+  frame.title = `sketch ${layer.src}`;
+  const state = { error: null, holder: frame, fps: 0, ready: false };
+  const post = (message) => frame.contentWindow?.postMessage(message, "*");
+  const place = () => {
+    const box = boxOf();
+    Object.assign(frame.style, { left: `${box.x}px`, top: `${box.y}px`, width: `${box.w}px`, height: `${box.h}px` });
+  };
+  place();
+  new ResizeObserver(place).observe(container); // the frame's own resize reaches the sketch's windowResized
+  const fail = (message, line) => {
+    if (state.error) return;
+    state.error = line ? `${message} (${layer.src} line ${line})` : message;
+    const note = Object.assign(document.createElement("div"), { className: "sketch-error" });
+    note.textContent = `The sketch ${layer.src} stopped: ${state.error}`;
+    note.style.left = frame.style.left;
+    note.style.top = frame.style.top;
+    container.append(note);
+    conductor.problem(`sketch ${layer.src}`, state.error);
+  };
+  window.addEventListener("message", async (event) => {
+    if (event.source !== frame.contentWindow) return;
+    const msg = event.data ?? {};
+    if (msg.type === "ready") {
+      state.ready = true;
+      post({ type: "state", state: conductor.state });
+      post({ type: "clock", clock: clockModel(conductor.clock) });
+    } else if (msg.type === "send") {
+      const answer = await conductor.sketchEvent({ name: msg.name, data: msg.data, to: msg.to, at: msg.at });
+      post({ type: "answer", id: msg.id, answer });
+    } else if (msg.type === "error") fail(String(msg.message), Number(msg.line) || 0);
+    else if (msg.type === "stats") state.fps = Number(msg.fps) || 0;
+  });
+  conductor.addEventListener("state", () => post({ type: "state", state: conductor.state }));
+  conductor.addEventListener("sketch", ({ detail }) => post({ type: "event", event: detail }));
+  // The page's estimate slews slowly (2 ms/s at most): sent to the frame four times a second.
+  state.clockTimer = setInterval(() => state.ready && post({ type: "clock", clock: clockModel(conductor.clock) }), 250);
+  frame.srcdoc = frameDocument(layer, conductor, part, version);
+  container.append(frame);
+  return state;
 }
 
 // Every p5 function a sketch may define that p5 calls: an error in any of them stays in the layer.

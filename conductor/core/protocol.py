@@ -35,6 +35,7 @@ HEALTH = "health"  # payload: a node's health (scsynth, cues, clock), every seco
 INVITE = "invite"  # payload: Invite, from a conductor; ack: {"ok": true, "invites": [{part, name, url, svg}]}
 SOUND = "sound"  # payload: SoundEvent, from a conductor: a cue outside the score; ack: {"ok": true, "t"}
 PROBLEM = "problem"  # payload: PageProblem, from a page (a sketch that failed); no ack; shown on the console
+SKETCH = "sketch"  # payload: SketchEvent, from a performer's sketch; ack {"ok": true, "t"?}; relayed as SketchDelivery
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: Welcome
 STATE = "state"  # to every joined client but nodes, once changes are on disk: StateUpdate
@@ -197,6 +198,27 @@ class PageProblem(Message):
 
     what: Annotated[StrictStr, Field(max_length=64)]
     message: Annotated[StrictStr, Field(max_length=300)]
+
+
+MAX_SKETCH_DATA = 4096  # bytes of JSON a sketch event's data may hold
+
+
+class SketchEvent(Message):
+    """An event a performer's sketch sends to the other parts' sketches (``tutti.send``, ``socket.emit``)."""
+
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+    data: Any = None  # any JSON, at most MAX_SKETCH_DATA bytes, every number finite
+    to: Annotated[list[Name], Field(min_length=1, max_length=32)] | None = None  # part ids; default: every part
+    at: Annotated[Num, Field(ge=0, le=1e6)] | None = None  # the score time to fire it at; default: on arrival
+
+    @model_validator(mode="after")
+    def _small(self) -> SketchEvent:
+        if not finite(self.data):
+            raise ValueError("data: every number must be finite (and it nests at most 8 deep)")
+        size = len(json.dumps(self.data, separators=(",", ":")))
+        if size > MAX_SKETCH_DATA:
+            raise ValueError(f"data: {size} bytes of JSON (at most {MAX_SKETCH_DATA})")
+        return self
 
 
 class Invite(Message):
@@ -382,6 +404,18 @@ class ConsoleFeed(Outbound):
     lookahead: dict[str, Any]
     journal: str | None = None  # why changes are refused, while the journal cannot be written
     now: float
+
+
+class SketchDelivery(Outbound):
+    """A sketch event as the pages of the parts it names get it (``sketch``): who sent it, and for a
+    timed one its score time and the conductor time it fires at."""
+
+    name: str
+    data: Any = None
+    part: str | None  # the sending performer's part
+    sender: str  # how the console lists the sender
+    at: float | None = None
+    t: float | None = None
 
 
 class ErrorMessage(Outbound):

@@ -229,6 +229,9 @@ class SketchLayer(Strict):
     src: StrictStr  # a p5.js sketch file, relative to the score
     area: Area = (0.0, 0.0, 1.0, 1.0)
     params: list[Ident] = []  # parameters the sketch reads
+    # Given: a global-mode sketch (function setup(), draw(), as openprocessing.org exports it), run
+    # unchanged in a sandboxed frame of its own with this p5. Absent: an ES module `(p, tutti)`.
+    p5: Literal["1.x", "2.x"] | None = None
 
 
 Layer = Annotated[TimelineLayer | TextLayer | CountdownLayer | SketchLayer, Field(discriminator="type")]

@@ -37,6 +37,7 @@ from conductor.server.joins import BARRED_DELAY, JOIN_COOLDOWN, NODES, Client, R
 from conductor.server.osc import OscIngress
 from conductor.server.osctime import SenderClocks
 from conductor.server.pipeline import Pipeline
+from conductor.server.sketches import SketchRelay
 
 log = logging.getLogger("tutti.conductor")
 
@@ -102,6 +103,7 @@ class Conductor:
             clocks = SenderClocks(self._node_clocks, lambda: self.clock.now() - time.time())
             self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count, clocks)
             self.pipeline.on_accepted.append(self.osc.echo)
+        self.sketches = SketchRelay(lambda: self.score.score, lambda: self.transport, out, self.clock.now)
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
             protocol.SYNC: self._sync,
             protocol.COMMAND: self._command,
@@ -111,6 +113,7 @@ class Conductor:
             protocol.INVITE: self._invite,
             protocol.SOUND: self._sound,
             protocol.PROBLEM: self._problem,
+            protocol.SKETCH: self._sketch,
         }
 
     @property
@@ -231,6 +234,7 @@ class Conductor:
 
     async def leave(self, sid: str) -> None:
         self.roster.leave(sid)
+        self.sketches.left(sid)
         await self.nodes.left(sid)
 
     def forget_worker(self, worker: str) -> None:
@@ -318,6 +322,11 @@ class Conductor:
         """A page says something failed on it (a sketch): listed on the console with who it was."""
         problem = PageProblem.model_validate(payload)
         self.refusals.count("page_problem", f"{problem.what}: {problem.message}", protocol.PROBLEM, client.name)
+
+    async def _sketch(self, client: Client, payload: Any) -> dict[str, Any]:
+        """An event from a performer's sketch, relayed to the sketches of the parts it names."""
+        _check_size(payload)
+        return await self.sketches.send(client, protocol.SketchEvent.model_validate(payload))
 
     # --- running ------------------------------------------------------------------------------
 

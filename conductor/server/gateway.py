@@ -148,6 +148,7 @@ class Gateway:
         fanout.install(self.sio, concert.settings.unread_limit, self._let_go)
         self.app = web.Application(middlewares=[_uncompressed, *([self._no_polling] if worker else [])])
         self.sio.attach(self.app)
+        self.app.on_response_prepare.append(_shared_code)
         self._routes()
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
@@ -404,6 +405,16 @@ class Gateway:
             await self.sio.disconnect(sid)
         await self.sio.shutdown()
         await runner.cleanup()
+
+
+SHARED_CODE = ("/clients/", "/vendor/", "/score-files/")
+
+
+async def _shared_code(request: web.Request, response: web.StreamResponse) -> None:
+    """Browser code may be loaded from any origin: a global-mode sketch's sandboxed frame has an
+    opaque one, and loads its modules (which need CORS) from here. The code holds no secret."""
+    if request.path.startswith(SHARED_CODE):
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = "*"
 
 
 def _bounded(text: str | None, low: float, high: float) -> float:

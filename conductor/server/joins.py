@@ -32,6 +32,11 @@ BARRED_DELAY = 1.0  # seconds a join waits for its token to be checked while its
 LIMITED_SOURCES = 10_000  # addresses remembered at most
 
 
+def part_room(part: str) -> str:
+    """The pages of one part's performers (sent the sketch events for that part)."""
+    return f"part:{part}"
+
+
 class Client(ClientInfo):
     """A connected client, as the console lists it, and what the conductor keeps of it besides."""
 
@@ -166,6 +171,7 @@ class Roster:
             rooms += [f"nodes:site:{site}"] if site and joined.synth else []
         else:
             rooms.append(AUDIENCE_FOLLOWERS if client.role == "audience" else FOLLOWERS)
+            rooms += [part_room(client.part)] if client.role == "performer" and client.part else []
         client.rooms = rooms
         self.clients[sid] = client
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")

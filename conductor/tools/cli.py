@@ -60,7 +60,8 @@ def check(paths: list[str]) -> int:
 
 
 def sketch_problems(loaded: LoadedScore) -> list[Problem]:
-    """Sketch files that do not parse as JavaScript modules (checked with node), as the score's problems."""
+    """Sketch files that do not parse (checked with node), as the score's problems: a module sketch as
+    an ES module, a global-mode one (``p5:`` given) as a plain script."""
     import shutil
     import subprocess
 
@@ -75,7 +76,7 @@ def sketch_problems(loaded: LoadedScore) -> list[Problem]:
                 continue
             source = (loaded.folder / layer.src).read_bytes()
             run = subprocess.run(
-                [node, "--input-type=module", "--check"], input=source, capture_output=True, timeout=30, check=False
+                [node, f"--input-type={'commonjs' if layer.p5 else 'module'}", "--check"], input=source, capture_output=True, timeout=30, check=False
             )
             if run.returncode:
                 lines = run.stderr.decode(errors="replace").splitlines()
