@@ -20,4 +20,5 @@ VENDOR = {  # browser libraries installed from npm at set-up: a concert needs no
     "socket.io": CLIENTS / "node_modules" / "socket.io-client" / "dist",
     "p5": CLIENTS / "node_modules" / "p5" / "lib",  # 1.x
     "p5-2": CLIENTS / "node_modules" / "p5-2" / "lib",  # 2.x (npm alias of p5@2)
+    "acorn": CLIENTS / "node_modules" / "acorn" / "dist",  # parses a global-mode sketch to guard its loops
 }

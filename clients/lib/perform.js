@@ -145,7 +145,7 @@ async function main() {
   window.tuttiView = view;
   for (const layer of part.layers.filter((l) => l.type === "sketch")) {
     const boxOf = () => areaOf(layer, stage.clientWidth, stage.clientHeight);
-    if (layer.p5) view.sketches.push(mountFrame(stage, layer, conductor, part, boxOf));
+    if (layer.p5) view.sketches.push(await mountFrame(stage, layer, conductor, part, boxOf));
     else view.sketches.push(await mountSketch(stage, layer, conductor, part, boxOf));
   }
   const controls = part.controls.map((control) => makeControl(conductor, control));

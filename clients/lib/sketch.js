@@ -52,24 +52,27 @@ export function sketchApi(conductor, part, box) {
 
 const P5 = { "1.x": "/vendor/p5/p5.min.js", "2.x": "/vendor/p5-2/p5.min.js" };
 
-// The frame's document: the sketch's start (state, clock, score) as JSON, then sketch-boot.js,
-// sketch-frame.js, p5 and the sketch itself, which p5 starts in global mode once the frame has loaded.
-function frameDocument(layer, conductor, part, version) {
-  const init = { part, score: conductor.score, version, state: conductor.state, clock: clockModel(conductor.clock) };
+// The frame's document: the sketch's start (its source, state, clock, score) as JSON, then acorn,
+// sketch-boot.js, sketch-frame.js, p5 and the sketch itself, which p5 starts in global mode once the
+// frame has loaded. `crossorigin`: a sketch's errors pass through p5's code, and the browser would
+// hide their message ("Script error.") behind a script loaded without CORS.
+function frameDocument(layer, conductor, part, source) {
+  const memory = globalThis.tuttiSketchMemory ?? null; // bytes; a test sets a small limit
+  const init = { part, score: conductor.score, source, memory, state: conductor.state, clock: clockModel(conductor.clock) };
   const json = JSON.stringify(init).replaceAll("<", "\\u003c"); // no "</script>" inside the script
-  const src = `/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version ?? "")}`;
   return `<!doctype html><html><head><meta charset="utf-8">
 <style>html, body { margin: 0; overflow: hidden; background: transparent; } canvas { display: block; }</style>
 <script type="application/json" id="tutti-init">${json}</script>
-<script src="/clients/sketch-boot.js"></script>
+<script src="/vendor/acorn/acorn.js" crossorigin></script>
+<script src="/clients/sketch-boot.js" crossorigin></script>
 <script type="module" src="/clients/sketch-frame.js"></script>
-<script src="${P5[layer.p5]}"></script>
-</head><body><script src="${src}"></script></body></html>`;
+<script src="${P5[layer.p5]}" crossorigin></script>
+</head><body><script>tuttiRun()</script></body></html>`;
 }
 
 // A global-mode sketch in a sandboxed frame: its globals, its canvas (of any size) and its errors
 // stay inside it, and without `allow-same-origin` it cannot reach the page, the token or the socket.
-export function mountFrame(container, layer, conductor, part, boxOf, version = "") {
+export async function mountFrame(container, layer, conductor, part, boxOf, version = "") {
   const frame = document.createElement("iframe");
   frame.className = "sketch-layer sketch-frame";
   frame.dataset.src = layer.src;
@@ -106,13 +109,24 @@ export function mountFrame(container, layer, conductor, part, boxOf, version = "
       post({ type: "answer", id: msg.id, answer });
     } else if (msg.type === "error") fail(String(msg.message), Number(msg.line) || 0);
     else if (msg.type === "stats") state.fps = Number(msg.fps) || 0;
+    else if (msg.type === "memory") state.stop(`it allocated ${Math.round(Number(msg.used) / 2 ** 20)} MB and more: stopped`);
   });
+  state.stop = (why) => {
+    frame.remove(); // its document, and all it holds, goes
+    fail(why, 0);
+  };
   conductor.addEventListener("state", () => post({ type: "state", state: conductor.state }));
   conductor.addEventListener("sketch", ({ detail }) => post({ type: "event", event: detail }));
   // The page's estimate slews slowly (2 ms/s at most): sent to the frame four times a second.
   state.clockTimer = setInterval(() => state.ready && post({ type: "clock", clock: clockModel(conductor.clock) }), 250);
-  frame.srcdoc = frameDocument(layer, conductor, part, version);
   container.append(frame);
+  try {
+    const response = await fetch(`/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version)}`);
+    if (!response.ok) throw new Error(`the conductor did not serve it (${response.status})`);
+    frame.srcdoc = frameDocument(layer, conductor, part, await response.text());
+  } catch (err) {
+    fail(String(err?.message ?? err), 0);
+  }
   return state;
 }
 
