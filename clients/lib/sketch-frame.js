@@ -4,7 +4,6 @@
 import { OffsetEstimator } from "./clocksync.js";
 import { paramAt, positionAt } from "./conductor.js";
 import { sectionAt } from "./score-view.js";
-import { deliver } from "./sketch.js";
 
 const init = JSON.parse(document.getElementById("tutti-init").textContent);
 const tutti = window.tutti;
@@ -31,7 +30,7 @@ addEventListener("message", (event) => {
   const msg = event.data;
   if (msg.type === "state") state = msg.state;
   else if (msg.type === "clock") steer(msg.clock);
-  else if (msg.type === "event") deliver(msg.event, now, (e, meta) => tutti._fire(e.name, e.data, meta));
+  else if (msg.type === "event") tutti._fire(msg.event.name, msg.event.data, msg.meta); // at its time
   else if (msg.type === "answer") tutti._answer(msg.id, msg.answer);
 });
 parent.postMessage({ type: "ready" }, "*");

@@ -11,7 +11,7 @@
 
 import { sectionAt } from "./score-view.js";
 
-const SPIN = 0.004; // seconds of a timed event's wait spun rather than left to a timer, which can be late
+const SPIN = 0.012; // seconds of a timed event's wait spun rather than left to a timer, which can be late
 
 // An event from another part's sketch, fired at its conductor time `t` (a timed one) or at once.
 export function deliver(event, now, fire) {
@@ -116,7 +116,11 @@ export async function mountFrame(container, layer, conductor, part, boxOf, versi
     fail(why, 0);
   };
   conductor.addEventListener("state", () => post({ type: "state", state: conductor.state }));
-  conductor.addEventListener("sketch", ({ detail }) => post({ type: "event", event: detail }));
+  // Timed here, not in the frame: the browser may hold a frame's timers back (by up to 32 ms in
+  // Chromium, for a cross-origin frame no one has touched), but not its messages.
+  conductor.addEventListener("sketch", ({ detail }) =>
+    deliver(detail, () => conductor.now(), (event, meta) => post({ type: "event", event, meta })),
+  );
   // The page's estimate slews slowly (2 ms/s at most): sent to the frame four times a second.
   state.clockTimer = setInterval(() => state.ready && post({ type: "clock", clock: clockModel(conductor.clock) }), 250);
   container.append(frame);

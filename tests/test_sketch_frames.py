@@ -1,0 +1,141 @@
+"""Global-mode p5 sketches, as openprocessing.org exports them, in real headless Chromium: each runs
+unchanged in a sandboxed frame of its own, in step with the conductor's clock, its socket.io events
+reach the other parts' sketches (timed ones at their time), and a sketch that throws, allocates
+without end or loops forever stops alone while the rest of the performer's view goes on drawing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Frame, Page
+
+from tests.conftest import SCORES, TOKENS, ConductorProcess, write_concert
+from tests.test_browser import conductor_position
+
+TROUBLES = {
+    "throws.js": "function setup() { createCanvas(windowWidth, windowHeight); }\n"
+    "function draw() {\n  background(30);\n  if (frameCount > 20) {\n    const x = undefined;\n"
+    "    x.composerDividedByZero();\n  }\n}\n",
+    # 20 MB a frame, kept for ever: without a stop the page's renderer would run out of memory
+    "hog.js": "const hoard = [];\nfunction setup() { createCanvas(windowWidth, windowHeight); }\n"
+    "function draw() {\n  for (let i = 0; i < 20; i++) hoard.push(new Array(131072).fill(i + 0.5));\n"
+    "  background(hoard.length % 255);\n}\n",
+    "spin.js": "function setup() { createCanvas(windowWidth, windowHeight); }\nfunction draw() {\n"
+    "  background(40);\n  if (frameCount > 30) {\n    let n = 0;\n    while (true) n++;\n  }\n}\n",
+}
+
+
+def part(pid: str, src: str, p5: str) -> str:
+    return (
+        f"  - id: {pid}\n    name: {pid.capitalize()}\n    layers:\n"
+        "      - {type: timeline, area: [0, 0.7, 1, 0.3], shapes: [{shape: bar, start: 0, end: 60}]}\n"
+        f'      - {{type: sketch, src: {src}, p5: "{p5}", area: [0, 0, 1, 0.7]}}\n'
+    )
+
+
+@pytest.fixture
+def sketches(tmp_path: Path) -> Iterator[ConductorProcess]:
+    """A playing piece: two parts running the same openprocessing sketch (p5 1.x and 2.x), and three
+    with sketches that go wrong."""
+    shutil.copy(SCORES / "sketches" / "call-and-response.js", tmp_path / "talk.js")
+    for name, source in TROUBLES.items():
+        (tmp_path / name).write_text(source)
+    parts = [part("call", "talk.js", "1.x"), part("response", "talk.js", "2.x")]
+    parts += [part(name.removesuffix(".js"), name, "1.x") for name in TROUBLES]
+    (tmp_path / "score.yaml").write_text("title: Sketches\nduration: 120\nparts:\n" + "".join(parts))
+    proc = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml"), "--play")
+    yield proc
+    proc.stop()
+
+
+async def performer(browser: Browser, conductor: ConductorProcess, part_id: str) -> tuple[Page, Frame]:
+    """A performer's page, once its sketch's frame runs with the synced clock: the page and the frame."""
+    page = await browser.new_page(viewport={"width": 1024, "height": 768})
+    await page.add_init_script("window.tuttiSketchMemory = 256 * 2 ** 20")  # the hog is stopped early
+    await page.goto(f"{conductor.url}/perform?part={part_id}&token={TOKENS['performer']}&name={part_id}")
+    await page.wait_for_function(
+        "() => window.tuttiView?.sketches[0]?.ready && window.tutti.clock.samples >= 8", timeout=20_000
+    )
+    return page, page.frames[1]
+
+
+async def clock_error(frame: Frame, conductor: ConductorProcess) -> float:
+    """How far the sketch's `tutti.time()` is from the conductor's position, at one wall-clock instant."""
+    wall, pos = await frame.evaluate("[(performance.timeOrigin + performance.now()) / 1000, tutti.time()]")
+    return abs(pos - conductor_position(conductor, wall, conductor.status()))
+
+
+async def test_openprocessing_sketches_run_unchanged_in_step_and_talk(
+    browser: Browser, sketches: ConductorProcess
+) -> None:
+    (call, call_frame), (response, response_frame) = [
+        await performer(browser, sketches, p) for p in ("call", "response")
+    ]
+    for frame in (call_frame, response_frame):  # p5 1.x and 2.x, each in step with the conductor
+        assert await frame.evaluate("typeof setup === 'function' && frameCount > 0 && width === innerWidth")
+        for _ in range(5):
+            error = await clock_error(frame, sketches)
+            assert error < 0.002, f"tutti.time() {error * 1000:.2f} ms from the conductor's position"
+
+    # mousePressed in one part's sketch: socket.emit reaches the other's socket.on, not its own.
+    await call.mouse.click(500, 250)
+    await response_frame.wait_for_function("received.length === 1", timeout=5000)
+    heard = await response_frame.evaluate("received[0]")
+    top = await call.evaluate("document.querySelector('.sketch-frame').getBoundingClientRect().top")
+    height = await call_frame.evaluate("height")
+    assert heard == {"x": pytest.approx(500 / 1024), "y": pytest.approx((250 - top) / height, abs=0.01)}
+    assert await call_frame.evaluate("received.length") == 0
+
+    # A timed event fires at its score time on the other part's synced clock.
+    await response_frame.evaluate(
+        "window.cues = []; tutti.on('cue', (data, meta) => "
+        "cues.push([(performance.timeOrigin + performance.now()) / 1000, tutti.time(), data, meta]))"
+    )
+    answer = await call_frame.evaluate("(async () => { const at = tutti.time() + 0.5; "
+                                       "return [at, await tutti.send('cue', {n: 1}, {to: ['response'], at})]; })()")
+    at, ack = answer
+    assert ack["ok"] and ack["t"] > 0
+    await response_frame.wait_for_function("cues.length === 1", timeout=5000)
+    wall, fired_at, data, meta = await response_frame.evaluate("cues[0]")
+    assert data == {"n": 1} and meta["from"] == "call" and meta["at"] == pytest.approx(at)
+    assert abs(fired_at - at) < 0.002, f"fired {(fired_at - at) * 1000:.2f} ms from its time on the page's clock"
+    conductor_at = conductor_position(sketches, wall, sketches.status())
+    assert abs(conductor_at - at) < 0.002, f"fired {(conductor_at - at) * 1000:.2f} ms from the conductor's"
+
+    # Malformed events are refused with their reason; nothing reaches the other part.
+    too_big = await call_frame.evaluate("tutti.send('x', 'y'.repeat(5000))")
+    assert too_big["ok"] is False and too_big["code"] == "bad_payload" and "at most 4096" in too_big["message"]
+    nobody = await call_frame.evaluate("tutti.send('x', 1, {to: ['nobody']})")
+    assert nobody["code"] == "unknown_part" and "nobody" in nobody["message"]
+    late = await call_frame.evaluate("tutti.send('x', 1, {at: 0})")
+    assert late["code"] == "too_late"
+    assert await response_frame.evaluate("cues.length") == 1
+
+    # The layer follows the page: windowResized resizes the sketch's canvas with its frame.
+    await response.set_viewport_size({"width": 800, "height": 600})
+    await response_frame.wait_for_function("innerWidth === 800 && width === 800", timeout=5000)
+    for page in (call, response):
+        assert await page.evaluate("window.tuttiView.sketches[0].error") is None
+
+
+async def test_a_sketch_that_throws_allocates_or_loops_stops_alone(
+    browser: Browser, sketches: ConductorProcess
+) -> None:
+    pages = [(await performer(browser, sketches, name.removesuffix(".js")))[0] for name in TROUBLES]
+    reasons = ["composerDividedByZero", "allocated", "a loop ran on"]
+    for page, reason in zip(pages, reasons, strict=True):
+        await page.wait_for_function("() => window.tuttiView.sketches[0].error", timeout=20_000)
+        error = await page.evaluate("window.tuttiView.sketches[0].error")
+        assert reason in error
+        assert reason in await page.inner_text(".sketch-error")  # said on the layer
+    await asyncio.sleep(0.2)
+    for page in pages:  # every page goes on drawing at display rate, in step
+        frames, position = await page.evaluate("[window.tuttiView.frames, window.tuttiView.position]")
+        await page.wait_for_function(f"window.tuttiView.frames > {frames + 30}", timeout=2000)
+        assert await page.evaluate("window.tuttiView.position") > position
+    problems = [r for r in sketches.status()["rejections"] if r == "page_problem"]
+    assert problems  # each reached the conductor's console
