@@ -95,8 +95,10 @@ async def test_openprocessing_sketches_run_unchanged_in_step_and_talk(
         "window.cues = []; tutti.on('cue', (data, meta) => "
         "cues.push([(performance.timeOrigin + performance.now()) / 1000, tutti.time(), data, meta]))"
     )
-    answer = await call_frame.evaluate("(async () => { const at = tutti.time() + 0.5; "
-                                       "return [at, await tutti.send('cue', {n: 1}, {to: ['response'], at})]; })()")
+    answer = await call_frame.evaluate(
+        "(async () => { const at = tutti.time() + 0.5; "
+        "return [at, await tutti.send('cue', {n: 1}, {to: ['response'], at})]; })()"
+    )
     at, ack = answer
     assert ack["ok"] and ack["t"] > 0
     await response_frame.wait_for_function("cues.length === 1", timeout=5000)

@@ -86,12 +86,21 @@ export class Conductor extends EventTarget {
     this.connected = false;
     this.socket = io(url, { auth, transports: ["websocket"], reconnectionDelayMax: 2000 });
     this.socket.on("welcome", (msg) => {
+      const edited = this.version !== undefined && msg.version !== this.version; // while it was away
       this.you = msg.you;
       this.score = msg.score;
+      this.version = msg.version;
+      this.files = msg.files ?? {};
       this.state = msg.state;
       this.connected = true;
       this.syncBurst();
       this.emit("welcome", msg);
+      if (edited) this.emit("score", msg);
+    });
+    // A live edit taken by the conductor (`tutti serve --watch`): the views show it where they are.
+    this.socket.on("score", (msg) => {
+      Object.assign(this, { score: msg.score, version: msg.version, files: msg.files });
+      this.emit("score", msg);
     });
     this.socket.on("state", (msg) => {
       this.state = applyUpdate(this.state, msg, this.now());

@@ -80,13 +80,24 @@ export async function mountFrame(container, layer, conductor, part, boxOf, versi
   frame.allow = "accelerometer; gyroscope; magnetometer"; // deviceMoved and deviceTurned on an iPad
   frame.title = `sketch ${layer.src}`;
   const state = { error: null, holder: frame, fps: 0, ready: false };
+  const gone = new AbortController(); // its listeners, when it is replaced by a new version
+  let shown;
+  state.shown = new Promise((resolve) => (shown = resolve)); // once its frame runs (or has failed)
+  state.unmount = () => {
+    gone.abort();
+    observer.disconnect();
+    clearInterval(state.clockTimer);
+    frame.remove();
+    state.note?.remove();
+  };
   const post = (message) => frame.contentWindow?.postMessage(message, "*");
   const place = () => {
     const box = boxOf();
     Object.assign(frame.style, { left: `${box.x}px`, top: `${box.y}px`, width: `${box.w}px`, height: `${box.h}px` });
   };
   place();
-  new ResizeObserver(place).observe(container); // the frame's own resize reaches the sketch's windowResized
+  const observer = new ResizeObserver(place); // the frame's own resize reaches the sketch's windowResized
+  observer.observe(container);
   const fail = (message, line) => {
     if (state.error) return;
     state.error = line ? `${message} (${layer.src} line ${line})` : message;
@@ -95,13 +106,17 @@ export async function mountFrame(container, layer, conductor, part, boxOf, versi
     note.style.left = frame.style.left;
     note.style.top = frame.style.top;
     container.append(note);
+    state.note = note;
     conductor.problem(`sketch ${layer.src}`, state.error);
+    shown();
   };
-  window.addEventListener("message", async (event) => {
+  const on = (target, type, listener) => target.addEventListener(type, listener, { signal: gone.signal });
+  on(window, "message", async (event) => {
     if (event.source !== frame.contentWindow) return;
     const msg = event.data ?? {};
     if (msg.type === "ready") {
       state.ready = true;
+      shown();
       post({ type: "state", state: conductor.state });
       post({ type: "clock", clock: clockModel(conductor.clock) });
     } else if (msg.type === "send") {
@@ -115,10 +130,10 @@ export async function mountFrame(container, layer, conductor, part, boxOf, versi
     frame.remove(); // its document, and all it holds, goes
     fail(why, 0);
   };
-  conductor.addEventListener("state", () => post({ type: "state", state: conductor.state }));
+  on(conductor, "state", () => post({ type: "state", state: conductor.state }));
   // Timed here, not in the frame: the browser may hold a frame's timers back (by up to 32 ms in
   // Chromium, for a cross-origin frame no one has touched), but not its messages.
-  conductor.addEventListener("sketch", ({ detail }) =>
+  on(conductor, "sketch", ({ detail }) =>
     deliver(detail, () => conductor.now(), (event, meta) => post({ type: "event", event, meta })),
   );
   // The page's estimate slews slowly (2 ms/s at most): sent to the frame four times a second.
@@ -128,6 +143,7 @@ export async function mountFrame(container, layer, conductor, part, boxOf, versi
     const response = await fetch(`/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version)}`);
     if (!response.ok) throw new Error(`the conductor did not serve it (${response.status})`);
     frame.srcdoc = frameDocument(layer, conductor, part, await response.text());
+    frame.addEventListener("load", () => setTimeout(shown, 2000)); // a frame that never says it is ready
   } catch (err) {
     fail(String(err?.message ?? err), 0);
   }
@@ -143,7 +159,7 @@ const HOOKS = [
 ];
 
 // `boxOf()` gives the layer's box in the container's pixels, now: called again on every resize.
-export async function mountSketch(container, layer, conductor, part, boxOf) {
+export async function mountSketch(container, layer, conductor, part, boxOf, version = "") {
   const holder = document.createElement("div");
   holder.className = "sketch-layer";
   holder.dataset.src = layer.src;
@@ -152,7 +168,18 @@ export async function mountSketch(container, layer, conductor, part, boxOf) {
   const place = () => Object.assign(holder.style, { left: `${box.x}px`, top: `${box.y}px`, width: `${box.w}px`, height: `${box.h}px` });
   place();
   const api = sketchApi(conductor, part, box);
-  const state = { error: null, instance: null, holder, api };
+  const state = { error: null, instance: null, holder, api, ready: false };
+  const gone = new AbortController(); // its listeners, when it is replaced by a new version
+  state.unmount = () => {
+    gone.abort();
+    observer.disconnect();
+    try {
+      state.instance?.remove();
+    } catch {
+      // a sketch that failed in setup
+    }
+    holder.remove();
+  };
   const fail = (err) => {
     if (state.error) return;
     state.error = String(err?.message ?? err);
@@ -169,12 +196,16 @@ export async function mountSketch(container, layer, conductor, part, boxOf) {
     conductor.problem(`sketch ${layer.src}`, state.error);
   };
   // Errors thrown from a sketch's own listeners or timers reach only the window.
-  window.addEventListener("error", (event) => {
-    if (String(event.filename).includes(`/score-files/${layer.src}`)) {
-      event.preventDefault();
-      fail(event.error ?? event.message);
-    }
-  });
+  window.addEventListener(
+    "error",
+    (event) => {
+      if (String(event.filename).includes(`/score-files/${layer.src}`)) {
+        event.preventDefault();
+        fail(event.error ?? event.message);
+      }
+    },
+    { signal: gone.signal },
+  );
   const resize = () => {
     const next = boxOf();
     if (next.w === box.w && next.h === box.h && next.x === box.x && next.y === box.y) return;
@@ -189,9 +220,10 @@ export async function mountSketch(container, layer, conductor, part, boxOf) {
       fail(err);
     }
   };
-  new ResizeObserver(resize).observe(container);
+  const observer = new ResizeObserver(resize);
+  observer.observe(container);
   try {
-    const module = await import(`/score-files/${layer.src}`);
+    const module = await import(`/score-files/${layer.src}?v=${encodeURIComponent(version)}`);
     state.instance = new p5((p) => {
       try {
         module.default(p, api);
@@ -216,5 +248,6 @@ export async function mountSketch(container, layer, conductor, part, boxOf) {
   } catch (err) {
     fail(err);
   }
+  state.ready = true;
   return state;
 }

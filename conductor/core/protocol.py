@@ -42,6 +42,7 @@ STATE = "state"  # to every joined client but nodes, once changes are on disk: S
 TRANSPORT = "transport"  # to nodes, as changes are accepted (their Link peer and sclang follow it): StateUpdate
 CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
+SCORE = "score"  # to every joined client but nodes, when `tutti serve --watch` takes an edit: ScoreUpdate
 ERROR = "error"  # to one client: ErrorMessage
 
 ROLES = ("conductor", "performer", "audience", "node")
@@ -384,9 +385,19 @@ class ClientInfo(Outbound):
     worker: str = ""  # the web worker it is connected to ("" in a single process)
 
 
+class ScoreUpdate(Outbound):
+    """A new version of the score (a live edit): the score, its version, and each sketch file's."""
+
+    version: str
+    score: dict[str, Any]
+    files: dict[str, str]  # sketch file -> its version
+
+
 class Welcome(Outbound):
     you: ClientInfo
     score: dict[str, Any]
+    version: str | None = None  # the score's version (see ScoreUpdate)
+    files: dict[str, str] | None = None  # each sketch file's version
     state: Snapshot
     now: float
     groups: dict[str, int] | None = None  # nodes: the scsynth group of each part they sound

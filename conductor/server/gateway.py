@@ -227,7 +227,10 @@ class Gateway:
         name = request.match_info["name"]
         if name not in score.files():
             raise web.HTTPNotFound(text=f"the score names no file '{name}'")
-        return web.FileResponse(score.folder / name, headers={"Content-Type": "text/javascript"})
+        # no-cache: with `tutti serve --watch`, a sketch may change between two loads
+        return web.FileResponse(
+            score.folder / name, headers={"Content-Type": "text/javascript", "Cache-Control": "no-cache"}
+        )
 
     async def _score(self, request: web.Request) -> web.Response:
         return web.json_response(self.concert.score.to_json())

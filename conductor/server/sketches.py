@@ -23,7 +23,9 @@ BURST = 60.0  # ... and at once
 
 
 class SketchRelay:
-    def __init__(self, score: Callable[[], Score], transport: Callable[[], Transport], out: Out, now: Callable[[], float]):
+    def __init__(
+        self, score: Callable[[], Score], transport: Callable[[], Transport], out: Out, now: Callable[[], float]
+    ):
         self.score = score
         self.transport = transport
         self.out = out

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from conductor.core import journal
 from conductor.core.concert import Concert, concert_for_score, is_concert, load_concert
-from conductor.core.score import LoadedScore, load_score, resolved_times, score_warnings
-from conductor.core.yamlcheck import InvalidFile, Problem, YamlDocument
+from conductor.core.score import load_score, resolved_times, score_warnings, sketch_problems
+from conductor.core.yamlcheck import InvalidFile, YamlDocument
 
 T = TypeVar("T")
 
@@ -59,34 +59,6 @@ def check(paths: list[str]) -> int:
     return 1 if failed else 0
 
 
-def sketch_problems(loaded: LoadedScore) -> list[Problem]:
-    """Sketch files that do not parse (checked with node), as the score's problems: a module sketch as
-    an ES module, a global-mode one (``p5:`` given) as a plain script."""
-    import shutil
-    import subprocess
-
-    node = shutil.which("node")
-    if node is None:
-        return []  # ./setup.sh installs node; without it the sketches are checked on stage only
-    doc = YamlDocument(loaded.path)
-    out = []
-    for i, part in enumerate(loaded.score.parts):
-        for j, layer in enumerate(part.layers):
-            if layer.type != "sketch":
-                continue
-            source = (loaded.folder / layer.src).read_bytes()
-            run = subprocess.run(
-                [node, f"--input-type={'commonjs' if layer.p5 else 'module'}", "--check"], input=source, capture_output=True, timeout=30, check=False
-            )
-            if run.returncode:
-                lines = run.stderr.decode(errors="replace").splitlines()
-                where = lines[0].removeprefix("[stdin]:") if lines else "?"
-                error = next((line for line in lines if "Error" in line), "does not parse")
-                message = f"{layer.src} line {where}: {error}"
-                out.append(doc.problem(("parts", i, "layers", j, "src"), message))
-    return out
-
-
 def stop_signal() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM."""
     stop = asyncio.Event()
@@ -111,6 +83,9 @@ async def serve(args: argparse.Namespace) -> int:
     hosts = args.host or (["0.0.0.0", "::"] if args.lan else concert.hosts)
     port = concert.settings.port if args.port is None else args.port
     stop = stop_signal()
+    if args.workers and args.watch:
+        print("tutti serve: --watch is for rehearsal, in one process: leave out --workers", file=sys.stderr)
+        return 2
     if args.workers:
         from conductor.server.cluster import Unreachable, start_workers
 
@@ -142,7 +117,7 @@ async def serve(args: argparse.Namespace) -> int:
     where = f"for OSC on UDP {osc.udp_port}, TCP {osc.tcp_port}" if osc else ""
     fix = "choose others under osc: in the concert file"
     try:
-        await conductor.start(hosts[0])
+        await conductor.start(hosts[0], watch=args.watch)
         where, fix = f"on {', '.join(hosts)} port {port}", "choose another with --port"
         runner, bound = await gateway.start(hosts, port)
     except OSError as e:
@@ -398,6 +373,11 @@ def command_line() -> argparse.ArgumentParser:
         help="resume past journal lines that cannot be read (each is reported), instead of refusing to start",
     )
     p.add_argument("--play", action="store_true", help="start playing at once (unless resuming a performance)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="rehearsal: take edits of the score and its sketches live (see scores/README.md)",
+    )
     p.add_argument("--workers", type=_count, default=0, help="serve clients from N web processes (needs --redis)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="with --workers: the Redis server they share")
 
