@@ -141,3 +141,50 @@ async def test_a_sketch_that_throws_allocates_or_loops_stops_alone(
         assert await page.evaluate("window.tuttiView.position") > position
     problems = [r for r in sketches.status()["rejections"] if r == "page_problem"]
     assert problems  # each reached the conductor's console
+
+
+async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
+    browser: Browser, tmp_path: Path
+) -> None:
+    sketch = tmp_path / "talk.js"
+    shutil.copy(SCORES / "sketches" / "call-and-response.js", sketch)
+    score = tmp_path / "score.yaml"
+    score.write_text(
+        "title: Edits\nduration: 120\nparts:\n" + part("call", "talk.js", "1.x") + part("response", "talk.js", "2.x")
+    )
+    proc = ConductorProcess(write_concert(tmp_path, score=score), "--play", "--watch")
+    try:
+        pages = [(await performer(browser, proc, p))[0] for p in ("call", "response")]
+        console = await browser.new_page()
+        await console.goto(f"{proc.url}/console?token={TOKENS['conductor']}")
+        for page in pages:
+            await page.evaluate("window.loadedOnce = true; window.firstSocket = tutti.socket.id")
+
+        # A sketch edited: every page runs the new version, in place, on the same connection.
+        sketch.write_text(sketch.read_text().replace("heard`", "heard, take 2`"))
+        for page in pages:
+            await page.wait_for_function("tuttiView.edits === 1", timeout=10_000)
+            assert await page.frames[1].evaluate("draw.toString().includes('take 2')")
+            assert await page.evaluate("window.loadedOnce && tutti.socket.id === window.firstSocket")
+            assert await clock_error(page.frames[1], proc) < 0.002  # at its place in the piece
+
+        # The score edited: the timeline's new shape is drawn from the new version, sketches left running.
+        score.write_text(score.read_text().replace("end: 60}", "end: 90}"))
+        for page in pages:
+            await page.wait_for_function("tuttiView.edits === 2", timeout=10_000)
+            assert await page.evaluate("tutti.score.parts[0].layers[0].shapes[0].end") == 90
+
+        # A broken edit: refused with file:line, in the terminal and on the console; pages keep the last version.
+        sketch.write_text(sketch.read_text().replace("function draw() {", "function draw() {{"))
+        await console.wait_for_function(
+            "document.getElementById('recent').textContent.includes('talk.js line')", timeout=10_000
+        )
+        recent = await console.inner_text("#recent")
+        assert f"{score}:" in recent and "SyntaxError" in recent
+        assert any("edit refused" in line and f"{score}:" in line for line in proc.log_lines)
+        for page in pages:
+            assert await page.evaluate("tuttiView.edits") == 2
+            assert await page.frames[1].evaluate("draw.toString().includes('take 2') && frameCount > 0")
+            assert await page.evaluate("tuttiView.sketches[0].error") is None
+    finally:
+        proc.stop()
