@@ -1,6 +1,7 @@
 """Screenshots of what people see, to be looked at: the performer view in each state (waiting,
 count-in, playing, paused, ended, offline, refused) on an iPad both ways and a phone, the console
-before the downbeat with a part missing, and the audience on a phone.
+before the downbeat with a part missing, the audience on a phone, and a global-mode sketch
+(openprocessing.org style) running, and one that stopped, with a live edit refused on the console.
 
     .venv/bin/python -m bench.screenshots [--out test-output/screens]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from bench.harness import CHROMIUM, CHROMIUM_ARGS
 from conductor.client import TuttiClient
-from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
+from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
+from tests.test_sketch_frames import TROUBLES, part
 
 VIEWPORTS = {"ipad-landscape": (1180, 820), "ipad-portrait": (820, 1180), "phone": (390, 844)}
 
@@ -126,10 +129,54 @@ async def main(out: Path) -> list[Path]:
     return written
 
 
+async def sketch_states(out: Path) -> list[Path]:
+    """A global-mode sketch after another part's event reached it, and one that threw."""
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        shutil.copy(SCORES / "sketches" / "call-and-response.js", folder / "talk.js")
+        (folder / "throws.js").write_text(TROUBLES["throws.js"])
+        parts = part("call", "talk.js", "1.x") + part("response", "talk.js", "2.x") + part("throws", "throws.js", "1.x")
+        (folder / "score.yaml").write_text("title: Sketches\nduration: 120\nparts:\n" + parts)
+        conductor = ConductorProcess(write_concert(folder, score=folder / "score.yaml"), "--play", "--watch")
+        try:
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                base = f"{conductor.url}/perform?token={TOKENS['performer']}&name=Ana&part="
+                ready = "window.tuttiView?.sketches[0]?.ready"
+                call = await open_view(browser, base + "call", VIEWPORTS["ipad-landscape"], ready)
+                pages = {
+                    name: await open_view(browser, base + "response", size, ready) for name, size in VIEWPORTS.items()
+                }
+                for x in (300, 600, 900):
+                    await call.mouse.click(x, 300)
+                for page in pages.values():  # the three ripples reached every response page
+                    await page.frames[1].wait_for_function("received.length === 3", timeout=5000)
+                written += await shoot(pages, out, "global-sketch")
+                stopped = {
+                    name: await open_view(browser, base + "throws", size, ready) for name, size in VIEWPORTS.items()
+                }
+                for page in stopped.values():
+                    await page.wait_for_selector(".sketch-error", timeout=10_000)
+                written += await shoot(stopped, out, "sketch-stopped")
+                (folder / "talk.js").write_text(
+                    (folder / "talk.js").read_text().replace("function draw() {", "function draw() {{")
+                )
+                console = await open_view(browser, f"{conductor.url}/console?token={TOKENS['conductor']}", (1180, 820))
+                await console.wait_for_function("document.getElementById('recent').textContent.includes('talk.js')")
+                path = out / "console-edit-refused-ipad-landscape.png"
+                await console.screenshot(path=str(path), full_page=True)
+                written.append(path)
+                await browser.close()
+        finally:
+            conductor.stop()
+    return written
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "test-output" / "screens")
     out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
-    for path in asyncio.run(main(out)):
+    for path in asyncio.run(main(out)) + asyncio.run(sketch_states(out)):
         print(path)

@@ -99,7 +99,8 @@ class ScoreWatch:
             for line in lines:
                 log.error("edit refused: %s", line)
             self.refused = {"problems": lines}
-            self.refuse(lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""))
+            more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+            self.refuse(f"{lines[0]}{more}: fix and save again; the pages keep the last good version")
             return
         if loaded.sha256 == self.current().sha256 and loaded.file_versions == self.current().file_versions:
             return  # saved again unchanged
