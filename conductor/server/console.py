@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import Any
 
 from conductor.core import protocol
 from conductor.core.scheduler import Lookahead
+from conductor.server.background import Background
 from conductor.server.gateway import Out
 from conductor.server.joins import Roster
 
@@ -32,7 +32,7 @@ class Refusals:
         log.info("rejected %s from %s: %s", event, client or "?", message)
 
 
-class ConsoleFeed:
+class ConsoleFeed(Background):
     def __init__(
         self,
         roster: Roster,
@@ -48,7 +48,6 @@ class ConsoleFeed:
         self.lookahead = lookahead
         self.journal_state = journal_state
         self.out = out
-        self._task: asyncio.Task[None] | None = None
 
     def feed(self) -> protocol.ConsoleFeed:
         clients = self.roster.clients.values()
@@ -72,12 +71,3 @@ class ConsoleFeed:
                 await self.out.emit(protocol.CLIENTS, self.feed().model_dump(), room="role:conductor")
             except Exception:
                 log.exception("console feed")
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

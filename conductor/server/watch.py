@@ -19,6 +19,7 @@ from typing import Any
 
 from conductor.core.score import InvalidFile, LoadedScore, load_score, sketch_problems
 from conductor.core.yamlcheck import Problem
+from conductor.server.background import Background
 
 log = logging.getLogger("tutti.watch")
 EVERY = 0.1  # seconds between looks at the files
@@ -51,7 +52,7 @@ def _checked(path: Path, current: LoadedScore) -> LoadedScore:
     return loaded
 
 
-class ScoreWatch:
+class ScoreWatch(Background):
     def __init__(
         self,
         current: Callable[[], LoadedScore],
@@ -62,20 +63,10 @@ class ScoreWatch:
         self.take = take
         self.refuse = refuse
         self.refused: dict[str, Any] | None = None  # the last edit refused, while it is not fixed
-        self._task: asyncio.Task[None] | None = None
 
     def _paths(self) -> list[Path]:
         loaded = self.current()
         return [loaded.path, *(loaded.folder / name for name in sorted(loaded.files()))]
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         seen = await asyncio.to_thread(_stamps, self._paths())
