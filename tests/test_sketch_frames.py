@@ -60,7 +60,12 @@ async def performer(browser: Browser, conductor: ConductorProcess, part_id: str)
     await page.wait_for_function(
         "() => window.tuttiView?.sketches[0]?.ready && window.tutti.clock.samples >= 8", timeout=20_000
     )
-    return page, page.frames[1]
+    return page, sketch_frame(page)
+
+
+def sketch_frame(page: Page) -> Frame:
+    """The page's sketch frame now (a live edit replaces it)."""
+    return [f for f in page.frames if f.parent_frame and not f.is_detached()][-1]
 
 
 async def clock_error(frame: Frame, conductor: ConductorProcess) -> float:
@@ -157,6 +162,14 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         pages = [(await performer(browser, proc, p))[0] for p in ("call", "response")]
         console = await browser.new_page()
         await console.goto(f"{proc.url}/console?token={TOKENS['conductor']}")
+        # The composer's page: both parts as their performers see them, each sketch's frame rate.
+        compose = await browser.new_page(viewport={"width": 1200, "height": 900})
+        await compose.goto(f"{proc.url}/compose?token={TOKENS['conductor']}")  # no composer token: the conductor's
+        await compose.wait_for_function(
+            "[...document.querySelectorAll('.tile .status')].filter(s => / [1-9]\\d* frames\\/s/.test(s.textContent))"
+            ".length === 2",
+            timeout=20_000,
+        )
         for page in pages:
             await page.evaluate("window.loadedOnce = true; window.firstSocket = tutti.socket.id")
 
@@ -164,9 +177,9 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         sketch.write_text(sketch.read_text().replace("heard`", "heard, take 2`"))
         for page in pages:
             await page.wait_for_function("tuttiView.edits === 1", timeout=10_000)
-            assert await page.frames[1].evaluate("draw.toString().includes('take 2')")
+            assert await sketch_frame(page).evaluate("draw.toString().includes('take 2')")
             assert await page.evaluate("window.loadedOnce && tutti.socket.id === window.firstSocket")
-            assert await clock_error(page.frames[1], proc) < 0.002  # at its place in the piece
+            assert await clock_error(sketch_frame(page), proc) < 0.002  # at its place in the piece
 
         # The score edited: the timeline's new shape is drawn from the new version, sketches left running.
         score.write_text(score.read_text().replace("end: 60}", "end: 90}"))
@@ -181,10 +194,14 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         )
         recent = await console.inner_text("#recent")
         assert f"{score}:" in recent and "SyntaxError" in recent
+        await compose.wait_for_selector("#refused:not([hidden])", timeout=10_000)
+        assert "talk.js line" in await compose.inner_text("#refused")
         assert any("edit refused" in line and f"{score}:" in line for line in proc.log_lines)
         for page in pages:
             assert await page.evaluate("tuttiView.edits") == 2
-            assert await page.frames[1].evaluate("draw.toString().includes('take 2') && frameCount > 0")
+            assert await sketch_frame(page).evaluate("draw.toString().includes('take 2') && frameCount > 0")
             assert await page.evaluate("tuttiView.sketches[0].error") is None
+        status = proc.status()
+        assert sum(c["role"] == "performer" for c in status["clients"]) == 2  # the composer's views are not performers
     finally:
         proc.stop()

@@ -133,8 +133,11 @@ function makeControl(conductor, control) {
 async function main() {
   const partId = params().get("part");
   if (!partId) return pickPart();
-  const given = params().get("name") ?? localStorage.getItem(NAME_KEY);
-  const conductor = await join({ role: "performer", part: partId, name: given ? given.slice(0, 40) : undefined });
+  // The composer's page shows each part as its performers see it, joined as the composer (?as=composer).
+  const composer = params().get("as") === "composer";
+  const given = composer ? "composer" : params().get("name") ?? localStorage.getItem(NAME_KEY);
+  const role = composer ? "composer" : "performer";
+  const conductor = await join({ role, part: partId, name: given ? given.slice(0, 40) : undefined });
   const score = conductor.score;
   if (!given) askName(conductor);
   // For tests: frames drawn, the last position and when; the sketches; edits shown, the last one when.

@@ -45,7 +45,7 @@ CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
 SCORE = "score"  # to every joined client but nodes, when `tutti serve --watch` takes an edit: ScoreUpdate
 ERROR = "error"  # to one client: ErrorMessage
 
-ROLES = ("conductor", "performer", "audience", "node")
+ROLES = ("conductor", "performer", "audience", "node", "composer")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
 MAX_DIGITS = 300  # an integer in JSON: a browser reads 10**400 as Infinity
 
@@ -112,9 +112,9 @@ Name = Annotated[StrictStr, Field(min_length=1, max_length=64)]
 class Auth(Message):
     """The ``auth`` object given when connecting (``io(url, {auth: {...}})``)."""
 
-    role: Literal["conductor", "performer", "audience", "node"]
+    role: Literal["conductor", "performer", "audience", "node", "composer"]
     token: Annotated[StrictStr, Field(max_length=256)] = ""
-    part: Name | None = None  # performers: the part they play
+    part: Name | None = None  # performers: the part they play; a composer: the part it views
     site: Name | None = None
     name: Name | None = None  # how the console lists this client
     parts: Annotated[list[Name], Field(max_length=32)] = []  # nodes: the parts whose cues they play

@@ -68,6 +68,8 @@ class ConsoleFeed(Background):
         while True:
             await asyncio.sleep(FEED_EVERY)
             try:
-                await self.out.emit(protocol.CLIENTS, self.feed().model_dump(), room="role:conductor")
+                feed = self.feed().model_dump()
+                for room in ("role:conductor", "role:composer"):  # the composer's page: errors and refused edits
+                    await self.out.emit(protocol.CLIENTS, feed, room=room)
             except Exception:
                 log.exception("console feed")

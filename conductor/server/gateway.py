@@ -206,6 +206,7 @@ class Gateway:
         self.app.router.add_get("/", self._page("index.html"))
         self.app.router.add_get("/perform", self._page("perform.html"))
         self.app.router.add_get("/console", self._page("console.html"))
+        self.app.router.add_get("/compose", self._page("compose.html"))
         self.app.router.add_get("/audience", self._page("audience.html"))
         self.app.router.add_get("/score-files/{name:.+}", self._score_file)
         self.app.router.add_static("/clients/", CLIENTS / "lib")

@@ -164,6 +164,7 @@ def announce(concert: Concert, conductor: Conductor, hosts: list[str], port: int
     print(f"  console:   {base}/console" + (f"?token={concert.token_for('conductor')}" if direct else ""))
     print(f"  perform:   {base}/perform   (each part's link and QR code: the console's Invite performers)")
     print(f"  audience:  {base}/audience")
+    print(f"  compose:   {base}/compose" + (f"?token={concert.token_for('composer')}" if direct else ""))
     if not reachable:
         print("  only this machine can open these: start with --lan (or set host) for iPads and phones to join")
     if direct:
