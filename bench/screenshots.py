@@ -1,7 +1,8 @@
 """Screenshots of what people see, to be looked at: the performer view in each state (waiting,
 count-in, playing, paused, ended, offline, refused) on an iPad both ways and a phone, the console
 before the downbeat with a part missing, the audience on a phone, and a global-mode sketch
-(openprocessing.org style) running, and one that stopped, with a live edit refused on the console.
+(openprocessing.org style) running, and one that stopped, with a live edit refused on the console
+and on the composer's page.
 
     .venv/bin/python -m bench.screenshots [--out test-output/screens]
 
@@ -167,6 +168,17 @@ async def sketch_states(out: Path) -> list[Path]:
                 path = out / "console-edit-refused-ipad-landscape.png"
                 await console.screenshot(path=str(path), full_page=True)
                 written.append(path)
+                for name in ("ipad-landscape", "phone"):  # the composer's page, with the refused edit
+                    compose = await open_view(
+                        browser, f"{conductor.url}/compose?token={TOKENS['conductor']}", VIEWPORTS[name]
+                    )
+                    await compose.wait_for_selector("#refused:not([hidden])", timeout=10_000)
+                    await compose.wait_for_function(
+                        "[...document.querySelectorAll('.status')].every(s => s.textContent)", timeout=10_000
+                    )
+                    path = out / f"compose-edit-refused-{name}.png"
+                    await compose.screenshot(path=str(path), full_page=True)
+                    written.append(path)
                 await browser.close()
         finally:
             conductor.stop()

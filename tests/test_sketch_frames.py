@@ -16,6 +16,10 @@ from playwright.async_api import Browser, Frame, Page
 from tests.conftest import SCORES, TOKENS, ConductorProcess, write_concert
 from tests.test_browser import conductor_position
 
+# Seconds: a sketch's clock, and when a timed event fires, against the conductor's: within 1 or 2 ms
+# on a quiet machine; generous here, for one whose cores are busy (bench/sketch_timing.py prints them).
+BOUND = 0.005
+FIRED_BOUND = 0.02
 TROUBLES = {
     "throws.js": "function setup() { createCanvas(windowWidth, windowHeight); }\n"
     "function draw() {\n  background(30);\n  if (frameCount > 20) {\n    const x = undefined;\n"
@@ -84,7 +88,7 @@ async def test_openprocessing_sketches_run_unchanged_in_step_and_talk(
         assert await frame.evaluate("typeof setup === 'function' && frameCount > 0 && width === innerWidth")
         for _ in range(5):
             error = await clock_error(frame, sketches)
-            assert error < 0.002, f"tutti.time() {error * 1000:.2f} ms from the conductor's position"
+            assert error < BOUND, f"tutti.time() {error * 1000:.2f} ms from the conductor's position"
 
     # mousePressed in one part's sketch: socket.emit reaches the other's socket.on, not its own.
     await call.mouse.click(500, 250)
@@ -109,9 +113,10 @@ async def test_openprocessing_sketches_run_unchanged_in_step_and_talk(
     await response_frame.wait_for_function("cues.length === 1", timeout=5000)
     wall, fired_at, data, meta = await response_frame.evaluate("cues[0]")
     assert data == {"n": 1} and meta["from"] == "call" and meta["at"] == pytest.approx(at)
-    assert abs(fired_at - at) < 0.002, f"fired {(fired_at - at) * 1000:.2f} ms from its time on the page's clock"
+    late = f"fired {(fired_at - at) * 1000:.2f} ms from its time on the page's clock ({meta['late'] * 1000:.2f} late)"
+    assert abs(fired_at - at) < FIRED_BOUND, late
     conductor_at = conductor_position(sketches, wall, sketches.status())
-    assert abs(conductor_at - at) < 0.002, f"fired {(conductor_at - at) * 1000:.2f} ms from the conductor's"
+    assert abs(conductor_at - at) < FIRED_BOUND, f"fired {(conductor_at - at) * 1000:.2f} ms from the conductor's"
 
     # Malformed events are refused with their reason; nothing reaches the other part.
     too_big = await call_frame.evaluate("tutti.send('x', 'y'.repeat(5000))")
@@ -179,7 +184,7 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
             await page.wait_for_function("tuttiView.edits === 1", timeout=10_000)
             assert await sketch_frame(page).evaluate("draw.toString().includes('take 2')")
             assert await page.evaluate("window.loadedOnce && tutti.socket.id === window.firstSocket")
-            assert await clock_error(sketch_frame(page), proc) < 0.002  # at its place in the piece
+            assert await clock_error(sketch_frame(page), proc) < BOUND  # at its place in the piece
 
         # The score edited: the timeline's new shape is drawn from the new version, sketches left running.
         score.write_text(score.read_text().replace("end: 60}", "end: 90}"))
@@ -194,6 +199,8 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         )
         recent = await console.inner_text("#recent")
         assert f"{score}:" in recent and "SyntaxError" in recent
+        served = await pages[0].evaluate("fetch('/score-files/talk.js').then(r => r.text())")
+        assert "take 2" in served and "{{" not in served  # a page that loads now gets the last good version
         await compose.wait_for_selector("#refused:not([hidden])", timeout=10_000)
         assert "talk.js line" in await compose.inner_text("#refused")
         assert any("edit refused" in line and f"{score}:" in line for line in proc.log_lines)

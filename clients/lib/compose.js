@@ -27,7 +27,7 @@ async function main() {
   });
   // Each sketch's state, read from its part's view (same origin) twice a second.
   setInterval(() => {
-    for (const { frame, status } of tiles) {
+    for (const { part, frame, status } of tiles) {
       const sketches = frame.contentWindow?.tuttiView?.sketches ?? [];
       status.replaceChildren(
         ...sketches.map((s) => {
@@ -38,7 +38,8 @@ async function main() {
           return line;
         }),
       );
-      if (!sketches.length) status.textContent = "no sketch";
+      const layers = part.layers.filter((l) => l.type === "sketch");
+      if (!sketches.length) status.textContent = layers.length ? "starting…" : "no sketch";
     }
     $("version").textContent = conductor.version ? `score version ${conductor.version}` : "";
   }, 500);

@@ -168,7 +168,7 @@ async function main() {
     view.sketches = fresh;
     old.forEach((s) => s.unmount());
   };
-  await mountSketches();
+  mountSketches(); // the rest of the view draws meanwhile
   conductor.addEventListener("score", async () => {
     part = conductor.score.parts.find((p) => p.id === partId) ?? part;
     $("part").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;

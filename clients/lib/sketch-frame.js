@@ -25,12 +25,29 @@ Object.assign(tutti, {
   section: (t = now()) => sectionAt(tutti.score, positionAt(state, t, tutti.score.duration)),
 });
 
+// A timed event fires at its time on this frame's synced clock: a timer wakes it LEAD seconds ahead
+// (the browser may hold back the timers of a frame no one has touched, by up to 32 ms in Chromium),
+// and the rest of the wait is spun, so that neither a late timer nor a frame being drawn (the page's
+// or the sketch's, which may share this thread) can make it late. Fired from the page instead, a
+// message could wait behind them.
+const LEAD = 0.04;
+function fireAt(event) {
+  const meta = { from: event.part, sender: event.sender, at: event.at ?? null, late: 0 };
+  const fire = () => tutti._fire(event.name, event.data, { ...meta, late: Math.max(0, now() - (event.t ?? 0)) });
+  if (event.t == null) return tutti._fire(event.name, event.data, meta);
+  const spin = () => {
+    while (now() < event.t); // at most LEAD
+    fire();
+  };
+  setTimeout(spin, Math.max(0, (event.t - now() - LEAD) * 1000));
+}
+
 addEventListener("message", (event) => {
   if (event.source !== parent) return;
   const msg = event.data;
   if (msg.type === "state") state = msg.state;
   else if (msg.type === "clock") steer(msg.clock);
-  else if (msg.type === "event") tutti._fire(msg.event.name, msg.event.data, msg.meta); // at its time
+  else if (msg.type === "event") fireAt(msg.event);
   else if (msg.type === "answer") tutti._answer(msg.id, msg.answer);
 });
 parent.postMessage({ type: "ready" }, "*");

@@ -131,13 +131,14 @@ export async function mountFrame(container, layer, conductor, part, boxOf, versi
     fail(why, 0);
   };
   on(conductor, "state", () => post({ type: "state", state: conductor.state }));
-  // Timed here, not in the frame: the browser may hold a frame's timers back (by up to 32 ms in
-  // Chromium, for a cross-origin frame no one has touched), but not its messages.
-  on(conductor, "sketch", ({ detail }) =>
-    deliver(detail, () => conductor.now(), (event, meta) => post({ type: "event", event, meta })),
-  );
-  // The page's estimate slews slowly (2 ms/s at most): sent to the frame four times a second.
-  state.clockTimer = setInterval(() => state.ready && post({ type: "clock", clock: clockModel(conductor.clock) }), 250);
+  on(conductor, "sketch", ({ detail }) => post({ type: "event", event: detail })); // the frame times it
+  // The page's estimate changes with each clock exchange: sent to the frame soon after.
+  let steered = null;
+  state.clockTimer = setInterval(() => {
+    if (!state.ready || conductor.clock._since === steered) return;
+    steered = conductor.clock._since;
+    post({ type: "clock", clock: clockModel(conductor.clock) });
+  }, 50);
   container.append(frame);
   try {
     const response = await fetch(`/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version)}`);

@@ -391,10 +391,11 @@ class LoadedScore:
         self.path = path
         self.score = score
         self.sha256 = sha256
-        # Each sketch file's version (the start of its hash): a page runs a sketch again when it changes.
-        self.file_versions = {
-            name: hashlib.sha256((self.folder / name).read_bytes()).hexdigest()[:12] for name in sorted(self.files())
-        }
+        # The sketch files as they were when this version was checked: what pages are served, so that
+        # a broken edit (refused by `tutti serve --watch`) never reaches a page that loads meanwhile.
+        self.sources = {name: (self.folder / name).read_bytes() for name in sorted(self.files())}
+        # Each one's version (the start of its hash): a page runs a sketch again when it changes.
+        self.file_versions = {name: hashlib.sha256(data).hexdigest()[:12] for name, data in self.sources.items()}
 
     @property
     def version(self) -> str:

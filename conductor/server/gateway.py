@@ -226,11 +226,11 @@ class Gateway:
         # Only files the score names (its sketches) are served from the score's folder.
         score = self.concert.score
         name = request.match_info["name"]
-        if name not in score.files():
+        if name not in score.sources:
             raise web.HTTPNotFound(text=f"the score names no file '{name}'")
         # no-cache: with `tutti serve --watch`, a sketch may change between two loads
-        return web.FileResponse(
-            score.folder / name, headers={"Content-Type": "text/javascript", "Cache-Control": "no-cache"}
+        return web.Response(
+            body=score.sources[name], content_type="text/javascript", headers={"Cache-Control": "no-cache"}
         )
 
     async def _score(self, request: web.Request) -> web.Response:
