@@ -46,8 +46,8 @@ async def main(events: int) -> None:
                 await response.evaluate(f"window.cues = []; {listen}")
                 fired = []
                 for n in range(events):
-                    send = "(async () => { const at = tutti.time() + 0.3; return [at, await tutti.send('cue', 1, {at})]; })"
-                    at, answer = await call.evaluate(f"{send}()")
+                    send = "async () => { const at = tutti.time() + 0.3; return [at, await tutti.send('cue', 1, {at})]; }"
+                    at, answer = await call.evaluate(send)
                     assert answer["ok"], answer
                     await response.wait_for_function(f"cues.length === {n + 1}", timeout=5000)
                     wall = await response.evaluate(f"cues[{n}]")
