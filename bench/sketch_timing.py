@@ -42,11 +42,11 @@ async def main(events: int) -> None:
                 (_, call), (_, response) = [await performer(browser, conductor, p) for p in ("call", "response")]
                 await asyncio.sleep(3)  # past the first bursts of clock exchanges
                 clock = [await clock_error(frame, conductor) for frame in (call, response) for _ in range(20)]
-                listen = "tutti.on('cue', () => cues.push((performance.timeOrigin + performance.now()) / 1000))"
+                listen = "tutti.on('c', () => cues.push((performance.timeOrigin + performance.now()) / 1000))"
                 await response.evaluate(f"window.cues = []; {listen}")
                 fired = []
                 for n in range(events):
-                    send = "async () => { const at = tutti.time() + 0.3; return [at, await tutti.send('cue', 1, {at})]; }"
+                    send = "async () => { const at = tutti.time() + 0.3; return [at, await tutti.send('c', 1, {at})]; }"
                     at, answer = await call.evaluate(send)
                     assert answer["ok"], answer
                     await response.wait_for_function(f"cues.length === {n + 1}", timeout=5000)
