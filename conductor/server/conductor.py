@@ -47,7 +47,7 @@ from conductor.server.joins import (
 from conductor.server.osc import OscIngress
 from conductor.server.osctime import SenderClocks
 from conductor.server.pipeline import Pipeline
-from conductor.server.sketches import SketchRelay
+from conductor.server.sketches import SketchLog, SketchRelay, log_path
 from conductor.server.watch import ScoreWatch
 
 log = logging.getLogger("tutti.conductor")
@@ -115,7 +115,15 @@ class Conductor:
             self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count, clocks)
             self.pipeline.on_accepted.append(self.osc.echo)
         self.watch: ScoreWatch | None = None  # tutti serve --watch
-        self.sketches = SketchRelay(lambda: self.score.score, lambda: self.transport, out, self.clock.now)
+        self.sketch_log = SketchLog(log_path(concert.journal_path))
+        self.sketches = SketchRelay(
+            lambda: self.score.score,
+            lambda: self.transport,
+            out,
+            self.clock.now,
+            self.sketch_log,
+            lambda: self.score.version,
+        )
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
             protocol.SYNC: self._sync,
             protocol.COMMAND: self._command,
@@ -361,6 +369,7 @@ class Conductor:
             self.watch = ScoreWatch(lambda: self.score, self.take_score, refuse)
             await self.watch.start()
         await self.journal.start()
+        await self.sketch_log.start()
         await self.nodes.start()
         await self.console.start()
         if self.osc:
@@ -370,6 +379,7 @@ class Conductor:
         if self.watch:
             await self.watch.stop()
         await self.console.stop()
+        await self.sketch_log.stop()
         await self.nodes.stop()
         if self.osc:
             self.osc.close()

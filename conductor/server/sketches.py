@@ -1,5 +1,9 @@
 """Sketch events: what one performer's sketch sends to the others (``tutti.send``, ``socket.emit``).
 
+Every relayed event is journalled beside the performance's journal, in ``JOURNAL.sketch.jsonl``
+(one JSON line each: when it was accepted, who sent it, what, to whom, its timing, and the score's
+version), written in batches off the event loop; ``tutti replay`` shows them among the changes.
+
 An event goes to the pages of the parts it names (default: every part), not back to its sender's
 page. A timed one names a score time (``at``); it is sent at once with the conductor time that
 score time falls on, and each page fires it then on its synced clock. Each sender may send
@@ -9,14 +13,66 @@ malformed, the event is refused with its reason (and counted, like every refusal
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from conductor.core import protocol
 from conductor.core.protocol import Rejected, SketchDelivery, SketchEvent
 from conductor.core.score import Score
 from conductor.core.transport import Transport
+from conductor.server.background import Background
 from conductor.server.gateway import Out
 from conductor.server.joins import Client, part_room
+
+log = logging.getLogger("tutti.sketches")
+WRITE_EVERY = 0.2  # seconds between writes of the sketch-event journal
+
+
+def log_path(journal: Path) -> Path:
+    """Where a performance's sketch events are journalled: beside its journal."""
+    return journal.with_name(journal.name.removesuffix(".jsonl") + ".sketch.jsonl")
+
+
+class SketchLog(Background):
+    """Sketch events appended to their journal in batches, each batch written in a thread."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.waiting: list[dict[str, Any]] = []  # bounded by the senders' rates, emptied every WRITE_EVERY
+        self.failed = ""  # why the last write failed (events are relayed all the same)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        self.waiting.append(entry)
+
+    def _write(self, lines: str) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(lines)
+
+    async def flush(self) -> None:
+        batch, self.waiting = self.waiting, []
+        if not batch:
+            return
+        lines = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in batch)
+        try:
+            await asyncio.to_thread(self._write, lines)
+            self.failed = ""
+        except OSError as e:
+            if not self.failed:
+                log.error("cannot journal sketch events in %s: %s", self.path, e.strerror or e)
+            self.failed = str(e)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(WRITE_EVERY)
+                await self.flush()
+        finally:
+            await asyncio.shield(self.flush())  # what came last, when the conductor stops
+
 
 RATE = 30.0  # events a second a sender may send on average ...
 BURST = 60.0  # ... and at once
@@ -24,12 +80,20 @@ BURST = 60.0  # ... and at once
 
 class SketchRelay:
     def __init__(
-        self, score: Callable[[], Score], transport: Callable[[], Transport], out: Out, now: Callable[[], float]
+        self,
+        score: Callable[[], Score],
+        transport: Callable[[], Transport],
+        out: Out,
+        now: Callable[[], float],
+        journal: SketchLog | None = None,
+        version: Callable[[], str] = lambda: "",
     ):
         self.score = score
         self.transport = transport
         self.out = out
         self.now = now
+        self.journal = journal
+        self.version = version
         self.allowance: dict[str, tuple[float, float]] = {}  # sid -> (events it may still send, when)
         self.relayed = 0
 
@@ -66,6 +130,9 @@ class SketchRelay:
         for part in event.to or [p.id for p in self.score().parts]:
             await self.out.emit(protocol.SKETCH, delivery, room=part_room(part), skip_sid=[client.sid])
         self.relayed += 1
+        if self.journal:
+            entry = {"accepted": now, "part": client.part, "sender": client.name, **event.model_dump()}
+            self.journal.append({**entry, "t": t, "score": self.version()})
         return {"ok": True, **({"t": t} if t is not None else {})}
 
     def left(self, sid: str) -> None:

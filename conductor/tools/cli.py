@@ -195,8 +195,14 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
     loop = asyncio.get_running_loop()
     start = loop.time()
     where = _score_positions(contents.header)
+    events = _sketch_events(Path(path), contents.header, contents.records)
+    first = contents.records[0].accepted if contents.records else 0.0
     try:
         for delay, record in journal.replay_times(contents.records):
+            while events and events[0]["accepted"] <= record.accepted:
+                event = events.pop(0)
+                await asyncio.sleep(max(0.0, start + (event["accepted"] - first) / speed - loop.time()))
+                print(_sketch_line(event), flush=True)
             await asyncio.sleep(max(0.0, start + delay / speed - loop.time()))
             command = {k: v for k, v in record.change.command.items() if k != "at"}
             words = " ".join(f"{k}={_plain(v)}" for k, v in command.items() if k != "cmd")
@@ -206,10 +212,45 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
                 answer = await client.command(**command)
                 if not answer.get("ok"):
                     print(f"           refused: {answer.get('message')}", file=sys.stderr)
+        for event in events:  # after the last change
+            await asyncio.sleep(max(0.0, start + (event["accepted"] - first) / speed - loop.time()))
+            print(_sketch_line(event), flush=True)
     finally:
         if client:
             await client.close()
     return 0
+
+
+def _sketch_events(path: Path, header: dict[str, Any], records: list[journal.Record]) -> list[dict[str, Any]]:
+    """The sketch events of the performance a journal holds (``JOURNAL.sketch.jsonl``), in order.
+    They are shown, not sent again: a conductor-role client cannot send a performer's sketch events."""
+    import json
+
+    from conductor.server.sketches import log_path
+
+    events = []
+    started = header.get("started", 0)
+    try:
+        lines = log_path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for n, line in enumerate(lines, 1):
+        try:
+            event = json.loads(line)
+            if event["accepted"] >= started:
+                events.append(event)
+        except (ValueError, KeyError, TypeError):
+            print(f"{log_path(path)}:{n}: not a sketch event; skipped", file=sys.stderr)
+    return sorted(events, key=lambda e: e["accepted"])
+
+
+def _sketch_line(event: dict[str, Any]) -> str:
+    import json
+
+    to = ",".join(event.get("to") or []) or "every part"
+    at = f" at {event['at']:g} s" if event.get("at") is not None else ""
+    data = json.dumps(event.get("data"), separators=(",", ":"))
+    return f"{'':>22}  sketch {event.get('name')} from {event.get('part')} to {to}{at}: {data[:120]}"
 
 
 def _plain(value: object) -> str:
