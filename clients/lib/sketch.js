@@ -31,7 +31,8 @@ function clockModel(clock) {
   return { _from: clock._from, _to: clock._to, _since: clock._since, _steered: true, maxSlew: clock.maxSlew };
 }
 
-export function sketchApi(conductor, part, box) {
+// `signal` ends the sketch's `on` listeners (when a live edit replaces it).
+export function sketchApi(conductor, part, box, signal) {
   return {
     part,
     score: conductor.score,
@@ -44,9 +45,13 @@ export function sketchApi(conductor, part, box) {
     playing: () => conductor.playing(),
     send: (name, data = null, { to, at } = {}) => conductor.sketchEvent({ name, data, to, at }),
     on: (name, fn) =>
-      conductor.addEventListener("sketch", ({ detail }) => {
-        if (detail.name === name) deliver(detail, () => conductor.now(), (e, meta) => fn(e.data, meta));
-      }),
+      conductor.addEventListener(
+        "sketch",
+        ({ detail }) => {
+          if (detail.name === name) deliver(detail, () => conductor.now(), (e, meta) => fn(e.data, meta));
+        },
+        { signal },
+      ),
   };
 }
 
@@ -168,9 +173,9 @@ export async function mountSketch(container, layer, conductor, part, boxOf, vers
   let box = boxOf();
   const place = () => Object.assign(holder.style, { left: `${box.x}px`, top: `${box.y}px`, width: `${box.w}px`, height: `${box.h}px` });
   place();
-  const api = sketchApi(conductor, part, box);
-  const state = { error: null, instance: null, holder, api, ready: false };
   const gone = new AbortController(); // its listeners, when it is replaced by a new version
+  const api = sketchApi(conductor, part, box, gone.signal);
+  const state = { error: null, instance: null, holder, api, ready: false };
   state.unmount = () => {
     gone.abort();
     observer.disconnect();
