@@ -47,7 +47,7 @@ from conductor.server.joins import (
 from conductor.server.osc import OscIngress
 from conductor.server.osctime import SenderClocks
 from conductor.server.pipeline import Pipeline
-from conductor.server.sketches import SketchLog, SketchRelay, log_path
+from conductor.server.sketches import SketchLog, SketchRelay
 from conductor.server.watch import ScoreWatch
 
 log = logging.getLogger("tutti.conductor")
@@ -115,7 +115,7 @@ class Conductor:
             self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count, clocks)
             self.pipeline.on_accepted.append(self.osc.echo)
         self.watch: ScoreWatch | None = None  # tutti serve --watch
-        self.sketch_log = SketchLog(log_path(concert.journal_path))
+        self.sketch_log = SketchLog(journal.sketch_log(concert.journal_path))
         self.sketches = SketchRelay(
             lambda: self.score.score,
             lambda: self.transport,

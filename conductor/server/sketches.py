@@ -32,11 +32,6 @@ log = logging.getLogger("tutti.sketches")
 WRITE_EVERY = 0.2  # seconds between writes of the sketch-event journal
 
 
-def log_path(journal: Path) -> Path:
-    """Where a performance's sketch events are journalled: beside its journal."""
-    return journal.with_name(journal.name.removesuffix(".jsonl") + ".sketch.jsonl")
-
-
 class SketchLog(Background):
     """Sketch events appended to their journal in batches, each batch written in a thread."""
 

@@ -192,10 +192,10 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
     if url:
         client = TuttiClient(url, "conductor", token, name="replay")
         await client.connect()
+    events = _sketch_events(Path(path), contents.header)
     loop = asyncio.get_running_loop()
     start = loop.time()
     where = _score_positions(contents.header)
-    events = _sketch_events(Path(path), contents.header, contents.records)
     first = contents.records[0].accepted if contents.records else 0.0
     try:
         for delay, record in journal.replay_times(contents.records):
@@ -221,17 +221,15 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
     return 0
 
 
-def _sketch_events(path: Path, header: dict[str, Any], records: list[journal.Record]) -> list[dict[str, Any]]:
+def _sketch_events(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
     """The sketch events of the performance a journal holds (``JOURNAL.sketch.jsonl``), in order.
     They are shown, not sent again: a conductor-role client cannot send a performer's sketch events."""
     import json
 
-    from conductor.server.sketches import log_path
-
     events = []
     started = header.get("started", 0)
     try:
-        lines = log_path(path).read_text(encoding="utf-8").splitlines()
+        lines = journal.sketch_log(path).read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
     for n, line in enumerate(lines, 1):
@@ -240,7 +238,7 @@ def _sketch_events(path: Path, header: dict[str, Any], records: list[journal.Rec
             if event["accepted"] >= started:
                 events.append(event)
         except (ValueError, KeyError, TypeError):
-            print(f"{log_path(path)}:{n}: not a sketch event; skipped", file=sys.stderr)
+            print(f"{journal.sketch_log(path)}:{n}: not a sketch event; skipped", file=sys.stderr)
     return sorted(events, key=lambda e: e["accepted"])
 
 
