@@ -174,7 +174,8 @@ async def sketch_states(out: Path) -> list[Path]:
                     )
                     await compose.wait_for_selector("#refused:not([hidden])", timeout=10_000)
                     await compose.wait_for_function(
-                        "[...document.querySelectorAll('.status')].every(s => s.textContent)", timeout=10_000
+                        "[...document.querySelectorAll('.status')].every(s => /frames.s|stopped/.test(s.textContent))",
+                        timeout=30_000,
                     )
                     path = out / f"compose-edit-refused-{name}.png"
                     await compose.screenshot(path=str(path), full_page=True)
