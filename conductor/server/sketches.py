@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,24 +74,16 @@ RATE = 30.0  # events a second a sender may send on average ...
 BURST = 60.0  # ... and at once
 
 
+@dataclass
 class SketchRelay:
-    def __init__(
-        self,
-        score: Callable[[], Score],
-        transport: Callable[[], Transport],
-        out: Out,
-        now: Callable[[], float],
-        journal: SketchLog | None = None,
-        version: Callable[[], str] = lambda: "",
-    ):
-        self.score = score
-        self.transport = transport
-        self.out = out
-        self.now = now
-        self.journal = journal
-        self.version = version
-        self.allowance: dict[str, tuple[float, float]] = {}  # sid -> (events it may still send, when)
-        self.relayed = 0
+    score: Callable[[], Score]
+    transport: Callable[[], Transport]
+    out: Out
+    now: Callable[[], float]
+    journal: SketchLog | None = None
+    version: Callable[[], str] = lambda: ""  # of the score, journalled with each event
+    allowance: dict[str, tuple[float, float]] = field(default_factory=dict)  # sid -> (events it may send, when)
+    relayed: int = 0
 
     def _spend(self, sid: str, now: float) -> None:
         left, then = self.allowance.get(sid, (BURST, now))
