@@ -1,6 +1,7 @@
 """Screenshots of what people see, to be looked at: the performer view in each state (waiting,
 count-in, playing, paused, ended, offline, refused) on an iPad both ways and a phone, the console
-before the downbeat with a part missing, the audience on a phone, and a global-mode sketch
+before the downbeat with a part missing, its audio links each way (none measured, measured, a link
+restarting) on an iPad and a phone, the audience on a phone, and a global-mode sketch
 (openprocessing.org style) running, and one that stopped, with a live edit refused on the console
 and on the composer's page.
 
@@ -52,6 +53,45 @@ async def wait_phase(pages: dict[str, Page], phase: str) -> None:
         )
 
 
+def _link_feed(state: str) -> dict[str, object]:
+    """The console's ``links`` (conductor/server/linkmetrics.py) for one state; the figures are made
+    up to look like a run here (3 and 12 ms emulated each way), for the view, not a measurement."""
+    if state == "none":
+        return {"rows": [], "recent": {}, "concert": {}, "period_ms": 2.667}
+    recent = [[1000.0 + t, 9.4 + 0.4 * (t % 7 == 0), 20.5 + 2.7 * (t % 11 == 0), 29.3] for t in range(300)]
+    concert = [[t * 15.0, 9.0 + (t % 5) * 0.3, 20.0 + (t % 9) * 0.4, 29.3] for t in range(240)]
+    row = {
+        "link": "pku–ucas pair", "a": "pku", "b": "ucas", "pair": True, "state": "connected",
+        "a_to_b_ms": 9.42, "b_to_a_ms": 20.51, "bound_ms": 0.31, "jitter_a_to_b_ms": 0.42,
+        "jitter_b_to_a_ms": 2.71, "rtt_ms": 32.0, "check_ms": -0.6, "check_ok": True, "lost": 0,
+        "underruns": 3, "overflows": 0, "restarts": 0, "queue_a_to_b": 2, "queue_a_to_b_ms": 5.3,
+        "queue_b_to_a": 3, "queue_b_to_a_ms": 8.0,
+    }  # fmt: skip
+    if state == "restarting":
+        recent = [*recent[:-20], *([[p[0], None, None, None] for p in recent[-20:]])]
+        row = {**row, "state": "restarting", "b_to_a_ms": None, "check_ms": None, "check_ok": None, "lost": 41}
+    return {"rows": [row], "recent": {row["link"]: recent}, "concert": {row["link"]: concert}, "period_ms": 2.667}
+
+
+async def link_views(console: Page, out: Path) -> list[Path]:
+    """The console's audio links, each way, in each state, on an iPad and a phone."""
+    written = []
+    for state in ("none", "measured", "restarting"):
+        await console.evaluate(
+            "async (links) => (await import('/clients/linkplots.js')).showLinks(links,"
+            " document.getElementById('ways'), document.getElementById('wayplots'),"
+            " document.getElementById('ways-hint'))",
+            _link_feed(state),
+        )
+        for name, (width, height) in (("ipad", (1024, 768)), ("phone", (390, 844))):
+            await console.set_viewport_size({"width": width, "height": height})
+            await console.evaluate("document.getElementById('wayplots').scrollIntoView({block: 'end'})")
+            path = out / f"console-links-{state}-{name}.png"
+            await console.screenshot(path=str(path))
+            written.append(path)
+    return written
+
+
 async def main(out: Path) -> list[Path]:
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +124,8 @@ async def main(out: Path) -> list[Path]:
                     out / "console-before-downbeat-ipad-landscape.png",
                     out / "console-before-downbeat-ipad-portrait.png",
                 ]
+
+                written += await link_views(console, out)
 
                 await boss.command("seek", position=30.0)  # near "Flood": the countdown shows
                 await boss.command("play", count_in=2)

@@ -1,5 +1,6 @@
 // The conductor's console: runs the transport and shows every client, its clock and the refusals.
 import { join } from "./join.js";
+import { showLinks } from "./linkplots.js";
 import { LiveControl, refusalText } from "./live.js";
 import { barBeat, formatTime, parsePosition, sectionAt } from "./score-view.js";
 
@@ -272,6 +273,7 @@ async function main() {
     const audience = Object.values(feed.audience ?? {}).reduce((a, b) => a + b, 0);
     $("audience").textContent = `${audience} in the audience`;
     $("links").replaceChildren(...linkRows(feed.clients));
+    showLinks(feed.links, $("ways"), $("wayplots"), $("ways-hint"));
     const bySite = {};
     for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);
     for (const [site, rtts] of Object.entries(bySite)) {

@@ -26,6 +26,7 @@ class Timing:
 
     now: float
     lookahead: float  # seconds every destination of a ``together`` change needs
+    transport: float = 0.0  # ... of a change of the transport (Link sessions need it sooner)
     sent_until: float = 0.0  # cues up to this conductor time are on their way: a change comes after them
     align: Mapping[str, dict[str, float]] = field(default_factory=dict)  # aligned site -> how early each site plays
 
@@ -61,6 +62,8 @@ class Performance:
         align = timing.align.get(schedule.aligned, {}) if isinstance(schedule, Aligned) else None
         at_once = schedule == "immediate" and command.at is None  # nodes set it when it reaches them
         # Otherwise cues up to sent_until are on their way, and a change cannot overtake them.
+        if not isinstance(command, SetParam | SetParams):
+            timing = replace(timing, lookahead=max(timing.lookahead, timing.transport))
         t = timing.now if at_once else max(self.when(command.at, timing, align), timing.sent_until)
         clicks = self.count_in(command, t)
         change = self.transport.plan(command, t + len(clicks) * self.beat(t))

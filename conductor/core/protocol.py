@@ -233,6 +233,9 @@ Finite = Annotated[Num, Field(ge=-1e9, le=1e9)]
 Text = Annotated[StrictStr, Field(max_length=500)]
 
 
+Delay = Annotated[Num, Field(ge=0, le=60_000)]  # ms
+
+
 class LinkReport(Message):
     """One JackTrip end a node runs (see ``conductor/node/jacktrip.py``)."""
 
@@ -253,6 +256,9 @@ class LinkReport(Message):
     patched: Count = 0  # JACK connections made for this link
     last_error: Text = ""
     version: Annotated[StrictStr, Field(max_length=64)] = ""
+    way_in_ms: Annotated[dict[Name, Delay], Field(max_length=64)] = {}  # one way from each peer, measured here
+    way_jitter_ms: Annotated[dict[Name, Delay], Field(max_length=64)] = {}  # spread of the last measurements
+    ways_measured: Count = 0
 
 
 class LinkHealth(Message):
@@ -265,6 +271,7 @@ class LinkHealth(Message):
     put_back: Count  # another peer's tempo or phase, put back
     proposed: Count  # tempos proposed to the conductor
     late: Count  # changes too late to be committed the lead ahead
+    lead: Annotated[Num, Field(ge=0, le=2)] = 0.0  # seconds before it sounds a change is committed to Link
 
 
 class Health(Message):
@@ -415,6 +422,7 @@ class ConsoleFeed(Outbound):
     lookahead: dict[str, Any]
     journal: str | None = None  # why changes are refused, while the journal cannot be written
     now: float
+    links: dict[str, Any] | None = None  # each audio link's figures and history (conductor/server/linkmetrics.py)
 
 
 class SketchDelivery(Outbound):

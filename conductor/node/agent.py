@@ -121,6 +121,7 @@ class NodeAgent:
                 self.scsynth.client_name if self.scsynth else "",
                 jack_env(self.jack_server),
                 self.jacktrip,
+                lambda: self.client.clock.offset,
             )
             await self.audio.start()
 

@@ -44,6 +44,7 @@ from conductor.server.joins import (
     Roster,
     summary,
 )
+from conductor.server.linkmetrics import LinkMetrics, metrics_path
 from conductor.server.osc import OscIngress
 from conductor.server.osctime import SenderClocks
 from conductor.server.pipeline import Pipeline
@@ -104,9 +105,16 @@ class Conductor:
         self.pipeline.on_accepted += [self.nodes.accepted, self.node_state.durable]
         self.pipeline.on_durable.append(self.broadcast.durable)
         self.pipeline.on_reverted += [self.nodes.reverted, self._reverted]
+        audio = concert.settings.audio
+        self.link_metrics: LinkMetrics | None = None  # each audio link's figures, once a second
+        if audio and (audio.links or audio.pairs):
+            period_ms = audio.period / audio.sample_rate * 1000
+            path = metrics_path(concert.journal_path)
+            self.link_metrics = LinkMetrics(self._node_links, path, self.clock.now, period_ms)
         self.console = ConsoleFeed(
-            self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out
-        )
+            self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out,
+            self.link_metrics.feed if self.link_metrics else lambda: None,
+        )  # fmt: skip
         self.journal.on_availability = self._journal_availability
         self.osc: OscIngress | None = None
         if concert.settings.osc is not None:
@@ -150,6 +158,14 @@ class Conductor:
             (c.address, c.health["offset"])
             for c in self.clients.values()
             if c.role == "node" and c.health and protocol.is_number(c.health.get("offset"))
+        ]
+
+    def _node_links(self) -> list[tuple[float | None, list[dict[str, Any]]]]:
+        """Each node's clock error (s) and link reports, as it last reported."""
+        return [
+            (c.health.get("error"), c.health.get("links") or [])
+            for c in self.clients.values()
+            if c.role == "node" and c.health
         ]
 
     def _reverted(self) -> None:
@@ -372,12 +388,16 @@ class Conductor:
         await self.sketch_log.start()
         await self.nodes.start()
         await self.console.start()
+        if self.link_metrics:
+            await self.link_metrics.start()
         if self.osc:
             await self.osc.start(osc_host)
 
     async def stop(self) -> None:
         if self.watch:
             await self.watch.stop()
+        if self.link_metrics:
+            await self.link_metrics.stop()
         await self.console.stop()
         await self.sketch_log.stop()
         await self.nodes.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
@@ -10,9 +9,9 @@ from typing import Any
 
 from conductor.core import protocol
 from conductor.core.scheduler import Lookahead
-from conductor.server.background import Background
 from conductor.server.gateway import Out
 from conductor.server.joins import Roster
+from conductor.server.periodic import Periodic
 
 log = logging.getLogger("tutti.console")
 FEED_EVERY = 1.0  # seconds
@@ -32,7 +31,9 @@ class Refusals:
         log.info("rejected %s from %s: %s", event, client or "?", message)
 
 
-class ConsoleFeed(Background):
+class ConsoleFeed(Periodic):
+    every = FEED_EVERY
+
     def __init__(
         self,
         roster: Roster,
@@ -41,6 +42,7 @@ class ConsoleFeed(Background):
         lookahead: Lookahead,
         journal_state: Callable[[], str | None],
         out: Out,
+        links: Callable[[], dict[str, Any] | None] = lambda: None,
     ):
         self.roster = roster
         self.refusals = refusals
@@ -48,6 +50,8 @@ class ConsoleFeed(Background):
         self.lookahead = lookahead
         self.journal_state = journal_state
         self.out = out
+        self.links = links
+        super().__init__()
 
     def feed(self) -> protocol.ConsoleFeed:
         clients = self.roster.clients.values()
@@ -62,14 +66,10 @@ class ConsoleFeed(Background):
             lookahead=self.lookahead.to_json(),
             journal=self.journal_state(),
             now=self.refusals.now(),
+            links=self.links(),
         )
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(FEED_EVERY)
-            try:
-                feed = self.feed().model_dump()
-                for room in ("role:conductor", "role:composer"):  # the composer's page: errors and refused edits
-                    await self.out.emit(protocol.CLIENTS, feed, room=room)
-            except Exception:
-                log.exception("console feed")
+    async def tick(self) -> None:
+        feed = self.feed().model_dump()
+        for room in ("role:conductor", "role:composer"):  # the composer's page: errors and refused edits
+            await self.out.emit(protocol.CLIENTS, feed, room=room)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -91,6 +92,34 @@ def well_formed(dgram: bytes) -> bool:
         return pos == len(dgram)
     except (ValueError, UnicodeDecodeError):
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def _numbers_layout(tags: bytes) -> struct.Struct | None:
+    """The layout of arguments that are all numbers (``i``, ``f``, ``h``, ``d``); None for any other."""
+    if not tags or tags.strip(b"ifhd"):
+        return None
+    return struct.Struct(">" + tags.decode().replace("h", "q"))
+
+
+def plain_numbers(dgram: bytes) -> tuple[str, tuple[float, ...]] | None:
+    """A message whose arguments are all numbers, as a controller sends it: its address and
+    arguments, read as python-osc reads them (it checks as ``well_formed`` does). None for anything
+    else, which then takes python-osc's reader: this is the path every fader value takes."""
+    end = dgram.find(b"\0")
+    tags_at = _padded(end)
+    if end <= 0 or dgram[tags_at : tags_at + 1] != b",":
+        return None
+    tags_end = dgram.find(b"\0", tags_at)
+    layout = _numbers_layout(dgram[tags_at + 1 : tags_end]) if tags_end > 0 else None
+    args_at = tags_at + _padded(tags_end - tags_at)
+    if layout is None or args_at + layout.size != len(dgram):
+        return None
+    try:
+        address = dgram[:end].decode()
+    except UnicodeDecodeError:
+        return None
+    return address, layout.unpack_from(dgram, args_at)
 
 
 def message(address: str, *args: Any) -> bytes:
@@ -201,28 +230,33 @@ class OscIngress:
         if len(data) % 4 or not (data.startswith(b"/") or data.startswith(b"#bundle\x00")):
             self._reject("osc_malformed", f"not an OSC packet from {source[0]} ({len(data)} bytes)")
             return
-        try:
-            # A controller sends a message at a time; python-osc's packet reader is for bundles.
-            messages = [OscMessage(data)] if data[0] == 47 else [m.message for m in OscPacket(data).messages]
-        except Exception as e:  # python-osc raises several kinds on garbage
-            self._reject("osc_malformed", f"undecodable OSC from {source[0]}: {e.__class__.__name__}")
-            return
-        if not all(well_formed(m.dgram) for m in messages):
-            self._reject("osc_malformed", f"an OSC message from {source[0]} is cut short or padded wrongly")
-            return
+        plain = plain_numbers(data) if data[0] == 47 else None
+        if plain is not None:
+            messages: list[tuple[str, tuple[Any, ...]]] = [plain]
+        else:
+            try:
+                # A controller sends a message at a time; python-osc's packet reader is for bundles.
+                read = [OscMessage(data)] if data[0] == 47 else [m.message for m in OscPacket(data).messages]
+            except Exception as e:  # python-osc raises several kinds on garbage
+                self._reject("osc_malformed", f"undecodable OSC from {source[0]}: {e.__class__.__name__}")
+                return
+            if not all(well_formed(m.dgram) for m in read):
+                self._reject("osc_malformed", f"an OSC message from {source[0]} is cut short or padded wrongly")
+                return
+            messages = [(m.address, tuple(m.params)) for m in read]
         tag = timetag(data)
-        for msg in messages:
-            route = self.routes.get(msg.address)
+        for address, args in messages:
+            route = self.routes.get(address)
             if route is None:
-                self._reject("osc_unknown_address", f"no route for {msg.address[:64]}")
+                self._reject("osc_unknown_address", f"no route for {address[:64]}")
                 continue
-            args, wanted = list(msg.params), len(route.names)
+            wanted = len(route.names)
             kind = "one number" if wanted == 1 else f"{wanted} numbers"
             if len(args) != wanted or any(isinstance(a, bool) or not isinstance(a, int | float) for a in args):
-                self._reject("osc_bad_args", f"{msg.address} takes {kind}")
+                self._reject("osc_bad_args", f"{address} takes {kind}")
                 continue
             if not all(math.isfinite(a) for a in args):
-                self._reject("osc_bad_args", f"{msg.address} takes finite numbers")
+                self._reject("osc_bad_args", f"{address} takes finite numbers")
                 continue
             at = None
             if tag is not None:
@@ -230,7 +264,7 @@ class OscIngress:
                     asked = self.clocks.conductor_time(source[0], tag)
                     at = when(asked, time.time() + self.clocks.own())
                 except ValueError as e:
-                    self._reject("osc_bad_time", f"{msg.address} from {source[0]}: {e}")
+                    self._reject("osc_bad_time", f"{address} from {source[0]}: {e}")
                     continue
             values.append(_Value(route, tuple(float(a) for a in args), source, at))
 

@@ -25,18 +25,21 @@ from conductor.core import protocol
 from conductor.core.protocol import Rejected, SketchDelivery, SketchEvent
 from conductor.core.score import Score
 from conductor.core.transport import Transport
-from conductor.server.background import Background
 from conductor.server.gateway import Out
 from conductor.server.joins import Client, part_room
+from conductor.server.periodic import Periodic
 
 log = logging.getLogger("tutti.sketches")
 WRITE_EVERY = 0.2  # seconds between writes of the sketch-event journal
 
 
-class SketchLog(Background):
+class SketchLog(Periodic):
     """Sketch events appended to their journal in batches, each batch written in a thread."""
 
+    every = WRITE_EVERY
+
     def __init__(self, path: Path):
+        super().__init__()
         self.path = path
         self.waiting: list[dict[str, Any]] = []  # bounded by the senders' rates, emptied every WRITE_EVERY
         self.failed = ""  # why the last write failed (events are relayed all the same)
@@ -48,7 +51,7 @@ class SketchLog(Background):
         with self.path.open("a", encoding="utf-8") as f:
             f.write(lines)
 
-    async def flush(self) -> None:
+    async def tick(self) -> None:
         batch, self.waiting = self.waiting, []
         if not batch:
             return
@@ -61,13 +64,9 @@ class SketchLog(Background):
                 log.error("cannot journal sketch events in %s: %s", self.path, e.strerror or e)
             self.failed = str(e)
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(WRITE_EVERY)
-                await self.flush()
-        finally:
-            await asyncio.shield(self.flush())  # what came last, when the conductor stops
+    async def stop(self) -> None:
+        await super().stop()
+        await self.tick()  # what came last
 
 
 RATE = 30.0  # events a second a sender may send on average ...

@@ -15,11 +15,10 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from conductor.core.score import InvalidFile, LoadedScore, load_score, sketch_problems
 from conductor.core.yamlcheck import Problem
-from conductor.server.background import Background
+from conductor.server.periodic import Periodic
 
 log = logging.getLogger("tutti.watch")
 EVERY = 0.1  # seconds between looks at the files
@@ -52,32 +51,34 @@ def _checked(path: Path, current: LoadedScore) -> LoadedScore:
     return loaded
 
 
-class ScoreWatch(Background):
+class ScoreWatch(Periodic):
+    every = EVERY
+
     def __init__(
         self,
         current: Callable[[], LoadedScore],
         take: Callable[[LoadedScore], Awaitable[None]],
         refuse: Callable[[str], None],
     ):
+        super().__init__()
         self.current = current
         self.take = take
         self.refuse = refuse
-        self.refused: dict[str, Any] | None = None  # the last edit refused, while it is not fixed
+        self.seen: dict[Path, tuple[int, int]] = {}
 
     def _paths(self) -> list[Path]:
         loaded = self.current()
         return [loaded.path, *(loaded.folder / name for name in sorted(loaded.files()))]
 
-    async def _run(self) -> None:
-        seen = await asyncio.to_thread(_stamps, self._paths())
-        while True:
-            await asyncio.sleep(EVERY)
-            now = await asyncio.to_thread(_stamps, self._paths())
-            if now == seen:
-                continue
-            seen = now
-            await self._edited()
-            seen = await asyncio.to_thread(_stamps, self._paths())  # the sketches the new version names
+    async def start(self) -> None:
+        self.seen = await asyncio.to_thread(_stamps, self._paths())
+        await super().start()
+
+    async def tick(self) -> None:
+        if await asyncio.to_thread(_stamps, self._paths()) == self.seen:
+            return
+        await self._edited()
+        self.seen = await asyncio.to_thread(_stamps, self._paths())  # with the sketches the new version names
 
     async def _edited(self) -> None:
         path = self.current().path
@@ -89,11 +90,9 @@ class ScoreWatch(Background):
             lines = [str(p) for p in e.problems]
             for line in lines:
                 log.error("edit refused: %s", line)
-            self.refused = {"problems": lines}
             more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
             self.refuse(f"{lines[0]}{more}: fix and save again; the pages keep the last good version")
             return
         if loaded.sha256 == self.current().sha256 and loaded.file_versions == self.current().file_versions:
             return  # saved again unchanged
-        self.refused = None
         await self.take(loaded)

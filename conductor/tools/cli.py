@@ -447,6 +447,8 @@ def command_line() -> argparse.ArgumentParser:
     p.add_argument("--loss", type=_fraction, default=0.0, help="fraction of packets lost (TCP: resent after a timeout)")
     p.add_argument("--udp", action="store_true", help="a UDP link (OSC, JackTrip) rather than TCP (Socket.IO)")
     p.add_argument("--seed", type=int, help="random seed, to repeat a run")
+    p.add_argument("--delay-back", type=_seconds, help="the answers' one-way delay, seconds (default: --delay)")
+    p.add_argument("--jitter-back", type=_seconds, help="the answers' jitter, seconds (default: --jitter)")
 
     p = sub.add_parser("node", help="run a node agent: a supervised scsynth that plays the conductor's cues")
     p.add_argument("--url", required=True, help="the conductor, e.g. http://127.0.0.1:8080")
@@ -542,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "emulate":
             from conductor.tools import emulate
 
-            asyncio.run(emulate.run(args.listen, args.to, args.delay, args.jitter, args.loss, args.udp, args.seed))
+            there = (args.delay, args.jitter, args.loss, args.udp, args.seed)
+            asyncio.run(emulate.run(args.listen, args.to, *there, args.delay_back, args.jitter_back))
     except (InvalidFile, journal.JournalError) as e:
         print(e, file=sys.stderr)
         return 1
