@@ -2,7 +2,8 @@
 count-in, playing, paused, looping in a rehearsal, ended, offline, refused) on an iPad both ways
 and a phone, the console before the downbeat with a part missing and while rehearsing a loop
 (iPad and phone), its audio links each way (none measured, measured, a link restarting) on an
-iPad and a phone, and the audience on a phone.
+iPad and a phone, the audience on a phone, and a global-mode sketch (openprocessing.org style)
+running, and one that stopped, with a live edit refused on the console and on the composer's page.
 
     .venv/bin/python -m bench.screenshots [--out test-output/screens]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from bench.harness import CHROMIUM, CHROMIUM_ARGS
 from conductor.client import TuttiClient
-from tests.conftest import ROOT, TOKENS, ConductorProcess, write_concert
+from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
+from tests.test_sketch_frames import TROUBLES, part
 
 VIEWPORTS = {"ipad-landscape": (1180, 820), "ipad-portrait": (820, 1180), "phone": (390, 844)}
 
@@ -189,10 +192,66 @@ async def main(out: Path) -> list[Path]:
     return written
 
 
+async def sketch_states(out: Path) -> list[Path]:
+    """A global-mode sketch after another part's event reached it, and one that threw."""
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        shutil.copy(SCORES / "sketches" / "call-and-response.js", folder / "talk.js")
+        (folder / "throws.js").write_text(TROUBLES["throws.js"])
+        parts = part("call", "talk.js", "1.x") + part("response", "talk.js", "2.x") + part("throws", "throws.js", "1.x")
+        (folder / "score.yaml").write_text("title: Sketches\nduration: 120\nparts:\n" + parts)
+        conductor = ConductorProcess(write_concert(folder, score=folder / "score.yaml"), "--play", "--watch")
+        try:
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                base = f"{conductor.url}/perform?token={TOKENS['performer']}&name=Ana&part="
+                ready = "window.tuttiView?.sketches[0]?.ready"
+                call = await open_view(browser, base + "call", VIEWPORTS["ipad-landscape"], ready)
+                pages = {
+                    name: await open_view(browser, base + "response", size, ready) for name, size in VIEWPORTS.items()
+                }
+                for x in (300, 600, 900):
+                    await call.mouse.click(x, 300)
+                for page in pages.values():  # the three ripples reached every response page
+                    await page.frames[1].wait_for_function("received.length === 3", timeout=5000)
+                written += await shoot(pages, out, "global-sketch")
+                stopped = {
+                    name: await open_view(browser, base + "throws", size, ready) for name, size in VIEWPORTS.items()
+                }
+                for page in stopped.values():
+                    await page.wait_for_selector(".sketch-error", timeout=10_000)
+                written += await shoot(stopped, out, "sketch-stopped")
+                (folder / "talk.js").write_text(
+                    (folder / "talk.js").read_text().replace("function draw() {", "function draw() {{")
+                )
+                console = await open_view(browser, f"{conductor.url}/console?token={TOKENS['conductor']}", (1180, 820))
+                await console.wait_for_function("document.getElementById('recent').textContent.includes('talk.js')")
+                path = out / "console-edit-refused-ipad-landscape.png"
+                await console.screenshot(path=str(path), full_page=True)
+                written.append(path)
+                for name in ("ipad-landscape", "phone"):  # the composer's page, with the refused edit
+                    compose = await open_view(
+                        browser, f"{conductor.url}/compose?token={TOKENS['conductor']}", VIEWPORTS[name]
+                    )
+                    await compose.wait_for_selector("#refused:not([hidden])", timeout=10_000)
+                    await compose.wait_for_function(
+                        "[...document.querySelectorAll('.status')].every(s => /frames.s|stopped/.test(s.textContent))",
+                        timeout=30_000,
+                    )
+                    path = out / f"compose-edit-refused-{name}.png"
+                    await compose.screenshot(path=str(path), full_page=True)
+                    written.append(path)
+                await browser.close()
+        finally:
+            conductor.stop()
+    return written
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "test-output" / "screens")
     out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
-    for path in asyncio.run(main(out)):
+    for path in asyncio.run(main(out)) + asyncio.run(sketch_states(out)):
         print(path)

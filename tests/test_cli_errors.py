@@ -153,7 +153,7 @@ def test_serve_a_score_as_it_is(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(7)]
+        lines = [proc.stdout.readline() for _ in range(8)]
         text = "".join(lines)
         assert "Tutti conductor: Tidal Lines" in text and "console:   http://127.0.0.1:" in text
         assert "/console?token=" in text and "tokens for this run: conductor " in text

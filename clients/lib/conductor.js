@@ -87,17 +87,27 @@ export class Conductor extends EventTarget {
     this.connected = false;
     this.socket = io(url, { auth, transports: ["websocket"], reconnectionDelayMax: 2000 });
     this.socket.on("welcome", (msg) => {
+      const edited = this.version !== undefined && msg.version !== this.version; // while it was away
       this.you = msg.you;
       this.score = msg.score;
+      this.version = msg.version;
+      this.files = msg.files ?? {};
       this.state = msg.state;
       this.connected = true;
       this.syncBurst();
       this.emit("welcome", msg);
+      if (edited) this.emit("score", msg);
+    });
+    // A live edit taken by the conductor (`tutti serve --watch`): the views show it where they are.
+    this.socket.on("score", (msg) => {
+      Object.assign(this, { score: msg.score, version: msg.version, files: msg.files });
+      this.emit("score", msg);
     });
     this.socket.on("state", (msg) => {
       this.state = applyUpdate(this.state, msg, this.now());
       this.emit("state", msg);
     });
+    this.socket.on("sketch", (msg) => this.emit("sketch", msg));
     this.socket.on("error", (err) => {
       if (err.code === "overloaded") this.letGo = true;
       this.emit("refused", err);
@@ -190,6 +200,16 @@ export class Conductor extends EventTarget {
   // A problem on this page the conductor should know of (a sketch that failed): shown on the console.
   problem(what, message) {
     if (this.connected) this.socket.emit("problem", { what: String(what).slice(0, 64), message: String(message).slice(0, 300) });
+  }
+
+  // An event for other parts' sketches: { name, data, to?: [part ids], at?: score time }. The
+  // conductor's answer: { ok: true, t? } or a refusal, with its reason.
+  async sketchEvent(fields) {
+    try {
+      return await this.socket.timeout(5000).emitWithAck("sketch", fields);
+    } catch {
+      return { ok: false, code: "no_answer", message: "no answer from the conductor" };
+    }
   }
 
   section(t = this.now()) {

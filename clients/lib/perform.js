@@ -3,7 +3,7 @@
 import { followConnection, join, keepAwake, params } from "./join.js";
 import { LiveControl, refusalText } from "./live.js";
 import { areaOf, barBeat, drawPart, loopText, sectionAt } from "./score-view.js";
-import { mountSketch } from "./sketch.js";
+import { mountFrame, mountSketch } from "./sketch.js";
 
 const $ = (id) => document.getElementById(id);
 const stage = $("stage");
@@ -133,20 +133,49 @@ function makeControl(conductor, control) {
 async function main() {
   const partId = params().get("part");
   if (!partId) return pickPart();
-  const given = params().get("name") ?? localStorage.getItem(NAME_KEY);
-  const conductor = await join({ role: "performer", part: partId, name: given ? given.slice(0, 40) : undefined });
+  // The composer's page shows each part as its performers see it, joined as the composer (?as=composer).
+  const composer = params().get("as") === "composer";
+  const given = composer ? "composer" : params().get("name") ?? localStorage.getItem(NAME_KEY);
+  const role = composer ? "composer" : "performer";
+  const conductor = await join({ role, part: partId, name: given ? given.slice(0, 40) : undefined });
   const score = conductor.score;
-  const part = score.parts.find((p) => p.id === partId);
   if (!given) askName(conductor);
-  document.title = `${part.name} — ${score.title}`;
-  $("part").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
-  const view = { frames: 0, position: 0, wall: 0, sketches: [] }; // a hook for tests
+  // For tests: frames drawn, the last position and when; the sketches; edits shown, the last one when.
+  const view = { frames: 0, position: 0, wall: 0, sketches: [], edits: 0, shownAt: 0 };
   window.tutti = conductor;
   window.tuttiView = view;
-  for (const layer of part.layers.filter((l) => l.type === "sketch")) {
-    const boxOf = () => areaOf(layer, stage.clientWidth, stage.clientHeight);
-    view.sketches.push(await mountSketch(stage, layer, conductor, part, boxOf));
-  }
+  let part = score.parts.find((p) => p.id === partId);
+  document.title = `${part.name} — ${score.title}`;
+  $("part").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
+  // The part's sketches, mounted again when a live edit changes one (its file, or its layer): the new
+  // ones replace the old once they run, so the view never goes blank; nothing else is reloaded.
+  let sketchKey = "";
+  const mountSketches = async () => {
+    const layers = part.layers.filter((l) => l.type === "sketch");
+    const key = JSON.stringify(layers.map((l) => [l, conductor.files?.[l.src]]));
+    if (key === sketchKey) return;
+    sketchKey = key;
+    const old = view.sketches;
+    const fresh = [];
+    for (const layer of layers) {
+      const boxOf = () => areaOf(layer, stage.clientWidth, stage.clientHeight);
+      const version = conductor.files?.[layer.src] ?? "";
+      if (layer.p5) fresh.push(await mountFrame(stage, layer, conductor, part, boxOf, version));
+      else fresh.push(await mountSketch(stage, layer, conductor, part, boxOf, version));
+    }
+    await Promise.all(fresh.map((s) => s.shown));
+    if (key !== sketchKey) return fresh.forEach((s) => s.unmount()); // a newer edit came meanwhile
+    view.sketches = fresh;
+    old.forEach((s) => s.unmount());
+  };
+  mountSketches(); // the rest of the view draws meanwhile
+  conductor.addEventListener("score", async () => {
+    part = conductor.score.parts.find((p) => p.id === partId) ?? part;
+    $("part").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
+    await mountSketches();
+    view.edits += 1;
+    view.shownAt = (performance.timeOrigin + performance.now()) / 1000;
+  });
   const controls = part.controls.map((control) => makeControl(conductor, control));
   if (controls.length) {
     $("controls").append(...controls.map((c) => c.el));
@@ -168,6 +197,7 @@ async function main() {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, width, height);
     const pos = conductor.position();
+    const score = conductor.score; // a live edit replaces it
     drawPart(ctx, score, part, pos, width, height);
     const { phase, downbeat } = conductor.phase();
     const { current } = sectionAt(score, pos);

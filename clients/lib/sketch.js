@@ -1,13 +1,38 @@
-// Runs a composer's p5.js sketch in its own layer. A sketch module's default export is an
-// instance-mode function `(p, tutti) => { p.setup = ...; p.draw = ... }`; `tutti` gives the synced
-// score time, parameters and sections, and the layer's size (`width`, `height`, which follow
-// resizes and rotation: the sketch's canvas is resized with its layer). A sketch that fails, in
-// any of its functions or touch handlers, shows its error in a line inside its own layer, stops,
-// and is reported to the conductor's console; every other layer goes on.
+// Runs a composer's p5.js sketch in its own layer, in one of two ways:
+// - a module sketch: the default export is an instance-mode function `(p, tutti) => { p.setup = ...;
+//   p.draw = ... }`, run in the page (mountSketch);
+// - a global-mode sketch (the layer names `p5: "1.x"` or `"2.x"`): `function setup()`, `draw()` and
+//   the rest as openprocessing.org exports them, run unchanged in a sandboxed frame of its own sized
+//   to the layer, with `tutti` and a socket.io-style `io()` as globals (mountFrame).
+// `tutti` gives the synced score time, parameters and sections, the layer's size (`width`, `height`,
+// which follow resizes and rotation) and events to and from the other parts' sketches (`send`, `on`).
+// A sketch that fails shows its error in a line inside its own layer, stops, and is reported to the
+// conductor's console; every other layer goes on.
 
 import { sectionAt } from "./score-view.js";
 
-export function sketchApi(conductor, part, box) {
+const SPIN = 0.012; // seconds of a timed event's wait spun rather than left to a timer, which can be late
+
+// An event from another part's sketch, fired at its conductor time `t` (a timed one) or at once.
+export function deliver(event, now, fire) {
+  const meta = { from: event.part, sender: event.sender, at: event.at ?? null, late: 0 };
+  if (event.t == null) return fire(event, meta);
+  const go = () => {
+    let left = event.t - now();
+    if (left > SPIN) return setTimeout(go, (left - SPIN) * 1000);
+    while ((left = event.t - now()) > 0); // the last few milliseconds, to the synced clock
+    fire(event, { ...meta, late: -left });
+  };
+  go();
+}
+
+// What a sketch frame needs of the page's clock estimate to read the same synced clock.
+function clockModel(clock) {
+  return { _from: clock._from, _to: clock._to, _since: clock._since, _steered: true, maxSlew: clock.maxSlew };
+}
+
+// `signal` ends the sketch's `on` listeners (when a live edit replaces it).
+export function sketchApi(conductor, part, box, signal) {
   return {
     part,
     score: conductor.score,
@@ -18,7 +43,117 @@ export function sketchApi(conductor, part, box) {
     param: (name) => conductor.param(name),
     section: () => sectionAt(conductor.score, conductor.position()),
     playing: () => conductor.playing(),
+    send: (name, data = null, { to, at } = {}) => conductor.sketchEvent({ name, data, to, at }),
+    on: (name, fn) =>
+      conductor.addEventListener(
+        "sketch",
+        ({ detail }) => {
+          if (detail.name === name) deliver(detail, () => conductor.now(), (e, meta) => fn(e.data, meta));
+        },
+        { signal },
+      ),
   };
+}
+
+const P5 = { "1.x": "/vendor/p5/p5.min.js", "2.x": "/vendor/p5-2/p5.min.js" };
+
+// The frame's document: the sketch's start (its source, state, clock, score) as JSON, then acorn,
+// sketch-boot.js, sketch-frame.js, p5 and the sketch itself, which p5 starts in global mode once the
+// frame has loaded. `crossorigin`: a sketch's errors pass through p5's code, and the browser would
+// hide their message ("Script error.") behind a script loaded without CORS.
+function frameDocument(layer, conductor, part, source) {
+  const memory = globalThis.tuttiSketchMemory ?? null; // bytes; a test sets a small limit
+  const init = { part, score: conductor.score, source, memory, state: conductor.state, clock: clockModel(conductor.clock) };
+  const json = JSON.stringify(init).replaceAll("<", "\\u003c"); // no "</script>" inside the script
+  return `<!doctype html><html><head><meta charset="utf-8">
+<style>html, body { margin: 0; overflow: hidden; background: transparent; } canvas { display: block; }</style>
+<script type="application/json" id="tutti-init">${json}</script>
+<script src="/vendor/acorn/acorn.js" crossorigin></script>
+<script src="/clients/sketch-boot.js" crossorigin></script>
+<script type="module" src="/clients/sketch-frame.js"></script>
+<script src="${P5[layer.p5]}" crossorigin></script>
+</head><body><script>tuttiRun()</script></body></html>`;
+}
+
+// A global-mode sketch in a sandboxed frame: its globals, its canvas (of any size) and its errors
+// stay inside it, and without `allow-same-origin` it cannot reach the page, the token or the socket.
+export async function mountFrame(container, layer, conductor, part, boxOf, version = "") {
+  const frame = document.createElement("iframe");
+  frame.className = "sketch-layer sketch-frame";
+  frame.dataset.src = layer.src;
+  frame.sandbox = "allow-scripts";
+  frame.allow = "accelerometer; gyroscope; magnetometer"; // deviceMoved and deviceTurned on an iPad
+  frame.title = `sketch ${layer.src}`;
+  const state = { error: null, holder: frame, fps: 0, ready: false };
+  const gone = new AbortController(); // its listeners, when it is replaced by a new version
+  let shown;
+  state.shown = new Promise((resolve) => (shown = resolve)); // once its frame runs (or has failed)
+  state.unmount = () => {
+    gone.abort();
+    observer.disconnect();
+    clearInterval(state.clockTimer);
+    frame.remove();
+    state.note?.remove();
+  };
+  const post = (message) => frame.contentWindow?.postMessage(message, "*");
+  const place = () => {
+    const box = boxOf();
+    Object.assign(frame.style, { left: `${box.x}px`, top: `${box.y}px`, width: `${box.w}px`, height: `${box.h}px` });
+  };
+  place();
+  const observer = new ResizeObserver(place); // the frame's own resize reaches the sketch's windowResized
+  observer.observe(container);
+  const fail = (message, line) => {
+    if (state.error) return;
+    state.error = line ? `${message} (${layer.src} line ${line})` : message;
+    const note = Object.assign(document.createElement("div"), { className: "sketch-error" });
+    note.textContent = `The sketch ${layer.src} stopped: ${state.error}`;
+    note.style.left = frame.style.left;
+    note.style.top = frame.style.top;
+    container.append(note);
+    state.note = note;
+    conductor.problem(`sketch ${layer.src}`, state.error);
+    shown();
+  };
+  const on = (target, type, listener) => target.addEventListener(type, listener, { signal: gone.signal });
+  on(window, "message", async (event) => {
+    if (event.source !== frame.contentWindow) return;
+    const msg = event.data ?? {};
+    if (msg.type === "ready") {
+      state.ready = true;
+      shown();
+      post({ type: "state", state: conductor.state });
+      post({ type: "clock", clock: clockModel(conductor.clock) });
+    } else if (msg.type === "send") {
+      const answer = await conductor.sketchEvent({ name: msg.name, data: msg.data, to: msg.to, at: msg.at });
+      post({ type: "answer", id: msg.id, answer });
+    } else if (msg.type === "error") fail(String(msg.message), Number(msg.line) || 0);
+    else if (msg.type === "stats") state.fps = Number(msg.fps) || 0;
+    else if (msg.type === "memory") state.stop(`it allocated ${Math.round(Number(msg.used) / 2 ** 20)} MB and more: stopped`);
+  });
+  state.stop = (why) => {
+    frame.remove(); // its document, and all it holds, goes
+    fail(why, 0);
+  };
+  on(conductor, "state", () => post({ type: "state", state: conductor.state }));
+  on(conductor, "sketch", ({ detail }) => post({ type: "event", event: detail })); // the frame times it
+  // The page's estimate changes with each clock exchange: sent to the frame soon after.
+  let steered = null;
+  state.clockTimer = setInterval(() => {
+    if (!state.ready || conductor.clock._since === steered) return;
+    steered = conductor.clock._since;
+    post({ type: "clock", clock: clockModel(conductor.clock) });
+  }, 50);
+  container.append(frame);
+  try {
+    const response = await fetch(`/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version)}`);
+    if (!response.ok) throw new Error(`the conductor did not serve it (${response.status})`);
+    frame.srcdoc = frameDocument(layer, conductor, part, await response.text());
+    frame.addEventListener("load", () => setTimeout(shown, 2000)); // a frame that never says it is ready
+  } catch (err) {
+    fail(String(err?.message ?? err), 0);
+  }
+  return state;
 }
 
 // Every p5 function a sketch may define that p5 calls: an error in any of them stays in the layer.
@@ -30,7 +165,7 @@ const HOOKS = [
 ];
 
 // `boxOf()` gives the layer's box in the container's pixels, now: called again on every resize.
-export async function mountSketch(container, layer, conductor, part, boxOf) {
+export async function mountSketch(container, layer, conductor, part, boxOf, version = "") {
   const holder = document.createElement("div");
   holder.className = "sketch-layer";
   holder.dataset.src = layer.src;
@@ -38,8 +173,19 @@ export async function mountSketch(container, layer, conductor, part, boxOf) {
   let box = boxOf();
   const place = () => Object.assign(holder.style, { left: `${box.x}px`, top: `${box.y}px`, width: `${box.w}px`, height: `${box.h}px` });
   place();
-  const api = sketchApi(conductor, part, box);
-  const state = { error: null, instance: null, holder, api };
+  const gone = new AbortController(); // its listeners, when it is replaced by a new version
+  const api = sketchApi(conductor, part, box, gone.signal);
+  const state = { error: null, instance: null, holder, api, ready: false };
+  state.unmount = () => {
+    gone.abort();
+    observer.disconnect();
+    try {
+      state.instance?.remove();
+    } catch {
+      // a sketch that failed in setup
+    }
+    holder.remove();
+  };
   const fail = (err) => {
     if (state.error) return;
     state.error = String(err?.message ?? err);
@@ -56,12 +202,16 @@ export async function mountSketch(container, layer, conductor, part, boxOf) {
     conductor.problem(`sketch ${layer.src}`, state.error);
   };
   // Errors thrown from a sketch's own listeners or timers reach only the window.
-  window.addEventListener("error", (event) => {
-    if (String(event.filename).includes(`/score-files/${layer.src}`)) {
-      event.preventDefault();
-      fail(event.error ?? event.message);
-    }
-  });
+  window.addEventListener(
+    "error",
+    (event) => {
+      if (String(event.filename).includes(`/score-files/${layer.src}`)) {
+        event.preventDefault();
+        fail(event.error ?? event.message);
+      }
+    },
+    { signal: gone.signal },
+  );
   const resize = () => {
     const next = boxOf();
     if (next.w === box.w && next.h === box.h && next.x === box.x && next.y === box.y) return;
@@ -76,9 +226,10 @@ export async function mountSketch(container, layer, conductor, part, boxOf) {
       fail(err);
     }
   };
-  new ResizeObserver(resize).observe(container);
+  const observer = new ResizeObserver(resize);
+  observer.observe(container);
   try {
-    const module = await import(`/score-files/${layer.src}`);
+    const module = await import(`/score-files/${layer.src}?v=${encodeURIComponent(version)}`);
     state.instance = new p5((p) => {
       try {
         module.default(p, api);
@@ -103,5 +254,6 @@ export async function mountSketch(container, layer, conductor, part, boxOf) {
   } catch (err) {
     fail(err);
   }
+  state.ready = true;
   return state;
 }

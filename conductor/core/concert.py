@@ -64,6 +64,7 @@ class Tokens(_Strict):
     performer: StrictStr | dict[StrictStr, StrictStr] | None = None  # one for every part, or one per part
     audience: StrictStr | None = None
     node: StrictStr | None = None
+    composer: StrictStr | None = None  # the /compose page; default: the conductor's token
 
 
 class TlsSettings(_Strict):
@@ -128,6 +129,8 @@ class Concert:
         """The token that role (and part) must give, or None if it is open."""
         if role == "performer" and self.part_tokens:
             return self.part_tokens.get(part or "", "")  # no part: nothing opens it
+        if role == "composer":  # it sees every part: never open
+            return self.tokens.get("composer", self.tokens["conductor"])
         return self.tokens.get(role)
 
     def tls_context(self) -> ssl.SSLContext | None:

@@ -452,6 +452,12 @@ def read(path: Path) -> JournalContents:
     return contents
 
 
+def sketch_log(path: Path) -> Path:
+    """Where the sketch events of a journal's performance are journalled: beside it
+    (``conductor/server/sketches.py`` writes them, ``tutti replay`` shows them)."""
+    return path.with_name(path.name.removesuffix(".jsonl") + ".sketch.jsonl")
+
+
 def replay_times(records: list[Record]) -> Iterator[tuple[float, Record]]:
     """Each record with its delay from the first one, for re-emitting a performance in time."""
     if not records:

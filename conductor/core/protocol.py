@@ -35,15 +35,17 @@ HEALTH = "health"  # payload: a node's health (scsynth, cues, clock), every seco
 INVITE = "invite"  # payload: Invite, from a conductor; ack: {"ok": true, "invites": [{part, name, url, svg}]}
 SOUND = "sound"  # payload: SoundEvent, from a conductor: a cue outside the score; ack: {"ok": true, "t"}
 PROBLEM = "problem"  # payload: PageProblem, from a page (a sketch that failed); no ack; shown on the console
+SKETCH = "sketch"  # payload: SketchEvent, from a performer's sketch; ack {"ok": true, "t"?}; relayed as SketchDelivery
 # Events the conductor sends.
 WELCOME = "welcome"  # to a client that joined: Welcome
 STATE = "state"  # to every joined client but nodes, once changes are on disk: StateUpdate
 TRANSPORT = "transport"  # to nodes, as changes are accepted (their Link peer and sclang follow it): StateUpdate
 CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
+SCORE = "score"  # to every joined client but nodes, when `tutti serve --watch` takes an edit: ScoreUpdate
 ERROR = "error"  # to one client: ErrorMessage
 
-ROLES = ("conductor", "performer", "audience", "node")
+ROLES = ("conductor", "performer", "audience", "node", "composer")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
 MAX_DIGITS = 300  # an integer in JSON: a browser reads 10**400 as Infinity
 
@@ -110,9 +112,9 @@ Name = Annotated[StrictStr, Field(min_length=1, max_length=64)]
 class Auth(Message):
     """The ``auth`` object given when connecting (``io(url, {auth: {...}})``)."""
 
-    role: Literal["conductor", "performer", "audience", "node"]
+    role: Literal["conductor", "performer", "audience", "node", "composer"]
     token: Annotated[StrictStr, Field(max_length=256)] = ""
-    part: Name | None = None  # performers: the part they play
+    part: Name | None = None  # performers: the part they play; a composer: the part it views
     site: Name | None = None
     name: Name | None = None  # how the console lists this client
     parts: Annotated[list[Name], Field(max_length=32)] = []  # nodes: the parts whose cues they play
@@ -266,6 +268,27 @@ class PageProblem(Message):
 
     what: Annotated[StrictStr, Field(max_length=64)]
     message: Annotated[StrictStr, Field(max_length=300)]
+
+
+MAX_SKETCH_DATA = 4096  # bytes of JSON a sketch event's data may hold
+
+
+class SketchEvent(Message):
+    """An event a performer's sketch sends to the other parts' sketches (``tutti.send``, ``socket.emit``)."""
+
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+    data: Any = None  # any JSON, at most MAX_SKETCH_DATA bytes, every number finite
+    to: Annotated[list[Name], Field(min_length=1, max_length=32)] | None = None  # part ids; default: every part
+    at: Annotated[Num, Field(ge=0, le=1e6)] | None = None  # the score time to fire it at; default: on arrival
+
+    @model_validator(mode="after")
+    def _small(self) -> SketchEvent:
+        if not finite(self.data):
+            raise ValueError("data: every number must be finite (and it nests at most 8 deep)")
+        size = len(json.dumps(self.data, separators=(",", ":")))
+        if size > MAX_SKETCH_DATA:
+            raise ValueError(f"data: {size} bytes of JSON (at most {MAX_SKETCH_DATA})")
+        return self
 
 
 class Invite(Message):
@@ -443,9 +466,19 @@ class ClientInfo(Outbound):
     worker: str = ""  # the web worker it is connected to ("" in a single process)
 
 
+class ScoreUpdate(Outbound):
+    """A new version of the score (a live edit): the score, its version, and each sketch file's."""
+
+    version: str
+    score: dict[str, Any]
+    files: dict[str, str]  # sketch file -> its version
+
+
 class Welcome(Outbound):
     you: ClientInfo
     score: dict[str, Any]
+    version: str | None = None  # the score's version (see ScoreUpdate)
+    files: dict[str, str] | None = None  # each sketch file's version
     state: Snapshot
     now: float
     groups: dict[str, int] | None = None  # nodes: the scsynth group of each part they sound
@@ -464,6 +497,18 @@ class ConsoleFeed(Outbound):
     journal: str | None = None  # why changes are refused, while the journal cannot be written
     now: float
     links: dict[str, Any] | None = None  # each audio link's figures and history (conductor/server/linkmetrics.py)
+
+
+class SketchDelivery(Outbound):
+    """A sketch event as the pages of the parts it names get it (``sketch``): who sent it, and for a
+    timed one its score time and the conductor time it fires at."""
+
+    name: str
+    data: Any = None
+    part: str | None  # the sending performer's part
+    sender: str  # how the console lists the sender
+    at: float | None = None
+    t: float | None = None
 
 
 class ErrorMessage(Outbound):

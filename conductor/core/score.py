@@ -11,6 +11,8 @@ import contextlib
 import functools
 import hashlib
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from conductor.core.yamlcheck import InvalidFile, Loc, YamlDocument
+from conductor.core.yamlcheck import InvalidFile, Loc, Problem, YamlDocument
 
 
 class Strict(BaseModel):
@@ -229,6 +231,9 @@ class SketchLayer(Strict):
     src: StrictStr  # a p5.js sketch file, relative to the score
     area: Area = (0.0, 0.0, 1.0, 1.0)
     params: list[Ident] = []  # parameters the sketch reads
+    # Given: a global-mode sketch (function setup(), draw(), as openprocessing.org exports it), run
+    # unchanged in a sandboxed frame of its own with this p5. Absent: an ES module `(p, tutti)`.
+    p5: Literal["1.x", "2.x"] | None = None
 
 
 Layer = Annotated[TimelineLayer | TextLayer | CountdownLayer | SketchLayer, Field(discriminator="type")]
@@ -389,6 +394,16 @@ class LoadedScore:
         self.path = path
         self.score = score
         self.sha256 = sha256
+        # The sketch files as they were when this version was checked: what pages are served, so that
+        # a broken edit (refused by `tutti serve --watch`) never reaches a page that loads meanwhile.
+        self.sources = {name: (self.folder / name).read_bytes() for name in sorted(self.files())}
+        # Each one's version (the start of its hash): a page runs a sketch again when it changes.
+        self.file_versions = {name: hashlib.sha256(data).hexdigest()[:12] for name, data in self.sources.items()}
+
+    @property
+    def version(self) -> str:
+        """Which version of the score this is (the start of its hash): journalled with each change."""
+        return self.sha256[:12]
 
     @property
     def folder(self) -> Path:
@@ -417,6 +432,49 @@ def load_score(path: Path | str) -> LoadedScore:
         raise InvalidFile(problems)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     return LoadedScore(path, score, sha)
+
+
+_PARSED: dict[tuple[str, bool], str | None] = {}  # (file's hash, global mode) -> why it does not parse
+PARSED_KEPT = 256
+
+
+def _parse_error(node: str, source: bytes, script: bool) -> str | None:
+    """Why a sketch does not parse (node's line and error), or None. Remembered by content: with
+    ``tutti serve --watch`` only the file just edited costs a run of node."""
+    key = (hashlib.sha256(source).hexdigest(), script)
+    if key not in _PARSED:
+        run = subprocess.run(
+            [node, f"--input-type={'commonjs' if script else 'module'}", "--check"],
+            input=source,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        lines = run.stderr.decode(errors="replace").splitlines()
+        where = lines[0].removeprefix("[stdin]:") if lines else "?"
+        error = next((line for line in lines if "Error" in line), "does not parse")
+        if len(_PARSED) >= PARSED_KEPT:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = f"line {where}: {error}" if run.returncode else None
+    return _PARSED[key]
+
+
+def sketch_problems(loaded: LoadedScore) -> list[Problem]:
+    """Sketch files that do not parse (checked with node), as the score's problems: a module sketch as
+    an ES module, a global-mode one (``p5:`` given) as a plain script."""
+    node = shutil.which("node")
+    if node is None:
+        return []  # ./setup.sh installs node; without it the sketches are checked on stage only
+    doc = YamlDocument(loaded.path)
+    out = []
+    for i, part in enumerate(loaded.score.parts):
+        for j, layer in enumerate(part.layers):
+            if layer.type != "sketch":
+                continue
+            error = _parse_error(node, (loaded.folder / layer.src).read_bytes(), layer.p5 is not None)
+            if error:
+                out.append(doc.problem(("parts", i, "layers", j, "src"), f"{layer.src} {error}"))
+    return out
 
 
 def _duplicates(items: list[Any], field: str, loc: Loc) -> list[tuple[Loc, str]]:
@@ -518,4 +576,4 @@ def resolved_times(score: Score) -> list[str]:
     return out
 
 
-__all__ = ["InvalidFile", "LoadedScore", "Score", "load_score", "resolved_times", "score_warnings"]
+__all__ = ["InvalidFile", "LoadedScore", "Score", "load_score", "resolved_times", "score_warnings", "sketch_problems"]

@@ -28,16 +28,28 @@ from conductor.core.concert import Concert
 from conductor.core.performance import Performance
 from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Repeat, Report, SetTempo
 from conductor.core.scheduler import Lookahead
+from conductor.core.score import LoadedScore
 from conductor.core.transport import Transport
 from conductor.server.broadcast import FRAME, StateBroadcast
 from conductor.server.console import ConsoleFeed, Refusals
 from conductor.server.cues import CHANNEL, NodeCues
 from conductor.server.gateway import Gateway, Out, Source
-from conductor.server.joins import BARRED_DELAY, JOIN_COOLDOWN, NODES, Client, Roster, summary
+from conductor.server.joins import (
+    AUDIENCE_FOLLOWERS,
+    BARRED_DELAY,
+    FOLLOWERS,
+    JOIN_COOLDOWN,
+    NODES,
+    Client,
+    Roster,
+    summary,
+)
 from conductor.server.linkmetrics import LinkMetrics, metrics_path
 from conductor.server.osc import OscIngress
 from conductor.server.osctime import SenderClocks
 from conductor.server.pipeline import Pipeline
+from conductor.server.sketches import SketchLog, SketchRelay
+from conductor.server.watch import ScoreWatch
 
 log = logging.getLogger("tutti.conductor")
 
@@ -89,7 +101,7 @@ class Conductor:
         # Nodes follow the transport (for their Link session and sclang) as soon as a change is
         # accepted, like their cues: a tempo change must reach them within the lookahead.
         self.node_state = StateBroadcast(out, ((NODES, FRAME),), protocol.TRANSPORT)
-        self.pipeline = Pipeline(self.core, self.journal, self.nodes.timing)
+        self.pipeline = Pipeline(self.core, self.journal, self.nodes.timing, lambda: self.score.version)
         self.pipeline.on_accepted += [self.nodes.accepted, self.node_state.durable]
         self.pipeline.on_durable.append(self.broadcast.durable)
         self.pipeline.on_reverted += [self.nodes.reverted, self._reverted]
@@ -111,6 +123,16 @@ class Conductor:
             clocks = SenderClocks(self._node_clocks, lambda: self.clock.now() - time.time())
             self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count, clocks)
             self.pipeline.on_accepted.append(self.osc.echo)
+        self.watch: ScoreWatch | None = None  # tutti serve --watch
+        self.sketch_log = SketchLog(journal.sketch_log(concert.journal_path))
+        self.sketches = SketchRelay(
+            lambda: self.score.score,
+            lambda: self.transport,
+            out,
+            self.clock.now,
+            self.sketch_log,
+            lambda: self.score.version,
+        )
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
             protocol.SYNC: self._sync,
             protocol.COMMAND: self._command,
@@ -120,6 +142,7 @@ class Conductor:
             protocol.INVITE: self._invite,
             protocol.SOUND: self._sound,
             protocol.PROBLEM: self._problem,
+            protocol.SKETCH: self._sketch,
         }
 
     @property
@@ -229,6 +252,8 @@ class Conductor:
         welcome = protocol.Welcome(
             you=client.info(),
             score=self.score.to_json(),
+            version=self.score.version,
+            files=self.score.file_versions,
             state=protocol.Snapshot.model_validate(self.transport.snapshot(now)),
             now=now,
             groups={p: self.score.score.group(p) for p in client.parts} if client.role == "node" else None,
@@ -248,6 +273,7 @@ class Conductor:
 
     async def leave(self, sid: str) -> None:
         self.roster.leave(sid)
+        self.sketches.left(sid)
         await self.nodes.left(sid)
 
     def forget_worker(self, worker: str) -> None:
@@ -264,6 +290,17 @@ class Conductor:
         if not protocol.is_number(t0):
             raise Rejected("bad_payload", "sync takes the client's send time, a number")
         return [t0, t1, self.clock.now()]
+
+    async def take_score(self, loaded: LoadedScore) -> None:
+        """A live edit (``tutti serve --watch``) that passed ``tutti check``, with the same parts and
+        parameters: taken at once, at the performance's place, and sent to every page."""
+        self.score = self.concert.score = loaded
+        for holder in (self.core, self.transport, self.journal.durable, self.roster):
+            holder.score = loaded.score
+        update = protocol.ScoreUpdate(version=loaded.version, score=loaded.to_json(), files=loaded.file_versions)
+        for room in (FOLLOWERS, AUDIENCE_FOLLOWERS):
+            await self.out.emit(protocol.SCORE, update.model_dump(), room=room)
+        log.info("took version %s of the score %s", loaded.version, loaded.path)
 
     async def _report(self, client: Client, payload: Any) -> None:
         _check_size(payload)
@@ -346,10 +383,20 @@ class Conductor:
         problem = PageProblem.model_validate(payload)
         self.refusals.count("page_problem", f"{problem.what}: {problem.message}", protocol.PROBLEM, client.name)
 
+    async def _sketch(self, client: Client, payload: Any) -> dict[str, Any]:
+        """An event from a performer's sketch, relayed to the sketches of the parts it names."""
+        _check_size(payload)
+        return await self.sketches.send(client, protocol.SketchEvent.model_validate(payload))
+
     # --- running ------------------------------------------------------------------------------
 
-    async def start(self, osc_host: str) -> None:
+    async def start(self, osc_host: str, watch: bool = False) -> None:
+        if watch:
+            refuse = lambda message: self.refusals.count("edit_refused", message, "watch", "score")  # noqa: E731
+            self.watch = ScoreWatch(lambda: self.score, self.take_score, refuse)
+            await self.watch.start()
         await self.journal.start()
+        await self.sketch_log.start()
         await self.nodes.start()
         await self.console.start()
         if self.link_metrics:
@@ -358,9 +405,12 @@ class Conductor:
             await self.osc.start(osc_host)
 
     async def stop(self) -> None:
+        if self.watch:
+            await self.watch.stop()
         if self.link_metrics:
             await self.link_metrics.stop()
         await self.console.stop()
+        await self.sketch_log.stop()
         await self.nodes.stop()
         if self.osc:
             self.osc.close()

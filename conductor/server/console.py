@@ -70,4 +70,6 @@ class ConsoleFeed(Periodic):
         )
 
     async def tick(self) -> None:
-        await self.out.emit(protocol.CLIENTS, self.feed().model_dump(), room="role:conductor")
+        feed = self.feed().model_dump()
+        for room in ("role:conductor", "role:composer"):  # the composer's page: errors and refused edits
+            await self.out.emit(protocol.CLIENTS, feed, room=room)

@@ -148,6 +148,7 @@ class Gateway:
         fanout.install(self.sio, concert.settings.unread_limit, self._let_go)
         self.app = web.Application(middlewares=[_uncompressed, *([self._no_polling] if worker else [])])
         self.sio.attach(self.app)
+        self.app.on_response_prepare.append(_shared_code)
         self._routes()
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
@@ -205,6 +206,7 @@ class Gateway:
         self.app.router.add_get("/", self._page("index.html"))
         self.app.router.add_get("/perform", self._page("perform.html"))
         self.app.router.add_get("/console", self._page("console.html"))
+        self.app.router.add_get("/compose", self._page("compose.html"))
         self.app.router.add_get("/audience", self._page("audience.html"))
         self.app.router.add_get("/score-files/{name:.+}", self._score_file)
         self.app.router.add_static("/clients/", CLIENTS / "lib")
@@ -224,9 +226,12 @@ class Gateway:
         # Only files the score names (its sketches) are served from the score's folder.
         score = self.concert.score
         name = request.match_info["name"]
-        if name not in score.files():
+        if name not in score.sources:
             raise web.HTTPNotFound(text=f"the score names no file '{name}'")
-        return web.FileResponse(score.folder / name, headers={"Content-Type": "text/javascript"})
+        # no-cache: with `tutti serve --watch`, a sketch may change between two loads
+        return web.Response(
+            body=score.sources[name], content_type="text/javascript", headers={"Cache-Control": "no-cache"}
+        )
 
     async def _score(self, request: web.Request) -> web.Response:
         return web.json_response(self.concert.score.to_json())
@@ -404,6 +409,16 @@ class Gateway:
             await self.sio.disconnect(sid)
         await self.sio.shutdown()
         await runner.cleanup()
+
+
+SHARED_CODE = ("/clients/", "/vendor/", "/score-files/")
+
+
+async def _shared_code(request: web.Request, response: web.StreamResponse) -> None:
+    """Browser code may be loaded from any origin: a global-mode sketch's sandboxed frame has an
+    opaque one, and loads its modules (which need CORS) from here. The code holds no secret."""
+    if request.path.startswith(SHARED_CODE):
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = "*"
 
 
 def _bounded(text: str | None, low: float, high: float) -> float:

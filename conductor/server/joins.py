@@ -32,6 +32,11 @@ BARRED_DELAY = 1.0  # seconds a join waits for its token to be checked while its
 LIMITED_SOURCES = 10_000  # addresses remembered at most
 
 
+def part_room(part: str) -> str:
+    """The pages of one part's performers (sent the sketch events for that part)."""
+    return f"part:{part}"
+
+
 class Client(ClientInfo):
     """A connected client, as the console lists it, and what the conductor keeps of it besides."""
 
@@ -132,6 +137,8 @@ class Roster:
             joined = Auth.model_validate(auth)
         except pydantic.ValidationError as e:
             raise Rejected("bad_auth", summary(e)) from e
+        if joined.role == "composer" and joined.part is not None and self.score.part(joined.part) is None:
+            raise Rejected("unknown_part", f"no part '{joined.part}' in the score")
         if joined.role == "performer" and (joined.part is None or self.score.part(joined.part) is None):
             known = ", ".join(p.id for p in self.score.parts)
             raise Rejected("unknown_part", f"a performer needs one of the parts: {known}")
@@ -166,6 +173,8 @@ class Roster:
             rooms += [f"nodes:site:{site}"] if site and joined.synth else []
         else:
             rooms.append(AUDIENCE_FOLLOWERS if client.role == "audience" else FOLLOWERS)
+            # a composer's view of a part gets that part's sketch events too (but sends none)
+            rooms += [part_room(client.part)] if client.role in ("performer", "composer") and client.part else []
         client.rooms = rooms
         self.clients[sid] = client
         log.info("%s joined as %s%s", client.name, client.role, f" ({client.part})" if client.part else "")

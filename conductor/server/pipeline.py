@@ -32,10 +32,17 @@ Output = Callable[[Accepted], None]
 
 
 class Pipeline:
-    def __init__(self, core: Performance, journal_: journal.Journal, timing: Callable[[], Timing]):
+    def __init__(
+        self,
+        core: Performance,
+        journal_: journal.Journal,
+        timing: Callable[[], Timing],
+        version: Callable[[], str] | None = None,
+    ):
         self.core = core
         self.journal = journal_
         self.timing = timing
+        self.version = version  # of the score (live edits change it): journalled with each change
         self.on_accepted: list[Output] = []
         self.on_durable: list[Output] = []
         self.on_reverted: list[Callable[[], None]] = []
@@ -48,6 +55,7 @@ class Pipeline:
         accepted = self.core.accept(command, timing)
         for output in self.on_accepted:  # first: the nodes' cues leave before the journal's writer wakes
             output(accepted)
+        by = {**by, "score": self.version()} if self.version else by
         written = self.journal.append(journal.Record(accepted.change, timing.now, by, coalesced))
         done: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
         written.add_done_callback(lambda w: self._written(w, accepted, done))

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from conductor.core import journal
 from conductor.core.concert import Concert, concert_for_score, is_concert, load_concert
-from conductor.core.score import LoadedScore, load_score, resolved_times, score_warnings
-from conductor.core.yamlcheck import InvalidFile, Problem, YamlDocument
+from conductor.core.score import load_score, resolved_times, score_warnings, sketch_problems
+from conductor.core.yamlcheck import InvalidFile, YamlDocument
 
 T = TypeVar("T")
 
@@ -59,33 +59,6 @@ def check(paths: list[str]) -> int:
     return 1 if failed else 0
 
 
-def sketch_problems(loaded: LoadedScore) -> list[Problem]:
-    """Sketch files that do not parse as JavaScript modules (checked with node), as the score's problems."""
-    import shutil
-    import subprocess
-
-    node = shutil.which("node")
-    if node is None:
-        return []  # ./setup.sh installs node; without it the sketches are checked on stage only
-    doc = YamlDocument(loaded.path)
-    out = []
-    for i, part in enumerate(loaded.score.parts):
-        for j, layer in enumerate(part.layers):
-            if layer.type != "sketch":
-                continue
-            source = (loaded.folder / layer.src).read_bytes()
-            run = subprocess.run(
-                [node, "--input-type=module", "--check"], input=source, capture_output=True, timeout=30, check=False
-            )
-            if run.returncode:
-                lines = run.stderr.decode(errors="replace").splitlines()
-                where = lines[0].removeprefix("[stdin]:") if lines else "?"
-                error = next((line for line in lines if "Error" in line), "does not parse")
-                message = f"{layer.src} line {where}: {error}"
-                out.append(doc.problem(("parts", i, "layers", j, "src"), message))
-    return out
-
-
 def stop_signal() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM."""
     stop = asyncio.Event()
@@ -110,6 +83,9 @@ async def serve(args: argparse.Namespace) -> int:
     hosts = args.host or (["0.0.0.0", "::"] if args.lan else concert.hosts)
     port = concert.settings.port if args.port is None else args.port
     stop = stop_signal()
+    if args.workers and args.watch:
+        print("tutti serve: --watch is for rehearsal, in one process: leave out --workers", file=sys.stderr)
+        return 2
     if args.workers:
         from conductor.server.cluster import Unreachable, start_workers
 
@@ -141,7 +117,7 @@ async def serve(args: argparse.Namespace) -> int:
     where = f"for OSC on UDP {osc.udp_port}, TCP {osc.tcp_port}" if osc else ""
     fix = "choose others under osc: in the concert file"
     try:
-        await conductor.start(hosts[0])
+        await conductor.start(hosts[0], watch=args.watch)
         where, fix = f"on {', '.join(hosts)} port {port}", "choose another with --port"
         runner, bound = await gateway.start(hosts, port)
     except OSError as e:
@@ -188,6 +164,7 @@ def announce(concert: Concert, conductor: Conductor, hosts: list[str], port: int
     print(f"  console:   {base}/console" + (f"?token={concert.token_for('conductor')}" if direct else ""))
     print(f"  perform:   {base}/perform   (each part's link and QR code: the console's Invite performers)")
     print(f"  audience:  {base}/audience")
+    print(f"  compose:   {base}/compose" + (f"?token={concert.token_for('composer')}" if direct else ""))
     if not reachable:
         print("  only this machine can open these: start with --lan (or set host) for iPads and phones to join")
     if direct:
@@ -215,11 +192,17 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
     if url:
         client = TuttiClient(url, "conductor", token, name="replay")
         await client.connect()
+    events = _sketch_events(Path(path), contents.header)
     loop = asyncio.get_running_loop()
     start = loop.time()
     where = _score_positions(contents.header)
+    first = contents.records[0].accepted if contents.records else 0.0
     try:
         for delay, record in journal.replay_times(contents.records):
+            while events and events[0]["accepted"] <= record.accepted:
+                event = events.pop(0)
+                await asyncio.sleep(max(0.0, start + (event["accepted"] - first) / speed - loop.time()))
+                print(_sketch_line(event), flush=True)
             await asyncio.sleep(max(0.0, start + delay / speed - loop.time()))
             command = {k: v for k, v in record.change.command.items() if k != "at"}
             words = " ".join(f"{k}={_plain(v)}" for k, v in command.items() if k != "cmd")
@@ -230,10 +213,43 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
                 answer = await client.command(**command)
                 if not answer.get("ok"):
                     print(f"           refused: {answer.get('message')}", file=sys.stderr)
+        for event in events:  # after the last change
+            await asyncio.sleep(max(0.0, start + (event["accepted"] - first) / speed - loop.time()))
+            print(_sketch_line(event), flush=True)
     finally:
         if client:
             await client.close()
     return 0
+
+
+def _sketch_events(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sketch events of the performance a journal holds (``JOURNAL.sketch.jsonl``), in order.
+    They are shown, not sent again: a conductor-role client cannot send a performer's sketch events."""
+    import json
+
+    events = []
+    started = header.get("started", 0)
+    try:
+        lines = journal.sketch_log(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    for n, line in enumerate(lines, 1):
+        try:
+            event = json.loads(line)
+            if event["accepted"] >= started:
+                events.append(event)
+        except (ValueError, KeyError, TypeError):
+            print(f"{journal.sketch_log(path)}:{n}: not a sketch event; skipped", file=sys.stderr)
+    return sorted(events, key=lambda e: e["accepted"])
+
+
+def _sketch_line(event: dict[str, Any]) -> str:
+    import json
+
+    to = ",".join(event.get("to") or []) or "every part"
+    at = f" at {event['at']:g} s" if event.get("at") is not None else ""
+    data = json.dumps(event.get("data"), separators=(",", ":"))
+    return f"{'':>22}  sketch {event.get('name')} from {event.get('part')} to {to}{at}: {data[:120]}"
 
 
 def _plain(value: object) -> str:
@@ -433,6 +449,11 @@ def command_line() -> argparse.ArgumentParser:
         help="resume past journal lines that cannot be read (each is reported), instead of refusing to start",
     )
     p.add_argument("--play", action="store_true", help="start playing at once (unless resuming a performance)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="rehearsal: take edits of the score and its sketches live (see scores/README.md)",
+    )
     p.add_argument("--workers", type=_count, default=0, help="serve clients from N web processes (needs --redis)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="with --workers: the Redis server they share")
 
