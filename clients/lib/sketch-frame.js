@@ -27,19 +27,25 @@ Object.assign(tutti, {
 
 // A timed event fires at its time on this frame's synced clock: a timer wakes it LEAD seconds ahead
 // (the browser may hold back the timers of a frame no one has touched, by up to 32 ms in Chromium),
-// and the rest of the wait is spun, so that neither a late timer nor a frame being drawn (the page's
-// or the sketch's, which may share this thread) can make it late. Fired from the page instead, a
-// message could wait behind them.
+// and the rest of the wait is a loop of messages to itself, each a short task: neither a late timer
+// nor a frame being drawn can make the event late, and the page (which may share this thread) still
+// draws between them. Fired from the page instead, a message could wait behind its frames.
 const LEAD = 0.04;
+const due = []; // events in their last LEAD seconds, soonest first
+const ticks = new MessageChannel();
+ticks.port1.onmessage = () => {
+  while (due.length && due[0].t <= now()) due.shift().fire();
+  if (due.length) ticks.port2.postMessage(0);
+};
 function fireAt(event) {
   const meta = { from: event.part, sender: event.sender, at: event.at ?? null, late: 0 };
   const fire = () => tutti._fire(event.name, event.data, { ...meta, late: Math.max(0, now() - (event.t ?? 0)) });
   if (event.t == null) return tutti._fire(event.name, event.data, meta);
-  const spin = () => {
-    while (now() < event.t); // at most LEAD
-    fire();
-  };
-  setTimeout(spin, Math.max(0, (event.t - now() - LEAD) * 1000));
+  setTimeout(() => {
+    due.push({ t: event.t, fire });
+    due.sort((a, b) => a.t - b.t);
+    if (due.length === 1) ticks.port2.postMessage(0);
+  }, Math.max(0, (event.t - now() - LEAD) * 1000));
 }
 
 addEventListener("message", (event) => {
