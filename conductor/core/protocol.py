@@ -259,6 +259,7 @@ class Health(Message):
     cpu_peak: Annotated[Num, Field(ge=0, le=1000)] = 0.0
     last_error: Text = ""
     cues: Count  # played
+    synthdefs: Count = 0  # SynthDefs scsynth has loaded (its /status.reply)
     cues_late: Count = 0  # arrived after their time ...
     cues_skipped: Count = 0  # ... of which skipped
     cues_moved: Count = 0  # ... and moved to the next beat
@@ -373,6 +374,15 @@ class Welcome(Outbound):
     link: dict[str, Any] | None = None  # nodes: the concert's link section
 
 
+class PreflightRow(Outbound):
+    """One line of the go / no-go table before the downbeat (``conductor/core/preflight.py``)."""
+
+    what: str
+    go: bool
+    detail: str = ""
+    fix: str = ""  # what to do, when it is no-go
+
+
 class ConsoleFeed(Outbound):
     clients: list[ClientInfo]  # everyone but the audience
     audience: dict[str, int]  # audience clients by site
@@ -382,6 +392,7 @@ class ConsoleFeed(Outbound):
     lookahead: dict[str, Any]
     journal: str | None = None  # why changes are refused, while the journal cannot be written
     now: float
+    preflight: list[PreflightRow] = []  # go / no-go, node by node and link by link
 
 
 class ErrorMessage(Outbound):

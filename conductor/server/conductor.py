@@ -26,6 +26,7 @@ from conductor.core import journal, protocol
 from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
 from conductor.core.performance import Performance
+from conductor.core.preflight import concert_rows
 from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Report, SetTempo
 from conductor.core.scheduler import Lookahead
 from conductor.core.transport import Transport
@@ -92,9 +93,11 @@ class Conductor:
         self.pipeline.on_accepted += [self.nodes.accepted, self.node_state.durable]
         self.pipeline.on_durable.append(self.broadcast.durable)
         self.pipeline.on_reverted += [self.nodes.reverted, self._reverted]
+        parts = [(p.id, p.site) for p in self.score.score.parts]
         self.console = ConsoleFeed(
-            self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out
-        )
+            self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out,
+            lambda nodes: concert_rows(nodes, parts, concert.settings.audio),
+        )  # fmt: skip
         self.journal.on_availability = self._journal_availability
         self.osc: OscIngress | None = None
         if concert.settings.osc is not None:

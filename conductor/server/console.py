@@ -41,7 +41,9 @@ class ConsoleFeed:
         lookahead: Lookahead,
         journal_state: Callable[[], str | None],
         out: Out,
+        preflight: Callable[[list[dict[str, Any]]], list[protocol.PreflightRow]] | None = None,
     ):
+        self.preflight = preflight  # the go / no-go table, from the clients
         self.roster = roster
         self.refusals = refusals
         self.controls = controls  # "part/control" -> the latest value a performer sent
@@ -52,10 +54,13 @@ class ConsoleFeed:
 
     def feed(self) -> protocol.ConsoleFeed:
         clients = self.roster.clients.values()
+        # The audience as counts: a table of a thousand phones helps nobody, and encoding it
+        # every second delayed everyone's broadcasts (bench/fanout.py).
+        infos = [c.info() for c in clients if c.role != "audience"]
+        nodes = [i.model_dump() for i in infos if i.role == "node"]
         return protocol.ConsoleFeed(
-            # The audience as counts: a table of a thousand phones helps nobody, and encoding it
-            # every second delayed everyone's broadcasts (bench/fanout.py).
-            clients=[c.info() for c in clients if c.role != "audience"],
+            clients=infos,
+            preflight=self.preflight(nodes) if self.preflight else [],
             audience=Counter(c.site or "" for c in clients if c.role == "audience"),
             rejections=dict(self.refusals.counts),
             recent=list(self.refusals.recent)[-10:],

@@ -92,7 +92,9 @@ def plan(concert: Concert) -> dict[str, Machine]:
     audio = concert.settings.audio
     if deployment.hub is not None and audio is not None and audio.hub is not None:
         server = machines.setdefault(deployment.hub.host, Machine(deployment.hub.host))
-        agent = ["node", "--no-synth", "--url", url, "--name", deployment.hub.name, "--site", audio.hub.site, *trust]
+        agent = ["node", "--no-synth", "--url", url, "--name", deployment.hub.name, "--site", audio.hub.site]
+        # Its own JACK server's name, like every node's: machines that share a filesystem keep apart.
+        agent += ["--jack-server", jack_server(deployment.hub.name), *trust]
         server.runs.append(f"JackTrip hub (site {audio.hub.site}) in a container: tutti {shlex.join(agent)}")
         _hub_ports(server, audio)
         compose = {
@@ -162,17 +164,18 @@ def plan(concert: Concert) -> dict[str, Machine]:
 
 def _sound_card(machine: Machine, node: NodeMachine, audio: AudioSettings | None) -> list[str]:
     """A JACK server on the node's sound card (its own unit), and the node agent's options to use it."""
+    own = ["--jack-server", jack_server(node.name)]  # the agent starts it (dummy driver)
     if node.sound_card is None:
         machine.runs.append(
             f"WARNING: no sound_card for {node.name}: JACK runs on the dummy driver and this node is SILENT"
             " (set deployment.sites.SITE.nodes[].sound_card, e.g. hw:1; `aplay -l` lists the cards)"
         )
-        return []
+        return own
     if node.sound_card == "dummy":
         machine.runs.append(f"JACK for {node.name} on the dummy driver (no sound card, as configured)")
-        return []
+        return own
     rate, period = (audio.sample_rate, audio.period) if audio else (48000, 128)
-    server = f"tutti-{node.name}"
+    server = jack_server(node.name)
     command = f"/usr/bin/jackd -R -n {server} -d alsa -d {node.sound_card} -r {rate} -p {period} -n 2"
     machine.runs.append(f"JACK server {server} on sound card {node.sound_card} ({rate} Hz, {period} frames)")
     unit = _unit(f"JACK on {node.sound_card} for {node.name}", command, "node.env")
@@ -180,7 +183,12 @@ def _sound_card(machine: Machine, node: NodeMachine, audio: AudioSettings | None
     machine.units[f"tutti-jack-{node.name}.service"] = unit.replace(
         "[Service]\n", "[Service]\nEnvironment=JACK_NO_AUDIO_RESERVATION=1\n"
     )
-    return ["--jack-server", server, "--no-jack"]
+    return [*own, "--no-jack"]
+
+
+def jack_server(node: str) -> str:
+    """The JACK server of a node agent: a name of its own, so that two on one machine keep apart."""
+    return f"tutti-{node}"
 
 
 def _hub_ports(machine: Machine, audio: AudioSettings) -> None:
