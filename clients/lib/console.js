@@ -44,6 +44,16 @@ function linkRows(clients) {
   return rows;
 }
 
+// The go / no-go table (the conductor's rows, as `tutti deploy check` shows them), until the downbeat.
+function showPreflight(rows, phase) {
+  $("preflight-box").classList.toggle("hidden", phase !== "waiting");
+  $("preflight").replaceChildren(...rows.map((r) => row([[r.go ? "GO" : "NO-GO", r.go ? "go" : "nogo"], [r.what], [r.detail], [r.fix]])));
+  const failed = rows.filter((r) => !r.go);
+  $("preflight-summary").textContent = !rows.length ? "no nodes yet: start each site's node"
+    : failed.length ? `NO-GO: ${failed.length} of ${rows.length} to fix` : `GO: all ${rows.length} checks pass`;
+  $("preflight-summary").className = failed.length || !rows.length ? "stale" : "";
+}
+
 function row(cells) {
   const tr = document.createElement("tr");
   for (const [text, cls] of cells) {
@@ -272,6 +282,7 @@ async function main() {
     const audience = Object.values(feed.audience ?? {}).reduce((a, b) => a + b, 0);
     $("audience").textContent = `${audience} in the audience`;
     $("links").replaceChildren(...linkRows(feed.clients));
+    showPreflight(feed.preflight ?? [], conductor.phase().phase);
     const bySite = {};
     for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);
     for (const [site, rtts] of Object.entries(bySite)) {

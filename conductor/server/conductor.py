@@ -160,6 +160,7 @@ class Conductor:
             "osc_coalesced": self.osc.coalesced if self.osc else 0,
             "osc_echo_peers": len(self.osc.udp_peers) if self.osc else 0,
             "lookahead": self.lookahead.to_json(),
+            "preflight": [row.model_dump() for row in self.console.feed().preflight],
         }
 
     # --- what gateways ask of it (``gateway.Performance``) ----------------------------------------
