@@ -12,9 +12,9 @@ campus's host); and, for each host in turn, the seconds from killing its Tutti p
 restart policy brings it back after its ``RestartSec``) until all green again.
 Needs root (network namespaces), jackd, scsynth and jacktrip.
 
-Run as a program with ``record SERVER PORT SECONDS`` it is the recorder a campus's host runs: it
-prints ``ready`` once it listens to the JACK output port ``PORT``, then the onsets it heard (wall
-time, JSON) after ``SECONDS``.
+Run as a program with ``record SERVER PORT SCSYNTH_PORT`` it is the recorder a campus's host runs:
+it prints ``ready`` once it listens to the JACK output port ``PORT``, reads the cue's target wall
+time, and prints the onsets it heard (wall time, JSON).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -44,16 +45,25 @@ from conductor.tools.rehearse import Rehearsal, Unit  # noqa: E402
 CONCERT = ROOT / "deploy" / "four-rivers.yaml"
 CLOCK_BOUND = 0.001  # seconds: every node's clock against the conductor's
 CLICK = ["tutti_click", -1, 0, 0]
+PARTNER = 0.02  # seconds from the cue to the recorder's own click
+BOUND = 0.010  # seconds: what is heard this near a target is its click (scsynth's clock may stray after an xrun)
 
 
-def record(server: str, port: str, seconds: float) -> None:
+def record(server: str, port: str, scsynth: int) -> None:
+    """The recorder on a campus's host: it records ``port`` and, for the target wall time it reads,
+    sends its scsynth (on 127.0.0.1: scsynth is IPv4 only) a click of its own timetagged ``PARTNER``
+    later: what a perfect timetag gives on that scsynth then."""
     from conductor.node.jackio import Recorder
+    from conductor.node.scsynth import osc_bundle
 
     recorder = Recorder(server, "rehearsal-recorder")
     recorder.listen_to(port)
     print("ready", flush=True)
-    time.sleep(seconds)
-    print(json.dumps([o.time for o in recorder.onsets()]), flush=True)
+    target = float(sys.stdin.readline())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as direct:
+        direct.sendto(osc_bundle(target + PARTNER, "/s_new", CLICK), ("127.0.0.1", scsynth))
+    time.sleep(max(0.0, target + PARTNER + 0.5 - time.time()))
+    print(json.dumps({"onsets": [o.time for o in recorder.onsets()], "xruns": recorder.xruns}), flush=True)
     recorder.close()
 
 
@@ -128,19 +138,19 @@ async def check(rehearsal: Rehearsal, host: str) -> tuple[int, str, float]:
     return proc.returncode or 0, out.decode(), time.monotonic() - start
 
 
-async def cue_heard(rehearsal: Rehearsal, boss: TuttiClient, ahead: float = 1.0) -> dict[str, list[float]]:
+async def cue_heard(rehearsal: Rehearsal, boss: TuttiClient, ahead: float = 1.0) -> dict[str, dict[str, Any]]:
     """A click played together at every campus, recorded on each campus's own host: for each node,
-    the seconds between what was heard and the cue's target time."""
+    the seconds from the cue's target time to what was heard (``cue``), the same for the recorder's
+    own click (``partner``, less ``PARTNER``), and the xruns around."""
     deployment = rehearsal.deployment
-    nodes = [(n.name, n.host) for machines in deployment.sites.values() for n in machines.nodes]
+    nodes = [(n.name, n.host, n.port) for machines in deployment.sites.values() for n in machines.nodes]
     recorders = {}
-    for name, host in nodes:
+    for name, host, port in nodes:
         server = rehearsal.jack_servers[jack_server(name)]
+        command = (sys.executable, __file__, "record", server, f"scsynth-{name}:out_1", str(port))
         recorders[name] = await asyncio.create_subprocess_exec(
-            *rehearsal.hosts[host].command(sys.executable, __file__, "record", server, f"scsynth-{name}:out_1",
-                                           str(ahead + 2.5)),
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            *rehearsal.hosts[host].command(*command), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
     try:
         for proc in recorders.values():
             assert proc.stdout is not None
@@ -149,12 +159,14 @@ async def cue_heard(rehearsal: Rehearsal, boss: TuttiClient, ahead: float = 1.0)
             assert line == b"ready\n", f"a recorder did not start: {line!r}"
         played = await boss.sound("/s_new", CLICK, target="all", at=boss.now() + ahead)
         assert played["ok"], played
-        clock_minus_wall = (await status(rehearsal))["clock_minus_wall"]
-        target = played["t"] - clock_minus_wall  # wall time
+        target = played["t"] - (await status(rehearsal))["clock_minus_wall"]  # wall time
         heard = {}
         for name, proc in recorders.items():
-            out, _ = await proc.communicate()
-            heard[name] = [t - target for t in json.loads(out.decode().splitlines()[-1])]
+            out, _ = await proc.communicate(f"{target!r}\n".encode())
+            result = json.loads(out.decode().splitlines()[-1])
+            near = [t - target for t in result["onsets"] if abs(t - target) < BOUND]
+            partner = [t - target - PARTNER for t in result["onsets"] if abs(t - target - PARTNER) < BOUND]
+            heard[name] = {"cue": near, "partner": partner, "xruns": [x - target for x in result["xruns"]]}
         return heard
     finally:
         for proc in recorders.values():
@@ -222,9 +234,13 @@ async def main() -> dict[str, Any]:
                 print(f"tutti deploy check on {host:<16} {seconds:5.2f} s  {text.strip().splitlines()[-1]}")
                 figures.setdefault("check_s", {})[host] = [code, round(seconds, 2)]
             heard = await cue_heard(rehearsal, boss)
-            for name, errors in heard.items():
-                print(f"cue heard at {name:<8} " + ", ".join(f"{e * 1000:+.3f} ms" for e in errors))
-            figures["cue_error_ms"] = {k: [round(e * 1000, 3) for e in v] for k, v in heard.items()}
+            for name, h in heard.items():
+                errors = [c - p for c in h["cue"] for p in h["partner"]]
+                print(
+                    f"cue heard at {name:<8} {', '.join(f'{e * 1000:+.3f}' for e in h['cue'])} ms from its target;"
+                    f" against a perfect timetag there {', '.join(f'{e * 1000:+.3f}' for e in errors)} ms"
+                )
+                figures.setdefault("cue_ms", {})[name] = {"target": h["cue"], "against_timetag": errors}
             for host in rehearsal.hosts:
                 back, green = await restart(rehearsal, host, 120)
                 unit = tutti_unit(rehearsal, host)
@@ -235,7 +251,7 @@ async def main() -> dict[str, Any]:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "record":
-        record(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        record(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         parser.add_argument("--json", help="write the figures here")

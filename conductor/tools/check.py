@@ -164,6 +164,12 @@ async def machine_rows(
         fix = "" if go else f"{why}: start what serves it; `ufw allow {number}/{proto}`"
         what = f"port {proto}/{number}"
         rows.append(PreflightRow(what=what, go=go, detail=why + ("" if go else ": nothing listens"), fix=fix))
+    for r in machine.ranges:
+        open_here = sorted(n for p, n in listening if p == r.proto and r.first <= n <= r.last)
+        go = len(open_here) >= r.held
+        detail = f"{r.why}: {len(open_here)} of {r.held} open ({', '.join(map(str, open_here)) or 'none'})"
+        fix = "" if go else f"wait for every site to join; `ufw allow {r.first}:{r.last}/{r.proto}`"
+        rows.append(PreflightRow(what=f"ports {r.proto}/{r.first}-{r.last}", go=go, detail=detail, fix=fix))
     return rows
 
 

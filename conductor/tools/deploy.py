@@ -42,11 +42,23 @@ ENTRYPOINT ["{INSTALL}/.venv/bin/tutti"]
 """
 
 
+@dataclass(frozen=True)
+class PortRange:
+    """Ports handed out as peers come: ``held`` of ``first``..``last`` are open once all have come."""
+
+    proto: str
+    first: int
+    last: int
+    held: int
+    why: str
+
+
 @dataclass
 class Machine:
     host: str
     runs: list[str] = field(default_factory=list)  # human-readable lines
     ports: list[tuple[str, int, str]] = field(default_factory=list)  # (tcp|udp, port, what for)
+    ranges: list[PortRange] = field(default_factory=list)
     units: dict[str, str] = field(default_factory=dict)  # file name -> systemd unit
     files: dict[str, str] = field(default_factory=dict)  # other files to write there: name -> text
 
@@ -194,8 +206,11 @@ def jack_server(node: str) -> str:
 def _hub_ports(machine: Machine, audio: AudioSettings) -> None:
     assert audio.hub is not None
     machine.ports.append(("tcp", audio.hub.port, "JackTrip hub: clients join"))
-    for i, link in enumerate(audio.links):
-        machine.ports.append(("udp", HUB_UDP_BASE + i, f"JackTrip hub: audio with {link.site}"))
+    # The hub gives each client joining the lowest UDP port free from 61002; a client that joins
+    # again before its old worker timed out gets another one: room for every site to do so.
+    sites = len(audio.links)
+    why = f"JackTrip hub: each site's audio, on a port from {HUB_UDP_BASE} given as it joins"
+    machine.ranges.append(PortRange("udp", HUB_UDP_BASE, HUB_UDP_BASE + 2 * sites - 1, sites, why))
 
 
 def describe(machines: dict[str, Machine]) -> str:
@@ -204,6 +219,7 @@ def describe(machines: dict[str, Machine]) -> str:
         lines.append(f"{host}")
         lines += [f"  runs  {what}" for what in machine.runs]
         lines += [f"  open  {proto}/{port}  {why}" for proto, port, why in machine.ports]
+        lines += [f"  open  {r.proto}/{r.first}-{r.last}  {r.why}" for r in machine.ranges]
     return "\n".join(lines)
 
 
@@ -310,10 +326,11 @@ def steps(concert: Concert, host: str, machine: Machine) -> str:
                 *_certificate(deployment.conductor, Path(deployment.ca or "").name),
             ]
         )
-    if machine.ports:
+    if machine.ports or machine.ranges:
         out.append(
             ["Open these ports in the firewall:"]
             + [f"ufw allow {port}/{proto}   # {why}" for proto, port, why in machine.ports]
+            + [f"ufw allow {r.first}:{r.last}/{r.proto}   # {r.why}" for r in machine.ranges]
         )
     if machine.units:
         out.append(
