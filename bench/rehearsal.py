@@ -154,7 +154,7 @@ async def cue_heard(rehearsal: Rehearsal, boss: TuttiClient, ahead: float = 1.0)
     try:
         for proc in recorders.values():
             assert proc.stdout is not None
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(60):  # numpy and libjack on a busy machine
                 line = await proc.stdout.readline()
             assert line == b"ready\n", f"a recorder did not start: {line!r}"
         played = await boss.sound("/s_new", CLICK, target="all", at=boss.now() + ahead)

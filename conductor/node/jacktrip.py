@@ -42,7 +42,7 @@ PROBE_EVERY = 2.0  # seconds between round-trip measurements of a connected link
 # Probes in a row that find no audio coming back on a link that was measured since it (re)started
 # and that jacktrip still calls connected: its peer is gone (a restarted hub forgets its clients,
 # which jacktrip 1.7 clients never notice), so the link is restarted and joins again.
-SILENT_PROBES = 2
+SILENT_PROBES = 3
 
 
 async def jacktrip_version(program: str = "jacktrip") -> tuple[int, ...]:
