@@ -160,9 +160,13 @@ async def cue_heard(rehearsal: Rehearsal, boss: TuttiClient, ahead: float = 1.0)
         played = await boss.sound("/s_new", CLICK, target="all", at=boss.now() + ahead)
         assert played["ok"], played
         target = played["t"] - (await status(rehearsal))["clock_minus_wall"]  # wall time
+        for proc in recorders.values():  # all at once: each sends its own click ahead of the target
+            assert proc.stdin is not None
+            proc.stdin.write(f"{target!r}\n".encode())
+            await proc.stdin.drain()
         heard = {}
         for name, proc in recorders.items():
-            out, _ = await proc.communicate(f"{target!r}\n".encode())
+            out, _ = await proc.communicate()
             result = json.loads(out.decode().splitlines()[-1])
             near = [t - target for t in result["onsets"] if abs(t - target) < BOUND]
             partner = [t - target - PARTNER for t in result["onsets"] if abs(t - target - PARTNER) < BOUND]
