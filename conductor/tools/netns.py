@@ -17,6 +17,8 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from conductor.tools.emulate import TcpDelayProxy
+
 CLONE_NEWNET = 0x40000000
 CONNECT_WITHIN = 5.0  # seconds
 
@@ -153,46 +155,12 @@ async def connect_in(netns: str, host: str, port: int) -> tuple[asyncio.StreamRe
     return await asyncio.open_connection(sock=sock)
 
 
-class Forward:
+class Forward(TcpDelayProxy):
     """A TCP service inside a namespace, offered on 127.0.0.1 here (``port`` once started)."""
 
     def __init__(self, netns: str, host: str, port: int):
-        self.target = (netns, host, port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        super().__init__(host, port)
+        self.netns = netns
 
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            there_r, there_w = await connect_in(*self.target)
-        except OSError:
-            writer.close()
-            return
-        for r, w in ((reader, there_w), (there_r, writer)):
-            task = asyncio.create_task(_pipe(r, w))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        if self._server:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await connect_in(self.netns, *self.target)
