@@ -1,6 +1,6 @@
 """The four-campus concert rehearsed on this machine: how long until all green, and after each host's restart.
 
-    .venv/bin/python bench/rehearsal.py [--json out.json]
+    .venv/bin/python bench/rehearsal.py [--json out.json] [--screens test-output/screens]
 
 ``deploy/four-rivers.yaml`` is brought up by ``tutti deploy rehearse``'s harness as six namespaced
 hosts (the conductor, the hub, one machine per campus). Printed: the seconds from the last process
@@ -9,7 +9,9 @@ measured and every node's clock within 1 ms of the conductor's (all hosts read o
 so the truth is known); the seconds ``tutti deploy check`` takes on each host and what it says; how
 far from its target time a cue played together was heard at each campus (a recorder on each
 campus's host); and, for each host in turn, the seconds from killing its Tutti process (the unit's
-restart policy brings it back after its ``RestartSec``) until all green again.
+restart policy brings it back after its ``RestartSec``) until all green again. With ``--screens``
+it also shoots the console's go / no-go table all green, and with one campus's JACK server frozen
+(an iPad and a phone each).
 Needs root (network namespaces), jackd, scsynth and jacktrip.
 
 Run as a program with ``record SERVER PORT SCSYNTH_PORT`` it is the recorder a campus's host runs:
@@ -224,7 +226,30 @@ async def rehearsed(folder: Path) -> AsyncIterator[tuple[Rehearsal, TuttiClient]
             await boss.close()
 
 
-async def main() -> dict[str, Any]:
+async def console_shots(rehearsal: Rehearsal, out: Path, state: str) -> None:
+    """The console's go / no-go table once it says ``state`` (GO or NO-GO), on an iPad and a phone."""
+    from playwright.async_api import async_playwright
+
+    from bench.harness import CHROMIUM, CHROMIUM_ARGS
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for name, (width, height) in {"ipad-landscape": (1180, 820), "phone": (390, 844)}.items():
+            context = await browser.new_context(viewport={"width": width, "height": height}, ignore_https_errors=True)
+            page = await context.new_page()
+            await page.goto(f"{rehearsal.console_url}/console?token={rehearsal.token('conductor')}")
+            await page.wait_for_function(
+                f"document.querySelector('#preflight-summary').textContent.startsWith('{state}:')", timeout=60_000
+            )
+            await page.locator("#preflight-box").scroll_into_view_if_needed()
+            path = out / f"console-preflight-{state.lower()}-{name}.png"
+            await page.screenshot(path=str(path))
+            print(path)
+            await context.close()
+        await browser.close()
+
+
+async def main(screens: Path | None) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tutti-bench-rehearsal-") as folder:
@@ -233,6 +258,8 @@ async def main() -> dict[str, Any]:
             green = await until_green(rehearsal, 120) + (time.monotonic() - last)
             figures: dict[str, Any] = {"all_green_after_last_start_s": round(green, 2)}
             print(f"all green {green:.2f} s after the last process started")
+            if screens:
+                await console_shots(rehearsal, screens, "GO")
             checks = await asyncio.gather(*(check(rehearsal, host) for host in rehearsal.hosts))
             for host, (code, text, seconds) in zip(rehearsal.hosts, checks, strict=True):
                 print(f"tutti deploy check on {host:<16} {seconds:5.2f} s  {text.strip().splitlines()[-1]}")
@@ -250,6 +277,12 @@ async def main() -> dict[str, Any]:
                 unit = tutti_unit(rehearsal, host)
                 print(f"killed {unit.name:<26} on {host:<16} started again {back:5.2f} s, all green {green:5.2f} s")
                 figures.setdefault("restart_s", {})[host] = [round(back, 2), round(green, 2)]
+            if screens:  # a campus's JACK server frozen: its rows say what to fix
+                jack = next(u for u in rehearsal.units if u.name == "tutti-jack-pku-1.service")
+                assert jack.proc is not None
+                os.killpg(jack.proc.pid, signal.SIGSTOP)
+                await console_shots(rehearsal, screens, "NO-GO")
+                os.killpg(jack.proc.pid, signal.SIGCONT)
     return figures
 
 
@@ -259,7 +292,8 @@ if __name__ == "__main__":
     else:
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         parser.add_argument("--json", help="write the figures here")
+        parser.add_argument("--screens", type=Path, help="also shoot the console's go / no-go table into this folder")
         args = parser.parse_args()
-        figures = asyncio.run(main())
+        figures = asyncio.run(main(args.screens))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=1))

@@ -87,8 +87,10 @@ def test_the_go_no_go_rows_say_what_to_fix() -> None:
     rows = {row.what: row for row in node_rows(unsettled)}
     assert not rows["ucas-1: clock"].go and not rows["ucas-1: scsynth"].go
     assert "tutti synths build" in rows["ucas-1: scsynth"].fix
-    rows = {row.what: row for row in concert_rows([healthy], [("yongding", "ucas"), ("liangma", "ccom")], None)}
+    parts = [("yongding", "ucas"), ("liangma", "ccom"), ("browsers", None)]
+    rows = {row.what: row for row in concert_rows([healthy], parts, None)}
     assert rows["part yongding: node"].go and not rows["part liangma: node"].go
+    assert "part browsers: node" not in rows  # a part of no site needs no node
     assert "site ccom" in rows["part liangma: node"].fix
 
 

@@ -46,12 +46,12 @@ function linkRows(clients) {
 
 // The go / no-go table (the conductor's rows, as `tutti deploy check` shows them), until the downbeat.
 function showPreflight(rows, phase) {
-  $("preflight-box").classList.toggle("hidden", phase !== "waiting");
+  // Nothing to check (a concert played in browsers alone), or the piece has started: out of the way.
+  $("preflight-box").classList.toggle("hidden", phase !== "waiting" || !rows.length);
   $("preflight").replaceChildren(...rows.map((r) => row([[r.go ? "GO" : "NO-GO", r.go ? "go" : "nogo"], [r.what], [r.detail], [r.fix]])));
   const failed = rows.filter((r) => !r.go);
-  $("preflight-summary").textContent = !rows.length ? "no nodes yet: start each site's node"
-    : failed.length ? `NO-GO: ${failed.length} of ${rows.length} to fix` : `GO: all ${rows.length} checks pass`;
-  $("preflight-summary").className = failed.length || !rows.length ? "stale" : "";
+  $("preflight-summary").textContent = failed.length ? `NO-GO: ${failed.length} of ${rows.length} to fix` : `GO: all ${rows.length} checks pass`;
+  $("preflight-summary").className = failed.length ? "stale" : "";
 }
 
 function row(cells) {

@@ -64,13 +64,15 @@ def concert_rows(
     nodes = [c for c in clients if c["role"] == "node"]
     rows = []
     for part, site in parts:
+        if site is None:  # a part of no site may be played in browsers alone
+            continue
         players = [n["name"] for n in nodes if part in (n.get("parts") or [])]
         rows.append(
             PreflightRow(
                 what=f"part {part}: node",
                 go=bool(players),
                 detail=", ".join(players) or "no node sounds it",
-                fix="" if players else f"start the node of site {site or '?'} (tutti-node-*.service)",
+                fix="" if players else f"start the node of site {site} (tutti-node-*.service on its machine)",
             )
         )
     for node in sorted(nodes, key=lambda n: n["name"]):
