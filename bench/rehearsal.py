@@ -241,7 +241,7 @@ async def console_shots(rehearsal: Rehearsal, out: Path, state: str) -> None:
             await page.wait_for_function(
                 f"document.querySelector('#preflight-summary').textContent.startsWith('{state}:')", timeout=60_000
             )
-            await page.locator("#preflight-box").scroll_into_view_if_needed()
+            await page.evaluate("document.querySelector('#preflight-box').scrollIntoView()")
             path = out / f"console-preflight-{state.lower()}-{name}.png"
             await page.screenshot(path=str(path))
             print(path)

@@ -24,7 +24,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +113,7 @@ class Rehearsal:
 
     async def prepare(self) -> None:
         """Render the concert, and make what each machine's PLAN.txt asks a technician for."""
-        render(self.concert, self.folder)
+        await asyncio.to_thread(render, self.concert, self.folder)  # it copies Tutti for the hub's image
         roles = ("conductor", "performer", "audience", "node")
         self.tokens = {name: secrets.token_urlsafe(16) for name in _env_names(self.concert, roles)}
         node_spec = self.concert.settings.tokens.node or ""
@@ -229,7 +229,7 @@ class Rehearsal:
             for unit in self.units_of(conductor):
                 self._start(unit)
             await self._until(lambda: self._answers(conductor, port), f"the conductor on [{conductor}]:{port}")
-            for unit in sorted(self.units, key=lambda u: (u.host == self.deployment.conductor, u.jack is None)):
+            for unit in sorted(self.units, key=lambda u: u.jack is None):  # what starts JACK first
                 if unit.host == conductor:
                     continue
                 self._start(unit)
@@ -282,9 +282,9 @@ class Rehearsal:
             _signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
 
-    async def _until(self, condition: object, what: str) -> None:
+    async def _until(self, condition: Callable[[], Awaitable[bool]], what: str) -> None:
         deadline = time.monotonic() + UP_WITHIN
-        while not await condition():  # type: ignore[operator]
+        while not await condition():
             failed = [u for u in self.units if u.proc and u.proc.returncode is not None and not u.restart]
             if failed or time.monotonic() > deadline:
                 logs = self.folder / "logs"
