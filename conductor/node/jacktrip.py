@@ -38,11 +38,7 @@ log = logging.getLogger("tutti.jacktrip")
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before each restart in a row
 STEADY = 10.0  # seconds connected after which a link counts as healthy again (backoff starts over)
 CONNECT_WITHIN = 2.5  # seconds a client may wait for the hub's audio, times the failures in a row
-PROBE_EVERY = 2.0  # seconds between round-trip measurements of a connected link
-# Probes in a row that find no audio coming back on a link that was measured since it (re)started
-# and that jacktrip still calls connected: its peer is gone (a restarted hub forgets its clients,
-# which jacktrip 1.7 clients never notice), so the link is restarted and joins again.
-SILENT_PROBES = 3
+PROBE_EVERY = 5.0  # seconds between round-trip measurements of a connected link
 
 
 async def jacktrip_version(program: str = "jacktrip") -> tuple[int, ...]:
@@ -329,7 +325,6 @@ class SiteAudio:
         """Measure each link's round trip on its measuring channel: on each (re)connection, then every so often."""
         assert self.prober is not None
         last: dict[int, tuple[int, float]] = {}  # link -> (restarts, time) of its latest measurement
-        silent: dict[int, int] = {}  # link -> probes in a row with nothing back
         while True:
             await asyncio.sleep(0.1)
             for k, link in enumerate(links):
@@ -350,17 +345,6 @@ class SiteAudio:
                     state.history.append((time.time(), state.latency_ms))
                     state.measured += 1
                     last[k] = (state.restarts, time.monotonic())
-                    silent[k] = 0
-                    continue
-                if restarts != state.restarts:  # not heard since it (re)started: its connecting patience applies
-                    continue
-                silent[k] = silent.get(k, 0) + 1
-                if silent[k] >= SILENT_PROBES and link.proc and link.proc.returncode is None:
-                    peer = state.peer or "the hub"
-                    state.last_error = f"no audio back from {peer} ({silent[k]} probes): joining again"
-                    state.set("peer lost")
-                    link.proc.kill()  # its run() starts it again
-                    silent[k] = 0
 
     async def close(self) -> None:
         for task in self._tasks:
