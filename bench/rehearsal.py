@@ -273,7 +273,9 @@ async def main(screens: Path | None) -> dict[str, Any]:
                     f" against a perfect timetag there {', '.join(f'{e * 1000:+.3f}' for e in errors)} ms"
                 )
                 figures.setdefault("cue_ms", {})[name] = {"target": h["cue"], "against_timetag": errors}
-            for host in [*rehearsal.hosts][::-1]:  # the hub last: its sites may not join it again (below)
+            hub = rehearsal.deployment.hub.host if rehearsal.deployment.hub else None
+            # The hub last: its sites do not join a restarted hub again (deploy/README.md).
+            for host in sorted(rehearsal.hosts, key=lambda h: (h == hub, h == rehearsal.deployment.conductor)):
                 unit = tutti_unit(rehearsal, host)
                 try:
                     back, green = await restart(rehearsal, host, 60)

@@ -52,7 +52,12 @@ def node_rows(node: dict[str, Any]) -> list[PreflightRow]:
             detail += f", {link.get('peers', 0)} sites joined"
         end = "hub" if hub else f"{link['site']} {link['role']} of {link.get('peer') or 'the hub'}"
         what = f"{name}: JackTrip {end}"
-        fix = "" if go else link.get("last_error") or "check the hub's ports (PLAN.txt) and that jacktrip runs"
+        if go:
+            fix = ""
+        elif hub and not link.get("peers"):  # jacktrip 1.7 clients never notice a restarted hub
+            fix = "restart each site's node agent (tutti-node-*.service): sites do not join a restarted hub by themselves"
+        else:
+            fix = link.get("last_error") or "check the hub's ports (PLAN.txt) and that jacktrip runs"
         rows.append(PreflightRow(what=what, go=go, detail=detail, fix=fix))
     return rows
 
