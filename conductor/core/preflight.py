@@ -55,7 +55,7 @@ def node_rows(node: dict[str, Any]) -> list[PreflightRow]:
         if go:
             fix = ""
         elif hub and not link.get("peers"):  # jacktrip 1.7 clients never notice a restarted hub
-            fix = "restart each site's node agent (tutti-node-*.service): sites do not join a restarted hub by themselves"
+            fix = "restart each site's node agent (tutti-node-*.service): no site joins a restarted hub by itself"
         else:
             fix = link.get("last_error") or "check the hub's ports (PLAN.txt) and that jacktrip runs"
         rows.append(PreflightRow(what=what, go=go, detail=detail, fix=fix))
