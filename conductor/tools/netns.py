@@ -60,8 +60,10 @@ async def kill_all(netns: str) -> None:
 
 async def veth(netns: str, name: str, peer_netns: str | None, peer: str) -> None:
     """A veth pair, ``name`` in ``netns`` and ``peer`` in ``peer_netns`` (None: this one), both up."""
-    where = ["netns", peer_netns] if peer_netns else []
-    await ip("-n", netns, "link", "add", name, "type", "veth", "peer", "name", peer, *where)
+    if peer_netns is None:  # made here, one end moved into the namespace
+        await ip("link", "add", peer, "type", "veth", "peer", "name", name, "netns", netns)
+    else:
+        await ip("-n", netns, "link", "add", name, "type", "veth", "peer", "name", peer, "netns", peer_netns)
     await ip("-n", netns, "link", "set", name, "up")
     await ip(*(["-n", peer_netns] if peer_netns else []), "link", "set", peer, "up")
 
