@@ -15,7 +15,9 @@ those with no xrun in the ``CALM`` seconds before them nor the ``BROKEN`` second
 errors of each site's first onsets after a tempo change (120 to 150 bpm: an onset still at the
 old tempo would be a tenth of a beat off, 40 ms). The baseline, in the same run: each site's
 sclang starts a ``TempoClock`` at the score's tempo when a play message (a ``to: sclang`` sound,
-sent at once) arrives, as an ensemble would without Tutti.
+sent at once) arrives, as an ensemble would without Tutti. The floor, in the same run: the same
+click as Tutti's timed cues (``sound`` at a conductor time, timetagged by each node for its
+scsynth), without Link or sclang: how well scsynth and the recorder keep time on this JACK server.
 Needs root (network namespaces), jackd, scsynth and sclang.
 """
 
@@ -67,8 +69,8 @@ sections:
 # Each site's sclang: the Tutti face's clock plays a click on every beat; the baseline starts a
 # TempoClock when /naive/play arrives. The node's scsynth, not one sclang boots.
 SCLANG = """(
-// clientID 1: node IDs above the groups the node agent makes for the parts (1000 on)
-var s = Server(\\site, NetAddr("127.0.0.1", %(port)d), ServerOptions.new.maxLogins_(2), 1), naive, link, click;
+// the node's scsynth, as the Tutti README says a performer reaches it
+var s = Server.remote(\\site, NetAddr("127.0.0.1", %(port)d)), naive, link, click;
 click = Pbind(
     \\instrument, \\tutti_click, \\dur, 1, \\amp, 1, \\group, 0, \\addAction, 0, \\sendGate, false
 );
@@ -271,10 +273,12 @@ def figures(values: list[float]) -> dict[str, float]:
     }
 
 
-def measure(sites: Sites, start: float, end: float, beat: float) -> dict[str, Any]:
-    """Spread and errors of the onsets heard between wall times start and end."""
+def measure(sites: Sites, start: float, end: float, beat: float, targets: list[float] | None = None) -> dict[str, Any]:
+    """Spread and errors of the onsets heard between wall times start and end, against the score's
+    beats (or ``targets``, wall times)."""
     assert sites.recorder is not None
-    targets = sites.beats(start + sites.clock_minus_wall, end + beat + sites.clock_minus_wall)  # one may be early
+    if targets is None:  # one may be early
+        targets = sites.beats(start + sites.clock_minus_wall, end + beat + sites.clock_minus_wall)
     heard = [[t for t in sites.onsets(site) if start <= t < end] for site in sites.sites]
     xruns = list(sites.recorder.xruns)
 
@@ -360,6 +364,22 @@ async def main() -> None:
         await until_heard(sites, paused["t"] - sites.clock_minus_wall)
         await sites.status()
         results["naive"] = measure(sites, started, paused["t"] - sites.clock_minus_wall, beat)
+
+        # The floor, in the same run: the same click as timed cues (the conductor's sound, at a
+        # conductor time, timetagged by each node for its scsynth), no Link and no sclang. What
+        # this shows too is scsynth's and the recorder's own timing on this JACK server.
+        fresh(recorder)
+        started = time.time()
+        first = boss.now() + 1.0
+        times = [first + k * beat for k in range(args.beats)]
+        for t in times:
+            await asyncio.sleep(max(0.0, t - 0.5 - boss.now()))  # each half a second ahead
+            answer = await boss.sound("/s_new", ["tutti_click", -1, 0, 0, "amp", 1], at=t, schedule="together")
+            assert answer.get("ok"), answer
+        await until_heard(sites, times[-1] - sites.clock_minus_wall)
+        await sites.status()
+        wall = [t - sites.clock_minus_wall for t in times]
+        results["cues"] = measure(sites, started, wall[-1] + beat / 2, beat, wall)
 
     print(f"two sites (one-way {', '.join(f'{d * 1000:g} ms' for d in DELAYS.values())}), {BPM:g} bpm; ms")
     print(f"{'clock':<8}{'onsets':<10}{'subset':<8}{'n':>5}{'spread p50':>11}{'p99':>8}{'max':>8}", end="")

@@ -5,8 +5,12 @@
 For each queue length: three JACK servers (dummy driver, 128-frame periods, 48 kHz), a hub at
 ucas and a client at pku, each run by its own ``tutti node`` from one concert file. The pku node
 measures the audio round trip on its measuring channel (an impulse out through the link, looped
-back at the hub, timed in JACK frames) on connecting and every 5 s; printed: the first and the
-last over 20 s, beside twice the queue in periods.
+back at the hub, timed in JACK frames) every 2 s, and each end the way in from the other (an impulse
+sent at a known conductor time, timed where it arrives); printed: the first and the last round trip
+over 20 s, beside twice the queue in periods; then each way beside the round trip, and the mean
+error an aligned cue would have from each rule: with one-way delays, how far the next measurement
+of the same way moved (the link's own jitter); with half the round trip, how far that is from each
+way. ``tests/test_oneway.py`` records real cues through an asymmetric emulated link.
 
 Then, with queue 4, pku's jacktrip is killed ``--kills`` times; each time, the seconds until the
 node reports the link connected again, and until an impulse has been through it again (the node
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -55,7 +60,7 @@ async def case(queue: int, kills: int, base: int, strategy: int, jacktrip: str) 
     }
     concert = concert_file({"conductor": TOKEN, "node": TOKEN}, SCORE, audio=audio)
     jack = {site: f"tutti-links-{site}-{os.getpid()}" for site in ("ucas", "pku")}
-    out: dict[str, Any] = {"queue": queue, "round_trips_ms": [], "recoveries": []}
+    out: dict[str, Any] = {"queue": queue, "round_trips_ms": [], "ways": [], "recoveries": []}
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(running("serve", str(concert)))
         agents = []
@@ -67,8 +72,15 @@ async def case(queue: int, kills: int, base: int, strategy: int, jacktrip: str) 
         try:
             async with aiohttp.ClientSession() as http:
                 deadline = time.monotonic() + 20
+                seen = 0
                 while time.monotonic() < deadline:
-                    out["round_trips_ms"] = (await link_of(http, url, "npku")).get("history_ms", [])
+                    pku = await link_of(http, url, "npku")
+                    out["round_trips_ms"] = pku.get("history_ms", [])
+                    hub = await link_of(http, url, "nucas")
+                    up, down = (hub.get("way_in_ms") or {}).get("pku"), (pku.get("way_in_ms") or {}).get("ucas")
+                    if pku.get("ways_measured", 0) > seen and None not in (up, down, pku.get("latency_ms")):
+                        seen = pku["ways_measured"]  # each time pku has measured the way in again
+                        out["ways"].append({"up": up, "down": down, "rtt": pku["latency_ms"]})
                     await asyncio.sleep(0.5)
                 for _ in range(kills):
                     pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", f" -C 127.0.0.1 -P {base} ", stdout=-1)
@@ -122,6 +134,25 @@ async def main() -> None:
             )
         else:
             print(f"{q:>5}  none measured")
+    print()
+    print("each way (ms; up = pku to the hub, down = back), beside the round trip; the error an aligned cue")
+    print("would have from each rule: one way, its next measurement's change; half the round trip, its")
+    print("distance from the way it stands for (less the far end's loop back, a period)")
+    print(f"{'queue':>5}{'up':>9}{'down':>9}{'rtt':>9}{'up+down+1':>11}{'err one-way':>13}{'err half':>10}{'ratio':>7}")
+    for r in results:
+        ways = r["ways"]
+        if not ways:
+            print(f"{r['queue']:>5}  none measured")
+            continue
+        last = ways[-1]
+        one = [abs(b[k] - a[k]) for a, b in itertools.pairwise(ways) for k in ("up", "down")]
+        half = [abs((w["rtt"] - PERIOD_MS) / 2 - w[k]) for w in ways for k in ("up", "down")]
+        err_one, err_half = (sum(one) / len(one) if one else 0.0), sum(half) / len(half)
+        ratio = f"{err_half / err_one:7.1f}" if err_one > 0 else "      ∞"
+        print(
+            f"{r['queue']:>5}{last['up']:9.3f}{last['down']:9.3f}{last['rtt']:9.3f}"
+            f"{last['up'] + last['down'] + PERIOD_MS:11.3f}{err_one:13.3f}{err_half:10.3f}{ratio}"
+        )
     for r in results:
         for k in r["recoveries"]:
             back = [f"{k[key]:.2f} s" if k[key] is not None else "never" for key in ("connected_s", "measured_s")]

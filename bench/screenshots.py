@@ -1,6 +1,8 @@
 """Screenshots of what people see, to be looked at: the performer view in each state (waiting,
-count-in, playing, paused, ended, offline, refused) on an iPad both ways and a phone, the console
-before the downbeat with a part missing, and the audience on a phone.
+count-in, playing, paused, looping in a rehearsal, ended, offline, refused) on an iPad both ways
+and a phone, the console before the downbeat with a part missing and while rehearsing a loop
+(iPad and phone), its audio links each way (none measured, measured, a link restarting) on an
+iPad and a phone, and the audience on a phone.
 
     .venv/bin/python -m bench.screenshots [--out test-output/screens]
 
@@ -48,6 +50,45 @@ async def wait_phase(pages: dict[str, Page], phase: str) -> None:
         )
 
 
+def _link_feed(state: str) -> dict[str, object]:
+    """The console's ``links`` (conductor/server/linkmetrics.py) for one state; the figures are made
+    up to look like a run here (3 and 12 ms emulated each way), for the view, not a measurement."""
+    if state == "none":
+        return {"rows": [], "recent": {}, "concert": {}, "period_ms": 2.667}
+    recent = [[1000.0 + t, 9.4 + 0.4 * (t % 7 == 0), 20.5 + 2.7 * (t % 11 == 0), 29.3] for t in range(300)]
+    concert = [[t * 15.0, 9.0 + (t % 5) * 0.3, 20.0 + (t % 9) * 0.4, 29.3] for t in range(240)]
+    row = {
+        "link": "pku–ucas pair", "a": "pku", "b": "ucas", "pair": True, "state": "connected",
+        "a_to_b_ms": 9.42, "b_to_a_ms": 20.51, "bound_ms": 0.31, "jitter_a_to_b_ms": 0.42,
+        "jitter_b_to_a_ms": 2.71, "rtt_ms": 32.0, "check_ms": -0.6, "check_ok": True, "lost": 0,
+        "underruns": 3, "overflows": 0, "restarts": 0, "queue_a_to_b": 2, "queue_a_to_b_ms": 5.3,
+        "queue_b_to_a": 3, "queue_b_to_a_ms": 8.0,
+    }  # fmt: skip
+    if state == "restarting":
+        recent = [*recent[:-20], *([[p[0], None, None, None] for p in recent[-20:]])]
+        row = {**row, "state": "restarting", "b_to_a_ms": None, "check_ms": None, "check_ok": None, "lost": 41}
+    return {"rows": [row], "recent": {row["link"]: recent}, "concert": {row["link"]: concert}, "period_ms": 2.667}
+
+
+async def link_views(console: Page, out: Path) -> list[Path]:
+    """The console's audio links, each way, in each state, on an iPad and a phone."""
+    written = []
+    for state in ("none", "measured", "restarting"):
+        await console.evaluate(
+            "async (links) => (await import('/clients/linkplots.js')).showLinks(links,"
+            " document.getElementById('ways'), document.getElementById('wayplots'),"
+            " document.getElementById('ways-hint'))",
+            _link_feed(state),
+        )
+        for name, (width, height) in (("ipad", (1024, 768)), ("phone", (390, 844))):
+            await console.set_viewport_size({"width": width, "height": height})
+            await console.evaluate("document.getElementById('wayplots').scrollIntoView({block: 'end'})")
+            path = out / f"console-links-{state}-{name}.png"
+            await console.screenshot(path=str(path))
+            written.append(path)
+    return written
+
+
 async def main(out: Path) -> list[Path]:
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +126,8 @@ async def main(out: Path) -> list[Path]:
                     out / "console-before-downbeat-phone.png",
                 ]
 
+                written += await link_views(console, out)
+
                 await boss.command("seek", position=30.0)  # near "Flood": the countdown shows
                 await boss.command("play", count_in=2)
                 await wait_phase(pages, "count-in")
@@ -95,6 +138,26 @@ async def main(out: Path) -> list[Path]:
                 await boss.command("pause")
                 await wait_phase(pages, "paused")
                 written += await shoot(pages, out, "paused")
+
+                # Rehearsing: a loop of two bars and the click track on, on every view and the console.
+                await boss.command("loop", bars=[13, 14], times=3)
+                await boss.command("click", on=True, part="drones")
+                await boss.command("play", count_in=0)
+                await wait_phase(pages, "playing")
+                for page in pages.values():
+                    await page.wait_for_function("() => !document.getElementById('loopmark').hidden", timeout=10_000)
+                written += await shoot(pages, out, "looping")
+                for name, size in (("ipad-landscape", (1024, 768)), ("phone", (390, 844))):
+                    await console.set_viewport_size({"width": size[0], "height": size[1]})
+                    await console.wait_for_function(
+                        "() => document.getElementById('rehearsal-state').textContent.includes('bars 13–14')"
+                    )
+                    path = out / f"console-looping-{name}.png"
+                    await console.screenshot(path=str(path), full_page=True)
+                    written.append(path)
+                await boss.command("unloop")
+                await boss.command("pause")
+                await wait_phase(pages, "paused")
 
                 audience = await open_view(browser, f"{conductor.url}/audience", VIEWPORTS["phone"])
                 await audience.screenshot(path=str(out / "audience-phone.png"))

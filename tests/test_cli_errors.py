@@ -91,6 +91,7 @@ def test_serve_with_a_busy_osc_port(tmp_path: Path) -> None:
         (["emulate", "--to", "localhost"], ["is not HOST:PORT", "--help"]),
         (["emulate", "--to", "127.0.0.1:1", "--delay", "-1"], ["--delay", "0 to 10 seconds"]),
         (["emulate", "--to", "127.0.0.1:1", "--loss", "2"], ["--loss", "fraction"]),
+        (["emulate", "--to", "127.0.0.1:1", "--delay-back", "nan"], ["--delay-back", "0 to 10 seconds"]),
         (["serve"], ["required", "--help"]),
     ],
 )

@@ -158,18 +158,24 @@ async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
     assert matches_the_buffering(first, queue=4)  # a receive queue at each end, too
 
 
-async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, Any]) -> None:
-    conductor: ConductorProcess = sites["conductor"]
-    await until(lambda: all(link(conductor, s).get("latency_ms") for s in ("ccom", "pku")), 30, "not measured")
-    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-aligned", ports=2)
-    boss = TuttiClient(conductor.url, "conductor", TOKENS["conductor"])
-    observer = TuttiClient(conductor.url, "node", TOKENS["node"], name="observer")  # gets the cues for all
+def watching(url: str) -> tuple[TuttiClient, TuttiClient, list[dict[str, Any]]]:
+    """A conductor client, and a node client that gets the cues for every node (into the list)."""
+    boss = TuttiClient(url, "conductor", TOKENS["conductor"])
+    observer = TuttiClient(url, "node", TOKENS["node"], name="observer")
     cues: list[dict[str, Any]] = []
 
     async def sent(batch: dict[str, Any]) -> None:
         cues.extend(batch["cues"])
 
     observer.sio.on("cues", sent)
+    return boss, observer, cues
+
+
+async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, Any]) -> None:
+    conductor: ConductorProcess = sites["conductor"]
+    await until(lambda: all(link(conductor, s).get("latency_ms") for s in ("ccom", "pku")), 30, "not measured")
+    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-aligned", ports=2)
+    boss, observer, cues = watching(conductor.url)
     try:
         recorder.listen_to("scsynth-npku:out_1", 0)  # pku's own click
         recorder.listen_to("jacktrip-pku:receive_1", 1)  # ccom's, through the hub
@@ -213,6 +219,18 @@ async def test_the_round_trip_is_measured_and_matches_the_buffering(sites: dict[
     expected = expected_round_trip(queue=4)
     print(f"round trip {first * 1000:.3f} ms on connecting, expected {expected * 1000:.3f} ms")
     assert matches_the_buffering(first, queue=4)
+
+    # Each way through the hub, too: the hub times each client's impulses, each client the hub's.
+    def ways() -> bool:
+        hub = link(conductor, "ucas").get("way_in_ms", {})
+        return {"ccom", "pku"} <= set(hub) and all("ucas" in link(conductor, s).get("way_in_ms", {}) for s in hub)
+
+    await until(ways, 30, "not every way through the hub was measured")
+    up, down = link(conductor, "ucas")["way_in_ms"]["pku"], link(conductor, "pku")["way_in_ms"]["ucas"]
+    trip = link(conductor, "pku")["latency_ms"]
+    print(f"pku to the hub {up:.3f} ms, back {down:.3f} ms, round trip {trip:.3f} ms")
+    # Measured a few seconds apart, while jitter buffers trim their queues: a period or two apart.
+    assert abs(trip / 1000 - (up + down) / 1000 - PERIOD) <= 2 * PERIOD + 0.001, (up, down, trip)
 
 
 def expected_round_trip(queue: int) -> float:

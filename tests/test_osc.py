@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 from pythonosc import slip
 from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from conductor.client import TuttiClient
 from conductor.node.scsynth import encoded, osc_bundle, osc_message
-from conductor.server.osc import message, well_formed
+from conductor.server.osc import message, plain_numbers, well_formed
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 
 ROUTES = {
@@ -189,3 +190,41 @@ def test_a_node_encodes_cues_as_python_osc_builds_them(address: str, args: list[
     bundle = OscBundleBuilder(at)
     bundle.add_content(osc_message(address, args).build())
     assert osc_bundle(at, address, args) == bundle.build().dgram
+
+
+numbers = st.lists(
+    st.tuples(st.just("i"), st.integers(-(2**31), 2**31 - 1))
+    | st.tuples(st.just("h"), st.integers(-(2**63), 2**63 - 1))
+    | st.tuples(st.just("f"), st.floats(width=32))
+    | st.tuples(st.just("d"), st.floats()),
+    max_size=4,
+)
+
+
+def _built(address: str, args: list[tuple[str, Any]]) -> bytes:
+    builder = OscMessageBuilder(address)
+    for kind, value in args:
+        builder.add_arg(value, kind)
+    return builder.build().dgram
+
+
+@given(address=st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=20), args=numbers)
+def test_a_controller_s_numbers_are_read_as_python_osc_reads_them(address: str, args: list[tuple[str, Any]]) -> None:
+    """The conductor's own reader of a fader's value (its hot path) agrees with python-osc."""
+    dgram = _built("/" + address, args)
+    read = OscMessage(dgram)
+    if args:  # (by repr: a NaN is not equal to itself)
+        assert repr(plain_numbers(dgram)) == repr((read.address, tuple(read.params)))
+    else:
+        assert plain_numbers(dgram) is None  # no arguments: python-osc's reader says what is wrong
+
+
+@given(args=numbers.filter(bool), cut=st.integers(1, 12), extra=st.binary(min_size=1, max_size=8))
+def test_a_cut_or_padded_message_is_left_to_the_careful_reader(
+    args: list[tuple[str, Any]], cut: int, extra: bytes
+) -> None:
+    dgram = _built("/fader", args)
+    for broken in (dgram[:-cut], dgram + extra, dgram.replace(b",", b";", 1)):
+        assert plain_numbers(broken) is None
+    assert plain_numbers(message("/fader", "text", 1.0)) is None  # a string: not a controller's numbers
+    assert plain_numbers(message("/fader", True)) is None  # python-osc reads T as a bool, which routes refuse

@@ -14,7 +14,7 @@ from conductor.client import TuttiClient
 from conductor.core import journal
 from conductor.core.performance import Performance, Timing
 from conductor.core.protocol import ControlInput, Rejected, SetParam, command_adapter
-from conductor.core.score import load_score
+from conductor.core.score import PART_GROUP_BASE, load_score
 from conductor.core.transport import Transport
 from conductor.server.broadcast import AUDIENCE_FRAME, StateBroadcast
 from conductor.server.pipeline import Pipeline
@@ -51,8 +51,15 @@ def test_a_parameter_change_comes_with_its_cues_for_each_part_a_lookahead_ahead(
     assert accepted.change.params == {"density": 1.0} and accepted.change.t == pytest.approx(T0 + 0.2)
     [routed] = accepted.cues  # density sounds in the drones part only, scaled to its n_set range
     assert routed.room == "nodes:part:drones"
-    assert routed.cue.t == accepted.change.t and routed.cue.args == [1000, "amp", 0.4]
+    assert routed.cue.t == accepted.change.t and routed.cue.args == [PART_GROUP_BASE, "amp", 0.4]
     assert core.transport.params["density"].at(T0 + 1) == 1.0
+
+
+def test_the_transport_waits_for_link_sessions_and_parameter_values_do_not(core: Performance) -> None:
+    link = Timing(T0, 0.05, transport=0.25)  # a node commits transport changes to Link 0.2 s ahead
+    assert core.accept(command_adapter.validate_python({"cmd": "play"}), link).change.t == pytest.approx(T0 + 0.25)
+    value = core.accept(SetParam(cmd="param", name="density", value=1.0), link)
+    assert value.change.t == pytest.approx(T0 + 0.05)
 
 
 def test_a_change_never_overtakes_cues_already_sent(core: Performance) -> None:
@@ -160,7 +167,7 @@ async def test_a_node_s_cue_channel_brings_its_cues_and_its_ticket_works_once(tm
             await until(lambda: conductor.status()["clients"], 5, "no clients")
             assert (await boss.command("param", name="density", value=1.0))["ok"]
             batch = json.loads((await channel.receive(timeout=5)).data)
-            assert batch["cues"][0]["args"] == [1000, "amp", 0.4]
+            assert batch["cues"][0]["args"] == [PART_GROUP_BASE, "amp", 0.4]
             async with http.get(conductor.url + path) as again:
                 assert again.status == 403  # the ticket was used
         assert not events  # the channel brought it, not an event as well

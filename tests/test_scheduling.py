@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
-from conductor.core.scheduler import Lookahead, audio_delays
+from conductor.core.scheduler import Lookahead, audio_delays, moved
 from conductor.core.score import Aligned, load_score
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import osc_bundle, start_jack
@@ -214,6 +214,18 @@ def test_a_slow_node_is_followed_up_to_the_ceiling_and_a_slow_performer_page_is_
     assert lookahead.ignored == ("nc",)
 
 
+def test_a_node_driving_ableton_link_gets_its_link_lead_for_changes_of_the_transport() -> None:
+    lookahead = Lookahead(floor=0.05, ceiling=0.3)
+    delays = {"near": 0.002, "far": 0.040}
+    # parameter values do not wait for Link: the far node's delay sets their lookahead
+    assert lookahead.update(delays, 0.0, {"near", "far"}, {"near": 0.2}) == pytest.approx(0.04 * 1.25 + 0.01)
+    # the transport reaches the near node's Link session 0.2 s before it sounds
+    assert lookahead.transport == pytest.approx(0.002 * 1.25 + 0.01 + 0.2)
+    # a lead past the ceiling gets the ceiling (the node counts its changes late and says so)
+    lookahead.update(delays, 0.0, {"near", "far"}, {"near": 0.5})
+    assert lookahead.transport == 0.3 and lookahead.value == pytest.approx(0.04 * 1.25 + 0.01)
+
+
 def test_audio_delays_to_a_site_through_the_hub_and_through_a_pair() -> None:
     links = [
         {"site": "ucas", "role": "hub", "peer": ""},
@@ -221,10 +233,33 @@ def test_audio_delays_to_a_site_through_the_hub_and_through_a_pair() -> None:
         {"site": "pku", "role": "client", "peer": "ucas", "latency_ms": 30.0},
         {"site": "pku", "role": "p2p client", "peer": "whcm", "latency_ms": 8.0},
     ]
-    period = 0.001  # each round trip holds two, in JACK loops
+    period = 0.002  # each round trip holds one, in the far end's JACK loop
     assert audio_delays(links, "ccom", period) == pytest.approx({"ucas": 0.009, "pku": 0.023})
     assert audio_delays(links, "ucas", period) == pytest.approx({"ccom": 0.009, "pku": 0.014})
     assert audio_delays(links, "whcm", period) == pytest.approx({"pku": 0.003})
+
+
+@pytest.mark.unit
+def test_a_delay_that_moves_by_more_than_a_period_is_replanned() -> None:
+    before = {"pku": {"ucas": 0.020, "ccom": 0.030}}
+    after = {"pku": {"ucas": 0.0215, "ccom": 0.0333, "whcm": 0.01}, "ucas": {"pku": 0.01}}
+    assert moved(before, after, 0.00267) == [("pku", "ccom", 0.030, 0.0333)]
+
+
+@pytest.mark.unit
+def test_audio_delays_take_each_direction_as_measured_over_half_the_round_trip() -> None:
+    links = [
+        {"site": "ucas", "role": "hub", "peer": "", "way_in_ms": {"ccom": 4.0}},
+        {"site": "ccom", "role": "client", "peer": "ucas", "latency_ms": 20.0, "way_in_ms": {"ucas": 14.0}},
+        {"site": "pku", "role": "client", "peer": "ucas", "latency_ms": 30.0},  # one way not measured yet
+        {"site": "pku", "role": "p2p client", "peer": "whcm", "latency_ms": 8.0, "way_in_ms": {"whcm": 1.5}},
+        {"site": "whcm", "role": "p2p server", "peer": "pku", "way_in_ms": {"pku": 4.5, "x": float("nan")}},
+    ]
+    period = 0.002
+    assert audio_delays(links, "ucas", period) == pytest.approx({"ccom": 0.004, "pku": 0.014})
+    assert audio_delays(links, "ccom", period) == pytest.approx({"ucas": 0.014, "pku": 0.014 + 0.014})
+    assert audio_delays(links, "pku", period) == pytest.approx({"ucas": 0.014, "ccom": 0.004 + 0.014, "whcm": 0.0015})
+    assert audio_delays(links, "whcm", period)["pku"] == pytest.approx(0.0045)
 
 
 def test_a_cue_s_schedule_comes_from_itself_its_section_or_the_score(tmp_path: Path) -> None:

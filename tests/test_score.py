@@ -127,6 +127,19 @@ def test_a_parameter_sounds_on_its_parts_groups(tmp_path: Path) -> None:
     assert score.cue_args(score.cues[0]) == ["ping", -1, 1, PART_GROUP_BASE, "freq", 440.0]
 
 
+def test_part_groups_stay_below_the_node_ids_a_sclang_takes_for_its_synths(tmp_path: Path) -> None:
+    many = "".join(f"  - {{id: p{i}, name: P{i}}}\n" for i in range(99))  # and part "one": 100
+    path = tmp_path / "crowd.yaml"
+    path.write_text(GOOD.replace("parts:\n", "parts:\n" + many, 1))
+    with pytest.raises(InvalidFile) as caught:
+        load_score(path)
+    assert any(p.field == "parts" and "at most 99" in str(p) for p in caught.value.problems), caught.value.problems
+    path.write_text(GOOD.replace("parts:\n", "parts:\n" + many.replace("  - {id: p98, name: P98}\n", ""), 1))
+    score = load_score(path).score
+    groups = [score.group(part.id) for part in score.parts]
+    assert max(groups) < 1000 and len(set(groups)) == 99  # sclang's NodeIDAllocator starts at 1000
+
+
 @pytest.mark.parametrize(("old", "new", "expected"), BROKEN, ids=[b[2][1] + ":" + b[2][2][:20] for b in BROKEN])
 def test_each_mistake_is_reported_with_file_line_and_field(
     tmp_path: Path, old: str, new: str, expected: tuple[int, str, str]

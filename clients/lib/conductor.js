@@ -56,6 +56,7 @@ export function applyChange(state, change, now = -Infinity) {
   for (const [name, value] of Object.entries(change.params ?? {})) {
     state.params[name] = set(state.params[name] ?? [], change.t, [change.t, value], (e) => e[0]);
   }
+  if (change.rehearsal) state.rehearsal = change.rehearsal; // the loop and click track
   state.seq = change.seq;
   return state;
 }

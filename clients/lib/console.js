@@ -1,7 +1,8 @@
 // The conductor's console: runs the transport and shows every client, its clock and the refusals.
 import { join } from "./join.js";
+import { showLinks } from "./linkplots.js";
 import { LiveControl, refusalText } from "./live.js";
-import { barBeat, formatTime, parsePosition, sectionAt } from "./score-view.js";
+import { barBeat, formatTime, loopText, parsePosition, sectionAt } from "./score-view.js";
 
 const $ = (id) => document.getElementById(id);
 const ms = (s) => (s == null ? "–" : (s * 1000).toFixed(2));
@@ -165,6 +166,41 @@ function confirmed(button, label, armedLabel, action) {
   });
 }
 
+// Rehearsal: a loop (bars or a section, a number of passes), a bar with a pre-roll, the click track.
+function rehearsal(score, targets, send) {
+  for (const s of score.sections) $("loop-span").append(new Option(`section ${s.name ?? s.id}`, s.id));
+  $("loop-span").addEventListener("change", () => {
+    for (const id of ["loop-from", "loop-to"]) $(id).disabled = $("loop-span").value !== "";
+  });
+  for (const [value, label] of targets) $("click-where").append(new Option(label, value));
+  $("loop").addEventListener("click", () => {
+    const times = $("loop-times").value === "" ? {} : { times: Number($("loop-times").value) };
+    const span = $("loop-span").value;
+    send("loop", span ? { section: span, ...times } : { bars: [Number($("loop-from").value), Number($("loop-to").value)], ...times });
+  });
+  $("repeat").addEventListener("click", () => send("repeat"));
+  $("unloop").addEventListener("click", () => send("unloop"));
+  $("go-bar").addEventListener("click", () => send("bar", { bar: Number($("bar").value), preroll: Number($("preroll").value) }));
+  const click = (on) => {
+    const [kind, name] = $("click-where").value.split(":");
+    send("click", { on, ...(name ? { [kind]: name } : {}) });
+  };
+  $("click-on").addEventListener("click", () => click(true));
+  $("click-off").addEventListener("click", () => click(false));
+}
+
+function showRehearsal(score, state, loopSpan) {
+  const loop = state?.loop;
+  const click = state?.click?.length ? `click: ${state.click.join(", ").replaceAll(":", " ")}` : "click off";
+  const text = `${loopText(score, loop) || "no loop"} · ${click}`;
+  if ($("rehearsal-state").textContent !== text) {
+    $("rehearsal-state").textContent = text;
+    $("rehearsal-state").classList.toggle("on", Boolean(loop || state?.click?.length));
+  }
+  loopSpan.classList.toggle("on", Boolean(loop));
+  if (loop) Object.assign(loopSpan.style, { left: `${(100 * loop.start) / score.duration}%`, width: `${(100 * (loop.end - loop.start)) / score.duration}%` });
+}
+
 async function main() {
   const conductor = await join({ role: "conductor", name: "console" });
   window.tutti = conductor;
@@ -232,7 +268,8 @@ async function main() {
     scrub.append(cell);
   }
   const head = Object.assign(document.createElement("div"), { className: "head" });
-  scrub.append(head);
+  const loopSpan = Object.assign(document.createElement("div"), { className: "loop" });
+  scrub.append(loopSpan, head);
   scrub.addEventListener("click", (e) => {
     const r = scrub.getBoundingClientRect();
     const position = Math.min(score.duration, Math.max(0, ((e.clientX - r.left) / r.width) * score.duration));
@@ -241,6 +278,7 @@ async function main() {
   // A sound outside the score, for the targets the score names; arguments that read as numbers are numbers.
   const sites = [...new Set([...(score.sites ?? []), ...score.parts.map((p) => p.site).filter(Boolean)])];
   const targets = [...sites.map((s) => [`site:${s}`, `site ${s}`]), ...score.parts.map((p) => [`part:${p.id}`, `part ${p.name}`])];
+  rehearsal(score, targets, send);
   for (const [value, label] of targets) $("sound-target").append(new Option(label, value));
   $("sound").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -282,6 +320,7 @@ async function main() {
     const audience = Object.values(feed.audience ?? {}).reduce((a, b) => a + b, 0);
     $("audience").textContent = `${audience} in the audience`;
     $("links").replaceChildren(...linkRows(feed.clients));
+    showLinks(feed.links, $("ways"), $("wayplots"), $("ways-hint"));
     showPreflight(feed.preflight ?? [], conductor.phase().phase);
     const bySite = {};
     for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);
@@ -334,6 +373,7 @@ async function main() {
     $("phase").dataset.phase = phase;
     $("section").textContent = `${current?.name ?? current?.id ?? ""}${next ? ` — ${next.name ?? next.id} in ${Math.ceil(untilNext)} s` : ""}`;
     head.style.left = `calc(${(100 * pos) / score.duration}% - 1px)`;
+    showRehearsal(score, conductor.state.rehearsal, loopSpan);
     for (const [name, slider] of Object.entries(sliders)) slider.follow(conductor.param(name), conductor.now());
     requestAnimationFrame(frame);
   }

@@ -2,7 +2,7 @@
 // position, section and state large enough to read from a music stand.
 import { followConnection, join, keepAwake, params } from "./join.js";
 import { LiveControl, refusalText } from "./live.js";
-import { areaOf, barBeat, drawPart, sectionAt } from "./score-view.js";
+import { areaOf, barBeat, drawPart, loopText, sectionAt } from "./score-view.js";
 import { mountSketch } from "./sketch.js";
 
 const $ = (id) => document.getElementById(id);
@@ -175,7 +175,9 @@ async function main() {
     let countin = "";
     if (phase === "count-in") countin = String(Math.max(1, Math.ceil((downbeat - conductor.now()) / (60 / score.tempo.bpm / conductor.rate(downbeat)))));
     else if (phase === "ended") countin = "End of the piece";
-    const text = [barBeat(score, pos), clock, phase, current?.name ?? current?.id ?? "", countin].join("|");
+    const span = conductor.state.rehearsal?.loop;
+    const loop = span && pos >= span.start && pos < span.end ? loopText(score, span) : ""; // shown while in it
+    const text = [barBeat(score, pos), clock, phase, current?.name ?? current?.id ?? "", countin, loop].join("|");
     if (text !== shown) { // the DOM only when what it shows changes
       shown = text;
       $("barbeat").textContent = barBeat(score, pos);
@@ -186,6 +188,8 @@ async function main() {
       $("countin").textContent = countin;
       $("countin").hidden = !countin;
       $("countin").dataset.phase = phase;
+      $("loopmark").textContent = loop;
+      $("loopmark").hidden = !loop;
     }
     for (const control of controls) control.follow();
     view.frames += 1;

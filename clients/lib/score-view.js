@@ -35,6 +35,16 @@ export function barBeat(score, seconds) {
   return `${Math.floor(beats / perBar) + 1}.${(beats % perBar) + 1}`;
 }
 
+// A loop in words: its bars (or span of bars) and which pass is playing ("" for none).
+export function loopText(score, loop) {
+  if (!loop) return "";
+  const bar = (60 / score.tempo.bpm) * score.tempo.beats_per_bar;
+  const first = Math.floor(loop.start / bar + 1e-6) + 1;
+  const last = Math.ceil(loop.end / bar - 1e-6);
+  const bars = first === last ? `bar ${first}` : `bars ${first}–${last}`;
+  return `⟲ ${bars} · pass ${loop.passes}${loop.times ? ` of ${loop.times}` : ""}`;
+}
+
 // Words broken into lines no wider than `width` at the context's font.
 export function wrapText(ctx, text, width) {
   const lines = [];

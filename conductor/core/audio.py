@@ -45,6 +45,9 @@ class LinkSettings(_End):
 class PairServer(_End):
     address: StrictStr  # where the other end reaches this one
     port: Port = 4464  # -B here, -P there
+    # -P there when the other end reaches this one at another port: a port forward, or in a
+    # rehearsal ``tutti emulate --udp`` in between (this end answers wherever the packets come from)
+    public_port: Port | None = None
 
 
 class PairClient(_End):
@@ -175,7 +178,7 @@ def pair_commands(audio: AudioSettings, pair: PairSettings) -> tuple[list[str], 
             *_common(audio, server),
         ],
         [
-            "jacktrip", "-c", server.address, "-P", str(server.port), "-B", str(client.bind_port),
+            "jacktrip", "-c", server.address, "-P", str(server.public_port or server.port), "-B", str(client.bind_port),
             "-J", f"jacktrip-{server.site}", "-n", n, "-D", *_common(audio, client),
         ],
     )  # fmt: skip

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from conductor.core.score import Score
-from conductor.core.transport import Change, Segment, Transport
+from conductor.core.transport import Change, Rehearsal, Segment, Transport
 
 log = logging.getLogger("tutti.journal")
 
@@ -174,7 +174,8 @@ def _record(data: dict[str, Any]) -> Record:
     accepted = _number(_get(data, "accepted", ""), "accepted")
     by = _object(data.get("by", {}), "by")
     coalesced = _whole(data.get("coalesced", 0), "coalesced", 0)
-    return Record(Change(seq, t, command, segment, params), accepted, by, coalesced)
+    rehearsal = None if data.get("rehearsal") is None else Rehearsal.from_json(data["rehearsal"])
+    return Record(Change(seq, t, command, segment, params, rehearsal), accepted, by, coalesced)
 
 
 @dataclass
@@ -203,7 +204,10 @@ def _checkpoint(data: dict[str, Any], score: Score | None) -> _Checkpoint:
                 raise ValueError(f"{where}: {_show(entry)} is not [t, value]")
         timelines[name] = [(_number(t, where), _number(v, where)) for t, v in entries]
     checked = [_segment(s, "state.segments[]") for s in segments]
-    return _Checkpoint(seq, {"seq": seq, "segments": [asdict(s) for s in checked], "params": timelines})
+    restored: dict[str, Any] = {"seq": seq, "segments": [asdict(s) for s in checked], "params": timelines}
+    if (rehearsal := state.get("rehearsal")) is not None:
+        restored["rehearsal"] = Rehearsal.from_json(rehearsal).to_json()
+    return _Checkpoint(seq, restored)
 
 
 def _entry(line: bytes, score: Score | None) -> Record | _Checkpoint:

@@ -9,10 +9,21 @@ settings a joining node needs and a performer's controls are worked out here too
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from conductor.core.protocol import Command, ControlInput, NodeCue, Play, Rejected, SetParam, SetParams, SoundEvent
+from conductor.core.protocol import (
+    CLICK_ID,
+    Command,
+    ControlInput,
+    NodeCue,
+    Play,
+    Rejected,
+    SetParam,
+    SetParams,
+    SoundEvent,
+)
 from conductor.core.scheduler import cues_between
 from conductor.core.score import XY, Aligned, Fader, Schedule, Score, Sound, Toggle
 from conductor.core.transport import Change, Transport
@@ -26,6 +37,7 @@ class Timing:
 
     now: float
     lookahead: float  # seconds every destination of a ``together`` change needs
+    transport: float = 0.0  # ... of a change of the transport (Link sessions need it sooner)
     sent_until: float = 0.0  # cues up to this conductor time are on their way: a change comes after them
     align: Mapping[str, dict[str, float]] = field(default_factory=dict)  # aligned site -> how early each site plays
 
@@ -61,6 +73,8 @@ class Performance:
         align = timing.align.get(schedule.aligned, {}) if isinstance(schedule, Aligned) else None
         at_once = schedule == "immediate" and command.at is None  # nodes set it when it reaches them
         # Otherwise cues up to sent_until are on their way, and a change cannot overtake them.
+        if not isinstance(command, SetParam | SetParams):
+            timing = replace(timing, lookahead=max(timing.lookahead, timing.transport))
         t = timing.now if at_once else max(self.when(command.at, timing, align), timing.sent_until)
         clicks = self.count_in(command, t)
         change = self.transport.plan(command, t + len(clicks) * self.beat(t))
@@ -83,7 +97,10 @@ class Performance:
         per_bar = self.score.tempo.beats_per_bar
         beat = self.beat(t)
         return [
-            Routed("nodes:all", NodeCue(t=t + k * beat, address="/s_new", args=[*CLICK, 0.6 if k % per_bar else 1.0]))
+            Routed(
+                "nodes:all",
+                NodeCue(id=CLICK_ID, t=t + k * beat, address="/s_new", args=[*CLICK, 0.6 if k % per_bar else 1.0]),
+            )
             for k in range(bars * per_bar)
         ]
 
@@ -142,6 +159,29 @@ class Performance:
                 align=align.get(schedule.aligned, {}) if isinstance(schedule, Aligned) else None,
             )  # fmt: skip
             out.append(Routed(f"nodes:{timed.cue.target}", cue))
+        return out
+
+    def clicks(self, start: float, end: float) -> list[Routed]:
+        """The click track's cues in conductor time [start, end): one per beat of the score's grid
+        while it plays (the bar's first louder), to every room the click is on for."""
+        rooms = [f"nodes:{where}" for where in self.transport.rehearsal.click]
+        if not rooms:
+            return []
+        transport = self.transport
+        beat = 60.0 / self.score.tempo.bpm  # score seconds
+        per_bar = self.score.tempo.beats_per_bar
+        out = []
+        times = transport.segments.times
+        for i, seg in enumerate(transport.segments.values):
+            a, b = max(start, times[i]), min(end, times[i + 1] if i + 1 < len(times) else end)
+            if a >= b or not seg.playing or seg.rate <= 0:
+                continue
+            first = math.ceil(round(seg.position(a) / beat, 9))  # a beat on a segment's start is its own
+            last = round(min(seg.position(b), self.score.duration) / beat, 9)
+            for k in range(first, math.ceil(last)):
+                t = seg.t + (k * beat - seg.pos) / seg.rate
+                args = [*CLICK, 1.0 if k % per_bar == 0 else 0.6]
+                out += [Routed(room, NodeCue(id=CLICK_ID, t=t, address="/s_new", args=args)) for room in rooms]
         return out
 
     def sound(self, sound: SoundEvent, timing: Timing) -> Routed:

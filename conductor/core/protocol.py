@@ -164,8 +164,77 @@ class SetParams(_Command):
     values: Annotated[dict[Name, Num], Field(min_length=1, max_length=16)]
 
 
+# --- rehearsal: loops, bars with a pre-roll, the click track ------------------------------------
+
+Bar = Annotated[StrictInt, Field(ge=1, le=100_000)]
+
+
+class SetLoop(_Command):
+    """Loop a span (a section, or bars ``[from, to]`` inclusive): jump to its start now, and back to it
+    each time the play reaches its end, ``times`` passes in all (default: until ``unloop``)."""
+
+    cmd: Literal["loop"]
+    section: Name | None = None
+    bars: tuple[Bar, Bar] | None = None
+    times: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _one_span(self) -> SetLoop:
+        if (self.section is None) == (self.bars is None):
+            raise ValueError("give a section or bars [from, to], not both")
+        if self.bars and self.bars[1] < self.bars[0]:
+            raise ValueError("bars: the last bar comes before the first")
+        return self
+
+
+class Unloop(_Command):
+    cmd: Literal["unloop"]
+
+
+class Repeat(_Command):
+    """Back to the loop's start: the conductor's own at the loop's end, or a console's restart."""
+
+    cmd: Literal["repeat"]
+
+
+class GoToBar(_Command):
+    """A rehearsal mark by number: bar ``bar``, with ``preroll`` bars before it to play in."""
+
+    cmd: Literal["bar"]
+    bar: Bar
+    preroll: Annotated[StrictInt, Field(ge=0, le=8)] = 0
+
+
+class SetClick(_Command):
+    """The click track on or off: everywhere, at one site, or for one part's nodes."""
+
+    cmd: Literal["click"]
+    on: StrictBool
+    site: Name | None = None
+    part: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SetClick:
+        if self.site is not None and self.part is not None:
+            raise ValueError("give a site or a part, not both")
+        return self
+
+
 Command = Annotated[
-    Play | Pause | Stop | Seek | GoToSection | SetTempo | SetParam | SetParams, Field(discriminator="cmd")
+    Play
+    | Pause
+    | Stop
+    | Seek
+    | GoToSection
+    | SetTempo
+    | SetParam
+    | SetParams
+    | SetLoop
+    | Unloop
+    | Repeat
+    | GoToBar
+    | SetClick,
+    Field(discriminator="cmd"),
 ]
 command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
 
@@ -210,6 +279,9 @@ Finite = Annotated[Num, Field(ge=-1e9, le=1e9)]
 Text = Annotated[StrictStr, Field(max_length=500)]
 
 
+Delay = Annotated[Num, Field(ge=0, le=60_000)]  # ms
+
+
 class LinkReport(Message):
     """One JackTrip end a node runs (see ``conductor/node/jacktrip.py``)."""
 
@@ -230,6 +302,9 @@ class LinkReport(Message):
     patched: Count = 0  # JACK connections made for this link
     last_error: Text = ""
     version: Annotated[StrictStr, Field(max_length=64)] = ""
+    way_in_ms: Annotated[dict[Name, Delay], Field(max_length=64)] = {}  # one way from each peer, measured here
+    way_jitter_ms: Annotated[dict[Name, Delay], Field(max_length=64)] = {}  # spread of the last measurements
+    ways_measured: Count = 0
 
 
 class LinkHealth(Message):
@@ -242,6 +317,7 @@ class LinkHealth(Message):
     put_back: Count  # another peer's tempo or phase, put back
     proposed: Count  # tempos proposed to the conductor
     late: Count  # changes too late to be committed the lead ahead
+    lead: Annotated[Num, Field(ge=0, le=2)] = 0.0  # seconds before it sounds a change is committed to Link
 
 
 class Health(Message):
@@ -292,6 +368,9 @@ class Outbound(BaseModel):
 OscArgument = StrictInt | StrictFloat | StrictStr
 
 
+CLICK_ID = -1  # a NodeCue's id for the click track and count-in: to its own bus, each beat once however routed
+
+
 class NodeCue(Outbound):
     """One OSC message for a node's scsynth or sclang, at a conductor time (``t`` None: at once)."""
 
@@ -329,12 +408,14 @@ class ChangeState(Outbound):
     command: dict[str, Any]
     segment: SegmentState | None = None
     params: dict[str, float] | None = None
+    rehearsal: dict[str, Any] | None = None  # the loop and click track from ``t`` (``Rehearsal``)
 
 
 class Snapshot(Outbound):
     seq: int
     segments: list[SegmentState]
     params: dict[str, list[tuple[float, float]]]
+    rehearsal: dict[str, Any] | None = None
 
 
 class StateUpdate(Outbound):
@@ -392,6 +473,7 @@ class ConsoleFeed(Outbound):
     lookahead: dict[str, Any]
     journal: str | None = None  # why changes are refused, while the journal cannot be written
     now: float
+    links: dict[str, Any] | None = None  # each audio link's figures and history (conductor/server/linkmetrics.py)
     preflight: list[PreflightRow] = []  # go / no-go, node by node and link by link
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from conductor.core.score import Cue, Score
@@ -73,24 +73,43 @@ class Lookahead:
     everyone. Nor is a performer far slower than the rest (an outlier): a page on bad Wi-Fi
     draws late on its own. A node that is slow is followed up to the ceiling: every site must
     sound together. Those not followed are named in ``ignored``.
+
+    A node that drives an Ableton Link session commits each change of the transport to it its Link
+    ``lead`` before it sounds: play, pause, seek and tempo (not parameter values, which Link does
+    not carry) are planned ``transport`` ahead, which gives those nodes their lead on top.
     """
 
     floor: float
     ceiling: float = 0.3
     boost: float = 0.0
     value: float = 0.0
+    transport: float = 0.0  # the lookahead for changes of the transport
     worst: str = ""  # the destination that sets it ("" when the floor does)
     ignored: tuple[str, ...] = ()  # destinations too slow to follow
 
     def __post_init__(self) -> None:
         self.ceiling = max(self.ceiling, self.floor)
         self.value = self.value or self.floor
+        self.transport = max(self.transport, self.value)
 
     def to_json(self) -> dict[str, float | str | list[str]]:
-        return {"value": self.value, "worst": self.worst, "boost": self.boost, "ignored": list(self.ignored)}
+        return {
+            "value": self.value,
+            "transport": self.transport,
+            "worst": self.worst,
+            "boost": self.boost,
+            "ignored": list(self.ignored),
+        }
 
-    def update(self, delays: dict[str, float], elapsed: float, nodes: Set[str] = frozenset()) -> float:
-        """Follow ``delays`` (destination -> its delay, s); ``nodes`` are the destinations that sound."""
+    def update(
+        self,
+        delays: dict[str, float],
+        elapsed: float,
+        nodes: Set[str] = frozenset(),
+        leads: Mapping[str, float] | None = None,
+    ) -> float:
+        """Follow ``delays`` (destination -> its delay, s); ``nodes`` are the destinations that sound,
+        ``leads`` the Link lead of those that drive a Link session."""
         self.boost *= 0.5 ** (elapsed / BOOST_HALF_LIFE)
         followed = self._followed(delays, nodes)
         self.ignored = tuple(sorted(set(delays) - set(followed)))
@@ -98,6 +117,10 @@ class Lookahead:
         needed = delay * MARGIN + ALLOWANCE
         self.worst = worst if needed > self.floor else ""  # who sets it, unless the floor does
         self.value = min(self.ceiling, max(self.floor, needed) + self.boost)
+        led = [
+            d * MARGIN + ALLOWANCE + (leads or {})[k] + self.boost for k, d in followed.items() if k in (leads or {})
+        ]
+        self.transport = min(self.ceiling, max([self.value, *led]))  # past the ceiling: late, and counted
         return self.value
 
     def _followed(self, delays: dict[str, float], nodes: Set[str]) -> dict[str, float]:
@@ -115,29 +138,61 @@ class Lookahead:
 def audio_delays(links: list[dict[str, object]], to: str, period: float) -> dict[str, float]:
     """One-way audio delay from each site to site ``to``, from the nodes' link reports (seconds).
 
-    A measured round trip goes through two loops in JACK (the loopback at the far end, and the
-    prober's own send and return), each a period; the rest is the way there and back, half each.
+    Each direction of a link as measured on the shared clock (``way_in_ms``: an impulse sent at a
+    known conductor time, timed where it arrives); a direction not measured yet takes half the
+    round trip, less the period of the far end's loop back in JACK.
     A path between two hub clients goes through the hub; a pair's is direct.
     """
-    to_hub: dict[str, float] = {}
-    direct: dict[tuple[str, str], float] = {}
-    hub = ""
-    for link in links:
-        site, peer, ms = str(link.get("site")), str(link.get("peer", "")), link.get("latency_ms")
-        if link.get("role") == "hub":
-            hub = site
-        if not isinstance(ms, int | float):
-            continue
-        way = max(0.0, ms / 1000 - 2 * period) / 2
-        if link.get("role") == "client":
-            to_hub[site] = way
-            hub = hub or peer
-        elif link.get("role") == "p2p client":
-            direct[(site, peer)] = direct[(peer, site)] = way
+    hub_ways, direct = _ways(links, period)
+    hub = next((str(link.get("site")) for link in links if link.get("role") == "hub"), "")
+    hub = hub or next((str(link.get("peer")) for link in links if link.get("role") == "client"), "")
+    sites = {site for a_b in (*hub_ways, *direct) for site in a_b} | {hub}
     out = {}
-    for site in {*to_hub, *(a for a, _ in direct), hub} - {"", to}:
+    for site in sites - {"", to}:
         if (site, to) in direct:
             out[site] = direct[(site, to)]
-        elif (site == hub or site in to_hub) and (to == hub or to in to_hub):
-            out[site] = to_hub.get(site, 0.0) + to_hub.get(to, 0.0)
+        elif site == hub and (hub, to) in hub_ways:
+            out[site] = hub_ways[(hub, to)]
+        elif to == hub and (site, hub) in hub_ways:
+            out[site] = hub_ways[(site, hub)]
+        elif (site, hub) in hub_ways and (hub, to) in hub_ways:
+            out[site] = hub_ways[(site, hub)] + hub_ways[(hub, to)]
     return out
+
+
+def _ways(links: list[dict[str, object]], period: float) -> tuple[dict[tuple[str, str], float], ...]:
+    """Each direction's delay (from, to) -> s, through the hub and on pairs: measured, else half the
+    round trip."""
+    through_hub: dict[tuple[str, str], float] = {}
+    direct: dict[tuple[str, str], float] = {}
+    for link in links:
+        site, peer, role, ms = (
+            str(link.get("site")),
+            str(link.get("peer", "")),
+            link.get("role"),
+            link.get("latency_ms"),
+        )
+        ways = through_hub if role in ("hub", "client") else direct
+        if role in ("client", "p2p client") and isinstance(ms, int | float):  # the round trip, halved
+            half = max(0.0, ms / 1000 - period) / 2
+            ways.setdefault((site, peer), half)
+            ways.setdefault((peer, site), half)
+    for link in links:  # measured one way: these replace the halves
+        site, role, way_in = str(link.get("site")), link.get("role"), link.get("way_in_ms")
+        ways = through_hub if role in ("hub", "client") else direct
+        for peer, ms in way_in.items() if isinstance(way_in, dict) else []:
+            if isinstance(ms, int | float) and math.isfinite(ms):
+                ways[(str(peer), site)] = max(0.0, ms / 1000)
+    return through_hub, direct
+
+
+def moved(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], period: float
+) -> list[tuple[str, str, float, float]]:
+    """(aligned site, other site, delay before, after) for each delay that moved by more than ``period``."""
+    return [
+        (site, other, was, now)
+        for site, delays in after.items()
+        for other, now in delays.items()
+        if (was := before.get(site, {}).get(other)) is not None and abs(now - was) > period
+    ]

@@ -292,7 +292,10 @@ def _target(value: str) -> str:
 
 
 GROUP_ARG = "$group"  # in a cue's args: the group of the cue's part on its nodes
-PART_GROUP_BASE = 1000  # part i of the score has group PART_GROUP_BASE + i on every node
+# Part i of the score has group PART_GROUP_BASE + i on every node: below the node IDs a sclang
+# allocates for its synths (1000 on), above its permanent ones (2 on).
+PART_GROUP_BASE = 900
+MAX_PARTS = 99
 
 
 class Sound(Strict):
@@ -316,7 +319,7 @@ class Score(Strict):
     duration: Annotated[Time, Field(gt=0)]
     tempo: Tempo = Tempo()
     sites: list[Ident] | None = None  # if given, every part's site must be one of these
-    parts: Annotated[list[Part], Field(min_length=1)]
+    parts: Annotated[list[Part], Field(min_length=1, max_length=MAX_PARTS)]
     sections: list[Section] = []
     parameters: list[Parameter] = []
     cues: list[Cue] = []

@@ -10,20 +10,25 @@ client that receives it late.
 from __future__ import annotations
 
 import bisect
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from conductor.core.protocol import (
     Command,
+    GoToBar,
     GoToSection,
     Pause,
     Play,
     Rejected,
+    Repeat,
     Seek,
+    SetClick,
+    SetLoop,
     SetParam,
     SetParams,
     SetTempo,
     Stop,
+    Unloop,
 )
 from conductor.core.score import Score
 
@@ -68,6 +73,56 @@ class Timeline(Generic[V]):
 
 
 @dataclass(frozen=True)
+class Loop:
+    """A span the play goes back over: from ``start`` to ``end`` (score seconds), ``times`` passes
+    in all (None: until it is ended); ``passes`` is the one playing now, from 1."""
+
+    start: float
+    end: float
+    times: int | None = None
+    passes: int = 1
+
+    @property
+    def last(self) -> bool:
+        return self.times is not None and self.passes >= self.times
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """The rehearsal aids in effect: a loop, and where the click track sounds (``all``,
+    ``site:ID``, ``part:ID``)."""
+
+    loop: Loop | None = None
+    click: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"loop": asdict(self.loop) if self.loop else None, "click": list(self.click)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rehearsal:
+        """Read back from a journal or a snapshot; raises ValueError (naming the field) if it does not fit."""
+        if not isinstance(data, dict) or set(data) - {"loop", "click"}:
+            raise ValueError("rehearsal: needs only loop and click")
+        loop = data.get("loop")
+        if loop is not None:
+            if not isinstance(loop, dict) or set(loop) != {"start", "end", "times", "passes"}:
+                raise ValueError("rehearsal.loop: needs exactly start, end, times and passes")
+            bounds = [loop["start"], loop["end"]]
+            if not all(isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x < 1e7 for x in bounds):
+                raise ValueError("rehearsal.loop: start and end are score seconds")
+            for key in ("times", "passes"):
+                value = loop[key]
+                whole = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1000
+                if not whole and (key == "passes" or value is not None):
+                    raise ValueError(f"rehearsal.loop.{key}: {value!r} is not a whole number from 1 to 1000")
+            loop = Loop(float(loop["start"]), float(loop["end"]), loop["times"], loop["passes"])
+        click = data.get("click", [])
+        if not isinstance(click, list) or len(click) > 64 or not all(isinstance(c, str) and len(c) < 80 for c in click):
+            raise ValueError("rehearsal.click: a list of 'all', 'site:ID' or 'part:ID'")
+        return cls(loop, tuple(click))
+
+
+@dataclass(frozen=True)
 class Change:
     """An accepted change: the command and its effect, a segment or parameter values.
 
@@ -79,6 +134,7 @@ class Change:
     command: dict[str, Any]
     segment: Segment | None = None
     params: dict[str, float] = field(default_factory=dict)
+    rehearsal: Rehearsal | None = None  # the loop and click track from ``t``, for a rehearsal command
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seq": self.seq, "t": self.t, "command": self.command}
@@ -88,6 +144,8 @@ class Change:
                 del out["segment"]["count_in"]
         else:
             out["params"] = self.params
+        if self.rehearsal is not None:
+            out["rehearsal"] = self.rehearsal.to_json()
         return out
 
     @classmethod
@@ -96,7 +154,8 @@ class Change:
         params = data.get("params")
         if params is None and data.get("param") is not None:  # journals written before XY pads were one change
             params = {data["param"]: data["value"]}
-        return cls(data["seq"], data["t"], data["command"], segment, dict(params or {}))
+        rehearsal = Rehearsal.from_json(data["rehearsal"]) if data.get("rehearsal") is not None else None
+        return cls(data["seq"], data["t"], data["command"], segment, dict(params or {}), rehearsal)
 
 
 class Transport:
@@ -105,6 +164,7 @@ class Transport:
         self.seq = 0
         self.segments: Timeline[Segment] = Timeline(0.0, Segment(0.0, 0.0, 1.0, False))
         self.params: dict[str, Timeline[float]] = {p.id: Timeline(0.0, p.default) for p in score.parameters}
+        self.rehearsal = Rehearsal()
 
     def position(self, t: float) -> float:
         return min(max(self.segments.at(t).position(t), 0.0), self.score.duration)
@@ -116,14 +176,19 @@ class Transport:
         seg = self.segments.at(t)
         here = self.position(t)
 
-        def moved(pos: float | None = None, rate: float | None = None, playing: bool | None = None) -> Change:
+        def moved(
+            pos: float | None = None,
+            rate: float | None = None,
+            playing: bool | None = None,
+            rehearsal: Rehearsal | None = None,
+        ) -> Change:
             new = Segment(
                 t,
                 here if pos is None else pos,
                 seg.rate if rate is None else rate,
                 seg.playing if playing is None else playing,
             )
-            return Change(self.seq + 1, t, command.model_dump(exclude_none=True), segment=new)
+            return Change(self.seq + 1, t, command.model_dump(exclude_none=True), segment=new, rehearsal=rehearsal)
 
         match command:
             case Play():
@@ -148,7 +213,87 @@ class Transport:
                 return moved(rate=bpm / self.score.tempo.bpm)
             case SetParams(values=values):
                 return self._values(command, t, values)
+            case SetLoop():
+                loop = self._span(command)
+                return moved(pos=loop.start, rehearsal=replace(self.rehearsal, loop=loop))
+            case Unloop():
+                return self._rehearsal(command, t, replace(self._looping(), loop=None))
+            case Repeat():
+                loop = self._looping().loop
+                assert loop is not None
+                again = replace(loop, passes=min(loop.passes + 1, loop.times or 1000))
+                return moved(pos=loop.start, rehearsal=replace(self.rehearsal, loop=again))
+            case GoToBar(bar=bar, preroll=preroll):
+                start = self.bar_start(bar)
+                if start >= self.score.duration:
+                    raise Rejected("out_of_range", f"bar {bar} is past the end ({self.bars()} bars)")
+                return moved(pos=self.bar_start(max(1, bar - preroll)))
+            case SetClick():
+                return self._rehearsal(command, t, self._clicked(command))
         raise Rejected("bad_command", "unknown command")  # unreachable: commands are validated first
+
+    # --- rehearsal ---------------------------------------------------------------------------------
+
+    def bar_start(self, bar: int) -> float:
+        """Score seconds at the start of bar ``bar`` (from 1) on the score's beat grid."""
+        tempo = self.score.tempo
+        return (bar - 1) * tempo.beats_per_bar * 60.0 / tempo.bpm
+
+    def bars(self) -> int:
+        return int(self.score.duration // (self.bar_start(2) or 1.0)) + 1
+
+    def _span(self, command: SetLoop) -> Loop:
+        if command.section is not None:
+            section = self.score.section(command.section)
+            if section is None:
+                known = ", ".join(s.id for s in self.score.sections) or "none"
+                raise Rejected("unknown_section", f"no section '{command.section}' (sections: {known})")
+            later = [s.start for s in self.score.sections if s.start > section.start]
+            start, end = section.start, min([*later, self.score.duration])
+        else:
+            assert command.bars is not None
+            first, last = command.bars
+            start, end = self.bar_start(first), min(self.bar_start(last + 1), self.score.duration)
+            if start >= self.score.duration:
+                raise Rejected("out_of_range", f"bar {first} is past the end ({self.bars()} bars)")
+        if end <= start:
+            raise Rejected("out_of_range", "the loop has no length: give a longer span")
+        return Loop(start, end, command.times)
+
+    def _looping(self) -> Rehearsal:
+        if self.rehearsal.loop is None:
+            raise Rejected("unchanged", "no loop: set one first (a section, or bars from/to)")
+        return self.rehearsal
+
+    def _clicked(self, command: SetClick) -> Rehearsal:
+        if command.site is not None and command.site not in self.score.site_ids():
+            known = ", ".join(sorted(self.score.site_ids())) or "none"
+            raise Rejected("unknown_site", f"no site '{command.site}' (sites: {known})")
+        if command.part is not None and self.score.part(command.part) is None:
+            known = ", ".join(p.id for p in self.score.parts)
+            raise Rejected("unknown_part", f"no part '{command.part}' (parts: {known})")
+        where = f"site:{command.site}" if command.site else f"part:{command.part}" if command.part else "all"
+        click = [c for c in self.rehearsal.click if c != where and (where != "all" or command.on)]
+        return replace(self.rehearsal, click=tuple(sorted([*click, where] if command.on else click)))
+
+    def _rehearsal(self, command: Command, t: float, rehearsal: Rehearsal) -> Change:
+        return Change(self.seq + 1, t, command.model_dump(exclude_none=True), rehearsal=rehearsal)
+
+    def next_jump(self, start: float, end: float) -> float | None:
+        """The conductor time in [start, end) at which the loop's end is reached, if the play is in
+        the loop then and the loop has passes to go: when its ``repeat`` is due."""
+        loop = self.rehearsal.loop
+        if loop is None or loop.last:
+            return None
+        i = max(0, bisect.bisect_right(self.segments.times, start) - 1)
+        for seg_start, seg in zip(self.segments.times[i:], self.segments.values[i:], strict=True):
+            if not seg.playing or seg.rate <= 0 or not loop.start <= seg.pos < loop.end:
+                continue
+            at = seg.t + (loop.end - seg.pos) / seg.rate
+            nxt = bisect.bisect_right(self.segments.times, seg_start)
+            if (nxt >= len(self.segments.times) or at < self.segments.times[nxt]) and start <= at < end:
+                return at
+        return None
 
     def _values(self, command: Command, t: float, values: dict[str, float]) -> Change:
         for name, value in values.items():
@@ -167,6 +312,8 @@ class Transport:
         for name, value in change.params.items():
             if name in self.params:
                 self.params[name].set(change.t, value)
+        if change.rehearsal is not None:
+            self.rehearsal = change.rehearsal
         self.seq = change.seq
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -180,6 +327,7 @@ class Transport:
             for t, value in entries[1:]:
                 timeline.set(t, value)
             self.params[name] = timeline
+        self.rehearsal = Rehearsal.from_json(snapshot["rehearsal"]) if snapshot.get("rehearsal") else Rehearsal()
         self.seq = snapshot["seq"]
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -190,4 +338,5 @@ class Transport:
             "seq": self.seq,
             "segments": [asdict(s) for _, s in self.segments.entries()],
             "params": {name: tl.entries() for name, tl in self.params.items()},
+            **({"rehearsal": self.rehearsal.to_json()} if self.rehearsal != Rehearsal() else {}),
         }

@@ -16,14 +16,17 @@ import logging
 import math
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jack
 import pydantic
 
 from conductor.client import TuttiClient
 from conductor.core import protocol
 from conductor.core.transport import Transport
+from conductor.node.archive import ArchiveRecorder, link_tracks, scsynth_track
 from conductor.node.face import SclangFace
 from conductor.node.jacktrip import AudioSettings, SiteAudio
 from conductor.node.link import LinkPeer
@@ -55,8 +58,13 @@ class NodeAgent:
         jacktrip: str = "jacktrip",
         link: bool = True,
         link_lead: float = 0.2,
+        click_out: int = 0,
+        archive: Path | None = None,
     ):
         self.scsynth = scsynth
+        self.click_out = click_out  # the output bus of the click track and count-in (headphones)
+        self.archive_folder = archive  # where this node records its sound and its links' (None: nowhere)
+        self.archive: ArchiveRecorder | None = None
         self.jacktrip = jacktrip
         self.jack_server = jack_server
         self.start_jack = start_jack
@@ -121,8 +129,25 @@ class NodeAgent:
                 self.scsynth.client_name if self.scsynth else "",
                 jack_env(self.jack_server),
                 self.jacktrip,
+                lambda: self.client.clock.offset,
             )
             await self.audio.start()
+        if self.archive_folder is not None and self.archive is None:
+            await self._record(welcome)
+
+    async def _record(self, welcome: protocol.Welcome) -> None:
+        """Record this node's scsynth and what its links receive, for the concert archive."""
+        assert self.archive_folder is not None
+        tracks = [scsynth_track(self.scsynth.client_name)] if self.scsynth else []
+        if welcome.audio is not None and self.site:
+            tracks += link_tracks(AudioSettings.model_validate(welcome.audio), self.site)
+        name, folder = f"tutti-archive-{self.client.auth['name']}", self.archive_folder
+        try:
+            self.archive = ArchiveRecorder(self.jack_server, name, folder, tracks, self.client.clock.offset_at)
+            await self.archive.start()
+        except (jack.JackError, OSError) as e:
+            log.error("cannot record the archive in %s: %s", self.archive_folder, e)
+            self.archive = None
 
     async def _cues(self, data: Any) -> None:
         try:
@@ -165,6 +190,8 @@ class NodeAgent:
             return
         address, args = cue.address, list(cue.args)
         port = self.sclang_port if cue.to == "sclang" else None
+        if cue.id == protocol.CLICK_ID and self.click_out:
+            args += ["out", self.click_out]
         if port is None and address == "/n_set" and len(args) >= 3:
             self.scsynth.controls[(args[0], args[1])] = args
         elif port is None and address == "/s_new" and len(args) >= 4 and args[2] in (0, 1):
@@ -252,6 +279,8 @@ class NodeAgent:
         if self._http:
             await self._http.close()
         await self.client.close()
+        if self.archive:
+            await self.archive.close()
         if self.audio:
             await self.audio.close()
         if self.scsynth:

@@ -12,9 +12,10 @@ of frames against time over the whole recording would be wrong: after every xrun
 
 from __future__ import annotations
 
-import asyncio
+import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import jack
@@ -118,65 +119,110 @@ class Patchbay(_JackClient):
         return made
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():  # it may have timed out already
-        future.set_result(None)
+SLOT = 2.0  # seconds of conductor time between impulses on one measuring channel, each way
+WINDOW = 0.9  # an impulse is looked for this long after its slot: longer delays go unmeasured
+PHASE = {"near": 0.0, "far": 1.0}  # the end that connects out sends on even seconds, the other on odd
+QUIET = 0.01  # seconds below the threshold before a new impulse counts
+LOUD = 0.3
 
 
-class Prober(_JackClient):
-    """Sends one impulse into a port and times its return on another, in JACK frames."""
+@dataclass(frozen=True)
+class Heard:
+    port: int
+    frame: int  # JACK frame at which the impulse arrived
+    t: float  # conductor time of that frame
 
-    def __init__(self, server: str, name: str):
-        super().__init__(server, name)
-        self.out = self.client.outports.register("probe")
-        self.back = self.client.inports.register("return")
-        self._arm = threading.Event()
-        self._sent_at: int | None = None
-        self._heard_at: int | None = None
-        self._back: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-        @self.client.set_process_callback
-        def process(frames: int) -> None:
-            out = self.out.get_array()
-            out.fill(0.0)
-            start = self.client.last_frame_time
-            if self._arm.is_set() and self._sent_at is None:
-                out[0] = 1.0
-                self._sent_at = start
-            elif self._sent_at is not None and self._heard_at is None:
-                loud = np.flatnonzero(np.abs(self.back.get_array()) > 0.3)
-                if loud.size and self._loop and self._back:
-                    self._heard_at = start + int(loud[0])
-                    self._loop.call_soon_threadsafe(_resolve, self._back)
+@dataclass(frozen=True)
+class Sent:
+    port: int
+    frame: int
+    slot: float  # the conductor time it was sent at (to a sample)
 
-        self.client.activate()
 
-    def route(self, send: str, receive: str) -> None:
-        """Send the probe into ``send``; listen for it on ``receive`` (and nothing else)."""
-        for existing in self.client.get_all_connections(self.out):
-            if existing.name != send:
-                self.client.disconnect(self.out, existing)
-        for existing in self.client.get_all_connections(self.back):
-            if existing.name != receive:
-                self.client.disconnect(existing, self.back)
-        if send not in {p.name for p in self.client.get_all_connections(self.out)}:
-            self.client.connect(self.out, send)
-        if receive not in {p.name for p in self.client.get_all_connections(self.back)}:
-            self.client.connect(receive, self.back)
+class _FrameClock:
+    """JACK frames to local wall time, from the earliest cycle start among the recent cycles (the
+    callback starts late, never early); the recorder does the same over neighbours both sides."""
 
-    async def round_trip(self, within: float) -> float | None:
-        """Seconds from the impulse leaving to its return; None if it did not come back in time."""
-        self._loop = asyncio.get_running_loop()
-        self._back = self._loop.create_future()
-        self._sent_at = self._heard_at = None
-        self._arm.set()
-        try:
-            async with asyncio.timeout(within):
-                await self._back
-        except TimeoutError:
-            return None
-        finally:
-            self._arm.clear()
-        assert self._heard_at is not None and self._sent_at is not None
-        return (self._heard_at - self._sent_at) / self.rate
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._offsets: deque[float] = deque(maxlen=2 * NEIGHBOURS)
+
+    def cycle(self, frame: int) -> float:
+        """Note this cycle's start; the wall time of frame 0 as now best known."""
+        self._offsets.append(time.time() - frame / self.rate)
+        return min(self._offsets)
+
+
+class Probes:
+    """Impulses on measuring channels at known conductor times, and their arrivals in conductor time.
+
+    Two JACK clients, so neither sits in a loop with the jacktrip it measures (a loop delays one of
+    them by a period): ``<name>-send`` writes, and ``<name>-hear`` listens. Port ``k`` sends an
+    impulse at every slot of its phase (``SLOT`` seconds apart in conductor time); whatever arrives
+    on its input is returned with its conductor time. ``offset`` (conductor minus local time) is
+    kept up to date by the caller; the JACK threads only read it.
+    """
+
+    def __init__(self, server: str, name: str, phases: list[float]):
+        self.sender = _JackClient(server, f"{name}-send")
+        self.hearer = _JackClient(server, f"{name}-hear")
+        self.rate = self.sender.rate
+        self.offset = 0.0
+        self.phases = phases
+        self.outs = [self.sender.client.outports.register(f"probe_{k + 1}") for k in range(len(phases))]
+        self.ins = [self.hearer.client.inports.register(f"in_{k + 1}") for k in range(len(phases))]
+        self.sent: deque[Sent] = deque(maxlen=256)  # appended on JACK's threads, drained by ``take``
+        self.heard: deque[Heard] = deque(maxlen=256)
+        send_clock, hear_clock = _FrameClock(self.rate), _FrameClock(self.rate)
+        last_slot = [-1] * len(phases)
+        quiet_since = [-(10**12)] * len(phases)
+        quiet = int(QUIET * self.rate)
+
+        @self.sender.client.set_process_callback
+        def send(frames: int) -> None:
+            start = self.sender.client.last_frame_time
+            t0 = start / self.rate + send_clock.cycle(start) + self.offset  # conductor time of this cycle
+            for k, port in enumerate(self.outs):
+                out = port.get_array()
+                out.fill(0.0)
+                n = math.ceil((t0 - phases[k]) / SLOT)
+                at = round((n * SLOT + phases[k] - t0) * self.rate)
+                if 0 <= at < frames and n != last_slot[k]:
+                    out[at] = 1.0
+                    last_slot[k] = n
+                    self.sent.append(Sent(k, start + at, n * SLOT + phases[k]))
+
+        @self.hearer.client.set_process_callback
+        def hear(frames: int) -> None:
+            start = self.hearer.client.last_frame_time
+            base = hear_clock.cycle(start) + self.offset
+            for k, port in enumerate(self.ins):
+                for i in np.flatnonzero(np.abs(port.get_array()) > LOUD):
+                    frame = start + int(i)
+                    if frame > quiet_since[k] + quiet:
+                        self.heard.append(Heard(k, frame, frame / self.rate + base))
+                    quiet_since[k] = frame
+
+        self.sender.client.activate()
+        self.hearer.client.activate()
+
+    def route(self, k: int, send: str, receive: str) -> None:
+        """Port ``k`` sends into ``send`` and hears ``receive`` (a restarted jacktrip's ports are new)."""
+        _connect(self.sender.client, self.outs[k], send, out=True)
+        _connect(self.hearer.client, self.ins[k], receive, out=False)
+
+    def take(self) -> tuple[list[Sent], list[Heard]]:
+        """What was sent and heard since the last call."""
+        sent = [self.sent.popleft() for _ in range(len(self.sent))]
+        heard = [self.heard.popleft() for _ in range(len(self.heard))]
+        return sent, heard
+
+    def close(self) -> None:
+        self.sender.close()
+        self.hearer.close()
+
+
+def _connect(client: jack.Client, port: jack.Port, other: str, out: bool) -> None:
+    if other not in {p.name for p in client.get_all_connections(port)}:
+        client.connect(*((port, other) if out else (other, port)))

@@ -3,8 +3,10 @@
 One site's node runs the hub server (``jacktrip -S``); every other site's node joins it as a hub
 client (``jacktrip -C``). The node agent starts jacktrip with options that take effect, reads its
 output into a link state and counters, restarts it with backoff when it exits, patches its JACK
-ports (and keeps them patched across reconnects and scsynth restarts), and measures each link's
-audio round trip in-band, on a channel of its own that the hub loops straight back.
+ports (and keeps them patched across reconnects and scsynth restarts), and measures each link
+in-band, on a channel of its own: each end sends an impulse at known conductor times and the other
+end times its arrival (one way, each direction), and the far end (the hub, or a pair's server)
+loops that channel straight back, so the end that connects out also times the round trip.
 
 Tutti patches the hub itself (jacktrip runs with ``--hubpatch 5``, no auto patching): so the
 measuring channel stays out of the mix, and a client that reconnects is patched again at once.
@@ -18,6 +20,7 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,14 +34,14 @@ from conductor.core.audio import (
     parse_version,
 )
 from conductor.core.process import die_with_parent
-from conductor.node.jackio import Patchbay, Prober
+from conductor.node.jackio import PHASE, SLOT, WINDOW, Heard, Patchbay, Probes, Sent
 
 log = logging.getLogger("tutti.jacktrip")
 
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before each restart in a row
 STEADY = 10.0  # seconds connected after which a link counts as healthy again (backoff starts over)
 CONNECT_WITHIN = 2.5  # seconds a client may wait for the hub's audio, times the failures in a row
-PROBE_EVERY = 5.0  # seconds between round-trip measurements of a connected link
+SPREAD_OF = 10  # successive one-way measurements whose spread is reported as the jitter
 
 
 async def jacktrip_version(program: str = "jacktrip") -> tuple[int, ...]:
@@ -80,6 +83,8 @@ class LinkState:
     latency_ms: float | None = None  # the latest measured audio round trip
     history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=20))  # (time, ms)
     measured: int = 0  # round trips measured so far
+    ways: dict[str, deque[float]] = field(default_factory=dict)  # peer -> its latest one-way delays to here, ms
+    ways_measured: int = 0
     patched: int = 0  # JACK connections Tutti made for this link
     version: str = ""
 
@@ -111,6 +116,11 @@ class LinkState:
         elif "error" in line.lower() or "could not" in line.lower():
             self.last_error = line.strip()[:200]
 
+    def way_in(self, peer: str, seconds: float) -> None:
+        """A one-way delay measured from ``peer`` to this end."""
+        self.ways.setdefault(peer, deque(maxlen=SPREAD_OF)).append(round(seconds * 1000, 3))
+        self.ways_measured += 1
+
     def report(self) -> dict[str, Any]:
         return {
             "site": self.site,
@@ -126,20 +136,37 @@ class LinkState:
             "latency_ms": self.latency_ms,
             "measured": self.measured,
             "history_ms": [ms for _, ms in self.history],
+            "way_in_ms": {peer: ways[-1] for peer, ways in self.ways.items()},
+            "way_jitter_ms": {peer: round(max(ways) - min(ways), 3) for peer, ways in self.ways.items()},
+            "ways_measured": self.ways_measured,
             "patched": self.patched,
             "last_error": self.last_error,
             "version": self.version,
         }
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A measuring channel at one end: the peer at the other end, and the JACK ports for it here."""
+
+    peer: str
+    jacktrip: str  # the jacktrip JACK client carrying it here
+    channel: int
+    near: bool  # the end that connects out (it also times the round trip: the far end loops it back)
+
+    @property
+    def phase(self) -> float:
+        return PHASE["near" if self.near else "far"]
+
+
 class Link:
     """One jacktrip process, kept running: restarted with backoff whenever it exits."""
 
-    def __init__(self, command: list[str], state: LinkState, env: dict[str, str], probe: tuple[str, int] | None = None):
+    def __init__(self, command: list[str], state: LinkState, env: dict[str, str], probes: list[Probe] | None = None):
         self.command = command
         self.state = state
         self.env = env
-        self.probe = probe  # (jacktrip's JACK client, channel) to measure the round trip on
+        self.probes = probes or []  # the measuring channels this end sends and hears on
         self.proc: asyncio.subprocess.Process | None = None
 
     async def run(self) -> None:
@@ -242,8 +269,10 @@ class SiteAudio:
         scsynth: str,
         env: dict[str, str],
         jacktrip: str = "jacktrip",
+        clock_offset: Callable[[], float] = lambda: 0.0,
     ):
         self.audio = audio
+        self.clock_offset = clock_offset  # conductor time minus this machine's: the impulses' times
         self.jacktrip = jacktrip  # the program: Debian 12's 1.7, or a 2.x (deploy/jacktrip2.sh)
         self.site = site
         self.jack_server = jack_server
@@ -252,39 +281,44 @@ class SiteAudio:
         self.links: list[Link] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.patchbay: Patchbay | None = None
-        self.prober: Prober | None = None
+        self.probes: Probes | None = None
 
     @property
     def states(self) -> list[LinkState]:
         return [link.state for link in self.links]
 
-    def _plan(self, version: str) -> list[tuple[LinkState, list[str], _End, tuple[str, int] | None]]:
-        """Each end this site runs: its state, command line, settings, and what to measure on."""
+    def _plan(self, version: str) -> list[tuple[LinkState, list[str], _End, list[Probe]]]:
+        """Each end this site runs: its state, command line, settings, and its measuring channels."""
         audio, site = self.audio, self.site
         hub = audio.hub
-        out: list[tuple[LinkState, list[str], _End, tuple[str, int] | None]] = []
+        out: list[tuple[LinkState, list[str], _End, list[Probe]]] = []
         if hub is not None and hub.site == site:
-            out.append((LinkState(site, "hub", version=version), hub_command(audio, hub), hub, None))
+            probes = [Probe(link.site, link.site, audio.channels(link), False) for link in audio.links if link.measure]
+            out.append((LinkState(site, "hub", version=version), hub_command(audio, hub), hub, probes))
         for link in audio.links:
             if hub is not None and link.site == site:
-                probe = (client_name(link), audio.channels(link)) if link.measure else None
+                probes = [Probe(hub.site, client_name(link), audio.channels(link), True)] if link.measure else []
                 state = LinkState(site, "client", peer=hub.site, version=version)
-                out.append((state, client_command(audio, hub, link), link, probe))
+                out.append((state, client_command(audio, hub, link), link, probes))
         for pair in audio.pairs:
             server, client = pair_commands(audio, pair)
+            channel = audio.channels(pair)
             if pair.server.site == site:
+                far = Probe(pair.client.site, f"jacktrip-{pair.client.site}", channel, False)
+                probes = [far] if pair.measure else []
                 state = LinkState(site, "p2p server", peer=pair.client.site, version=version)
-                out.append((state, server, pair.server, None))
+                out.append((state, server, pair.server, probes))
             if pair.client.site == site:
-                probe = (f"jacktrip-{pair.server.site}", audio.channels(pair)) if pair.measure else None
+                near = Probe(pair.server.site, f"jacktrip-{pair.server.site}", channel, True)
+                probes = [near] if pair.measure else []
                 state = LinkState(site, "p2p client", peer=pair.server.site, version=version)
-                out.append((state, client, pair.client, probe))
+                out.append((state, client, pair.client, probes))
         return out
 
     async def start(self) -> None:
         version = await jacktrip_version(self.jacktrip)
         label = ".".join(map(str, version))
-        for state, command, end, probe in self._plan(label):
+        for state, command, end, probes in self._plan(label):
             if version == (0,):
                 state.last_error = f"no jacktrip at '{self.jacktrip}' (or it gives no version)"
             elif version[0] < 2 and end.buffer_strategy >= 3:
@@ -293,7 +327,7 @@ class SiteAudio:
                 state.set("stopped")
                 self.links.append(Link([], state, self.env))
             else:
-                self.links.append(Link([self.jacktrip, *command[1:]], state, self.env, probe))
+                self.links.append(Link([self.jacktrip, *command[1:]], state, self.env, probes))
         running = [link for link in self.links if link.command]
         if not running:
             return
@@ -304,9 +338,11 @@ class SiteAudio:
                 link.state.last_error = problem
         self._tasks = [asyncio.create_task(link.run()) for link in running]
         self._tasks.append(asyncio.create_task(self._keep_patched()))
-        if any(link.probe for link in running):
-            self.prober = Prober(self.jack_server, f"tutti-probe-{self.site}")
-            self._tasks.append(asyncio.create_task(self._measure([link for link in running if link.probe])))
+        measured = [(link.state, probe) for link in running for probe in link.probes]
+        if measured:
+            phases = [probe.phase for _, probe in measured]
+            self.probes = Probes(self.jack_server, f"tutti-probe-{self.site}", phases)
+            self._tasks.append(asyncio.create_task(self._measure(measured)))
 
     async def _keep_patched(self) -> None:
         """Make the wanted connections whenever their ports exist: after a reconnect, a restart."""
@@ -321,35 +357,54 @@ class SiteAudio:
                 log.warning("patching: %s", e)
             await asyncio.sleep(0.25)
 
-    async def _measure(self, links: list[Link]) -> None:
-        """Measure each link's round trip on its measuring channel: on each (re)connection, then every so often."""
-        assert self.prober is not None
-        last: dict[int, tuple[int, float]] = {}  # link -> (restarts, time) of its latest measurement
+    async def _measure(self, measured: list[tuple[LinkState, Probe]]) -> None:
+        """Time the impulses on each measuring channel: one-way into this end, and at the end that
+        connects out, the round trip through the other end's loop back too.
+
+        Each end sends at slots of its own phase in conductor time (see ``Probes``), so an impulse
+        heard tells by its time which end sent it: one heard within ``WINDOW`` after the other
+        end's slot took that long to come one way.
+        """
+        probes = self.probes
+        assert probes is not None
+        mine: list[deque[Sent]] = [deque(maxlen=4) for _ in measured]  # each port's latest impulses sent
+        routed = 0.0
         while True:
             await asyncio.sleep(0.1)
-            for k, link in enumerate(links):
-                assert link.probe is not None
-                state, (name, channel) = link.state, link.probe
-                restarts, when = last.get(k, (-1, 0.0))
-                due = state.restarts != restarts or time.monotonic() - when >= PROBE_EVERY
-                if state.state != "connected" or not due:
-                    continue
-                try:
-                    self.prober.route(f"{name}:send_{channel}", f"{name}:receive_{channel}")
-                    seconds = await self.prober.round_trip(within=1.0)
-                except Exception as e:  # the link's ports may be gone for a moment
-                    log.debug("measuring %s: %s", name, e)
-                    continue
-                if seconds is not None:
-                    state.latency_ms = round(seconds * 1000, 3)
-                    state.history.append((time.time(), state.latency_ms))
-                    state.measured += 1
-                    last[k] = (state.restarts, time.monotonic())
+            probes.offset = self.clock_offset()
+            if time.monotonic() - routed > 0.5:  # a restarted jacktrip's ports are new ones
+                routed = time.monotonic()
+                for k, (state, probe) in enumerate(measured):
+                    if state.state != "connected":
+                        continue
+                    ports = (f"{probe.jacktrip}:{way}_{probe.channel}" for way in ("send", "receive"))
+                    with contextlib.suppress(Exception):  # the link's ports may be gone for a moment
+                        probes.route(k, *ports)
+            sent, heard = probes.take()
+            for s in sent:
+                mine[s.port].append(s)
+            for h in heard:
+                state, probe = measured[h.port]
+                self._heard(state, probe, h, mine[h.port], probes.rate)
+
+    @staticmethod
+    def _heard(state: LinkState, probe: Probe, heard: Heard, mine: deque[Sent], rate: int) -> None:
+        other = PHASE["far" if probe.near else "near"]
+        since_other = (heard.t - other) % SLOT
+        if since_other < WINDOW:
+            state.way_in(probe.peer, since_other)
+            return
+        back = [s for s in mine if 0 < heard.frame - s.frame < WINDOW * rate]
+        if probe.near and back:  # our own, through the other end's loop: the round trip, in frames
+            state.latency_ms = round((heard.frame - back[-1].frame) / rate * 1000, 3)
+            state.history.append((time.time(), state.latency_ms))
+            state.measured += 1
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(link.close() for link in self.links))
-        for jack_client in (self.patchbay, self.prober):
-            if jack_client:
-                jack_client.close()
+        for jack_clients in (self.patchbay, self.probes):
+            if jack_clients:
+                jack_clients.close()

@@ -121,6 +121,7 @@ class LinkPeer:
             "put_back": self.put_back,
             "proposed": self.proposed,
             "late": self.late,
+            "lead": self.lead,
         }
 
     async def _run(self) -> None:
@@ -168,8 +169,15 @@ class LinkPeer:
     def _commit(self, line: Line, playing: bool, now: float) -> None:
         assert self.link is not None
         self.line, self.playing = line, playing
-        self.link.tempo = line.bpm
-        self.link.force_beat(line.at(self.now()))
+        # Link takes the tempo and the beat in two commits, and a peer may see the first alone. Of
+        # the two orders, the one whose state in between is behind the new line where a LinkClock
+        # looks (``lead`` ahead): a clock that saw it waits a little longer, never plays early.
+        if line.bpm > self.link.tempo:
+            self.link.force_beat(line.at(self.now()))
+            self.link.tempo = line.bpm
+        else:
+            self.link.tempo = line.bpm
+            self.link.force_beat(line.at(self.now()))
         if bool(self.link.playing) != playing:
             self.link.playing = playing
         state = "playing" if playing else "stopped"

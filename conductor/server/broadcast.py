@@ -82,7 +82,7 @@ class StateBroadcast:
     def durable(self, accepted: Accepted) -> None:
         change = accepted.change
         for stream in self._streams:
-            if change.segment is not None:
+            if change.segment is not None or change.rehearsal is not None:  # rehearsal: not coalesced
                 stream.transport(change)
             else:
                 stream.param(change)

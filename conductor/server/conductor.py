@@ -27,7 +27,7 @@ from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
 from conductor.core.performance import Performance
 from conductor.core.preflight import concert_rows
-from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Report, SetTempo
+from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Repeat, Report, SetTempo
 from conductor.core.scheduler import Lookahead
 from conductor.core.transport import Transport
 from conductor.server.broadcast import FRAME, StateBroadcast
@@ -35,6 +35,7 @@ from conductor.server.console import ConsoleFeed, Refusals
 from conductor.server.cues import CHANNEL, NodeCues
 from conductor.server.gateway import Gateway, Out, Source
 from conductor.server.joins import BARRED_DELAY, JOIN_COOLDOWN, NODES, Client, Roster, summary
+from conductor.server.linkmetrics import LinkMetrics, metrics_path
 from conductor.server.osc import OscIngress
 from conductor.server.osctime import SenderClocks
 from conductor.server.pipeline import Pipeline
@@ -93,9 +94,17 @@ class Conductor:
         self.pipeline.on_accepted += [self.nodes.accepted, self.node_state.durable]
         self.pipeline.on_durable.append(self.broadcast.durable)
         self.pipeline.on_reverted += [self.nodes.reverted, self._reverted]
+        audio = concert.settings.audio
+        self.link_metrics: LinkMetrics | None = None  # each audio link's figures, once a second
+        if audio and (audio.links or audio.pairs):
+            period_ms = audio.period / audio.sample_rate * 1000
+            path = metrics_path(concert.journal_path)
+            self.link_metrics = LinkMetrics(self._node_links, path, self.clock.now, period_ms)
+        self.nodes.repeat = self._repeat
         parts = [(p.id, p.site) for p in self.score.score.parts]
         self.console = ConsoleFeed(
             self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out,
+            self.link_metrics.feed if self.link_metrics else lambda: None,
             lambda nodes: concert_rows(nodes, parts, concert.settings.audio),
         )  # fmt: skip
         self.journal.on_availability = self._journal_availability
@@ -130,6 +139,14 @@ class Conductor:
             (c.address, c.health["offset"])
             for c in self.clients.values()
             if c.role == "node" and c.health and protocol.is_number(c.health.get("offset"))
+        ]
+
+    def _node_links(self) -> list[tuple[float | None, list[dict[str, Any]]]]:
+        """Each node's clock error (s) and link reports, as it last reported."""
+        return [
+            (c.health.get("error"), c.health.get("links") or [])
+            for c in self.clients.values()
+            if c.role == "node" and c.health
         ]
 
     def _reverted(self) -> None:
@@ -257,6 +274,16 @@ class Conductor:
         report = Report.model_validate(payload)
         client.rtt, client.offset, client.error, client.delay = report.rtt, report.offset, report.error, report.delay
 
+    def _repeat(self, at: float) -> bool:
+        """A loop's jump back at its end, journalled like any change; false if it was refused."""
+        try:
+            kept = self.pipeline.submit(Repeat(cmd="repeat", at=at), {"role": "conductor", "name": "loop"})
+        except Rejected as e:
+            log.warning("the loop cannot go back (%s): it plays on", e.message)
+            return False
+        kept.add_done_callback(lambda f: f.cancelled() or f.exception())  # a refusal is the pipeline's to log
+        return True
+
     async def _command(self, client: Client, payload: Any) -> dict[str, Any]:
         _check_size(payload)
         command = protocol.command_adapter.validate_python(payload)
@@ -329,10 +356,14 @@ class Conductor:
         await self.journal.start()
         await self.nodes.start()
         await self.console.start()
+        if self.link_metrics:
+            await self.link_metrics.start()
         if self.osc:
             await self.osc.start(osc_host)
 
     async def stop(self) -> None:
+        if self.link_metrics:
+            await self.link_metrics.stop()
         await self.console.stop()
         await self.nodes.stop()
         if self.osc:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
@@ -13,6 +11,7 @@ from conductor.core import protocol
 from conductor.core.scheduler import Lookahead
 from conductor.server.gateway import Out
 from conductor.server.joins import Roster
+from conductor.server.periodic import Periodic
 
 log = logging.getLogger("tutti.console")
 FEED_EVERY = 1.0  # seconds
@@ -32,7 +31,9 @@ class Refusals:
         log.info("rejected %s from %s: %s", event, client or "?", message)
 
 
-class ConsoleFeed:
+class ConsoleFeed(Periodic):
+    every = FEED_EVERY
+
     def __init__(
         self,
         roster: Roster,
@@ -41,6 +42,7 @@ class ConsoleFeed:
         lookahead: Lookahead,
         journal_state: Callable[[], str | None],
         out: Out,
+        links: Callable[[], dict[str, Any] | None] = lambda: None,
         preflight: Callable[[list[dict[str, Any]]], list[protocol.PreflightRow]] | None = None,
     ):
         self.preflight = preflight  # the go / no-go table, from the clients
@@ -50,7 +52,8 @@ class ConsoleFeed:
         self.lookahead = lookahead
         self.journal_state = journal_state
         self.out = out
-        self._task: asyncio.Task[None] | None = None
+        self.links = links
+        super().__init__()
 
     def feed(self) -> protocol.ConsoleFeed:
         clients = self.roster.clients.values()
@@ -68,21 +71,8 @@ class ConsoleFeed:
             lookahead=self.lookahead.to_json(),
             journal=self.journal_state(),
             now=self.refusals.now(),
+            links=self.links(),
         )
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(FEED_EVERY)
-            try:
-                await self.out.emit(protocol.CLIENTS, self.feed().model_dump(), room="role:conductor")
-            except Exception:
-                log.exception("console feed")
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def tick(self) -> None:
+        await self.out.emit(protocol.CLIENTS, self.feed().model_dump(), room="role:conductor")

@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 from conductor.core import protocol
 from conductor.core.performance import Accepted, Performance, Routed, Timing
 from conductor.core.protocol import NodeCue
-from conductor.core.scheduler import Lookahead, audio_delays
+from conductor.core.scheduler import Lookahead, audio_delays, moved
 from conductor.server.fanout import frame
 from conductor.server.gateway import Out
 from conductor.server.joins import Roster
@@ -48,6 +48,7 @@ class NodeCues:
         self.now = now
         self.sent_until = 0.0  # conductor time up to which score cues have been sent
         self.align: dict[str, dict[str, float]] = {}  # aligned site -> how early each site plays
+        self.replanned = 0  # times a link's delay moved by more than a period
         self._held: list[Routed] = []  # immediate score cues, until their time comes
         self._queued: dict[str, list[NodeCue]] = {}  # room -> cues for the next batch
         self._sending = False
@@ -59,9 +60,11 @@ class NodeCues:
         self.channels: dict[str, tuple[web.WebSocketResponse, asyncio.Transport]] = {}  # sid -> its cue channel
         period = audio.period / audio.sample_rate if (audio := roster.concert.settings.audio) else 0.0
         self._period = period
+        # The loop's jump back, as a change like any other (set by the conductor: its pipeline)
+        self.repeat: Callable[[float], bool] = lambda at: False
 
     def timing(self) -> Timing:
-        return Timing(self.now(), self.lookahead.value, self.sent_until, self.align)
+        return Timing(self.now(), self.lookahead.value, self.lookahead.transport, self.sent_until, self.align)
 
     # --- outputs of the pipeline ---------------------------------------------------------------
 
@@ -179,6 +182,17 @@ class NodeCues:
         """How early each site plays so that its sound reaches ``site`` with the site's own."""
         return audio_delays(self.roster.links(), site, self._period)
 
+    def _replan(self, align: dict[str, dict[str, float]], sent_until: float) -> None:
+        """Take the links' latest delays for aligned cues: the cues not sent yet are planned with
+        them. A delay that moved by more than a period is said, with the first cue time it applies to."""
+        for site, other, before, after in moved(self.align, align, self._period):
+            self.replanned += 1
+            log.info(
+                "audio from %s to %s now takes %.3f ms (was %.3f): aligned cues from %.3f on are planned with it",
+                other, site, after * 1000, before * 1000, sent_until,
+            )  # fmt: skip
+        self.align = align
+
     async def _send_score_cues(self) -> None:
         self.sent_until = self.now()
         updated = time.monotonic()
@@ -189,12 +203,19 @@ class NodeCues:
             await asyncio.sleep(CUE_TICK)
             try:
                 if time.monotonic() - updated > LOOKAHEAD_EVERY:
-                    self.lookahead.update(self.roster.delays(), time.monotonic() - updated, self.roster.node_names())
+                    roster, elapsed = self.roster, time.monotonic() - updated
+                    self.lookahead.update(roster.delays(), elapsed, roster.node_names(), roster.link_leads())
                     updated = time.monotonic()
-                    self.align = {site: self._alignment(site) for site in aligned}
+                    self._replan({site: self._alignment(site) for site in aligned}, self.sent_until)
                     early = max((max(o.values(), default=0.0) for o in self.align.values()), default=0.0)
                 now = self.now()
                 horizon = max(self.sent_until, now + self.lookahead.value + early)
+                # A loop's end within the horizon: its jump first, so no cue past the end is sent.
+                while (at := self.core.transport.next_jump(self.sent_until, horizon)) is not None:
+                    if not self.repeat(at):
+                        break
+                for routed in self.core.clicks(self.sent_until, horizon):
+                    self.queue(routed)
                 for routed in self.core.score_cues(self.sent_until, horizon, self.align):
                     if self.core.immediate(score.cues[routed.cue.id or 0]):
                         self._held.append(routed)

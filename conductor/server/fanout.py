@@ -155,6 +155,9 @@ class FanOut(socketio.AsyncManager):
         **kwargs: Any,
     ) -> None:
         outlets = getattr(self.server.eio.sockets, "outlets", None)
+        participants = list(self.get_participants(namespace, to or room))
+        if not participants:  # an empty room (no audience yet): nothing to encode
+            return
         encoded = None
         if not callback and outlets is not None:  # an ack needs an id per client: python-socketio's way
             args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
@@ -165,7 +168,6 @@ class FanOut(socketio.AsyncManager):
         pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         framed = frame(pkt.encode())
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        participants = list(self.get_participants(namespace, to or room))
         for i, (sid, eio_sid) in enumerate(participants, start=1):
             if sid not in skip and (outlet := outlets.get(eio_sid)):
                 outlet.put(pkt, framed)

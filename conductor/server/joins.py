@@ -212,6 +212,14 @@ class Roster:
     def node_names(self) -> set[str]:
         return {c.name for c in self.clients.values() if c.role == "node"}
 
+    def link_leads(self) -> dict[str, float]:
+        """How long before it sounds each node with an Ableton Link session needs a change."""
+        return {
+            c.name: float(c.health["link"].get("lead", 0.0))
+            for c in self.clients.values()
+            if (c.health or {}).get("link")
+        }
+
     def links(self) -> list[dict[str, Any]]:
         """Every JackTrip end's last report, from the nodes' health."""
         return [link for c in self.clients.values() if c.health for link in c.health.get("links", [])]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 from pythonosc import slip
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -35,7 +37,8 @@ from pythonosc.osc_packet import OscPacket
 
 from conductor.core.concert import OscRoute, OscSettings
 from conductor.core.performance import Accepted
-from conductor.core.protocol import Rejected, SetParam, SetParams
+from conductor.core.protocol import Command, Rejected, SetParam, SetParams, command_adapter
+from conductor.server.joins import summary
 from conductor.server.osctime import SenderClocks, timetag, when
 
 log = logging.getLogger("tutti.osc")
@@ -54,7 +57,41 @@ ALLOWED_CACHE = 4096  # source addresses whose allow-list answer is remembered
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("@ll")
 
-Submit = Callable[[SetParam | SetParams, dict[str, Any], int], "asyncio.Future[Any]"]
+Submit = Callable[[Command, dict[str, Any], int], "asyncio.Future[Any]"]
+
+# Rehearsal from a controller: fixed addresses, each a command with its arguments in this order.
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "/tutti/play": ("play", ("count_in",)),
+    "/tutti/pause": ("pause", ()),
+    "/tutti/section": ("section", ("id",)),
+    "/tutti/bar": ("bar", ("bar", "preroll")),
+    "/tutti/loop": ("loop", ("from", "to", "times")),  # bars, both played
+    "/tutti/loop/section": ("loop", ("section", "times")),
+    "/tutti/unloop": ("unloop", ()),
+    "/tutti/repeat": ("repeat", ()),
+    "/tutti/click": ("click", ("on",)),
+    "/tutti/click/site": ("click", ("site", "on")),
+    "/tutti/click/part": ("click", ("part", "on")),
+}
+
+
+def osc_command(address: str, args: list[Any]) -> Command:
+    """The command a rehearsal address makes; raises Rejected (saying what it takes) if it cannot."""
+    cmd, names = COMMANDS[address]
+    takes = f"{address} takes {' '.join(names) or 'nothing'}"
+    if len(args) > len(names):
+        raise Rejected("osc_bad_args", takes)
+    # Controllers send whole numbers as floats (TouchOSC) and switches as numbers or T/F.
+    plain = [int(a) if isinstance(a, float) and a.is_integer() else a for a in args]
+    fields: dict[str, Any] = {"cmd": cmd, **dict(zip(names, plain, strict=False))}
+    if "on" in fields:
+        fields["on"] = bool(fields["on"])
+    if "from" in fields or "to" in fields:
+        fields["bars"] = [fields.pop("from", None), fields.pop("to", None)]
+    try:
+        return command_adapter.validate_python(fields)
+    except pydantic.ValidationError as e:
+        raise Rejected("osc_bad_args", f"{takes} ({summary(e)})") from None
 
 
 def _padded(length: int) -> int:
@@ -91,6 +128,34 @@ def well_formed(dgram: bytes) -> bool:
         return pos == len(dgram)
     except (ValueError, UnicodeDecodeError):
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def _numbers_layout(tags: bytes) -> struct.Struct | None:
+    """The layout of arguments that are all numbers (``i``, ``f``, ``h``, ``d``); None for any other."""
+    if not tags or tags.strip(b"ifhd"):
+        return None
+    return struct.Struct(">" + tags.decode().replace("h", "q"))
+
+
+def plain_numbers(dgram: bytes) -> tuple[str, tuple[float, ...]] | None:
+    """A message whose arguments are all numbers, as a controller sends it: its address and
+    arguments, read as python-osc reads them (it checks as ``well_formed`` does). None for anything
+    else, which then takes python-osc's reader: this is the path every fader value takes."""
+    end = dgram.find(b"\0")
+    tags_at = _padded(end)
+    if end <= 0 or dgram[tags_at : tags_at + 1] != b",":
+        return None
+    tags_end = dgram.find(b"\0", tags_at)
+    layout = _numbers_layout(dgram[tags_at + 1 : tags_end]) if tags_end > 0 else None
+    args_at = tags_at + _padded(tags_end - tags_at)
+    if layout is None or args_at + layout.size != len(dgram):
+        return None
+    try:
+        address = dgram[:end].decode()
+    except UnicodeDecodeError:
+        return None
+    return address, layout.unpack_from(dgram, args_at)
 
 
 def message(address: str, *args: Any) -> bytes:
@@ -201,28 +266,36 @@ class OscIngress:
         if len(data) % 4 or not (data.startswith(b"/") or data.startswith(b"#bundle\x00")):
             self._reject("osc_malformed", f"not an OSC packet from {source[0]} ({len(data)} bytes)")
             return
-        try:
-            # A controller sends a message at a time; python-osc's packet reader is for bundles.
-            messages = [OscMessage(data)] if data[0] == 47 else [m.message for m in OscPacket(data).messages]
-        except Exception as e:  # python-osc raises several kinds on garbage
-            self._reject("osc_malformed", f"undecodable OSC from {source[0]}: {e.__class__.__name__}")
-            return
-        if not all(well_formed(m.dgram) for m in messages):
-            self._reject("osc_malformed", f"an OSC message from {source[0]} is cut short or padded wrongly")
-            return
+        plain = plain_numbers(data) if data[0] == 47 else None
+        if plain is not None:
+            messages: list[tuple[str, tuple[Any, ...]]] = [plain]
+        else:
+            try:
+                # A controller sends a message at a time; python-osc's packet reader is for bundles.
+                read = [OscMessage(data)] if data[0] == 47 else [m.message for m in OscPacket(data).messages]
+            except Exception as e:  # python-osc raises several kinds on garbage
+                self._reject("osc_malformed", f"undecodable OSC from {source[0]}: {e.__class__.__name__}")
+                return
+            if not all(well_formed(m.dgram) for m in read):
+                self._reject("osc_malformed", f"an OSC message from {source[0]} is cut short or padded wrongly")
+                return
+            messages = [(m.address, tuple(m.params)) for m in read]
         tag = timetag(data)
-        for msg in messages:
-            route = self.routes.get(msg.address)
-            if route is None:
-                self._reject("osc_unknown_address", f"no route for {msg.address[:64]}")
+        for address, args in messages:
+            if address in COMMANDS:
+                self._command(address, list(args), source, tag)
                 continue
-            args, wanted = list(msg.params), len(route.names)
+            route = self.routes.get(address)
+            if route is None:
+                self._reject("osc_unknown_address", f"no route for {address[:64]}")
+                continue
+            wanted = len(route.names)
             kind = "one number" if wanted == 1 else f"{wanted} numbers"
             if len(args) != wanted or any(isinstance(a, bool) or not isinstance(a, int | float) for a in args):
-                self._reject("osc_bad_args", f"{msg.address} takes {kind}")
+                self._reject("osc_bad_args", f"{address} takes {kind}")
                 continue
             if not all(math.isfinite(a) for a in args):
-                self._reject("osc_bad_args", f"{msg.address} takes finite numbers")
+                self._reject("osc_bad_args", f"{address} takes finite numbers")
                 continue
             at = None
             if tag is not None:
@@ -230,9 +303,24 @@ class OscIngress:
                     asked = self.clocks.conductor_time(source[0], tag)
                     at = when(asked, time.time() + self.clocks.own())
                 except ValueError as e:
-                    self._reject("osc_bad_time", f"{msg.address} from {source[0]}: {e}")
+                    self._reject("osc_bad_time", f"{address} from {source[0]}: {e}")
                     continue
             values.append(_Value(route, tuple(float(a) for a in args), source, at))
+
+    def _command(self, address: str, args: list[Any], source: tuple[str, int], tag: float | None) -> None:
+        try:
+            command = osc_command(address, args)
+            if tag is not None:
+                at = when(self.clocks.conductor_time(source[0], tag), time.time() + self.clocks.own())
+                command = command.model_copy(update={"at": at})
+            done = self._submit(command, {"role": "osc", "name": f"{source[0]}:{source[1]}"}, 0)
+        except Rejected as r:
+            self._reject(r.code, f"{address}: {r.message}")
+            return
+        except ValueError as e:  # a timetag that cannot be a conductor time
+            self._reject("osc_bad_time", f"{address} from {source[0]}: {e}")
+            return
+        done.add_done_callback(_retrieved)
 
     def _apply(self, values: list[_Value], coalesce: bool) -> None:
         passed_over: dict[str, int] = {}

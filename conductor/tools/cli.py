@@ -245,7 +245,8 @@ async def replay(path: str, url: str | None, token: str, speed: float) -> int:
             words = " ".join(f"{k}={_plain(v)}" for k, v in command.items() if k != "cmd")
             by = record.by.get("name") or record.by.get("role") or "?"
             print(f"{where(record.change)}  #{record.change.seq:<4} {command['cmd']} {words}  (by {by})", flush=True)
-            if client:
+            # A loop's jumps back are the loop's own: the conductor replayed to makes them itself.
+            if client and record.by != {"role": "conductor", "name": "loop"}:
                 answer = await client.command(**command)
                 if not answer.get("ok"):
                     print(f"           refused: {answer.get('message')}", file=sys.stderr)
@@ -309,11 +310,13 @@ async def run_node(args: argparse.Namespace) -> int:
     from conductor.node.scsynth import Scsynth
 
     token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
-    scsynth = None if args.no_synth else Scsynth(args.port, args.jack_server, f"scsynth-{args.name}")
+    channels = max(2, args.click_out + 2)  # the click's stereo pair on its own outputs
+    scsynth = None if args.no_synth else Scsynth(args.port, args.jack_server, f"scsynth-{args.name}", channels=channels)
     agent = NodeAgent(
         args.url, token, args.site, args.name, args.part, scsynth,
         jack_server=args.jack_server, start_jack=not args.no_jack, sclang_port=args.sclang_port, ca=args.ca,
-        jacktrip=args.jacktrip, link=args.link, link_lead=args.link_lead,
+        jacktrip=args.jacktrip, link=args.link, link_lead=args.link_lead, click_out=args.click_out,
+        archive=Path(args.archive) if args.archive else None,
     )  # fmt: skip
     stop = stop_signal()
     task = asyncio.create_task(agent.run())
@@ -343,6 +346,33 @@ def synths_command(action: str) -> int:
     if not stale:
         print("the compiled synths are up to date")
     return 1 if stale else 0
+
+
+def archive_command(args: argparse.Namespace) -> int:
+    from conductor.tools import archive
+
+    try:
+        if args.action == "collect":
+            if not args.source:
+                print(
+                    "tutti archive collect CONCERT OUT --from DIR ...: give each node's --archive folder",
+                    file=sys.stderr,
+                )
+                return 2
+            concert = load_concert(args.concert, resolve_tokens=False)
+            index, problems = archive.collect(concert.journal_path, [Path(d) for d in args.source], Path(args.out))
+            for problem in problems:
+                print(f"{problem}; left out", file=sys.stderr)
+            for track in index["tracks"]:
+                gaps = ", ".join(f"{g['kind']} {g['seconds']:.3f} s" for g in track["gaps"]) or "no gaps"
+                print(f"{track['file']}: {track['frames'] / track['rate']:.1f} s, {gaps}")
+            return 0
+        for path in archive.mix(Path(args.concert), stems_only=args.stems):
+            print(path)
+        return 0
+    except archive.ArchiveError as e:
+        print(e, file=sys.stderr)
+        return 1
 
 
 def _version() -> str:
@@ -389,6 +419,12 @@ def _between(low: float, high: float, what: str) -> Callable[[str], float]:
 _seconds = _between(0, 10, "0 to 10 seconds")
 _fraction = _between(0, 1, "a fraction from 0 to 1 (0.01 is 1 %)")
 _speed = _between(0.01, 1000, "a speed from 0.01 to 1000")
+
+
+def _bus(text: str) -> int:
+    if not text.isdigit() or int(text) > 62:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an output bus from 0 to 62")
+    return int(text)
 
 
 def _host_port(text: str) -> str:
@@ -446,6 +482,8 @@ def command_line() -> argparse.ArgumentParser:
     p.add_argument("--loss", type=_fraction, default=0.0, help="fraction of packets lost (TCP: resent after a timeout)")
     p.add_argument("--udp", action="store_true", help="a UDP link (OSC, JackTrip) rather than TCP (Socket.IO)")
     p.add_argument("--seed", type=int, help="random seed, to repeat a run")
+    p.add_argument("--delay-back", type=_seconds, help="the answers' one-way delay, seconds (default: --delay)")
+    p.add_argument("--jitter-back", type=_seconds, help="the answers' jitter, seconds (default: --jitter)")
 
     p = sub.add_parser("node", help="run a node agent: a supervised scsynth that plays the conductor's cues")
     p.add_argument("--url", required=True, help="the conductor, e.g. http://127.0.0.1:8080")
@@ -467,7 +505,24 @@ def command_line() -> argparse.ArgumentParser:
         "--link-lead", type=lead, default=0.2, metavar="SECONDS",
         help="commit tempo and phase changes to Link this early: sclang's latency (default 0.2)",
     )  # fmt: skip
+    p.add_argument(
+        "--click-out", type=_bus, default=0, metavar="BUS",
+        help="scsynth output bus of the click track and count-in, a stereo pair (default 0: the main out); "
+        "e.g. 2 for headphones on outputs 3 and 4",
+    )  # fmt: skip
+    p.add_argument(
+        "--archive", metavar="DIR",
+        help="record this node's scsynth and what its JackTrip links receive into DIR (WAV, 24 bit), with a clock map",
+    )  # fmt: skip
     p.add_argument("--ca", help=CA_HELP)
+
+    p = sub.add_parser("archive", help="gather the nodes' recordings with the journal, or mix them on conductor time")
+    p.add_argument("action", choices=["collect", "mix"])
+    p.add_argument("concert", help="collect: the concert file (its journal); mix: the collected archive folder")
+    p.add_argument("out", nargs="?", default="archive", help="collect: the folder to gather into (default: archive)")
+    p.add_argument("--from", dest="source", action="append", default=[], metavar="DIR",
+                   help="collect: a node's --archive folder (repeatable; its name names the node)")  # fmt: skip
+    p.add_argument("--stems", action="store_true", help="mix: a stem per track only, no multitrack file")
 
     p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")
     p.add_argument("action", choices=["build", "check"])
@@ -552,10 +607,13 @@ def main(argv: list[str] | None = None) -> int:
 
             token = args.token or os.environ.get("TUTTI_CONDUCTOR_TOKEN", "")
             return asyncio.run(status.run(args.url, token, args.once, args.output, args.ca))
+        if args.command == "archive":
+            return archive_command(args)
         if args.command == "emulate":
             from conductor.tools import emulate
 
-            asyncio.run(emulate.run(args.listen, args.to, args.delay, args.jitter, args.loss, args.udp, args.seed))
+            there = (args.delay, args.jitter, args.loss, args.udp, args.seed)
+            asyncio.run(emulate.run(args.listen, args.to, *there, args.delay_back, args.jitter_back))
     except (InvalidFile, journal.JournalError) as e:
         print(e, file=sys.stderr)
         return 1

@@ -1,7 +1,9 @@
 """Site-link emulation: proxies on loopback that add delay, jitter and loss between sites.
 
 The kernel here has no netem, so conditions are made in the application. Both proxies delay what
-they forward by ``delay`` plus a uniform random ``jitter``, independently in each direction.
+they forward by ``delay`` plus a uniform random ``jitter``, independently in each direction; the
+answers (from ``target`` back) may have a delay and jitter of their own (``delay_back``,
+``jitter_back``), as a route often has.
 
 - TCP (Socket.IO to browsers and nodes): each burst of data is delayed and never reordered, as a
   TCP stream cannot be. A lost segment is what TCP makes of it: it arrives a retransmission
@@ -48,16 +50,20 @@ class _Proxy:
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
         seed: int | None = None,
+        delay_back: float | None = None,
+        jitter_back: float | None = None,
     ):
         self.target = (target_host, target_port)
         self.delay, self.jitter, self.loss = delay, jitter, loss
+        self.back = (delay if delay_back is None else delay_back, jitter if jitter_back is None else jitter_back)
         self.listen = (listen_host, listen_port)
         self.random = random.Random(seed)
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
-    def lag(self) -> float:
-        return self.delay + self.random.uniform(0, self.jitter)
+    def lag(self, back: bool = False) -> float:
+        delay, jitter = self.back if back else (self.delay, self.jitter)
+        return delay + self.random.uniform(0, jitter)
 
 
 class TcpDelayProxy(_Proxy):
@@ -84,12 +90,12 @@ class TcpDelayProxy(_Proxy):
         except OSError:
             client_w.close()
             return
-        for reader, writer in ((client_r, server_w), (server_r, client_w)):
-            task = asyncio.create_task(self._pipe(reader, writer))
+        for reader, writer, back in ((client_r, server_w, False), (server_r, client_w, True)):
+            task = asyncio.create_task(self._pipe(reader, writer, back))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, back: bool) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -110,9 +116,9 @@ class TcpDelayProxy(_Proxy):
                 # Reads that follow one another closely are one burst (a message in several reads):
                 # they travel together, as packets sent back to back do.
                 if now - arrived > BURST_GAP:
-                    lag = self.lag()
+                    lag = self.lag(back)
                     if self.random.random() < self.loss:  # lost once: resent after a timeout
-                        lag += max(MIN_RTO, 2 * (self.delay + self.jitter))
+                        lag += max(MIN_RTO, self.delay + self.jitter + sum(self.back))
                     last = max(last, now + lag)
                 arrived = now
                 queue.put_nowait((last, data))
@@ -152,12 +158,12 @@ class UdpDelayProxy(_Proxy):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _later(self) -> bool:
+    async def _later(self, back: bool = False) -> bool:
         """Wait out one datagram's delay; False if it is lost."""
         if self.random.random() < self.loss:
             self.lost += 1
             return False
-        await sleep_until(asyncio.get_running_loop().time() + self.lag())
+        await sleep_until(asyncio.get_running_loop().time() + self.lag(back))
         return True
 
     async def _forward(self, data: bytes, sender: tuple[str, int]) -> None:
@@ -176,7 +182,7 @@ class UdpDelayProxy(_Proxy):
             back.sendto(data)
 
     async def _answer(self, data: bytes, sender: tuple[str, int]) -> None:
-        if await self._later() and self._front:
+        if await self._later(back=True) and self._front:
             self._front.sendto(data, sender)
 
     async def close(self) -> None:
@@ -193,16 +199,31 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def run(listen: str, to: str, delay: float, jitter: float, loss: float, udp: bool, seed: int | None) -> None:
+async def run(
+    listen: str,
+    to: str,
+    delay: float,
+    jitter: float,
+    loss: float,
+    udp: bool,
+    seed: int | None,
+    delay_back: float | None = None,
+    jitter_back: float | None = None,
+) -> None:
     """Run one link (TCP, or UDP) until cancelled, printing the port it listens on."""
     host, port = _address(listen)
     target = _address(to)
     kind = UdpDelayProxy if udp else TcpDelayProxy
-    proxy = kind(*target, delay=delay, jitter=jitter, loss=loss, listen_host=host, listen_port=port, seed=seed)
+    proxy = kind(
+        *target, delay=delay, jitter=jitter, loss=loss, listen_host=host, listen_port=port, seed=seed,
+        delay_back=delay_back, jitter_back=jitter_back,
+    )  # fmt: skip
     bound = await proxy.start()
+    back = proxy.back
     print(
         f"emulating a link {host}:{bound} -> {to} ({'UDP' if udp else 'TCP'}): delay {delay * 1000:g} ms"
-        f" + 0..{jitter * 1000:g} ms jitter, {loss * 100:g} % loss",
+        f" + 0..{jitter * 1000:g} ms jitter there, {back[0] * 1000:g} ms + 0..{back[1] * 1000:g} ms back,"
+        f" {loss * 100:g} % loss",
         flush=True,
     )
     try:

@@ -82,8 +82,46 @@ def render(client: TuttiClient, feed: dict[str, Any]) -> Group:
                 link["site"], end, state, "–" if trip is None else f"{trip:.2f}", str(link.get("underruns", 0)),
                 str(link.get("lost", 0)), str(link.get("restarts", 0)), link.get("last_error", ""),
             )  # fmt: skip
+    ways = ways_table((feed.get("links") or {}).get("rows") or [])
     refused = ", ".join(f"{k}: {v}" for k, v in feed.get("rejections", {}).items()) or "none"
-    return Group(title, who, nodes, *([links] if links.row_count else []), Text(f"Refused: {refused}"))
+    tables = [t for t in (links, ways) if t.row_count]
+    return Group(title, who, nodes, *tables, Text(f"Refused: {refused}"))
+
+
+def _num(value: Any, plus: bool = False) -> str:
+    return "–" if value is None else f"{value:+.2f}" if plus else f"{value:.2f}"
+
+
+def ways_table(rows: list[dict[str, Any]]) -> Table:
+    """Each link's one-way delays (a is the end that connects out), as the conductor keeps them."""
+    table = Table(title="Audio links, each way (ms)", title_justify="left")
+    columns = (
+        "link",
+        "a→b",
+        "b→a",
+        "± clock",
+        "jitter a→b",
+        "jitter b→a",
+        "round trip",
+        "check",
+        "queue a→b",
+        "queue b→a",
+    )
+    for column in (*columns, "lost", "underruns", "overflows"):
+        table.add_column(column)
+    for r in rows:
+        queues = [
+            "–" if r.get(f"queue_{w}") is None else f"{r[f'queue_{w}']} ({r[f'queue_{w}_ms']:.1f} ms)"
+            for w in ("a_to_b", "b_to_a")
+        ]
+        check = r.get("check_ms")
+        table.add_row(
+            r["link"], _num(r.get("a_to_b_ms")), _num(r.get("b_to_a_ms")), _num(r.get("bound_ms")),
+            _num(r.get("jitter_a_to_b_ms")), _num(r.get("jitter_b_to_a_ms")), _num(r.get("rtt_ms")),
+            Text(_num(check, plus=True), style="" if r.get("check_ok", True) else "bold red"),
+            *queues, str(r.get("lost", 0)), str(r.get("underruns", 0)), str(r.get("overflows", 0)),
+        )  # fmt: skip
+    return table
 
 
 def link_of(link: dict[str, Any] | None) -> Text:
