@@ -46,6 +46,7 @@ from conductor.client import TuttiClient  # noqa: E402
 from conductor.core.transport import Segment  # noqa: E402
 from conductor.node.jackio import Recorder  # noqa: E402
 from conductor.node.scsynth import jack_env  # noqa: E402
+from conductor.tools import netns  # noqa: E402
 
 TOKEN = "bench-link"
 BPM = 120.0
@@ -87,13 +88,6 @@ LEAD = 0.2  # the nodes' Link lead and sclang's latency (its default)
 LOOKAHEAD = 0.3  # the concert's: changes reach the farther site (40 ms) more than LEAD ahead
 
 
-async def ip(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec("ip", *args, stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(f"ip {' '.join(args)}: {err.decode().strip()}")
-
-
 @dataclass
 class Site:
     name: str
@@ -109,29 +103,20 @@ class Site:
 async def namespace(site: Site, tag: int) -> AsyncIterator[None]:
     """A network namespace for the site, joined to the root one by a veth pair (2001:db8::/32)."""
     site.netns = f"tutti-link{site.index}-{tag}"
-    outside, inside = f"tlk{site.index}{tag % 10**7}", f"tlk{site.index}{tag % 10**7}n"
+    outside = f"tlk{site.index}{tag % 10**7}"
     prefix = f"2001:db8:{tag % 0xFFFF:x}:{site.index}"
     site.address = f"{prefix}::1"
-    await ip("netns", "add", site.netns)
-    try:
-        await ip("link", "add", outside, "type", "veth", "peer", "name", inside)
-        await ip("link", "set", inside, "netns", site.netns)
-        await ip("-6", "addr", "add", f"{prefix}::1/64", "dev", outside, "nodad")
-        await ip("link", "set", outside, "up")
-        await ip("-n", site.netns, "-6", "addr", "add", f"{prefix}::2/64", "dev", inside, "nodad")
-        await ip("-n", site.netns, "link", "set", inside, "up")
-        await ip("-n", site.netns, "link", "set", "lo", "up")
+    async with netns.namespace(site.netns):  # deleting it deletes the veth pair too
+        await netns.veth(site.netns, "eth0", None, outside)
+        await netns.address(None, outside, f"{prefix}::1/64")
+        await netns.address(site.netns, "eth0", f"{prefix}::2/64")
         yield
-    finally:
-        with contextlib.suppress(RuntimeError):
-            await ip("link", "del", outside)
-        await ip("netns", "del", site.netns)
 
 
 async def in_namespace(site: Site, log: Path, *command: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     out = log.open("wb")
     proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", site.netns, *command, cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+        *netns.exec_in(site.netns, *command), cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
     )
     out.close()
     site.processes.append(proc)

@@ -120,9 +120,13 @@ async def main(out: Path) -> list[Path]:
                 await console.screenshot(path=str(out / "console-before-downbeat-ipad-landscape.png"), full_page=True)
                 await console.set_viewport_size({"width": 820, "height": 1180})
                 await console.screenshot(path=str(out / "console-before-downbeat-ipad-portrait.png"), full_page=True)
+                await console.set_viewport_size({"width": 390, "height": 844})
+                # (the go / no-go table, with nodes: bench/rehearsal.py --screens)
+                await console.screenshot(path=str(out / "console-before-downbeat-phone.png"))
                 written += [
                     out / "console-before-downbeat-ipad-landscape.png",
                     out / "console-before-downbeat-ipad-portrait.png",
+                    out / "console-before-downbeat-phone.png",
                 ]
 
                 written += await link_views(console, out)

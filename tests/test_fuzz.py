@@ -146,7 +146,9 @@ def _osc(address: str, args: list[Any]) -> bytes:
     return builder.build().dgram
 
 
-osc_strings = st.text(st.characters(exclude_characters="\x00"), max_size=10)  # python-osc cannot build a NUL
+osc_strings = st.text(
+    st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10
+)  # python-osc cannot build a NUL
 osc_args = st.lists(st.integers(-(2**31), 2**31 - 1) | st.floats(width=32) | osc_strings | st.booleans(), max_size=4)
 osc_packets = (
     st.binary(max_size=300)

@@ -45,6 +45,16 @@ function linkRows(clients) {
   return rows;
 }
 
+// The go / no-go table (the conductor's rows, as `tutti deploy check` shows them), until the downbeat.
+function showPreflight(rows, phase) {
+  // Nothing to check (a concert played in browsers alone), or the piece has started: out of the way.
+  $("preflight-box").classList.toggle("hidden", phase !== "waiting" || !rows.length);
+  $("preflight").replaceChildren(...rows.map((r) => row([[r.go ? "GO" : "NO-GO", r.go ? "go" : "nogo"], [r.what], [r.detail], [r.fix]])));
+  const failed = rows.filter((r) => !r.go);
+  $("preflight-summary").textContent = failed.length ? `NO-GO: ${failed.length} of ${rows.length} to fix` : `GO: all ${rows.length} checks pass`;
+  $("preflight-summary").className = failed.length ? "stale" : "";
+}
+
 function row(cells) {
   const tr = document.createElement("tr");
   for (const [text, cls] of cells) {
@@ -311,6 +321,7 @@ async function main() {
     $("audience").textContent = `${audience} in the audience`;
     $("links").replaceChildren(...linkRows(feed.clients));
     showLinks(feed.links, $("ways"), $("wayplots"), $("ways-hint"));
+    showPreflight(feed.preflight ?? [], conductor.phase().phase);
     const bySite = {};
     for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);
     for (const [site, rtts] of Object.entries(bySite)) {

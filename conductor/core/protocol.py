@@ -358,6 +358,7 @@ class Health(Message):
     cpu_peak: Annotated[Num, Field(ge=0, le=1000)] = 0.0
     last_error: Text = ""
     cues: Count  # played
+    synthdefs: Count = 0  # SynthDefs scsynth has loaded (its /status.reply)
     cues_late: Count = 0  # arrived after their time ...
     cues_skipped: Count = 0  # ... of which skipped
     cues_moved: Count = 0  # ... and moved to the next beat
@@ -487,6 +488,15 @@ class Welcome(Outbound):
     link: dict[str, Any] | None = None  # nodes: the concert's link section
 
 
+class PreflightRow(Outbound):
+    """One line of the go / no-go table before the downbeat (``conductor/core/preflight.py``)."""
+
+    what: str
+    go: bool
+    detail: str = ""
+    fix: str = ""  # what to do, when it is no-go
+
+
 class ConsoleFeed(Outbound):
     clients: list[ClientInfo]  # everyone but the audience
     audience: dict[str, int]  # audience clients by site
@@ -497,6 +507,7 @@ class ConsoleFeed(Outbound):
     journal: str | None = None  # why changes are refused, while the journal cannot be written
     now: float
     links: dict[str, Any] | None = None  # each audio link's figures and history (conductor/server/linkmetrics.py)
+    preflight: list[PreflightRow] = []  # go / no-go, node by node and link by link
 
 
 class SketchDelivery(Outbound):

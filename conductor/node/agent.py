@@ -260,7 +260,8 @@ class NodeAgent:
         clock = self.client.clock
         return protocol.Health(
             up=h.up, synth=self.scsynth is not None, restarts=h.restarts, late=h.late, failures=h.failures,
-            ugens=h.ugens, synths=h.synths, cpu_avg=h.cpu_avg, cpu_peak=h.cpu_peak, last_error=h.last_error[-500:],
+            ugens=h.ugens, synths=h.synths, synthdefs=h.synthdefs, cpu_avg=h.cpu_avg, cpu_peak=h.cpu_peak,
+            last_error=h.last_error[-500:],
             cues=self.cues_played, cues_late=self.cues_late, cues_skipped=self.cues_skipped,
             cues_moved=self.cues_moved, cues_repeated=self.cues_repeated,
             offset=clock.offset, samples=clock.samples, error=min(clock.error, 60.0),

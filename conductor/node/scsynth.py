@@ -89,6 +89,7 @@ class Health:
     failures: int = 0  # commands scsynth refused (FAILURE IN SERVER, e.g. a duplicate node ID)
     ugens: int = 0
     synths: int = 0
+    synthdefs: int = 0  # loaded
     cpu_avg: float = 0.0
     cpu_peak: float = 0.0
     last_error: str = ""
@@ -293,8 +294,8 @@ class Scsynth:
                 reply = await self.ask("/status", [], "/status.reply", within=0.5, tries=1)
             except TimeoutError:
                 continue
-            _, ugens, synths, _groups, _defs, avg, peak = reply.params[:7]
-            self.health.ugens, self.health.synths = ugens, synths
+            _, ugens, synths, _groups, defs, avg, peak = reply.params[:7]
+            self.health.ugens, self.health.synths, self.health.synthdefs = ugens, synths, defs
             self.health.cpu_avg, self.health.cpu_peak = round(avg, 2), round(peak, 2)
 
     def send(self, dgram: bytes, port: int | None = None) -> None:

@@ -26,6 +26,7 @@ from conductor.core import journal, protocol
 from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
 from conductor.core.performance import Performance
+from conductor.core.preflight import concert_rows
 from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, Rejected, Repeat, Report, SetTempo
 from conductor.core.scheduler import Lookahead
 from conductor.core.score import LoadedScore
@@ -112,9 +113,11 @@ class Conductor:
             path = metrics_path(concert.journal_path)
             self.link_metrics = LinkMetrics(self._node_links, path, self.clock.now, period_ms)
         self.nodes.repeat = self._repeat
+        parts = [(p.id, p.site) for p in self.score.score.parts]
         self.console = ConsoleFeed(
             self.roster, self.refusals, self.controls, self.lookahead, lambda: self.journal.unavailable, out,
             self.link_metrics.feed if self.link_metrics else lambda: None,
+            lambda nodes: concert_rows(nodes, parts, concert.settings.audio),
         )  # fmt: skip
         self.journal.on_availability = self._journal_availability
         self.osc: OscIngress | None = None
@@ -197,6 +200,7 @@ class Conductor:
             "osc_coalesced": self.osc.coalesced if self.osc else 0,
             "osc_echo_peers": len(self.osc.udp_peers) if self.osc else 0,
             "lookahead": self.lookahead.to_json(),
+            "preflight": [row.model_dump() for row in self.console.feed().preflight],
         }
 
     # --- what gateways ask of it (``gateway.Performance``) ----------------------------------------

@@ -43,7 +43,9 @@ class ConsoleFeed(Periodic):
         journal_state: Callable[[], str | None],
         out: Out,
         links: Callable[[], dict[str, Any] | None] = lambda: None,
+        preflight: Callable[[list[dict[str, Any]]], list[protocol.PreflightRow]] | None = None,
     ):
+        self.preflight = preflight  # the go / no-go table, from the clients
         self.roster = roster
         self.refusals = refusals
         self.controls = controls  # "part/control" -> the latest value a performer sent
@@ -55,10 +57,13 @@ class ConsoleFeed(Periodic):
 
     def feed(self) -> protocol.ConsoleFeed:
         clients = self.roster.clients.values()
+        # The audience as counts: a table of a thousand phones helps nobody, and encoding it
+        # every second delayed everyone's broadcasts (bench/fanout.py).
+        infos = [c.info() for c in clients if c.role != "audience"]
+        nodes = [i.model_dump() for i in infos if i.role == "node"]
         return protocol.ConsoleFeed(
-            # The audience as counts: a table of a thousand phones helps nobody, and encoding it
-            # every second delayed everyone's broadcasts (bench/fanout.py).
-            clients=[c.info() for c in clients if c.role != "audience"],
+            clients=infos,
+            preflight=self.preflight(nodes) if self.preflight else [],
             audience=Counter(c.site or "" for c in clients if c.role == "audience"),
             rejections=dict(self.refusals.counts),
             recent=list(self.refusals.recent)[-10:],

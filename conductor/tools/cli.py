@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -57,6 +58,25 @@ def check(paths: list[str]) -> int:
             print(e, file=sys.stderr)
             print(f"{path}: {len(e.problems)} problem(s)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def rehearse(concert: Concert, outdir: str | None, tag: str) -> int:
+    from conductor.tools.rehearse import rehearse as run_rehearsal
+
+    if os.geteuid() != 0:
+        print("tutti deploy rehearse makes network namespaces: run it as root (sudo)", file=sys.stderr)
+        return 1
+
+    async def main() -> int:
+        return await run_rehearsal(concert, Path(folder), tag, stop_signal())
+
+    with tempfile.TemporaryDirectory(prefix="tutti-rehearsal-") as scratch:
+        folder = outdir or scratch
+        try:
+            return asyncio.run(main())
+        except RuntimeError as e:  # a host that did not come up: everything made is removed already
+            print(f"tutti deploy rehearse: {e}", file=sys.stderr)
+            return 1
 
 
 def stop_signal() -> asyncio.Event:
@@ -528,10 +548,18 @@ def command_line() -> argparse.ArgumentParser:
     p = sub.add_parser("synths", help="build the SuperCollider synths with sclang, or check they are up to date")
     p.add_argument("action", choices=["build", "check"])
 
-    p = sub.add_parser("deploy", help="a concert across sites: what runs where (plan), each machine's files (render)")
-    p.add_argument("action", choices=["plan", "render"])
+    p = sub.add_parser(
+        "deploy",
+        help="a concert across sites: what runs where (plan), each machine's files (render), all of it on this"
+        " machine in network namespaces (rehearse), go or no-go on a concert machine (check)",
+    )
+    p.add_argument("action", choices=["plan", "render", "rehearse", "check"])
     p.add_argument("concert", help="the concert file (with a deployment section)")
-    p.add_argument("outdir", nargs="?", help="render: the folder to write one folder per machine into")
+    p.add_argument("outdir", nargs="?", help="render: the folder to write one folder per machine into (rehearse: kept)")
+    p.add_argument("--ca", help="check: the concert's CA certificate (default /etc/tutti/ca.pem or deployment.ca)")
+    p.add_argument("--host", action="append", help="check: the deployment host to check (default: this machine's)")
+    p.add_argument("--rehearsal", help="check: inside `tutti deploy rehearse` with this tag (its JACK names)")
+    p.add_argument("--tag", help="rehearse: the prefix of its namespaces and JACK servers (default: t-PID)")
 
     p = sub.add_parser("status", help="the console in a terminal: transport, clients, nodes, links, late cues")
     p.add_argument("--url", required=True, help="the conductor, e.g. http://127.0.0.1:8080")
@@ -583,6 +611,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "plan":
                 print(deploy.describe(deploy.plan(concert)))
                 return 0
+            if args.action == "check":
+                from conductor.tools import check as preflight
+
+                return asyncio.run(preflight.run(concert, args.ca, args.rehearsal, args.host))
+            if args.action == "rehearse":
+                return rehearse(concert, args.outdir, args.tag or f"t-{os.getpid()}")
             if not args.outdir:
                 print("tutti deploy render CONCERT OUTDIR: say where to write", file=sys.stderr)
                 return 2

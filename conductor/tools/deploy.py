@@ -42,11 +42,23 @@ ENTRYPOINT ["{INSTALL}/.venv/bin/tutti"]
 """
 
 
+@dataclass(frozen=True)
+class PortRange:
+    """Ports handed out as peers come: ``held`` of ``first``..``last`` are open once all have come."""
+
+    proto: str
+    first: int
+    last: int
+    held: int
+    why: str
+
+
 @dataclass
 class Machine:
     host: str
     runs: list[str] = field(default_factory=list)  # human-readable lines
     ports: list[tuple[str, int, str]] = field(default_factory=list)  # (tcp|udp, port, what for)
+    ranges: list[PortRange] = field(default_factory=list)
     units: dict[str, str] = field(default_factory=dict)  # file name -> systemd unit
     files: dict[str, str] = field(default_factory=dict)  # other files to write there: name -> text
 
@@ -92,7 +104,9 @@ def plan(concert: Concert) -> dict[str, Machine]:
     audio = concert.settings.audio
     if deployment.hub is not None and audio is not None and audio.hub is not None:
         server = machines.setdefault(deployment.hub.host, Machine(deployment.hub.host))
-        agent = ["node", "--no-synth", "--url", url, "--name", deployment.hub.name, "--site", audio.hub.site, *trust]
+        agent = ["node", "--no-synth", "--url", url, "--name", deployment.hub.name, "--site", audio.hub.site]
+        # Its own JACK server's name, like every node's: machines that share a filesystem keep apart.
+        agent += ["--jack-server", jack_server(deployment.hub.name), *trust]
         server.runs.append(f"JackTrip hub (site {audio.hub.site}) in a container: tutti {shlex.join(agent)}")
         _hub_ports(server, audio)
         compose = {
@@ -162,17 +176,18 @@ def plan(concert: Concert) -> dict[str, Machine]:
 
 def _sound_card(machine: Machine, node: NodeMachine, audio: AudioSettings | None) -> list[str]:
     """A JACK server on the node's sound card (its own unit), and the node agent's options to use it."""
+    own = ["--jack-server", jack_server(node.name)]  # the agent starts it (dummy driver)
     if node.sound_card is None:
         machine.runs.append(
             f"WARNING: no sound_card for {node.name}: JACK runs on the dummy driver and this node is SILENT"
             " (set deployment.sites.SITE.nodes[].sound_card, e.g. hw:1; `aplay -l` lists the cards)"
         )
-        return []
+        return own
     if node.sound_card == "dummy":
         machine.runs.append(f"JACK for {node.name} on the dummy driver (no sound card, as configured)")
-        return []
+        return own
     rate, period = (audio.sample_rate, audio.period) if audio else (48000, 128)
-    server = f"tutti-{node.name}"
+    server = jack_server(node.name)
     command = f"/usr/bin/jackd -R -n {server} -d alsa -d {node.sound_card} -r {rate} -p {period} -n 2"
     machine.runs.append(f"JACK server {server} on sound card {node.sound_card} ({rate} Hz, {period} frames)")
     unit = _unit(f"JACK on {node.sound_card} for {node.name}", command, "node.env")
@@ -180,14 +195,22 @@ def _sound_card(machine: Machine, node: NodeMachine, audio: AudioSettings | None
     machine.units[f"tutti-jack-{node.name}.service"] = unit.replace(
         "[Service]\n", "[Service]\nEnvironment=JACK_NO_AUDIO_RESERVATION=1\n"
     )
-    return ["--jack-server", server, "--no-jack"]
+    return [*own, "--no-jack"]
+
+
+def jack_server(node: str) -> str:
+    """The JACK server of a node agent: a name of its own, so that two on one machine keep apart."""
+    return f"tutti-{node}"
 
 
 def _hub_ports(machine: Machine, audio: AudioSettings) -> None:
     assert audio.hub is not None
     machine.ports.append(("tcp", audio.hub.port, "JackTrip hub: clients join"))
-    for i, link in enumerate(audio.links):
-        machine.ports.append(("udp", HUB_UDP_BASE + i, f"JackTrip hub: audio with {link.site}"))
+    # The hub gives each client joining the lowest UDP port free from 61002; a client that joins
+    # again before its old worker timed out gets another one: room for every site to do so.
+    sites = len(audio.links)
+    why = f"JackTrip hub: each site's audio, on a port from {HUB_UDP_BASE} given as it joins"
+    machine.ranges.append(PortRange("udp", HUB_UDP_BASE, HUB_UDP_BASE + 2 * sites - 1, sites, why))
 
 
 def describe(machines: dict[str, Machine]) -> str:
@@ -196,6 +219,7 @@ def describe(machines: dict[str, Machine]) -> str:
         lines.append(f"{host}")
         lines += [f"  runs  {what}" for what in machine.runs]
         lines += [f"  open  {proto}/{port}  {why}" for proto, port, why in machine.ports]
+        lines += [f"  open  {r.proto}/{r.first}-{r.last}  {r.why}" for r in machine.ranges]
     return "\n".join(lines)
 
 
@@ -302,10 +326,11 @@ def steps(concert: Concert, host: str, machine: Machine) -> str:
                 *_certificate(deployment.conductor, Path(deployment.ca or "").name),
             ]
         )
-    if machine.ports:
+    if machine.ports or machine.ranges:
         out.append(
             ["Open these ports in the firewall:"]
             + [f"ufw allow {port}/{proto}   # {why}" for proto, port, why in machine.ports]
+            + [f"ufw allow {r.first}:{r.last}/{r.proto}   # {r.why}" for r in machine.ranges]
         )
     if machine.units:
         out.append(

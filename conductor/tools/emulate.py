@@ -81,9 +81,12 @@ class TcpDelayProxy(_Proxy):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(*self.target)
+
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
+            server_r, server_w = await self._connect()
         except OSError:
             client_w.close()
             return
