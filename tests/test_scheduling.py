@@ -327,6 +327,16 @@ async def test_parameters_and_performer_controls_follow_their_schedule(tmp_path:
         conductor.stop()
 
 
+@pytest.mark.unit
+def test_a_link_s_way_back_follows_its_delay_unless_it_has_its_own() -> None:
+    link = TcpDelayProxy("127.0.0.1", 9, delay=0.01)
+    link.delay, link.jitter = 0.6, 0.0  # a test slows a site's link: both ways, as before
+    assert link.lag(back=True) == link.lag() == 0.6
+    own = TcpDelayProxy("127.0.0.1", 9, delay=0.003, delay_back=0.02, jitter_back=0.0)
+    own.delay = 0.5
+    assert (own.lag(), own.lag(back=True)) == (0.5, 0.02)
+
+
 async def test_the_udp_link_delays_and_loses_datagrams() -> None:
     echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     echo.bind(("127.0.0.1", 0))

@@ -55,11 +55,19 @@ class _Proxy:
     ):
         self.target = (target_host, target_port)
         self.delay, self.jitter, self.loss = delay, jitter, loss
-        self.back = (delay if delay_back is None else delay_back, jitter if jitter_back is None else jitter_back)
+        self.delay_back, self.jitter_back = delay_back, jitter_back  # None: as the way there, whatever it is now
         self.listen = (listen_host, listen_port)
         self.random = random.Random(seed)
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+
+    @property
+    def back(self) -> tuple[float, float]:
+        """The delay and jitter of the answers."""
+        return (
+            self.delay if self.delay_back is None else self.delay_back,
+            self.jitter if self.jitter_back is None else self.jitter_back,
+        )
 
     def lag(self, back: bool = False) -> float:
         delay, jitter = self.back if back else (self.delay, self.jitter)
