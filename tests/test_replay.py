@@ -25,7 +25,12 @@ T0 = 1_800_000_000.0  # the conductor time where the mix starts
 RATE = 48_000
 SECONDS = 8.0
 # The performance, in seconds after T0: played from the start, paused, moved on while paused, played again.
-CHANGES = [(0.5, Play(cmd="play")), (2.5, Pause(cmd="pause")), (3.5, Seek(cmd="seek", position=30.0)), (4.0, Play(cmd="play"))]
+CHANGES = [
+    (0.5, Play(cmd="play")),
+    (2.5, Pause(cmd="pause")),
+    (3.5, Seek(cmd="seek", position=30.0)),
+    (4.0, Play(cmd="play")),
+]
 SHOTS = ROOT / "test-output"
 
 

@@ -369,7 +369,8 @@ def replay_archive(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     except OSError as e:  # the port is taken, or the address is not this machine's
-        print(f"tutti replay: cannot serve on {args.host}:{args.port} ({e.strerror}): give another --port", file=sys.stderr)
+        where = f"{args.host}:{args.port}"
+        print(f"tutti replay: cannot serve on {where} ({e.strerror}): give another --port or --host", file=sys.stderr)
         return 1
 
 

@@ -21,9 +21,9 @@ from aiohttp import web
 from conductor.core import journal
 from conductor.core.score import LoadedScore, load_score
 from conductor.core.transport import Transport
+from conductor.core.yamlcheck import InvalidFile
 from conductor.files import CLIENTS, VENDOR
 from conductor.tools.archive import ArchiveError
-from conductor.core.yamlcheck import InvalidFile
 
 
 def history(score: LoadedScore, records: list[journal.Record]) -> dict[str, Any]:
@@ -105,9 +105,8 @@ async def serve(archive: Path, host: str, port: int, score_path: str | None) -> 
     runner = web.AppRunner(app(loaded), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]
         shown = f"[{host}]" if ":" in host else host
         print(f"replaying {archive}: open http://{shown}:{bound}/replay", flush=True)
         await asyncio.Event().wait()
