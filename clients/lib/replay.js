@@ -45,7 +45,13 @@ async function main() {
     problem: (what, message) => console.error(what, message),
   };
   window.replay = { source, audio, start, segments: state.segments };
-  audio.addEventListener("error", () => say("The recording (mix.wav) cannot be played here: run tutti archive mix again, or try another browser."));
+  // The audio starts loading with the page: it may have failed before this ran.
+  const unplayable = () => {
+    say("The recording (mix.wav) cannot be played: run tutti archive mix again, then reload.");
+    time.textContent = "no recording";
+  };
+  if (audio.error) unplayable();
+  else audio.addEventListener("error", unplayable);
   const ready = () => {
     scrub.max = String(audio.duration);
     play.disabled = scrub.disabled = false;
