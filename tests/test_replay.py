@@ -168,3 +168,7 @@ def test_what_is_not_an_archive_is_said_in_one_line(tmp_path: Path) -> None:
     archive = make_archive(tmp_path)
     (archive / "mix.wav").unlink()
     assert refusal(archive).endswith(f"no mix.wav to play: run tutti archive mix {archive} first")
+    soundfile.write(str(archive / "mix.wav"), np.zeros((RATE, 2), np.float32), RATE)
+    journal = (archive / "journal.jsonl").read_text().replace(str(SCORES / "demo.yaml"), "/gone/demo.yaml")
+    (archive / "journal.jsonl").write_text(journal)
+    assert refusal(archive).endswith("give it with --score FILE")  # the score moved since the concert

@@ -57,7 +57,8 @@ def load(archive: Path, score_path: str | None = None) -> dict[str, Any]:
     try:
         score = load_score(where)
     except (InvalidFile, OSError) as e:
-        raise ArchiveError(f"{where or 'the journal'}: the score cannot be read ({e}): give it with --score") from None
+        first = str(e).splitlines()[0] if str(e) else "no score named"
+        raise ArchiveError(f"the concert's score cannot be read ({first}): give it with --score FILE") from None
     return {
         "score": score,
         "mix": mixed,
