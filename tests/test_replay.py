@@ -16,9 +16,10 @@ import soundfile
 from playwright.async_api import Browser, Page
 
 from conductor.core.journal import VERSION, Record
-from conductor.core.protocol import Pause, Play, Seek
+from conductor.core.protocol import Pause, Play, Repeat, Seek, SetLoop, SetParam
 from conductor.core.score import load_score
 from conductor.core.transport import Transport
+from conductor.tools.replay import history
 from tests.conftest import ROOT, SCORES
 
 T0 = 1_800_000_000.0  # the conductor time where the mix starts
@@ -172,3 +173,29 @@ def test_what_is_not_an_archive_is_said_in_one_line(tmp_path: Path) -> None:
     journal = (archive / "journal.jsonl").read_text().replace(str(SCORES / "demo.yaml"), "/gone/demo.yaml")
     (archive / "journal.jsonl").write_text(journal)
     assert refusal(archive).endswith("give it with --score FILE")  # the score moved since the concert
+
+
+@pytest.mark.unit
+def test_the_replays_history_keeps_every_jump_of_a_loop() -> None:
+    """A loop's jumps back (the conductor's own ``repeat`` changes) are in what the page is sent,
+    as are the values a fader took, none pruned: the replay shows the rehearsal as it went."""
+    score = load_score(SCORES / "demo.yaml")
+    transport = Transport(score.score)
+    bar = transport.bar_start(2)  # seconds in a bar
+    commands = [(0.0, Play(cmd="play")), (1.0, SetLoop(cmd="loop", bars=(1, 1), times=3))]
+    commands += [(1.0 + bar * k, Repeat(cmd="repeat")) for k in (1, 2)]
+    commands += [(1.0 + bar * 2.5, SetParam(cmd="param", name=score.score.parameters[0].id, value=0.5))]
+    records = []
+    for at, command in commands:
+        change = transport.plan(command, T0 + at)
+        transport.apply(change)
+        records.append(Record(change, T0 + at, {"role": "conductor", "name": "loop"}))
+    sent = history(score, records)
+    state = Transport(score.score)
+    state.restore(sent)  # the page's state is a snapshot's: the same code reads it
+    for k in (0, 1, 2):  # each pass starts the bar again
+        assert state.position(T0 + 1.0 + bar * k + 0.25) == pytest.approx(0.25)
+    assert state.position(T0 + 0.5) == pytest.approx(0.5)  # before the loop, as it played
+    name = score.score.parameters[0].id
+    assert state.params[name].at(T0 + bar * 2.5 + 1.5) == 0.5
+    assert state.params[name].at(T0) == score.score.parameters[0].default
