@@ -2,8 +2,10 @@
 count-in, playing, paused, looping in a rehearsal, ended, offline, refused) on an iPad both ways
 and a phone, the console before the downbeat with a part missing and while rehearsing a loop
 (iPad and phone), its audio links each way (none measured, measured, a link restarting) on an
-iPad and a phone, the audience on a phone, and a global-mode sketch (openprocessing.org style)
-running, and one that stopped, with a live edit refused on the console and on the composer's page.
+iPad and a phone, the audience on a phone, a global-mode sketch (openprocessing.org style)
+running, and one that stopped, with a live edit refused on the console and on the composer's page,
+and the replay of a concert archive (``tutti replay``: the score and the scrub bar, and a recording
+that cannot be played) on an iPad and a phone.
 
     .venv/bin/python -m bench.screenshots [--out test-output/screens]
 
@@ -24,6 +26,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from bench.harness import CHROMIUM, CHROMIUM_ARGS
 from conductor.client import TuttiClient
 from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
+from tests.test_replay import make_archive, start_replay
 from tests.test_sketch_frames import TROUBLES, part
 
 VIEWPORTS = {"ipad-landscape": (1180, 820), "ipad-portrait": (820, 1180), "phone": (390, 844)}
@@ -190,6 +193,7 @@ async def main(out: Path) -> list[Path]:
                 for page in pages.values():
                     await page.wait_for_selector("#banner.show", timeout=15_000)
                 written += await shoot(pages, out, "offline")
+                written += await replay_shots(browser, out)
                 await browser.close()
         finally:
             conductor.stop()
@@ -249,6 +253,31 @@ async def sketch_states(out: Path) -> list[Path]:
                 await browser.close()
         finally:
             conductor.stop()
+    return written
+
+
+async def replay_shots(browser: Browser, out: Path) -> list[Path]:
+    """``tutti replay`` of a small archive: the score moved to 6.25 s into the recording, and the
+    same page when its mix.wav cannot be played."""
+    written = []
+    with tempfile.TemporaryDirectory() as folder:
+        archive = make_archive(Path(folder))
+        proc, url = start_replay(archive)
+        try:
+            for name, size in {"ipad": (1024, 768), "phone": VIEWPORTS["phone"]}.items():
+                page = await open_view(browser, url, size, ready="!document.getElementById('play').disabled")
+                await page.locator("#scrub").fill("6.25")
+                await page.wait_for_function("() => Math.abs(replay.audio.currentTime - 6.25) < 0.01")
+                written.append(out / f"replay-{name}.png")
+                await page.screenshot(path=str(written[-1]))
+            (archive / "mix.wav").write_bytes(b"not a sound")
+            for name, size in {"ipad": (1024, 768), "phone": VIEWPORTS["phone"]}.items():
+                page = await open_view(browser, url, size, ready="document.getElementById('banner').textContent")
+                written.append(out / f"replay-bad-mix-{name}.png")
+                await page.screenshot(path=str(written[-1]))
+        finally:
+            proc.terminate()
+            proc.wait(10)
     return written
 
 

@@ -391,6 +391,25 @@ def archive_command(args: argparse.Namespace) -> int:
         return 1
 
 
+def replay_archive(args: argparse.Namespace) -> int:
+    """``tutti replay ARCHIVE``: the archive's score drawn in step with its sound, in a browser."""
+    from conductor.tools import replay
+    from conductor.tools.archive import ArchiveError
+
+    if not 0 <= args.port <= 65535:
+        print(f"--port {args.port}: give a port from 1 to 65535, or 0 to pick a free one", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(replay.serve(Path(args.journal), args.host, args.port, args.score))
+    except ArchiveError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        where = f"{args.host}:{args.port}"
+        print(f"tutti replay: cannot serve on {where} ({e.strerror}): give another --port or --host", file=sys.stderr)
+        return 1
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -489,11 +508,16 @@ def command_line() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate scores and concert files")
     p.add_argument("files", nargs="+")
 
-    p = sub.add_parser("replay", help="re-emit a recorded performance from its journal, in time")
-    p.add_argument("journal")
+    p = sub.add_parser(
+        "replay", help="re-emit a recorded performance from its journal, in time; or watch an archive with its sound"
+    )
+    p.add_argument("journal", help="a journal, or a concert archive folder (tutti archive collect, then mix)")
     p.add_argument("--url", help="a conductor to send the changes to (as the conductor role)")
     p.add_argument("--token", default="", help="the conductor token for --url")
     p.add_argument("--speed", type=_speed, default=1.0, help="playback speed (2 = twice as fast)")
+    p.add_argument("--host", default="127.0.0.1", help="an archive's replay page: the address to serve it on")
+    p.add_argument("--port", type=int, default=0, help="an archive's replay page: the port (0 picks a free one)")
+    p.add_argument("--score", help="an archive's replay page: the score, if not where the journal says")
 
     p = sub.add_parser("emulate", help="emulate a site link: a TCP proxy adding delay and jitter")
     p.add_argument("--listen", type=_host_port, default="127.0.0.1:0", help="HOST:PORT to listen on (port 0 picks one)")
@@ -595,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(serve(args))
         if args.command == "worker":
             return run(worker(args))
+        if args.command == "replay" and Path(args.journal).is_dir():
+            return replay_archive(args)
         if args.command == "replay":
             return asyncio.run(replay(args.journal, args.url, args.token, args.speed))
         if args.command == "node":
