@@ -58,6 +58,9 @@ def test_an_installed_tutti_serves_the_demo_from_anywhere(tmp_path: Path) -> Non
             ("/clients/conductor.js", "export class Conductor"),
             ("/vendor/socket.io/socket.io.min.js", "io"),
             ("/vendor/p5/p5.min.js", "p5"),
+            ("/vendor/p5-2/p5.min.js", "p5"),  # the other version a score may name
+            ("/vendor/acorn/acorn.js", "acorn"),
+            ("/clients/tutti.css", "body"),
         ]:
             with urllib.request.urlopen(url + path, timeout=5) as r:
                 assert r.status == 200 and expected in r.read().decode(), path
