@@ -161,8 +161,10 @@ async def start_jack(
         await asyncio.sleep(0.1)
         if jackd.returncode is not None:
             continue  # the name is taken: ours exited
+        # The server named by the environment: `jack_lsp -s NAME` aborts for names of some lengths
+        # (24 and 40 characters, jack2 1.9.21), as if no server were there.
         probe = await asyncio.create_subprocess_exec(
-            "jack_lsp", "-s", name, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            "jack_lsp", env=jack_env(name), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
         # Ours must still be running once the name answers: otherwise it was the old server.
         if await probe.wait() == 0 and jackd.returncode is None:
