@@ -100,7 +100,11 @@ def not_green(
     for site in [x.site for x in audio.links]:
         link = links.get((site, "client"), {})
         if link.get("state") != "connected" or link.get("latency_ms") is None:
-            problems.append(f"link {site}: {link.get('state', 'absent')}, measured {link.get('latency_ms')}")
+            impulses = f"{link.get('impulses_sent')} impulses sent, {link.get('impulses_heard')} heard"
+            problems.append(
+                f"link {site}: {link.get('state', 'absent')}, measured {link.get('latency_ms')}"
+                f" ({impulses}, restarts {link.get('restarts')}; {link.get('probe_error') or link.get('last_error')})"
+            )
     hub = links.get((audio.hub.site, "hub"), {}) if audio.hub else {}
     if audio.hub and (hub.get("state") != "connected" or hub.get("peers") != len(audio.links)):
         problems.append(f"hub: {hub.get('state', 'absent')}, {hub.get('peers')} peers")
@@ -223,6 +227,10 @@ async def rehearsed(folder: Path) -> AsyncIterator[tuple[Rehearsal, TuttiClient]
         await boss.connect()
         try:
             yield rehearsal, boss
+        except BaseException:  # what each machine said: a failure far away (in CI) must be readable
+            for log in sorted((folder / "logs").glob("*.log")):
+                print(f"--- {log.name}, last lines:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+            raise
         finally:
             await boss.close()
 

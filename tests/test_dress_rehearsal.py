@@ -93,6 +93,13 @@ def test_the_go_no_go_rows_say_what_to_fix() -> None:
     assert rows["part yongding: node"].go and not rows["part liangma: node"].go
     assert "part browsers: node" not in rows  # a part of no site needs no node
     assert "site ccom" in rows["part liangma: node"].fix
+    # Audio flows but the measuring channel does not come back: the row says what was heard and why.
+    link = {"site": "ucas", "role": "client", "state": "connected", "impulses_sent": 12, "impulses_heard": 0}
+    silent = {**healthy, "health": {**healthy["health"], "links": [link]}}
+    row = node_rows(silent)[-1]
+    assert not row.go and "12 impulses sent, 0 heard" in row.detail and "looping the measuring channel" in row.fix
+    unpatched = {**silent, "health": {**silent["health"], "links": [{**link, "probe_error": "cannot patch it"}]}}
+    assert node_rows(unpatched)[-1].fix == "cannot patch it"
 
 
 @pytest.mark.unit

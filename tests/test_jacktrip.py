@@ -174,6 +174,8 @@ def watching(url: str) -> tuple[TuttiClient, TuttiClient, list[dict[str, Any]]]:
 async def test_cues_aligned_at_a_site_are_heard_there_together(sites: dict[str, Any]) -> None:
     conductor: ConductorProcess = sites["conductor"]
     await until(lambda: all(link(conductor, s).get("latency_ms") for s in ("ccom", "pku")), 30, "not measured")
+    pku = link(conductor, "pku")  # what measured it, for a technician whose link is not measured
+    assert pku["impulses_sent"] >= pku["measured"] > 0 and pku["impulses_heard"] > 0 and not pku["probe_error"]
     recorder = Recorder(sites["servers"]["pku"], "recorder-pku-aligned", ports=2)
     boss, observer, cues = watching(conductor.url)
     try:

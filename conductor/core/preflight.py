@@ -50,12 +50,20 @@ def node_rows(node: dict[str, Any]) -> list[PreflightRow]:
         detail = link["state"] + ("" if trip is None else f", round trip {trip:.2f} ms")
         if hub:
             detail += f", {link.get('peers', 0)} sites joined"
+        elif trip is None and link["state"] == "connected":
+            sent, heard = link.get("impulses_sent", 0), link.get("impulses_heard", 0)
+            detail += f", not measured yet: {sent} impulses sent, {heard} heard"
         end = "hub" if hub else f"{link['site']} {link['role']} of {link.get('peer') or 'the hub'}"
         what = f"{name}: JackTrip {end}"
         if go:
             fix = ""
         elif hub and not link.get("peers"):  # jacktrip 1.7 clients never notice a restarted hub
             fix = "restart each site's node agent (tutti-node-*.service): no site joins a restarted hub by itself"
+        elif link["state"] == "connected" and not hub:  # audio flows, the measuring channel does not come back
+            fix = link.get("probe_error") or (
+                "wait a few seconds; if nothing is heard, the far end's node agent is not looping the"
+                " measuring channel back (it patches it while it runs): check it and its JACK server"
+            )
         else:
             fix = link.get("last_error") or "check the hub's ports (PLAN.txt) and that jacktrip runs"
         rows.append(PreflightRow(what=what, go=go, detail=detail, fix=fix))

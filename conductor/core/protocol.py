@@ -328,6 +328,9 @@ class LinkReport(Message):
     way_in_ms: Annotated[dict[Name, Delay], Field(max_length=64)] = {}  # one way from each peer, measured here
     way_jitter_ms: Annotated[dict[Name, Delay], Field(max_length=64)] = {}  # spread of the last measurements
     ways_measured: Count = 0
+    impulses_sent: Count = 0  # on this end's measuring channel
+    impulses_heard: Count = 0
+    probe_error: Text = ""  # why the measuring channel cannot be patched, if it cannot
 
 
 class LinkHealth(Message):

@@ -87,6 +87,9 @@ class LinkState:
     ways_measured: int = 0
     patched: int = 0  # JACK connections Tutti made for this link
     version: str = ""
+    impulses_sent: int = 0  # on this end's measuring channel
+    impulses_heard: int = 0
+    probe_error: str = ""  # why the measuring channel cannot be routed, if it cannot
 
     def set(self, state: str) -> None:
         if state != self.state:
@@ -142,6 +145,9 @@ class LinkState:
             "patched": self.patched,
             "last_error": self.last_error,
             "version": self.version,
+            "impulses_sent": self.impulses_sent,
+            "impulses_heard": self.impulses_heard,
+            "probe_error": self.probe_error,
         }
 
 
@@ -368,24 +374,38 @@ class SiteAudio:
         probes = self.probes
         assert probes is not None
         mine: list[deque[Sent]] = [deque(maxlen=4) for _ in measured]  # each port's latest impulses sent
-        routed = 0.0
+        routed, failing = 0.0, ""
         while True:
             await asyncio.sleep(0.1)
-            probes.offset = self.clock_offset()
-            if time.monotonic() - routed > 0.5:  # a restarted jacktrip's ports are new ones
-                routed = time.monotonic()
-                for k, (state, probe) in enumerate(measured):
-                    if state.state != "connected":
-                        continue
-                    ports = (f"{probe.jacktrip}:{way}_{probe.channel}" for way in ("send", "receive"))
-                    with contextlib.suppress(Exception):  # the link's ports may be gone for a moment
-                        probes.route(k, *ports)
-            sent, heard = probes.take()
-            for s in sent:
-                mine[s.port].append(s)
-            for h in heard:
-                state, probe = measured[h.port]
-                self._heard(state, probe, h, mine[h.port], probes.rate)
+            try:
+                probes.offset = self.clock_offset()
+                if time.monotonic() - routed > 0.5:  # a restarted jacktrip's ports are new ones
+                    routed = time.monotonic()
+                    self._route(measured)
+                sent, heard = probes.take()
+                for s in sent:
+                    mine[s.port].append(s)
+                    measured[s.port][0].impulses_sent += 1
+                for h in heard:
+                    state, probe = measured[h.port]
+                    state.impulses_heard += 1
+                    self._heard(state, probe, h, mine[h.port], probes.rate)
+            except Exception as e:  # one bad pass must not end the measuring for the rest of the concert
+                if repr(e) != failing:  # said once, not ten times a second
+                    log.exception("measuring the audio links")
+                failing = repr(e)
+
+    def _route(self, measured: list[tuple[LinkState, Probe]]) -> None:
+        assert self.probes is not None
+        for k, (state, probe) in enumerate(measured):
+            if state.state != "connected":
+                continue
+            ports = [f"{probe.jacktrip}:{way}_{probe.channel}" for way in ("send", "receive")]
+            try:
+                self.probes.route(k, *ports)
+                state.probe_error = ""
+            except Exception as e:  # the link's ports may be gone for a moment; said if it lasts
+                state.probe_error = f"cannot patch the measuring channel ({' and '.join(ports)}): {e}"[:200]
 
     @staticmethod
     def _heard(state: LinkState, probe: Probe, heard: Heard, mine: deque[Sent], rate: int) -> None:
