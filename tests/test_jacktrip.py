@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jack
 import numpy as np
 import pytest
 from playwright.async_api import Browser
@@ -138,6 +139,36 @@ async def kill_and_hear_again(conductor: ConductorProcess, recorder: Recorder, b
     await until(lambda: hears_tone(recorder), 10, "the tone did not come back within 10 s")  # ~2 s idle
     print(f"audio back {time.monotonic() - killed:.2f} s after the kill")
     await until(lambda: link(conductor, "ccom").get("restarts", 0) >= 1, 3, "the restart was not reported")
+
+
+async def test_a_site_whose_hub_worker_jack_renamed_is_patched_and_measured(tmp_path: Path) -> None:
+    """JACK names the hub's worker for a site ccom-01 while a client called ccom is still there (an
+    old worker that has not left): the hub's node agent patches and measures it all the same."""
+    (tmp_path / "score.yaml").write_text(SCORE)
+    base = 24000 + (os.getpid() % 1000) * 4
+    audio = {
+        "hub": {"site": "ucas", "address": "::1", "port": base},
+        "links": [{"site": "ccom", "bind_port": base + 1}],
+    }
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", audio=audio))
+    ports = udp_ports(2)
+    servers = {site: f"tutti-jr-{site}-{os.getpid()}" for site in ("ucas", "ccom")}
+    agents, squatter = [], None
+    try:
+        agents.append(await start_node(conductor.url, "nucas", "ucas", ports[0], servers["ucas"]))
+        await until(lambda: node_health(conductor, "nucas").get("up") is True, 60, "the hub's node never came up")
+        squatter = jack.Client("ccom", servername=servers["ucas"], no_start_server=True)
+        agents.append(await start_node(conductor.url, "nccom", "ccom", ports[1], servers["ccom"]))
+        await until(lambda: link(conductor, "ccom", node="nccom").get("latency_ms"), 60, "ccom never measured")
+        hub_ports = {p.name for p in squatter.get_ports()}
+        assert "ccom-01:receive_3" in hub_ports and "ccom:receive_3" not in hub_ports
+        assert "ccom-01:send_3" in {p.name for p in squatter.get_all_connections("ccom-01:receive_3")}
+    finally:
+        if squatter is not None:
+            squatter.close()
+        for agent in agents:
+            await stop_node(agent)
+        conductor.stop()
 
 
 async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
@@ -396,6 +427,11 @@ def test_the_hub_fans_out_and_loops_the_measuring_channel_back() -> None:
     assert ("ccom:receive_3", "ccom:send_3") in wanted and ("ccom:receive_3", "pku:send_3") not in wanted
     pku = wanted_connections(audio, "pku", "scsynth-npku", {"jacktrip-pku:receive_1", "scsynth-npku:in_3"})
     assert pku == [("jacktrip-pku:receive_1", "scsynth-npku:in_3")]  # only ports that exist
+    # A worker that JACK named ccom-01 (the old ccom had not left yet) is patched as ccom is.
+    renamed = ports | {f"ccom-01:{d}_{i}" for d in ("send", "receive") for i in (1, 2, 3)}
+    wanted = set(wanted_connections(audio, "ucas", "scsynth-nucas", renamed))
+    assert ("ccom-01:receive_3", "ccom-01:send_3") in wanted and ("ccom-01:receive_1", "pku:send_1") in wanted
+    assert ("ccom:receive_3", "ccom-01:send_3") not in wanted  # each loops back into itself
 
 
 CCOM = {"site": "ccom", "host": "::1", "bind_port": 4465}

@@ -21,8 +21,9 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from conductor.core.audio import (
     AudioSettings,
@@ -37,6 +38,7 @@ from conductor.core.process import die_with_parent
 from conductor.node.jackio import PHASE, SLOT, WINDOW, Heard, Patchbay, Probes, Sent
 
 log = logging.getLogger("tutti.jacktrip")
+T = TypeVar("T")
 
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before each restart in a row
 STEADY = 10.0  # seconds connected after which a link counts as healthy again (backoff starts over)
@@ -247,7 +249,36 @@ def wanted_connections(audio: AudioSettings, site: str, scsynth: str, ports: set
             out += _scsynth_patch(pair.server, name, scsynth, pair.channels)
         if pair.client.site == site:
             out += _scsynth_patch(pair.client, f"jacktrip-{pair.server.site}", scsynth, pair.channels)
-    return [(a, b) for a, b in out if a in ports and b in ports]
+    names = namesakes(ports)
+    pairs = [
+        (a, b) for x, y in out for a in _as_named(x, names) for b in _as_named(y, names) if _same(x, y) == _same(a, b)
+    ]
+    return [(a, b) for a, b in pairs if a in ports and b in ports]
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two ports are of one client (a loop within it stays within each namesake)."""
+    return a.split(":", 1)[0] == b.split(":", 1)[0]
+
+
+RENAMED = re.compile(r"(.+)-\d\d")
+
+
+def namesakes(ports: set[str]) -> dict[str, list[str]]:
+    """Each JACK client among ``ports`` under the name it asked for. JACK names a client NAME-01
+    (-02, ...) while one called NAME is still there: a hub's worker for a site that reconnected
+    can start before the old one has left, and keeps that name for as long as it runs."""
+    out: dict[str, list[str]] = {}
+    for client in {port.split(":", 1)[0] for port in ports}:
+        out.setdefault(client, []).append(client)
+        if m := RENAMED.fullmatch(client):
+            out.setdefault(m[1], []).append(client)
+    return out
+
+
+def _as_named(port: str, names: dict[str, list[str]]) -> list[str]:
+    client, short = port.split(":", 1)
+    return [f"{c}:{short}" for c in names.get(client, [client])]
 
 
 def _loop(jacktrip: str, channel: int) -> tuple[str, str]:
@@ -287,6 +318,10 @@ class SiteAudio:
         self.links: list[Link] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.patchbay: Patchbay | None = None
+        self._ports: set[str] = set()  # the JACK ports last seen
+        # libjack's calls wait on the JACK server: they go to a thread of their own, one at a time,
+        # so that closing the clients never races a connection still being made
+        self._jack = ThreadPoolExecutor(1, thread_name_prefix=f"tutti-jack-{site}")
         self.probes: Probes | None = None
 
     @property
@@ -355,8 +390,10 @@ class SiteAudio:
         assert self.patchbay is not None
         while True:
             try:
-                ports = self.patchbay.ports()
-                made = self.patchbay.connect(wanted_connections(self.audio, self.site, self.scsynth, ports))
+                self._ports = ports = await self._in_jack(self.patchbay.ports)
+                made = await self._in_jack(
+                    self.patchbay.connect, wanted_connections(self.audio, self.site, self.scsynth, ports)
+                )
                 for link in self.links:
                     link.state.patched += made
             except Exception as e:  # JACK may be restarting; try again next time
@@ -381,7 +418,7 @@ class SiteAudio:
                 probes.offset = self.clock_offset()
                 if time.monotonic() - routed > 0.5:  # a restarted jacktrip's ports are new ones
                     routed = time.monotonic()
-                    self._route(measured)
+                    await self._in_jack(self._route, measured)
                 sent, heard = probes.take()
                 for s in sent:
                     mine[s.port].append(s)
@@ -397,12 +434,14 @@ class SiteAudio:
 
     def _route(self, measured: list[tuple[LinkState, Probe]]) -> None:
         assert self.probes is not None
+        names = namesakes(self._ports)
         for k, (state, probe) in enumerate(measured):
             if state.state != "connected":
                 continue
             ports = [f"{probe.jacktrip}:{way}_{probe.channel}" for way in ("send", "receive")]
             try:
-                self.probes.route(k, *ports)
+                for client in names.get(probe.jacktrip, [probe.jacktrip]):
+                    self.probes.route(k, f"{client}:send_{probe.channel}", f"{client}:receive_{probe.channel}")
                 state.probe_error = ""
             except Exception as e:  # the link's ports may be gone for a moment; said if it lasts
                 state.probe_error = f"cannot patch the measuring channel ({' and '.join(ports)}): {e}"[:200]
@@ -420,6 +459,9 @@ class SiteAudio:
             state.history.append((time.time(), state.latency_ms))
             state.measured += 1
 
+    def _in_jack(self, call: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._jack, call, *args)
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -427,4 +469,5 @@ class SiteAudio:
         await asyncio.gather(*(link.close() for link in self.links))
         for jack_clients in (self.patchbay, self.probes):
             if jack_clients:
-                jack_clients.close()
+                await self._in_jack(jack_clients.close)
+        self._jack.shutdown()
