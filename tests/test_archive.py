@@ -27,7 +27,7 @@ from conductor.node.jackio import Recorder
 from conductor.node.scsynth import start_jack
 from conductor.tools.archive import ArchiveError, read_clock
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
-from tests.test_node import node_health, start_node, stop_node, until
+from tests.test_node import node_health, start_node, stop_all, until
 from tests.test_scheduling import settled
 
 CLICKS = [1.0 + 0.5 * k for k in range(30)]  # score seconds
@@ -167,11 +167,7 @@ async def test_two_sites_recorded_through_an_scsynth_kill_are_aligned_on_conduct
         heard = [[o.time - wall for o in reference.onsets(port=i)] for i in range(4)]
         xruns = [x - wall for x in reference.xruns]
     finally:
-        if reference:
-            reference.close()
-        for agent in agents:
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents, reference)
         jackd.terminate()
         await jackd.wait()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from conductor.client import TuttiClient
 from conductor.node.scsynth import osc_message
 from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
-from tests.test_node import node_health, start_node, stop_node, until
+from tests.test_node import node_health, start_node, stop_all, until
 
 SCORE = """\
 title: Two sites
@@ -56,6 +56,4 @@ async def test_a_conductor_and_two_nodes_on_ipv6(tmp_path: Path) -> None:
         assert conductor.status()["state"]["params"]["density"][-1][1] == 0.75
     finally:
         await boss.close()
-        for agent in agents:
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents)

@@ -31,7 +31,7 @@ from conductor.node.jackio import Recorder
 from conductor.node.jacktrip import LinkState, SiteAudio, wanted_connections
 from conductor.node.scsynth import osc_message
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
-from tests.test_node import node_health, start_node, stop_node, until
+from tests.test_node import node_health, start_node, stop_all, until
 
 SCORE = """\
 title: Three sites
@@ -84,9 +84,7 @@ async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         await until(lambda: all(link(conductor, s, i).get("state") == "connected" for s, i in up), 20, "links down")
         yield {"conductor": conductor, "ports": ports, "servers": servers, "base": base}
     finally:
-        for agent in agents.values():
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents.values())
 
 
 def link(conductor: ConductorProcess, site: str, index: int = 0, node: str | None = None) -> dict[str, Any]:
@@ -164,11 +162,7 @@ async def test_a_site_whose_hub_worker_jack_renamed_is_patched_and_measured(tmp_
         assert "ccom-01:receive_3" in hub_ports and "ccom:receive_3" not in hub_ports
         assert "ccom-01:send_3" in {p.name for p in squatter.get_all_connections("ccom-01:receive_3")}
     finally:
-        if squatter is not None:
-            squatter.close()
-        for agent in agents:
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents, squatter)
 
 
 async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
@@ -333,9 +327,7 @@ async def test_a_hub_server_without_synths_runs_the_hub(tmp_path: Path) -> None:
         await asyncio.sleep(1.0)  # two health reports later
         assert node_health(conductor, "hub")["cues"] == 0
     finally:
-        for agent in agents:
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents)
 
 
 async def test_a_jacktrip_2_hub_serves_clients_of_both_versions(tmp_path: Path) -> None:
@@ -396,11 +388,7 @@ async def test_a_jacktrip_2_hub_serves_clients_of_both_versions(tmp_path: Path) 
 
         await kill_and_hear_again(conductor, recorder, base)
     finally:
-        if recorder:
-            recorder.close()
-        for agent in agents:
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents, recorder)
 
 
 # --- the topology in the concert file, without running anything --------------------------------

@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,17 @@ async def stop_node(agent: Any) -> None:
         await asyncio.wait_for(agent.wait(), 15)
     except TimeoutError:
         agent.kill()
+
+
+async def stop_all(conductor: ConductorProcess, agents: Iterable[Any], *jack_clients: Any) -> None:
+    """The end of a test with nodes: its own JACK clients closed (None: never made), then the node
+    agents (each with its JACK server), then the conductor."""
+    for client in jack_clients:
+        if client is not None:
+            client.close()
+    for agent in agents:
+        await stop_node(agent)
+    conductor.stop()
 
 
 async def node_ready(conductor: ConductorProcess, name: str) -> None:
@@ -388,9 +399,7 @@ async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -
             )
     finally:
         await boss.close()
-        for agent in agents:
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents)
 
 
 SCHEDULED = """\

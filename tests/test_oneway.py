@@ -24,7 +24,7 @@ from playwright.async_api import Browser, Page
 from conductor.node.jackio import Recorder
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_jacktrip import PERIOD, link, watching
-from tests.test_node import node_health, start_node, stop_node, until
+from tests.test_node import node_health, start_node, stop_all, until
 
 PING = "schedule: {aligned: pku}, address: /s_new, args: [tutti_ping, -1, 0, 0, freq, 1000, amp, 0.9]"
 AT = (3.0, 3.5, 4.0, 4.5, 5.0)
@@ -223,8 +223,6 @@ async def test_each_direction_is_measured_and_aligned_cues_use_it(tmp_path: Path
             await listener.wait()
         await observer.close()
         await boss.close()
-        for agent in agents:
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents)
         emulator.terminate()
         await emulator.wait()

@@ -36,7 +36,7 @@ from conductor.node.jackio import Recorder
 from conductor.node.scsynth import osc_bundle, start_jack
 from conductor.server.osc import message
 from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
-from tests.test_node import start_node, stop_node, until
+from tests.test_node import start_node, stop_all, until
 from tests.test_scheduling import settled
 
 BAR = 2.0  # 120 bpm, 4/4
@@ -194,11 +194,7 @@ async def two_sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
             "ports": ports,
         }
     finally:
-        if recorder:
-            recorder.close()
-        for agent in agents:
-            await stop_node(agent)
-        conductor.stop()
+        await stop_all(conductor, agents, recorder)
         jackd.terminate()
         await jackd.wait()
 
