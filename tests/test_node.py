@@ -33,7 +33,7 @@ from pythonosc.osc_message import OscMessage
 from conductor.client import TuttiClient
 from conductor.core.score import PART_GROUP_BASE
 from conductor.node.jackio import Recorder
-from conductor.node.scsynth import osc_bundle, osc_message
+from conductor.node.scsynth import SHARED_MEMORY, osc_bundle, osc_message
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 
 CLICKS = [1.0, 1.5, 2.0, 2.75]
@@ -489,6 +489,13 @@ async def test_a_killed_agent_takes_its_scsynth_and_jack_server_with_it(node: di
             return
         await asyncio.sleep(0.1)
     raise AssertionError("scsynth or jackd outlived their node agent")
+
+
+async def test_a_stopped_agent_leaves_no_shared_memory_of_its_scsynth(node: dict[str, Any]) -> None:
+    segment = SHARED_MEMORY / f"SuperColliderServer_{node['port']}"  # 8 MiB, left by every ended scsynth
+    assert segment.exists()
+    await stop_node(node["agent"])
+    assert node["agent"].returncode == 0 and not segment.exists()
 
 
 async def test_a_count_in_clicks_on_the_node_and_scsynth_refusals_reach_the_console(

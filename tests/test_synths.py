@@ -16,6 +16,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from conductor.files import SYNTHS
+from conductor.node.scsynth import forget_shared_memory
 from conductor.tools import synths
 from tests.conftest import ROOT
 
@@ -85,6 +86,7 @@ def scsynth(tmp_path: Path) -> Iterator[int]:
             if proc:
                 proc.terminate()
                 proc.wait(10)
+        forget_shared_memory(port)
 
 
 def osc(address: str, *args: object) -> bytes:

@@ -25,7 +25,8 @@ DEFAULT_GROUP = 1  # as sclang's Server makes it: where cues with target 1 put t
 
 
 BUNDLE = b"#bundle\x00"  # what an OSC bundle begins with
-JACK_REGISTRY = Path("/dev/shm/jack-shm-registry")  # jack2's list of servers (shm.h)
+SHARED_MEMORY = Path("/dev/shm")  # POSIX shared memory on Linux: jack2's and scsynth's
+JACK_REGISTRY = SHARED_MEMORY / "jack-shm-registry"  # jack2's list of servers (shm.h)
 JACK_REGISTRY_HEADER = struct.Struct("<IHxxiiii")  # magic, protocol, type, size, hdr_len, entry_len
 JACK_MAGIC = 0x4A41434B  # "JACK"
 JACK_MAX_SERVERS = 8
@@ -179,6 +180,13 @@ def jack_env(server: str) -> dict[str, str]:
     return {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_DEFAULT_SERVER": server}
 
 
+def forget_shared_memory(port: int) -> None:
+    """Remove the shared memory an ended scsynth on ``port`` leaves (8 MiB, whether it was killed
+    or terminated), as a machine whose ports change (a test suite, a new plan) would fill with them."""
+    with contextlib.suppress(FileNotFoundError):
+        (SHARED_MEMORY / f"SuperColliderServer_{port}").unlink()
+
+
 async def _end(proc: asyncio.subprocess.Process | None) -> None:
     if proc and proc.returncode is None:
         proc.terminate()
@@ -275,6 +283,7 @@ class Scsynth:
         while True:
             assert self._proc is not None
             code = await self._proc.wait()
+            forget_shared_memory(self.port)
             self.health.up = False
             self.health.restarts += 1
             self.health.last_error = f"scsynth exited ({code}); restarting"
@@ -323,5 +332,7 @@ class Scsynth:
         for task in self._tasks:
             task.cancel()
         await _end(self._proc)
+        if self._proc and self._proc.returncode is not None:
+            forget_shared_memory(self.port)
         if self._transport:
             self._transport.close()
