@@ -183,3 +183,16 @@ def test_with_lan_the_printed_urls_use_an_address_ipads_can_reach(
     assert "console:   http://192.0.2.7:8080/console" in out and "audience:  http://192.0.2.7:8080/audience" in out
     assert "only this machine" not in out
     assert conductor.reachable == ["192.0.2.7", "2001:db8::7"]  # what the console's invitations offer
+
+
+def test_output_cut_short_by_its_reader_ends_quietly() -> None:
+    """``tutti deploy plan … | head -1``: the rest is not wanted, and that is no error."""
+    plan = subprocess.Popen(
+        [sys.executable, "-m", "conductor", "deploy", "plan", "deploy/four-rivers.yaml"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert plan.stdout is not None and plan.stderr is not None
+    assert plan.stdout.readline().strip()
+    plan.stdout.close()  # as head does after its line
+    assert plan.wait(60) == 0
+    assert plan.stderr.read() == b""

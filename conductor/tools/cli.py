@@ -664,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidFile, journal.JournalError) as e:
         print(e, file=sys.stderr)
         return 1
+    except BrokenPipeError:  # what reads the output left (``| head``): the end, said by nobody
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python complains at exit
+        return 0
     except ConnectionError as e:  # the conductor refused or could not be reached
         advice = (
             "give the conductor token with --token or TUTTI_CONDUCTOR_TOKEN"
