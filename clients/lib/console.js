@@ -42,6 +42,11 @@ function linkRows(clients) {
       rows.push(row(cells));
     }
   }
+  if (!rows.length) {  // said, not an empty table: a concert in one room has no links
+    const none = row([["none: no node runs a JackTrip end (the concert file's audio section sets them up)", "hint"]]);
+    none.firstChild.colSpan = 10;
+    rows.push(none);
+  }
   return rows;
 }
 
