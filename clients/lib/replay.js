@@ -4,7 +4,7 @@
 // worked out from the journal by the conductor's own code). The scrub bar moves the audio, and
 // with it the score.
 import { showAudience } from "./audience-view.js";
-import { paramAt, positionAt } from "./conductor.js";
+import { paramAt, positionAt, segmentAt } from "./conductor.js";
 import { formatTime } from "./score-view.js";
 
 const banner = document.getElementById("banner");
@@ -35,13 +35,12 @@ async function main() {
   const { score, start } = data;
   const state = { segments: data.segments, params: data.params };
   const now = () => start + audio.currentTime;
-  const segmentAt = (t) => state.segments.filter((s) => s.t <= t).at(-1) ?? state.segments[0];
   const source = {
     score,
     now,
     position: (t = now()) => positionAt(state, t, score.duration),
     param: (name, t = now()) => paramAt(state, name, t),
-    playing: (t = now()) => segmentAt(t).playing,
+    playing: (t = now()) => segmentAt(state, t).playing,
     problem: (what, message) => console.error(what, message),
   };
   window.replay = { source, audio, start, segments: state.segments };

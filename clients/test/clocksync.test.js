@@ -116,3 +116,17 @@ test("an update applies only changes newer than the state, and a snapshot replac
   const snapshot = { seq: 9, segments: [{ t: 0, pos: 3, rate: 1, playing: false }], params: {} };
   assert.deepEqual(applyUpdate(state, { snapshot }), snapshot);
 });
+
+test("a whole concert's history is read by time, as a linear scan would, at any length", () => {
+  const values = Array.from({ length: 360_000 }, (_, i) => [i / 100, i % 7]); // an hour of a fader at 100 Hz
+  values.splice(5, 0, [0.04, 99]); // two values at one time: the later one counts
+  const segments = [{ t: 0, pos: 0, rate: 1, playing: true }, { t: 600, pos: 600, rate: 1, playing: false }];
+  const state = { segments, params: { flow: values } };
+  const linear = (t) => values.filter(([at]) => at <= t).at(-1)?.[1] ?? values[0][1];
+  for (const t of [-1, 0, 0.04, 0.041, 1234.567, 3599.99, 5000]) assert.equal(paramAt(state, "flow", t), linear(t), `at ${t}`);
+  assert.equal(positionAt(state, 700, 3600), 600);
+  assert.equal(positionAt(state, 300, 3600), 300);
+  const started = performance.now();
+  for (let i = 0; i < 10_000; i++) paramAt(state, "flow", i * 0.36);
+  assert.ok(performance.now() - started < 1000, "ten thousand reads of an hour's history take under a second");
+});

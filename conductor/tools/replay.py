@@ -75,7 +75,9 @@ def app(loaded: dict[str, Any]) -> web.Application:
         return web.FileResponse(CLIENTS / "replay.html", headers={"Cache-Control": "no-cache"})
 
     async def data(request: web.Request) -> web.Response:
-        return web.json_response(loaded["replay"])
+        response = web.json_response(loaded["replay"])
+        response.enable_compression()  # a concert's every value: an hour of one fader is 9 MB of JSON
+        return response
 
     async def mix(request: web.Request) -> web.StreamResponse:
         # aiohttp's FileResponse answers Range requests: the page can seek anywhere at once.
