@@ -139,6 +139,35 @@ async def kill_and_hear_again(conductor: ConductorProcess, recorder: Recorder, b
     await until(lambda: link(conductor, "ccom").get("restarts", 0) >= 1, 3, "the restart was not reported")
 
 
+async def test_a_restarted_hub_is_joined_again_by_every_site(sites: dict[str, Any]) -> None:
+    """The hub's jacktrip killed (its node starts it again, with new ports): each site's jacktrip,
+    silent for a few seconds, joins again by itself, and audio passes through the new hub."""
+    conductor: ConductorProcess = sites["conductor"]
+    base = sites["base"]
+    before = {site: link(conductor, site).get("restarts", 0) for site in ("ccom", "pku")}
+    pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", f"jacktrip -S -p 5 -B {base} ", stdout=-1)
+    os.kill(int((await pgrep.communicate())[0].split()[0]), signal.SIGKILL)
+    killed = time.monotonic()
+
+    def joined() -> bool:
+        again = all(link(conductor, s).get("restarts", 0) > before[s] for s in before)
+        up = all(link(conductor, s).get("state") == "connected" for s in before)
+        return again and up and link(conductor, "ucas").get("peers") == 2
+
+    await until(joined, 30, "the sites did not join the restarted hub")
+    print(f"both sites joined the restarted hub {time.monotonic() - killed:.2f} s after the kill")
+    assert "joining again" in link(conductor, "ccom")["last_error"]
+    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-rejoin")
+    try:
+        tone = osc_message("/s_new", ["tutti_tone", 5001, 0, 0, "freq", TONE, "amp", 0.5]).build().dgram
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(tone, ("127.0.0.1", sites["ports"]["ccom"]))
+        recorder.listen_to("jacktrip-pku:receive_1")
+        await until(lambda: hears_tone(recorder), 10, "no tone from ccom through the restarted hub")
+    finally:
+        recorder.close()
+
+
 async def test_a_site_whose_hub_worker_jack_renamed_is_patched_and_measured(tmp_path: Path) -> None:
     """JACK names the hub's worker for a site ccom-01 while a client called ccom is still there (an
     old worker that has not left): the hub's node agent patches and measures it all the same."""

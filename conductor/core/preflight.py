@@ -57,8 +57,8 @@ def node_rows(node: dict[str, Any]) -> list[PreflightRow]:
         what = f"{name}: JackTrip {end}"
         if go:
             fix = ""
-        elif hub and not link.get("peers"):  # jacktrip 1.7 clients never notice a restarted hub
-            fix = "restart each site's node agent (tutti-node-*.service): no site joins a restarted hub by itself"
+        elif hub and not link.get("peers"):  # each site joins again after a few silent seconds
+            fix = "wait a few seconds for the sites to join; if none does, check their node agents and the hub's ports"
         elif link["state"] == "connected" and not hub:  # audio flows, the measuring channel does not come back
             fix = link.get("probe_error") or (
                 "wait a few seconds; if nothing is heard, the far end's node agent is not looping the"

@@ -43,6 +43,7 @@ T = TypeVar("T")
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before each restart in a row
 STEADY = 10.0  # seconds connected after which a link counts as healthy again (backoff starts over)
 CONNECT_WITHIN = 2.5  # seconds a client may wait for the hub's audio, times the failures in a row
+SILENT_FOR = 3  # seconds without a packet after which a connected client joins again
 SPREAD_OF = 10  # successive one-way measurements whose spread is reported as the jitter
 
 
@@ -79,7 +80,8 @@ class LinkState:
     underruns: int = 0
     overflows: int = 0
     lost: int = 0
-    packets: int = 0
+    packets: int = 0  # received in all
+    silent_s: int = 0  # seconds in a row, connected, with no packet received
     peers: int = 0  # hub: clients connected
     last_error: str = ""
     latency_ms: float | None = None  # the latest measured audio round trip
@@ -102,6 +104,7 @@ class LinkState:
         """Take in one line of jacktrip's output."""
         if m := IOSTAT.search(line):
             su, so, ru, ro, lost, _ooo, _rev, tot = (int(x) for x in m.groups())
+            self.silent_s = self.silent_s + 1 if tot == self.packets and self.state == "connected" else 0
             self.underruns, self.overflows, self.lost, self.packets = ru + su, ro + so, lost, tot
         elif "Received Connection from Peer" in line:
             self.set("connected")
@@ -189,6 +192,7 @@ class Link:
                 preexec_fn=die_with_parent,
             )
             self.state.set("connecting" if self.state.role in CLIENTS else "waiting")
+            self.state.packets = self.state.silent_s = 0  # this process's own
             reader = asyncio.create_task(self._read(self.proc))
             patience = CONNECT_WITHIN * (failures + 1)
             while not reader.done():
@@ -196,6 +200,11 @@ class Link:
                 if self.state.state == "connecting" and time.monotonic() - started > patience:
                     # A client can wait for the hub's audio for ever (seen after a reconnection).
                     self.state.last_error = f"no audio from the hub within {patience:g} s"
+                    self.proc.kill()
+                elif self.state.role in CLIENTS and self.state.silent_s >= SILENT_FOR and self.proc.returncode is None:
+                    # The far end went (a restarted hub has new ports): jacktrip 1.7 would wait for
+                    # ever; joining again finds it when it is back.
+                    self.state.last_error = f"no audio from {self.state.peer} for {SILENT_FOR} s: joining again"
                     self.proc.kill()
             code = await self.proc.wait()
             self.state.restarts += 1
