@@ -137,7 +137,8 @@ async def test_console_drives_two_performer_pages_in_step(browser: Browser, slow
     await console.screenshot(path=str(SHOTS / "console.png"))
     table = await console.inner_text("#clients")
     assert "drones" in table and "pulses" in table
-    assert "none: no node runs a JackTrip end" in await console.inner_text("#links")  # said, not an empty table
+    assert "None: no node runs a JackTrip end" in await console.inner_text("#links-hint")  # not an empty table
+    assert not await console.is_visible("#links-box") and not await console.is_visible("#ways-box")
     for page in (console, *performers):
         assert page.errors == []  # type: ignore[attr-defined]
 

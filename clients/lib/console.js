@@ -42,11 +42,6 @@ function linkRows(clients) {
       rows.push(row(cells));
     }
   }
-  if (!rows.length) {  // said, not an empty table: a concert in one room has no links
-    const none = row([["none: no node runs a JackTrip end (the concert file's audio section sets them up)", "hint"]]);
-    none.firstChild.colSpan = 10;
-    rows.push(none);
-  }
   return rows;
 }
 
@@ -324,8 +319,13 @@ async function main() {
     }));
     const audience = Object.values(feed.audience ?? {}).reduce((a, b) => a + b, 0);
     $("audience").textContent = `${audience} in the audience`;
-    $("links").replaceChildren(...linkRows(feed.clients));
-    showLinks(feed.links, $("ways"), $("wayplots"), $("ways-hint"));
+    const ends = linkRows(feed.clients);
+    $("links").replaceChildren(...ends);
+    // Said, not an empty table: a concert in one room has no links.
+    $("links-box").classList.toggle("hidden", !ends.length);
+    $("links-hint").textContent = ends.length ? "" : "None: no node runs a JackTrip end (the concert file's audio section sets them up).";
+    showLinks(feed.links, $("ways"), $("wayplots"), $("ways-hint"), ends.length);
+    $("ways-box").classList.toggle("hidden", !feed.links?.rows?.length);
     showPreflight(feed.preflight ?? [], conductor.phase().phase);
     const bySite = {};
     for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);

@@ -87,11 +87,13 @@ function canvasFor(box, link, which) {
 }
 
 // The feed's ``links``: {rows, recent: {link: [[t, a_to_b, b_to_a, rtt]]}, concert: {...}}.
-export function showLinks(links, table, plots, hint) {
+// `ends`: how many JackTrip ends the nodes run (none: the concert has no audio links).
+export function showLinks(links, table, plots, hint, ends) {
   if (!links) return;
   const rows = links.rows ?? [];
   table.replaceChildren(...tableRows(rows));
-  hint.textContent = (rows.length ? "" : "No link measured yet: each end measures both ways within seconds of connecting. ") +
+  const none = ends ? "No link measured yet: each end measures both ways within seconds of connecting. " : "None. ";
+  hint.textContent = (rows.length ? "" : none) +
     (links.unwritten ? `${links.unwritten} seconds of figures could not be written to ${links.file}: check the disk.` : "");
   for (const row of links.rows ?? []) {
     draw(canvasFor(plots, row.link, "recent"), links.recent?.[row.link] ?? [], `${row.link}, last minutes`, row);
