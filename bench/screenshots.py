@@ -83,7 +83,7 @@ async def link_views(console: Page, out: Path) -> list[Path]:
         await console.evaluate(
             "async (links) => (await import('/clients/linkplots.js')).showLinks(links,"
             " document.getElementById('ways'), document.getElementById('wayplots'),"
-            " document.getElementById('ways-hint'))",
+            " document.getElementById('ways-hint'), links.rows.length)",
             _link_feed(state),
         )
         for name, (width, height) in (("ipad", (1024, 768)), ("phone", (390, 844))):

@@ -325,7 +325,6 @@ async function main() {
     $("links-box").classList.toggle("hidden", !ends.length);
     $("links-hint").textContent = ends.length ? "" : "None: no node runs a JackTrip end (the concert file's audio section sets them up).";
     showLinks(feed.links, $("ways"), $("wayplots"), $("ways-hint"), ends.length);
-    $("ways-box").classList.toggle("hidden", !feed.links?.rows?.length);
     showPreflight(feed.preflight ?? [], conductor.phase().phase);
     const bySite = {};
     for (const c of feed.clients) if (c.rtt != null) (bySite[c.site ?? "local"] ??= []).push(c.rtt);

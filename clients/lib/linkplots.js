@@ -92,6 +92,7 @@ export function showLinks(links, table, plots, hint, ends) {
   if (!links) return;
   const rows = links.rows ?? [];
   table.replaceChildren(...tableRows(rows));
+  table.closest(".wide-table")?.classList.toggle("hidden", !rows.length);
   const none = ends ? "No link measured yet: each end measures both ways within seconds of connecting. " : "None. ";
   hint.textContent = (rows.length ? "" : none) +
     (links.unwritten ? `${links.unwritten} seconds of figures could not be written to ${links.file}: check the disk.` : "");
