@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from bench.fanout import rss_kib  # noqa: E402
 from bench.harness import concert_file, percentile  # noqa: E402
 from conductor.client import TuttiClient  # noqa: E402
-from conductor.server.osc import message  # noqa: E402
+from conductor.core.osc import osc_message  # noqa: E402
 from tests.test_venue import Raw  # noqa: E402
 
 TOKENS = {"conductor": "c", "performer": "p", "node": "n"}
@@ -224,8 +224,8 @@ def _random_osc() -> bytes:
     if kind < 0.4:
         return random.randbytes(random.randint(1, 300))
     if kind < 0.7:
-        return message(random.choice(["/fader", "/nope", "/x/y"]), random.choice([1, "s", 0.5, float("nan")]))
-    packet = bytearray(message("/fader", 0.5))
+        return osc_message(random.choice(["/fader", "/nope", "/x/y"]), [random.choice([1, "s", 0.5, float("nan")])])
+    packet = bytearray(osc_message("/fader", [0.5]))
     packet[random.randrange(len(packet))] = random.randrange(256)  # one byte flipped
     return bytes(packet)
 
@@ -282,7 +282,7 @@ async def slow_http(c: Conductor) -> None:
 
 
 async def spoofed_sources(c: Conductor) -> None:
-    packet = message("/fader", 0.25)
+    packet = osc_message("/fader", [0.25])
     for i in range(20_000):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((f"127.{1 + i // 65000}.{(i // 250) % 250}.{2 + i % 250}", 0))

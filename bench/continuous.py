@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import concert_file, jack_server, node_agent, nodes_up, running, save  # noqa: E402
 from bench.relay import BASE_PORT, Sniffer, free_udp_port  # noqa: E402
-from conductor.server.osc import message  # noqa: E402
+from conductor.core.osc import osc_message  # noqa: E402
 
 TOKEN = "bench"
 JACK = "tutti-continuous"
@@ -52,7 +52,7 @@ async def controller(index: int, osc_port: int, rate: float, seconds: float) -> 
     sent = 0
     while (elapsed := time.perf_counter() - start) < seconds:
         sent += 1
-        sock.sendto(message(f"/fader/{index}", float(sent)), ("127.0.0.1", osc_port))
+        sock.sendto(osc_message(f"/fader/{index}", [float(sent)]), ("127.0.0.1", osc_port))
         await asyncio.sleep(max(0.0, sent / rate - elapsed))
     sock.close()
     return sent

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import jack_server, node_agent, nodes_up, running, save  # noqa: E402
 from bench.relay import BASE_PORT, TOKEN, free_udp_port, relay_concert  # noqa: E402
-from conductor.server.osc import message  # noqa: E402
+from conductor.core.osc import osc_message  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -52,7 +52,7 @@ async def main() -> None:
                     rows.append({"changes": n, "rss_mib": rss_mib(agent.pid)})
                     print(f"{n:9d}{rows[-1]['rss_mib']:14.1f}", flush=True)
                 if n < args.changes:
-                    controller.sendto(message("/seq", float(n)), ("127.0.0.1", osc_port))
+                    controller.sendto(osc_message("/seq", [float(n)]), ("127.0.0.1", osc_port))
                     if n % 100 == 0:
                         await asyncio.sleep(max(0.0, start + n / args.rate - time.perf_counter()))
         finally:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.harness import concert_file, jack_server, node_agent, nodes_up, percentile, running, save  # noqa: E402
 from conductor.client import TuttiClient  # noqa: E402
+from conductor.core.osc import osc_bundle  # noqa: E402
 from conductor.node.jackio import Recorder  # noqa: E402
-from conductor.node.scsynth import osc_bundle  # noqa: E402
 
 JACK = f"tutti-onsets-{os.getpid()}"
 TOKEN = "bench"

@@ -56,8 +56,8 @@ def record(server: str, port: str, scsynth: int) -> None:
     """The recorder on a campus's host: it records ``port`` and, for the target wall time it reads,
     sends its scsynth (on 127.0.0.1: scsynth is IPv4 only) a click of its own timetagged ``PARTNER``
     later: what a perfect timetag gives on that scsynth then."""
+    from conductor.core.osc import osc_bundle
     from conductor.node.jackio import Recorder
-    from conductor.node.scsynth import osc_bundle
 
     recorder = Recorder(server, "rehearsal-recorder")
     recorder.listen_to(port)

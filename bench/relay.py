@@ -51,8 +51,8 @@ from bench.harness import (  # noqa: E402
     save,
     started,
 )
+from conductor.core.osc import osc_message  # noqa: E402
 from conductor.core.score import PART_GROUP_BASE  # noqa: E402
-from conductor.node.scsynth import osc_message  # noqa: E402
 from conductor.tools.cli import run  # noqa: E402
 
 SCORE = """\
@@ -197,7 +197,7 @@ def relay(controller: socket.socket, osc_port: int) -> Callable[[int], None]:
     """Send as a controller would: to the conductor's OSC port."""
 
     def send(n: int) -> None:
-        controller.sendto(osc_message("/seq", [float(n)]).build().dgram, ("127.0.0.1", osc_port))
+        controller.sendto(osc_message("/seq", [float(n)]), ("127.0.0.1", osc_port))
 
     return send
 
@@ -206,7 +206,7 @@ def direct(controller: socket.socket, ports: list[int]) -> Callable[[int], None]
     """The baseline: the same /n_set straight to every scsynth."""
 
     def send(n: int) -> None:
-        packet = osc_message("/n_set", [PART_GROUP_BASE, "seq", float(n)]).build().dgram
+        packet = osc_message("/n_set", [PART_GROUP_BASE, "seq", float(n)])
         for port in ports:
             controller.sendto(packet, ("127.0.0.1", port))
 

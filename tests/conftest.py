@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from playwright.async_api import Browser, async_playwright
 
 from bench.harness import CHROMIUM, CHROMIUM_ARGS, redis_server
+
+# Property tests check what the code does, not how fast a busy machine runs it (CI has its own profile).
+settings.register_profile("busy", deadline=None)
+if not os.environ.get("CI"):
+    settings.load_profile("busy")
+
 
 ROOT = Path(__file__).resolve().parent.parent
 SCORES = ROOT / "scores"

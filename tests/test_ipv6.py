@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 from conductor.client import TuttiClient
-from conductor.node.scsynth import osc_message
+from conductor.core.osc import osc_message
 from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_all, until
 
@@ -50,7 +50,7 @@ async def test_a_conductor_and_two_nodes_on_ipv6(tmp_path: Path) -> None:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as surface:
             surface.bind(("::1", 0))
             surface.settimeout(2)
-            surface.sendto(osc_message("/1/fader1", [0.75]).build().dgram, ("::1", conductor.osc_udp))
+            surface.sendto(osc_message("/1/fader1", [0.75]), ("::1", conductor.osc_udp))
             echo = await asyncio.to_thread(surface.recv, 1024)
         assert echo.startswith(b"/1/fader1")
         assert conductor.status()["state"]["params"]["density"][-1][1] == 0.75

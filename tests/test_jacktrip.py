@@ -25,11 +25,11 @@ from conductor.client import TuttiClient
 from conductor.core import protocol
 from conductor.core.audio import AudioSettings, check_audio, client_command, hub_command
 from conductor.core.concert import load_concert
+from conductor.core.osc import osc_message
 from conductor.core.scheduler import audio_delays
 from conductor.core.yamlcheck import InvalidFile
 from conductor.node.jackio import Recorder
 from conductor.node.jacktrip import LinkState, SiteAudio, wanted_connections
-from conductor.node.scsynth import osc_message
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_all, until
 
@@ -117,7 +117,7 @@ async def test_audio_passes_between_sites_and_a_killed_link_comes_back(sites: di
         assert "scsynth-npku:in_3" in connected
 
         # A tone from ccom's scsynth, out through ccom's link, through the hub, arrives at pku.
-        tone = osc_message("/s_new", ["tutti_tone", 5000, 0, 0, "freq", TONE, "amp", 0.5]).build().dgram
+        tone = osc_message("/s_new", ["tutti_tone", 5000, 0, 0, "freq", TONE, "amp", 0.5])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(tone, ("127.0.0.1", sites["ports"]["ccom"]))
         recorder.listen_to("jacktrip-pku:receive_1")
@@ -159,7 +159,7 @@ async def test_a_restarted_hub_is_joined_again_by_every_site(sites: dict[str, An
     assert "joining again" in link(conductor, "ccom")["last_error"]
     recorder = Recorder(sites["servers"]["pku"], "recorder-pku-rejoin")
     try:
-        tone = osc_message("/s_new", ["tutti_tone", 5001, 0, 0, "freq", TONE, "amp", 0.5]).build().dgram
+        tone = osc_message("/s_new", ["tutti_tone", 5001, 0, 0, "freq", TONE, "amp", 0.5])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(tone, ("127.0.0.1", sites["ports"]["ccom"]))
         recorder.listen_to("jacktrip-pku:receive_1")
@@ -199,7 +199,7 @@ async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
     assert link(conductor, "ucas", 1)["role"] == "p2p server" and link(conductor, "pku", 1)["peer"] == "ucas"
     recorder = Recorder(sites["servers"]["pku"], "recorder-pku-pair")
     try:
-        tone = osc_message("/s_new", ["tutti_tone", 5001, 0, 0, "freq", TONE, "amp", 0.5]).build().dgram
+        tone = osc_message("/s_new", ["tutti_tone", 5001, 0, 0, "freq", TONE, "amp", 0.5])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(tone, ("127.0.0.1", sites["ports"]["ucas"]))
         recorder.listen_to("jacktrip-ucas:receive_1")
@@ -401,7 +401,7 @@ async def test_a_jacktrip_2_hub_serves_clients_of_both_versions(tmp_path: Path) 
 
         # A tone from ccom's scsynth, out through its 2.5 link and the 2.5 hub, arrives at pku's 1.7.
         recorder = Recorder(f"tutti-j2p-{pid}", "recorder-j2-pku")
-        tone = osc_message("/s_new", ["tutti_tone", 5002, 0, 0, "freq", TONE, "amp", 0.5]).build().dgram
+        tone = osc_message("/s_new", ["tutti_tone", 5002, 0, 0, "freq", TONE, "amp", 0.5])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(tone, ("127.0.0.1", port + 1))
         recorder.listen_to("jacktrip-pku:receive_1")

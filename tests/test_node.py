@@ -31,9 +31,10 @@ from playwright.async_api import Browser
 from pythonosc.osc_message import OscMessage
 
 from conductor.client import TuttiClient
+from conductor.core.osc import osc_bundle, osc_message
 from conductor.core.score import PART_GROUP_BASE
 from conductor.node.jackio import Recorder
-from conductor.node.scsynth import SHARED_MEMORY, osc_bundle, osc_message
+from conductor.node.scsynth import SHARED_MEMORY
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 
 CLICKS = [1.0, 1.5, 2.0, 2.75]
@@ -338,7 +339,7 @@ def query_tree(port: int, group: int) -> list[tuple[str, dict[str, Any]]] | None
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.5)
     try:
-        sock.sendto(osc_message("/g_queryTree", [group, 1]).build().dgram, ("127.0.0.1", port))
+        sock.sendto(osc_message("/g_queryTree", [group, 1]), ("127.0.0.1", port))
         reply = OscMessage(sock.recv(65536))
     except TimeoutError:
         return None
@@ -391,7 +392,7 @@ async def test_a_touchosc_fader_moves_a_parameter_on_two_nodes(tmp_path: Path) -
             assert await amp_on(port, groups[site]) == pytest.approx(0.1)  # density 0.25 on 0..0.4, not 0.2 as built
 
         surface = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        surface.sendto(osc_message("/1/fader1", [0.75]).build().dgram, ("127.0.0.1", conductor.osc_udp))
+        surface.sendto(osc_message("/1/fader1", [0.75]), ("127.0.0.1", conductor.osc_udp))
         surface.close()
         for site, port in ports.items():
             await until_async(

@@ -18,8 +18,8 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from conductor.client import TuttiClient
-from conductor.node.scsynth import encoded, osc_bundle, osc_message
-from conductor.server.osc import message, plain_numbers, well_formed
+from conductor.core.osc import osc_bundle, osc_message
+from conductor.server.osc import plain_numbers, well_formed
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 
 ROUTES = {
@@ -62,11 +62,11 @@ async def settle(conductor: ConductorProcess, seq: int) -> None:
 async def test_two_surfaces_stay_in_step(osc_conductor: ConductorProcess) -> None:
     a, b = surface(), surface()
     target = ("127.0.0.1", osc_conductor.osc_udp)
-    b.sendto(message("/1/rotary1", 127.0), target)  # b speaks first, so it is registered for echoes
+    b.sendto(osc_message("/1/rotary1", [127.0]), target)  # b speaks first, so it is registered for echoes
     await settle(osc_conductor, 1)
     assert param(osc_conductor, "brightness") == pytest.approx(1.0)
     OscMessage(b.recv(1024))  # its own echo
-    a.sendto(message("/1/fader1", 0.25), target)
+    a.sendto(osc_message("/1/fader1", [0.25]), target)
     await settle(osc_conductor, 2)
     assert param(osc_conductor, "density") == pytest.approx(0.25)
     echo = OscMessage(b.recv(1024))
@@ -86,7 +86,7 @@ async def test_two_surfaces_stay_in_step(osc_conductor: ConductorProcess) -> Non
 
 async def test_slip_over_tcp(osc_conductor: ConductorProcess) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", osc_conductor.osc_tcp)
-    writer.write(slip.encode(message("/1/rotary1", 63.5)))
+    writer.write(slip.encode(osc_message("/1/rotary1", [63.5])))
     await writer.drain()
     echo = await asyncio.wait_for(reader.read(1024), 5)
     frames = [f for f in echo.split(b"\xc0") if f]
@@ -107,8 +107,8 @@ def harmless(packet: bytes) -> bool:
 
 
 def test_well_formed_catches_what_python_osc_lets_through() -> None:
-    good = message("/1/fader1", 0.5)
-    assert well_formed(good) and well_formed(message("/a", "text", 3, 2.5)) and well_formed(message("/ping"))
+    good = osc_message("/1/fader1", [0.5])
+    assert well_formed(good) and well_formed(osc_message("/a", ["text", 3, 2.5])) and well_formed(osc_message("/ping"))
     assert not well_formed(good[:16])  # the float is missing, python-osc would read 0.0
     assert OscMessage(good[:16]).params == [0.0]
     assert not well_formed(good + b"\0\0\0\0")
@@ -118,7 +118,7 @@ async def test_garbage_is_counted_and_the_conductor_keeps_serving(osc_conductor:
     sock = surface()
     target = ("127.0.0.1", osc_conductor.osc_udp)
     rng = random.Random(5)
-    good = message("/1/fader1", 0.5)
+    good = osc_message("/1/fader1", [0.5])
     sent = []
     for i in range(600):
         kind = i % 4
@@ -127,7 +127,7 @@ async def test_garbage_is_counted_and_the_conductor_keeps_serving(osc_conductor:
         elif kind == 1:
             packet = good[: rng.randrange(1, len(good))]  # truncated
         elif kind == 2:
-            packet = message(rng.choice(["/nope", "/1/fader1"]), "text")  # unknown address or wrong type
+            packet = osc_message(rng.choice(["/nope", "/1/fader1"]), ["text"])  # unknown address or wrong type
         else:
             packet = b"#bundle\x00" + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
         sent.append(packet)
@@ -149,7 +149,7 @@ async def test_garbage_is_counted_and_the_conductor_keeps_serving(osc_conductor:
     writer.write(b"\xc0" + bytes(rng.randrange(1, 192) for _ in range(300)) + b"\xc0" + b"x" * 20000)
     await writer.drain()
     writer.close()
-    sock.sendto(message("/1/fader1", 0.75), target)  # and a good one still works
+    sock.sendto(osc_message("/1/fader1", [0.75]), target)  # and a good one still works
     for _ in range(50):
         if param(osc_conductor, "density") == pytest.approx(0.75):
             break
@@ -165,7 +165,7 @@ async def test_sources_off_the_allow_list_are_dropped(tmp_path: Path) -> None:
     proc = ConductorProcess(write_concert(tmp_path, osc={**ROUTES, "allow": ["10.9.9.0/24"]}))
     try:
         sock = surface()
-        sock.sendto(message("/1/fader1", 0.9), ("127.0.0.1", proc.osc_udp))
+        sock.sendto(osc_message("/1/fader1", [0.9]), ("127.0.0.1", proc.osc_udp))
         await asyncio.sleep(0.3)
         status = proc.status()
         assert status["state"]["seq"] == 0
@@ -186,9 +186,14 @@ cue_args = st.lists(
 @given(address=st.sampled_from(["/n_set", "/s_new", "/tutti/beat"]), args=cue_args, at=st.floats(1e9, 2e9))
 def test_a_node_encodes_cues_as_python_osc_builds_them(address: str, args: list[Any], at: float) -> None:
     """The node's own encoding of a cue (its hot path) is byte for byte what python-osc's builders make."""
-    assert encoded(address, args) == osc_message(address, args).build().dgram
+    built, doubles = OscMessageBuilder(address), OscMessageBuilder(address)
+    for arg in args:
+        built.add_arg(arg)
+        doubles.add_arg(arg, OscMessageBuilder.ARG_TYPE_DOUBLE if isinstance(arg, float) else None)
+    assert osc_message(address, args) == built.build().dgram
+    assert osc_message(address, args, doubles=True) == doubles.build().dgram
     bundle = OscBundleBuilder(at)
-    bundle.add_content(osc_message(address, args).build())
+    bundle.add_content(built.build())
     assert osc_bundle(at, address, args) == bundle.build().dgram
 
 
@@ -226,5 +231,5 @@ def test_a_cut_or_padded_message_is_left_to_the_careful_reader(
     dgram = _built("/fader", args)
     for broken in (dgram[:-cut], dgram + extra, dgram.replace(b",", b";", 1)):
         assert plain_numbers(broken) is None
-    assert plain_numbers(message("/fader", "text", 1.0)) is None  # a string: not a controller's numbers
-    assert plain_numbers(message("/fader", True)) is None  # python-osc reads T as a bool, which routes refuse
+    assert plain_numbers(osc_message("/fader", ["text", 1.0])) is None  # a string: not a controller's numbers
+    assert plain_numbers(osc_message("/fader", [True])) is None  # python-osc reads T as a bool, which routes refuse

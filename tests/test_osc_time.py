@@ -13,8 +13,9 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from conductor.core.concert import OscRoute, OscSettings
+from conductor.core.osc import osc_message
 from conductor.core.protocol import SetParam, SetParams
-from conductor.server.osc import OscIngress, message
+from conductor.server.osc import OscIngress
 from conductor.server.osctime import SenderClocks
 from tests.conftest import ConductorProcess, write_concert
 from tests.test_osc import settle, surface
@@ -86,7 +87,7 @@ async def test_an_xy_pad_moves_two_parameters_in_one_change_and_is_echoed_two_fl
     pad = surface()
     target = ("127.0.0.1", osc_conductor.osc_udp)
     seq = osc_conductor.status()["state"]["seq"]
-    pad.sendto(message("/1/xy1", 25.0, 75.0), target)
+    pad.sendto(osc_message("/1/xy1", [25.0, 75.0]), target)
     await settle(osc_conductor, seq + 1)
     status = osc_conductor.status()
     params = status["state"]["params"]
@@ -95,7 +96,7 @@ async def test_an_xy_pad_moves_two_parameters_in_one_change_and_is_echoed_two_fl
     assert params["swell_x"][-1][0] == params["swell_y"][-1][0]
     echo = OscMessage(pad.recv(1024))
     assert (echo.address, echo.params) == ("/1/xy1", [pytest.approx(25.0), pytest.approx(75.0)])
-    for wrong in (message("/1/xy1", 0.5), message("/1/xy1", 1.0, 2.0, 3.0)):
+    for wrong in (osc_message("/1/xy1", [0.5]), osc_message("/1/xy1", [1.0, 2.0, 3.0])):
         pad.sendto(wrong, target)
     for _ in range(100):
         if osc_conductor.status()["rejections"].get("osc_bad_args", 0) >= 2:
@@ -133,5 +134,5 @@ async def test_a_node_s_bundle_is_timed_by_the_node_s_clock() -> None:
     osc.receive(bundle(time.time() + 1.0, "/f", 0.5), ("::ffff:127.0.0.1", 57120))
     assert submitted[0].at == pytest.approx(node_wall + 5.001, abs=1e-3)  # the median of its nodes' offsets
     assert submitted[1].at == pytest.approx(time.time() + 1.25, abs=0.05)
-    osc.receive(message("/f", 0.5), ("10.0.0.7", 57120))
+    osc.receive(osc_message("/f", [0.5]), ("10.0.0.7", 57120))
     assert submitted[2].at is None  # a plain message: as soon as every site can follow

@@ -18,6 +18,7 @@ from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
 from conductor.core import journal
+from conductor.core.osc import osc_bundle, osc_message
 from conductor.core.performance import Performance, Timing
 from conductor.core.protocol import (
     CLICK_ID,
@@ -33,8 +34,7 @@ from conductor.core.protocol import (
 from conductor.core.score import Score, load_score
 from conductor.core.transport import Loop, Rehearsal, Transport
 from conductor.node.jackio import Recorder
-from conductor.node.scsynth import osc_bundle, start_jack
-from conductor.server.osc import message
+from conductor.node.scsynth import start_jack
 from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import start_node, stop_all, until
 from tests.test_scheduling import settled
@@ -331,7 +331,7 @@ async def test_a_controller_loops_bars_and_sets_the_click_over_osc(tmp_path: Pat
                 ("/tutti/loop", [4, 2]),  # refused: says what it takes
                 ("/tutti/bar", []),  # refused
             ):
-                sock.sendto(message(address, *args), ("127.0.0.1", conductor.osc_udp))
+                sock.sendto(osc_message(address, args), ("127.0.0.1", conductor.osc_udp))
 
         def rehearsal() -> dict[str, Any]:
             return conductor.status()["state"].get("rehearsal") or {}

@@ -18,10 +18,11 @@ import pytest
 from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
+from conductor.core.osc import osc_bundle
 from conductor.core.scheduler import Lookahead, audio_delays, moved
 from conductor.core.score import Aligned, load_score
 from conductor.node.jackio import Recorder
-from conductor.node.scsynth import osc_bundle, start_jack
+from conductor.node.scsynth import start_jack
 from conductor.tools.emulate import TcpDelayProxy, UdpDelayProxy
 from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_node, until

@@ -23,10 +23,11 @@ import aiohttp
 import pytest
 
 from conductor.client import TuttiClient, why_unreachable
+from conductor.core.osc import osc_message
 from conductor.server.cluster import free_port
 from conductor.server.connections import PENDING_PER_ADDRESS
 from conductor.server.joins import JOIN_FAILURES, ROLE_FAILURES
-from conductor.server.osc import TCP_PER_ADDRESS, message
+from conductor.server.osc import TCP_PER_ADDRESS
 from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
 from tests.test_tls import test_certificate
 
@@ -256,7 +257,7 @@ async def test_slow_and_idle_connections_cannot_keep_joins_out(tmp_path: Path) -
         assert rejections["slow_headers"] >= PENDING_PER_ADDRESS and rejections["osc_too_many"] >= 20
 
         # Spoofable UDP sources: each well-formed packet may not buy a place in the echo list.
-        packet = message("/fader", 0.5)
+        packet = osc_message("/fader", [0.5])
         senders = []
         for _ in range(300):
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -25,12 +25,13 @@ import pydantic
 
 from conductor.client import TuttiClient
 from conductor.core import protocol
+from conductor.core.osc import osc_bundle, osc_message
 from conductor.core.transport import Transport
 from conductor.node.archive import ArchiveRecorder, link_tracks, scsynth_track
 from conductor.node.face import SclangFace
 from conductor.node.jacktrip import AudioSettings, SiteAudio
 from conductor.node.link import LinkPeer
-from conductor.node.scsynth import Health, Scsynth, _end, encoded, jack_env, osc_bundle, start_jack
+from conductor.node.scsynth import Health, Scsynth, _end, jack_env, start_jack
 
 log = logging.getLogger("tutti.node")
 SCLANG_PORT = 57120
@@ -203,7 +204,7 @@ class NodeAgent:
                 for x in (control, setting[2])
             ]
         if cue.t is None:  # now: a setting, or a cue scheduled "immediate"
-            self.scsynth.send(encoded(address, args), port)
+            self.scsynth.send(osc_message(address, args), port)
             self.cues_played += address != "/n_set"
             return
         # Aligned cues play early by the audio's way from this site to the one they are aligned at.

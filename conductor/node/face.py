@@ -23,10 +23,7 @@ import logging
 import socket
 import time
 
-from pythonosc.osc_bundle_builder import OscBundleBuilder
-from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
-
+from conductor.core.osc import osc_bundle, osc_message
 from conductor.core.transport import Segment
 from conductor.node.link import Line, LinkPeer
 
@@ -60,11 +57,7 @@ class SclangFace:
 
     def _send(self, address: str, *args: float | int | str, at: float | None = None) -> None:
         """A message, or with ``at`` (this machine's wall clock) a bundle timetagged then."""
-        packet = _message(address, args)
-        if at is not None:
-            bundle = OscBundleBuilder(at)
-            bundle.add_content(OscMessage(packet))
-            packet = bundle.build().dgram
+        packet = osc_message(address, args, doubles=True) if at is None else osc_bundle(at, address, args, doubles=True)
         with contextlib.suppress(OSError):  # no sclang listening yet: it catches up with the next report
             self._sock.sendto(packet, self.address)
             self.sent += 1
@@ -107,11 +100,3 @@ class SclangFace:
                 self._params.clear()
                 self.changed()
             await asyncio.sleep(EVERY)
-
-
-def _message(address: str, args: tuple[float | int | str, ...]) -> bytes:
-    """An OSC message with floats as doubles: a beat count of an hour's piece needs more than float32."""
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg, OscMessageBuilder.ARG_TYPE_DOUBLE if isinstance(arg, float) else None)
-    return builder.build().dgram

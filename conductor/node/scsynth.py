@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.parsing import osc_types
 
+from conductor.core.osc import osc_message
 from conductor.core.process import die_with_parent
 from conductor.files import SYNTHS
 
@@ -24,45 +23,11 @@ log = logging.getLogger("tutti.scsynth")
 DEFAULT_GROUP = 1  # as sclang's Server makes it: where cues with target 1 put their synths
 
 
-BUNDLE = b"#bundle\x00"  # what an OSC bundle begins with
 SHARED_MEMORY = Path("/dev/shm")  # POSIX shared memory on Linux: jack2's and scsynth's
 JACK_REGISTRY = SHARED_MEMORY / "jack-shm-registry"  # jack2's list of servers (shm.h)
 JACK_REGISTRY_HEADER = struct.Struct("<IHxxiiii")  # magic, protocol, type, size, hdr_len, entry_len
 JACK_MAGIC = 0x4A41434B  # "JACK"
 JACK_MAX_SERVERS = 8
-
-
-def osc_message(address: str, args: list[Any]) -> OscMessageBuilder:
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg)
-    return builder
-
-
-def encoded(address: str, args: list[Any]) -> bytes:
-    """The datagram ``osc_message(address, args).build().dgram`` is, for the arguments cues carry
-    (int, float, str), written with python-osc's own encoders: its builder reads back every
-    datagram it builds, which was most of what a cue cost a node."""
-    tags, data = ",", []
-    for arg in args:
-        if isinstance(arg, str):
-            tags += "s"
-            data.append(osc_types.write_string(arg))
-        elif isinstance(arg, float):
-            tags += "f"
-            data.append(osc_types.write_float(arg))
-        elif isinstance(arg, int) and not isinstance(arg, bool) and -(2**31) <= arg < 2**31:
-            tags += "i"
-            data.append(osc_types.write_int(arg))
-        else:
-            return osc_message(address, args).build().dgram  # anything else, as python-osc has it
-    return osc_types.write_string(address) + osc_types.write_string(tags) + b"".join(data)
-
-
-def osc_bundle(at: float, address: str, args: list[Any]) -> bytes:
-    """A bundle to run at ``at`` (epoch seconds on this machine's clock), as OscBundleBuilder makes it."""
-    message = encoded(address, args)
-    return BUNDLE + osc_types.write_date(at) + osc_types.write_int(len(message)) + message
 
 
 class _Replies(asyncio.DatagramProtocol):
@@ -256,7 +221,7 @@ class Scsynth:
         self._made = set()
         self.make_groups(self.groups)
         for args in self.controls.values():
-            self.send(osc_message("/n_set", args).build().dgram)
+            self.send(osc_message("/n_set", args))
         await self.ask("/sync", [1], "/synced", within=5)
         self.health.up = True
         log.info("scsynth up on port %d with the synths of %s", self.port, self.synth_dir)
@@ -266,7 +231,7 @@ class Scsynth:
         self.groups = sorted(set(self.groups) | set(groups))
         for group, action, target in [(DEFAULT_GROUP, 0, 0), *((g, 1, DEFAULT_GROUP) for g in self.groups)]:
             if group not in self._made:
-                self.send(osc_message("/g_new", [group, action, target]).build().dgram)
+                self.send(osc_message("/g_new", [group, action, target]))
                 self._made.add(group)
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
@@ -320,7 +285,7 @@ class Scsynth:
         for _ in range(tries):
             future: asyncio.Future[OscMessage] = loop.create_future()
             self._replies.waiting.setdefault(reply, []).append(future)
-            self.send(osc_message(address, args).build().dgram)
+            self.send(osc_message(address, args))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.01, min(0.5, deadline - loop.time()))):
                     return await future

@@ -32,10 +32,10 @@ from typing import Any
 import pydantic
 from pythonosc import slip
 from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from conductor.core.concert import OscRoute, OscSettings
+from conductor.core.osc import osc_message
 from conductor.core.performance import Accepted
 from conductor.core.protocol import Command, Rejected, SetParam, SetParams, command_adapter
 from conductor.server.joins import summary
@@ -156,13 +156,6 @@ def plain_numbers(dgram: bytes) -> tuple[str, tuple[float, ...]] | None:
     except UnicodeDecodeError:
         return None
     return address, layout.unpack_from(dgram, args_at)
-
-
-def message(address: str, *args: Any) -> bytes:
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg)
-    return builder.build().dgram
 
 
 @dataclass
@@ -457,7 +450,7 @@ class OscIngress:
             for name in route.names:  # an XY pad is echoed both its values
                 lo, hi = self.params[name]
                 sent.append(low + (self._known.get(name, lo) - lo) / (hi - lo) * (high - low))
-            packet = message(route.address, *sent)
+            packet = osc_message(route.address, sent)
             if self._udp:
                 for peer in self.udp_peers:
                     with contextlib.suppress(OSError):

@@ -24,9 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from conductor.core.concert import Concert
+from conductor.core.osc import osc_message
 from conductor.core.preflight import node_rows, scsynth_fix
 from conductor.core.protocol import PreflightRow
-from conductor.node.scsynth import osc_message
 from conductor.tools.deploy import CONFIG, Machine, conductor_url, jack_server, plan
 
 ASK_WITHIN = 5.0  # seconds for the conductor, 1 for scsynth
@@ -97,7 +97,7 @@ async def scsynth_status(port: int) -> list[Any] | None:
 
     transport, _ = await loop.create_datagram_endpoint(Reply, remote_addr=("127.0.0.1", port))
     try:
-        transport.sendto(osc_message("/status", []).build().dgram)
+        transport.sendto(osc_message("/status", []))
         return await asyncio.wait_for(answer, 1.0)
     except TimeoutError:
         return None
