@@ -10,16 +10,19 @@ Needs root, jackd, scsynth, jacktrip and Chromium.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser
 
-from bench.rehearsal import BOUND, check, cue_heard, rehearsed, restart, until_green
+from bench.rehearsal import BOUND, check, cue_heard, rehearsed, restart, status, until_green
+from conductor.core.deployment import RehearsalSettings
 from conductor.core.preflight import concert_rows, node_rows
 from conductor.tools.check import jack_name
 from conductor.tools.rehearse import _unit_fields
+from conductor.tools.wan import Lag
 
 # Generous bounds for a busy shared machine; bench/rehearsal.py prints the figures (the issue's
 # targets: all green 30 s after the last process starts, 5 s after a host's restart).
@@ -74,6 +77,45 @@ async def test_four_rivers_as_six_ipv6_hosts_goes_green_checks_go_plays_together
         # again, and it joins the conductor and the hub again.
         back, green = await restart(rehearsal, rehearsal.deployment.sites["pku"].nodes[0].host, RECOVER_WITHIN)
         assert back < 2.0 and green < RECOVER_WITHIN, (back, green)
+
+
+# One-way ms from each campus to the conductor and hub's site; whcm's two ways differ.
+DELAYS = RehearsalSettings.model_validate({"delays": {"ucas": 4, "ccom": 8, "pku": 12, "whcm": {"to": 20, "back": 4}}})
+SLACK_MS = 1.5  # below a configured delay: the measuring impulse's own timing, and the clocks'
+
+
+@pytest.mark.integration
+async def test_four_rivers_with_each_campus_delay_measures_them_on_every_link(tmp_path: Path) -> None:
+    async with rehearsed(tmp_path, DELAYS, f"t20b-{os.getpid()}") as (rehearsal, _):
+        assert rehearsal.router is not None
+        lags = rehearsal.lags()
+        assert lags["pku-1", "hub"] == Lag(0.012) and lags["whcm-1", "pku-1"] == Lag(0.032)
+        assert lags["conductor", "hub"] == Lag(0.0) and lags["hub", "whcm-1"] == Lag(0.004)
+        # All green, each campus's clock off by half its asymmetry (bench/rehearsal.py's clock_skews).
+        await until_green(rehearsal, GREEN_WITHIN)
+        deadline = time.monotonic() + GREEN_WITHIN
+        while True:  # each way of each link measured: at the hub from the campus, at the campus from the hub
+            nodes = {c["name"]: c for c in (await status(rehearsal))["clients"] if c["role"] == "node"}
+            links = {link["site"]: link for c in nodes.values() for link in (c["health"] or {}).get("links", [])}
+            ways = {
+                site: ((links["hub"].get("way_in_ms") or {}).get(site), (links[site].get("way_in_ms") or {}).get("hub"))
+                for site in DELAYS.delays
+            }
+            if all(None not in pair for pair in ways.values()):
+                break
+            assert time.monotonic() < deadline, ways
+            await asyncio.sleep(0.2)
+        trips = {site: links[site]["latency_ms"] for site in DELAYS.delays}
+        for site, (up, down) in ways.items():
+            campus = DELAYS.campus(site)
+            # The round trip and the two ways hold the configured delays (and jacktrip's queues besides).
+            assert trips[site] >= campus.to + campus.way_back, (site, trips)
+            assert up + down >= campus.to + campus.way_back - SLACK_MS, (site, up, down)
+            if campus.to == campus.way_back:  # whcm's ways each carry its clock's error (half the asymmetry)
+                assert min(up, down) >= campus.to - SLACK_MS, (site, up, down)
+        # Two campuses on queue-4 links, 4 and 12 ms away: 16 ms between their round trips, give or take.
+        assert trips["pku"] - trips["ucas"] > 8, trips
+        assert rehearsal.router.counts.forwarded > 0 and rehearsal.router.dropped() == "", rehearsal.router.counts
 
 
 @pytest.mark.unit
