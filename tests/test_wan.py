@@ -11,7 +11,6 @@ import asyncio
 import ipaddress
 import os
 import socket
-import statistics
 import struct
 import time
 
@@ -21,7 +20,7 @@ from conductor.tools import netns
 from conductor.tools.wan import MTU, Lag, Router
 
 A, B, C = "2001:db8:1::1", "2001:db8:2::1", "2001:db8:3::1"
-SLACK = 0.003  # seconds either side of a configured delay, on a busy machine
+SLACK = 0.003  # seconds above a configured delay, for the quickest of several on a busy machine
 
 
 def ipv6(source: str, destination: str, payload: bytes = b"x" * 8) -> bytes:
@@ -114,25 +113,30 @@ async def test_namespaces_through_the_router_see_each_pairs_delay_each_way() -> 
         listener = await netns.socket_in(hosts["b"].netns, socket.SOCK_STREAM)
         listener.bind((B, 9998))
         listener.listen()
-        caller = await netns.socket_in(hosts["a"].netns, socket.SOCK_STREAM)
+        callers: list[socket.socket] = []
         try:
             loop = asyncio.get_running_loop()
             # ICMPv6: a round trip is the two ways' delays.
             trips = [await _echo(ping, B, os.getpid() & 0xFFFF, i) for i in range(5)]
-            assert 0.016 <= statistics.median(trips) < 0.016 + SLACK, trips
+            assert 0.016 <= min(trips) < 0.016 + SLACK, trips
             trips = [await _echo(ping, C, os.getpid() & 0xFFFF, 10 + i) for i in range(5)]
-            assert min(trips) >= 0.040 and statistics.median(trips) < 0.044 + SLACK, trips
-            # TCP: a handshake is a round trip too.
-            started = time.monotonic()
-            await asyncio.wait_for(loop.sock_connect(caller, (B, 9998)), 5)
-            assert 0.016 <= time.monotonic() - started < 0.016 + SLACK + 0.005
+            assert 0.040 <= min(trips) < 0.044 + SLACK, trips
+            # TCP: a handshake is a round trip too (the quickest of three, on a busy machine).
+            handshakes = []
+            for _ in range(3):
+                caller = await netns.socket_in(hosts["a"].netns, socket.SOCK_STREAM)
+                callers.append(caller)
+                started = time.monotonic()
+                await asyncio.wait_for(loop.sock_connect(caller, (B, 9998)), 5)
+                handshakes.append(time.monotonic() - started)
+            assert 0.016 <= min(handshakes) < 0.016 + SLACK, handshakes
             # UDP, each way on its own: the asymmetry is there.
             there = await _one_way(udp["a"], udp["b"], B, 9999, 10)
             back = await _one_way(udp["b"], udp["a"], A, 9999, 10)
-            assert min(there) >= 0.012 and statistics.median(there) < 0.012 + SLACK, there
-            assert min(back) >= 0.004 and statistics.median(back) < 0.004 + SLACK, back
+            assert 0.012 <= min(there) < 0.012 + SLACK, there
+            assert 0.004 <= min(back) < 0.004 + SLACK, back
             # b and c: no delay named, none made.
-            assert statistics.median(await _one_way(udp["b"], udp["c"], C, 9999, 10)) < SLACK
+            assert min(await _one_way(udp["b"], udp["c"], C, 9999, 10)) < SLACK
             # Jitter on a -> c: 20 to 24 ms, and a burst arrives in the order it was sent.
             for i in range(30):
                 await loop.sock_sendto(udp["a"], struct.pack("!d", i), (C, 9999))
@@ -140,5 +144,5 @@ async def test_namespaces_through_the_router_see_each_pairs_delay_each_way() -> 
             assert order == list(range(30))
             assert router.dropped() == "", router.counts
         finally:
-            for sock in (ping, listener, caller, *udp.values()):
+            for sock in (ping, listener, *callers, *udp.values()):
                 sock.close()
