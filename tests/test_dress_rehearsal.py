@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser
 
-from bench.rehearsal import BOUND, check, cue_heard, rehearsed, restart, status, until_green
+from bench.rehearsal import BOUND, CONCERT, check, cue_heard, rehearsed, restart, status, until_green
+from conductor.core.concert import load_concert
 from conductor.core.deployment import RehearsalSettings
 from conductor.core.preflight import concert_rows, node_rows
+from conductor.core.yamlcheck import InvalidFile
 from conductor.tools.check import jack_name
 from conductor.tools.rehearse import _unit_fields
 from conductor.tools.wan import Lag
@@ -146,3 +148,34 @@ def test_a_rendered_unit_is_read_as_systemd_reads_it() -> None:
     assert fields["ExecStart"] == ["/usr/bin/jackd -R -n tutti-ucas-1 -d alsa -d hw:USB -r 48000 -p 128 -n 2"]
     assert fields["Environment"] == ["JACK_NO_AUDIO_RESERVATION=1"] and fields["Restart"] == ["always"]
     assert jack_name("tutti-ucas-1", "t20-7") == "t20-7-ucas-1" and jack_name("tutti-ucas-1", None) == "tutti-ucas-1"
+
+
+@pytest.mark.unit
+def test_a_rehearsal_section_gives_each_pair_of_campuses_its_delay_and_bad_ones_are_named(tmp_path: Path) -> None:
+    pair = DELAYS.pair
+    assert pair("pku", None) == (12, 0) and pair(None, "whcm") == (4, 0) and pair("whcm", None) == (20, 0)
+    assert pair("whcm", "ucas") == (24, 0) and pair("ucas", "whcm") == (8, 0) and pair("ccom", "ccom") == (0, 0)
+    assert pair("elsewhere", None) == (0, 0)  # a campus not named is beside the conductor
+    jittery = RehearsalSettings.model_validate(
+        {"delays": {"pku": {"to": 3, "jitter": 1}, "ccom": {"to": 2, "jitter": 2}}}
+    )
+    assert jittery.pair("pku", "ccom") == (5, 3)
+    text = CONCERT.read_text().replace("../scores/", f"{CONCERT.parent.parent}/scores/").split("\nrehearsal:")[0]
+    text = text.replace("ca: four-rivers-ca.pem", "ca: null")
+    bad = {
+        "{delays: {mit: 3}}": "rehearsal.delays.mit: no site 'mit' in the deployment",
+        "{delays: {pku: -1}}": "rehearsal.delays.pku: Input should be greater than or equal to 0",
+        "{delays: {pku: {to: 5, bak: 3}}}": "rehearsal.delays.pku.bak: unknown field",
+        "{delays: {pku: .inf}}": "rehearsal.delays.pku",
+        "{delays: {pku: true}}": "rehearsal.delays.pku",
+        "{delays: {pku: {to: 5, jitter: 500}}}": "rehearsal.delays.pku.jitter: Input should be less than or equal",
+    }
+    for section, said in bad.items():
+        path = tmp_path / "concert.yaml"
+        path.write_text(
+            text.split("\nrehearsal:")[0].replace("ca: four-rivers-ca.pem", "ca: null") + f"\nrehearsal: {section}\n"
+        )
+        with pytest.raises(InvalidFile) as e:
+            load_concert(path, resolve_tokens=False)
+        line = str(e.value).splitlines()[0]
+        assert line.startswith(f"{path}:") and said in line, line
