@@ -157,6 +157,34 @@ async def until_green(
     raise AssertionError(f"not all green after {within:g} s: {problems}")
 
 
+async def links_measured(rehearsal: Rehearsal, within: float) -> dict[str, dict[str, float]]:
+    """Once every campus's link has its round trip and both its ways measured (the way up at the hub,
+    from the campus; the way down at the campus, from the hub): for each campus, those in ms, and its
+    node's clock offset against the truth and its error bound (ms)."""
+    sites = rehearsal.deployment.sites
+    audio = rehearsal.concert.settings.audio
+    assert audio is not None and audio.hub is not None
+    deadline = time.monotonic() + within
+    while True:
+        now = await status(rehearsal)
+        nodes = {c["name"]: c for c in now["clients"] if c["role"] == "node"}
+        links = {link["site"]: link for c in nodes.values() for link in (c["health"] or {}).get("links", [])}
+        hub = links.get(audio.hub.site, {})
+        out = {}
+        for site, machines in sites.items():
+            link, health = links.get(site, {}), (nodes.get(machines.nodes[0].name, {}).get("health") or {})
+            up, down = (hub.get("way_in_ms") or {}).get(site), (link.get("way_in_ms") or {}).get(audio.hub.site)
+            if None not in (up, down, link.get("latency_ms"), health.get("offset")):
+                out[site] = {
+                    "rtt": link["latency_ms"], "up": up, "down": down, "error": health["error"] * 1000,
+                    "clock": (health["offset"] - now["clock_minus_wall"]) * 1000,
+                }  # fmt: skip
+        if len(out) == len(sites):
+            return out
+        assert time.monotonic() < deadline, f"not measured after {within:g} s: {set(sites) - set(out)}"
+        await asyncio.sleep(0.2)
+
+
 async def check(rehearsal: Rehearsal, host: str) -> tuple[int, str, float]:
     """``tutti deploy check`` on a host: its exit status, its output, its seconds."""
     start = time.monotonic()

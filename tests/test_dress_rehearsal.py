@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser
 
-from bench.rehearsal import BOUND, CONCERT, check, cue_heard, rehearsed, restart, status, until_green
+from bench.rehearsal import BOUND, CONCERT, check, cue_heard, links_measured, rehearsed, restart, until_green
 from conductor.core.concert import load_concert
 from conductor.core.deployment import RehearsalSettings
 from conductor.core.preflight import concert_rows, node_rows
@@ -95,21 +95,10 @@ async def test_four_rivers_with_each_campus_delay_measures_them_on_every_link(tm
         assert lags["conductor", "hub"] == Lag(0.0) and lags["hub", "whcm-1"] == Lag(0.004)
         # All green, each campus's clock off by half its asymmetry (bench/rehearsal.py's clock_skews).
         await until_green(rehearsal, GREEN_WITHIN)
-        deadline = time.monotonic() + GREEN_WITHIN
-        while True:  # each way of each link measured: at the hub from the campus, at the campus from the hub
-            nodes = {c["name"]: c for c in (await status(rehearsal))["clients"] if c["role"] == "node"}
-            links = {link["site"]: link for c in nodes.values() for link in (c["health"] or {}).get("links", [])}
-            ways = {
-                site: ((links["hub"].get("way_in_ms") or {}).get(site), (links[site].get("way_in_ms") or {}).get("hub"))
-                for site in DELAYS.delays
-            }
-            if all(None not in pair for pair in ways.values()):
-                break
-            assert time.monotonic() < deadline, ways
-            await asyncio.sleep(0.2)
-        trips = {site: links[site]["latency_ms"] for site in DELAYS.delays}
-        for site, (up, down) in ways.items():
-            campus = DELAYS.campus(site)
+        measured = await links_measured(rehearsal, GREEN_WITHIN)
+        trips = {site: m["rtt"] for site, m in measured.items()}
+        for site, m in measured.items():
+            campus, up, down = DELAYS.campus(site), m["up"], m["down"]
             # The round trip and the two ways hold the configured delays (and jacktrip's queues besides).
             assert trips[site] >= campus.to + campus.way_back, (site, trips)
             assert up + down >= campus.to + campus.way_back - SLACK_MS, (site, up, down)
