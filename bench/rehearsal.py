@@ -1,6 +1,7 @@
 """The four-campus concert rehearsed on this machine: how long until all green, and after each host's restart.
 
     .venv/bin/python bench/rehearsal.py [--json out.json] [--screens test-output/screens]
+    .venv/bin/python bench/rehearsal.py --distances [--delays '{"delays": {"pku": 12}}'] [--json out.json]
 
 ``deploy/four-rivers.yaml`` is brought up by ``tutti deploy rehearse``'s harness as six namespaced
 hosts (the conductor, the hub, one machine per campus). Printed: the seconds from the last process
@@ -13,6 +14,12 @@ process (the unit's restart policy brings it back after its ``RestartSec``) unti
 or what is still not green after 60 s. With ``--screens``
 it also shoots the console's go / no-go table all green, and with one campus's JACK server frozen
 (an iPad and a phone each).
+
+With ``--distances`` it rehearses twice instead: the hosts on one bridge, then joined through the
+user-space WAN with the concert file's ``rehearsal`` section (or ``--delays``); printed: each pair of
+hosts' delay, and for each campus its link's round trip on the bridge and with the delays, its two
+ways (measured with the node's clock: each carries half the campus's asymmetry, their sum does not)
+and its clock's offset against the truth and its error bound, 10 s after the link was first measured.
 Needs root (network namespaces), jackd, scsynth and jacktrip.
 
 Run as a program with ``record SERVER PORT SCSYNTH_PORT`` it is the recorder a campus's host runs:
@@ -309,6 +316,41 @@ async def console_shots(rehearsal: Rehearsal, out: Path, state: str) -> None:
         await browser.close()
 
 
+async def distances(delays: RehearsalSettings, settle: float = 10.0) -> dict[str, Any]:
+    """Each campus's link as it measures itself, with the hosts on one bridge and then through the
+    WAN with ``delays``: its figures ``settle`` seconds after it was first measured (the jitter
+    buffers trim their queues in the first seconds)."""
+    import tempfile
+
+    figures: dict[str, Any] = {}
+    for case, section in (("bridge", None), ("delays", delays)):
+        with tempfile.TemporaryDirectory(prefix="tutti-bench-rehearsal-") as folder:
+            async with rehearsed(Path(folder), section) as (rehearsal, _):
+                await until_green(rehearsal, 120)
+                await links_measured(rehearsal, 60)
+                await asyncio.sleep(settle)
+                figures[case] = await links_measured(rehearsal, 60)
+                if rehearsal.router:
+                    figures["dropped"] = rehearsal.router.dropped() or "none"
+                    figures["table"] = rehearsal.delay_table()
+    print("one-way delays (ms), from each host (rows) to each other (columns):")
+    for row in figures["table"]:
+        print(f"  {row}")
+    print(f"packets dropped by the WAN: {figures['dropped']}")
+    print(
+        f"{'campus':<8}{'to':>6}{'back':>6}{'rtt bridge':>12}{'rtt':>9}{'added':>8}"
+        f"{'up':>9}{'down':>9}{'up+down':>9}{'clock off':>11}{'bound':>8}   (ms)"
+    )
+    for site, m in figures["delays"].items():
+        campus = delays.campus(site)
+        added = m["rtt"] - figures["bridge"][site]["rtt"]
+        print(
+            f"{site:<8}{campus.to:6g}{campus.way_back:6g}{figures['bridge'][site]['rtt']:12.3f}{m['rtt']:9.3f}"
+            f"{added:8.3f}{m['up']:9.3f}{m['down']:9.3f}{m['up'] + m['down']:9.3f}{m['clock']:+11.2f}{m['error']:8.2f}"
+        )
+    return figures
+
+
 async def main(screens: Path | None) -> dict[str, Any]:
     import tempfile
 
@@ -360,7 +402,16 @@ if __name__ == "__main__":
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         parser.add_argument("--json", help="write the figures here")
         parser.add_argument("--screens", type=Path, help="also shoot the console's go / no-go table into this folder")
+        parser.add_argument(
+            "--distances", action="store_true",
+            help="instead: each link measured on one bridge, then with the concert file's rehearsal section",
+        )  # fmt: skip
+        parser.add_argument("--delays", help="with --distances: this rehearsal section (JSON) in place of the file's")
         args = parser.parse_args()
-        figures = asyncio.run(main(args.screens))
+        if args.distances:
+            section = json.loads(args.delays) if args.delays else load_concert(CONCERT, False).settings.rehearsal
+            figures = asyncio.run(distances(RehearsalSettings.model_validate(section)))
+        else:
+            figures = asyncio.run(main(args.screens))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=1))
