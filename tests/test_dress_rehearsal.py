@@ -37,7 +37,7 @@ TOGETHER = 0.001  # seconds: a cue against what a perfect timetag gives on the s
 async def test_four_rivers_as_six_ipv6_hosts_goes_green_checks_go_plays_together_and_recovers(
     tmp_path: Path, browser: Browser
 ) -> None:
-    async with rehearsed(tmp_path, tag=f"t20b-{os.getpid()}") as (rehearsal, boss):
+    async with rehearsed(tmp_path) as (rehearsal, boss):
         assert len(rehearsal.hosts) == 6  # conductor, hub, ucas, ccom, pku, whcm
         last = max(u.starts[-1] for u in rehearsal.units)
         await until_green(rehearsal, max(1.0, GREEN_WITHIN - (time.monotonic() - last)))
