@@ -328,15 +328,21 @@ async def distances(delays: RehearsalSettings, settle: float = 10.0) -> dict[str
             async with rehearsed(Path(folder), section) as (rehearsal, _):
                 await until_green(rehearsal, 120)
                 await links_measured(rehearsal, 60)
+                cpu, forwarded = time.process_time(), rehearsal.router.counts.forwarded if rehearsal.router else 0
                 await asyncio.sleep(settle)
                 figures[case] = await links_measured(rehearsal, 60)
-                if rehearsal.router:
+                if rehearsal.router:  # this process: the router, and little else while it waits
+                    figures["router_cpu"] = (time.process_time() - cpu) / settle
+                    figures["packets_per_s"] = (rehearsal.router.counts.forwarded - forwarded) / settle
                     figures["dropped"] = rehearsal.router.dropped() or "none"
                     figures["table"] = rehearsal.delay_table()
     print("one-way delays (ms), from each host (rows) to each other (columns):")
     for row in figures["table"]:
         print(f"  {row}")
-    print(f"packets dropped by the WAN: {figures['dropped']}")
+    print(
+        f"the WAN carried {figures['packets_per_s']:.0f} packets/s for {figures['router_cpu'] * 100:.0f} % of a core;"
+        f" dropped: {figures['dropped']}"
+    )
     print(
         f"{'campus':<8}{'to':>6}{'back':>6}{'rtt bridge':>12}{'rtt':>9}{'added':>8}"
         f"{'up':>9}{'down':>9}{'up+down':>9}{'clock off':>11}{'bound':>8}   (ms)"
