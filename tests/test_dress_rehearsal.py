@@ -93,6 +93,9 @@ async def test_four_rivers_with_each_campus_delay_measures_them_on_every_link(tm
         lags = rehearsal.lags()
         assert lags["pku-1", "hub"] == Lag(0.012) and lags["whcm-1", "pku-1"] == Lag(0.032)
         assert lags["conductor", "hub"] == Lag(0.0) and lags["hub", "whcm-1"] == Lag(0.004)
+        table = rehearsal.delay_table()  # what `tutti deploy rehearse` prints: from each row's host to each column's
+        assert table[0].split()[-6:] == ["conductor", "hub", "ucas-1", "ccom-1", "pku-1", "whcm-1"], table
+        assert next(row for row in table if row.startswith("whcm-1")).split()[1:] == ["20", "20", "24", "28", "32", "-"]
         # All green, each campus's clock off by half its asymmetry (bench/rehearsal.py's clock_skews).
         await until_green(rehearsal, GREEN_WITHIN)
         measured = await links_measured(rehearsal, GREEN_WITHIN)
