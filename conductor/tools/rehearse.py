@@ -367,7 +367,7 @@ async def rehearse(concert: Concert, folder: Path, tag: str, stop: asyncio.Event
         for row in rehearsal.delay_table():
             print(f"  {row}")
     else:
-        print("no rehearsal section in the concert file: every host on one bridge, no delay between them")
+        print("no delays in the concert file (its rehearsal section): every host on one bridge, none between them")
 
     async def session() -> None:
         async with rehearsal.run():
