@@ -124,10 +124,14 @@ async def jack_server(name: str) -> AsyncIterator[str]:
         await jackd.wait()
 
 
-async def node_agent(url: str, token: str, name: str, port: int, jack: str, *extra: str) -> asyncio.subprocess.Process:
-    """``tutti node`` on an existing JACK server; stop it with ``terminate()``."""
+async def node_agent(
+    url: str, token: str, name: str, port: int, jack: str, *extra: str, netns: str | None = None
+) -> asyncio.subprocess.Process:
+    """``tutti node`` on an existing JACK server (in network namespace ``netns``, if given); stop it
+    with ``terminate()``."""
+    within = ["ip", "netns", "exec", netns] if netns else []
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "conductor", "node", "--url", url, "--name", name, "--token", token,
+        *within, sys.executable, "-m", "conductor", "node", "--url", url, "--name", name, "--token", token,
         "--port", str(port), "--jack-server", jack, "--no-jack", *extra,
         cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip

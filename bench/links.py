@@ -1,6 +1,6 @@
 """JackTrip links: measured round trip for several queue lengths, and recovery after a kill.
 
-    .venv/bin/python bench/links.py [--queues 2,4,8] [--kills 3] [--jacktrip PATH] [--json out.json]
+    .venv/bin/python bench/links.py [--queues 2,4,8] [--kills 3] [--asymmetric 3,20] [--jacktrip PATH] [--json out.json]
 
 For each queue length: three JACK servers (dummy driver, 128-frame periods, 48 kHz), a hub at
 ucas and a client at pku, each run by its own ``tutti node`` from one concert file. The pku node
@@ -10,7 +10,11 @@ sent at a known conductor time, timed where it arrives); printed: the first and 
 over 20 s, beside twice the queue in periods; then each way beside the round trip, and the mean
 error an aligned cue would have from each rule: with one-way delays, how far the next measurement
 of the same way moved (the link's own jitter); with half the round trip, how far that is from each
-way. ``tests/test_oneway.py`` records real cues through an asymmetric emulated link.
+way. ``tests/test_oneway.py`` records real cues through an asymmetric emulated link. Last, with
+queue 4, the asymmetric case (as root): the hub's and pku's machines in network namespaces of their
+own, joined through the user-space WAN (``conductor/tools/wan.py``) with ``--asymmetric`` ms from
+pku to the hub and back; the conductor in a third, at no distance from either, so the clocks are
+right and only the way between the campuses differs.
 
 Then, with queue 4, pku's jacktrip is killed ``--kills`` times; each time, the seconds until the
 node reports the link connected again, and until an impulse has been through it again (the node
@@ -36,8 +40,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import concert_file, jack_server, node_agent, nodes_up, running, save  # noqa: E402
+from bench.harness import concert_file, jack_server, node_agent, nodes_up, running, save, started  # noqa: E402
 from conductor.node.jacktrip import jacktrip_version  # noqa: E402
+from conductor.tools import netns  # noqa: E402
+from conductor.tools.wan import Lag, Router  # noqa: E402
 
 TOKEN = "bench"
 PERIOD_MS = 128 / 48000 * 1000
@@ -52,23 +58,54 @@ async def link_of(http: aiohttp.ClientSession, url: str, name: str) -> dict[str,
     return links[0]
 
 
-async def case(queue: int, kills: int, base: int, strategy: int, jacktrip: str) -> dict[str, Any]:
+HOSTS = {"conductor": "2001:db8:10::1", "ucas": "2001:db8:10::2", "pku": "2001:db8:30::2"}
+
+
+async def case(
+    queue: int, kills: int, base: int, strategy: int, jacktrip: str, asymmetric: tuple[float, float] | None = None
+) -> dict[str, Any]:
     ends = {"queue": queue, "buffer_strategy": strategy}
+    hub_address = HOSTS["ucas"] if asymmetric else "127.0.0.1"
     audio = {
-        "hub": {"site": "ucas", "address": "127.0.0.1", "port": base, **ends},
+        "hub": {"site": "ucas", "address": hub_address, "port": base, **ends},
         "links": [{"site": "pku", "bind_port": base + 1, **ends}],
     }
-    concert = concert_file({"conductor": TOKEN, "node": TOKEN}, SCORE, audio=audio)
+    where = {"host": HOSTS["conductor"]} if asymmetric else {}
+    concert = concert_file({"conductor": TOKEN, "node": TOKEN}, SCORE, audio=audio, **where)
     jack = {site: f"tutti-links-{site}-{os.getpid()}" for site in ("ucas", "pku")}
-    out: dict[str, Any] = {"queue": queue, "round_trips_ms": [], "ways": [], "recoveries": []}
+    out: dict[str, Any] = {"queue": queue, "asymmetric": asymmetric, "round_trips_ms": [], "ways": [], "recoveries": []}
     async with contextlib.AsyncExitStack() as stack:
-        url = await stack.enter_async_context(running("serve", str(concert)))
+        hosts: dict[str, netns.Host] = {}
+        if asymmetric:
+            # Each campus in a namespace of its own, the conductor in a third, at no distance from
+            # either: the clocks are right, and only the way between the campuses differs.
+            up, down = asymmetric
+            router = Router({("pku", "ucas"): Lag(up / 1000), ("ucas", "pku"): Lag(down / 1000)})
+            made = netns.wan(f"t20b-{os.getpid()}-links", {k: [v] for k, v in HOSTS.items()}, router)
+            hosts = await stack.enter_async_context(made)
+            command = (
+                *netns.exec_in(hosts["conductor"].netns, sys.executable),
+                "-m",
+                "conductor",
+                "serve",
+                str(concert),
+            )
+            proc, url = await started(*command, pattern=r"listening on (\S+)")
+            stack.push_async_callback(_ended, proc)
+            forward = netns.Forward(hosts["conductor"].netns, HOSTS["conductor"], int(url.rsplit(":", 1)[1]))
+            await forward.start()
+            stack.push_async_callback(forward.close)
+            here = f"http://127.0.0.1:{forward.port}"
+        else:
+            url = here = await stack.enter_async_context(running("serve", str(concert)))
         agents = []
         for i, site in enumerate(("ucas", "pku")):
             await stack.enter_async_context(jack_server(jack[site]))
             extra = ("--site", site, "--jacktrip", jacktrip)
-            agents.append(await node_agent(url, TOKEN, f"n{site}", 57500 + i, jack[site], *extra))
-            await nodes_up(url, i + 1)
+            within = hosts[site].netns if hosts else None
+            agents.append(await node_agent(url, TOKEN, f"n{site}", 57500 + i, jack[site], *extra, netns=within))
+            await nodes_up(here, i + 1)
+        url = here
         try:
             async with aiohttp.ClientSession() as http:
                 deadline = time.monotonic() + 20
@@ -109,40 +146,59 @@ async def case(queue: int, kills: int, base: int, strategy: int, jacktrip: str) 
     return out
 
 
+def label(result: dict[str, Any]) -> str:
+    """A case's queue, and its emulated ways (ms up/down) if it has them: ``4 3/20``."""
+    asymmetric = result.get("asymmetric")
+    return f"{result['queue']}" + (f" {asymmetric[0]:g}/{asymmetric[1]:g}" if asymmetric else "")
+
+
+async def _ended(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+    await proc.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queues", default="2,4,8")
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--strategy", type=int, default=1, help="jacktrip --bufstrategy")
     parser.add_argument("--jacktrip", default="jacktrip", help="the jacktrip program at both ends")
+    parser.add_argument(
+        "--asymmetric", default="3,20",
+        help="then queue 4 with pku and the hub in network namespaces this many ms apart: UP,DOWN ('' for none)",
+    )  # fmt: skip
     parser.add_argument("--json")
     args = parser.parse_args()
     queues = [int(q) for q in args.queues.split(",")]
     results = []
     for i, queue in enumerate(queues):
         results.append(await case(queue, args.kills if queue == 4 else 0, 21000 + 10 * i, args.strategy, args.jacktrip))
+    if args.asymmetric:
+        up, down = (float(x) for x in args.asymmetric.split(","))
+        results.append(await case(4, 0, 21000 + 10 * len(queues), args.strategy, args.jacktrip, (up, down)))
     version = ".".join(map(str, await jacktrip_version(args.jacktrip)))
     print(f"jacktrip {version}; period {PERIOD_MS:.3f} ms (128 frames at 48 kHz)")
-    print(f"{'queue':>5}{'2q periods ms':>15}{'first ms':>10}{'periods':>9}{'last ms':>9}{'periods':>9}  all")
+    print(f"{'queue':>9}{'2q periods ms':>15}{'first ms':>10}{'periods':>9}{'last ms':>9}{'periods':>9}  all")
     for r in results:
         trips, q = r["round_trips_ms"], r["queue"]
         if trips:
             first, last = trips[0], trips[-1]
             print(
-                f"{q:>5}{2 * q * PERIOD_MS:15.3f}{first:10.3f}{first / PERIOD_MS:9.2f}"
+                f"{label(r):>9}{2 * q * PERIOD_MS:15.3f}{first:10.3f}{first / PERIOD_MS:9.2f}"
                 f"{last:9.3f}{last / PERIOD_MS:9.2f}  {trips}"
             )
         else:
-            print(f"{q:>5}  none measured")
+            print(f"{label(r):>9}  none measured")
     print()
     print("each way (ms; up = pku to the hub, down = back), beside the round trip; the error an aligned cue")
     print("would have from each rule: one way, its next measurement's change; half the round trip, its")
     print("distance from the way it stands for (less the far end's loop back, a period)")
-    print(f"{'queue':>5}{'up':>9}{'down':>9}{'rtt':>9}{'up+down+1':>11}{'err one-way':>13}{'err half':>10}{'ratio':>7}")
+    print(f"{'queue':>9}{'up':>9}{'down':>9}{'rtt':>9}{'up+down+1':>11}{'err one-way':>13}{'err half':>10}{'ratio':>7}")
     for r in results:
         ways = r["ways"]
         if not ways:
-            print(f"{r['queue']:>5}  none measured")
+            print(f"{label(r):>9}  none measured")
             continue
         last = ways[-1]
         one = [abs(b[k] - a[k]) for a, b in itertools.pairwise(ways) for k in ("up", "down")]
@@ -150,7 +206,7 @@ async def main() -> None:
         err_one, err_half = (sum(one) / len(one) if one else 0.0), sum(half) / len(half)
         ratio = f"{err_half / err_one:7.1f}" if err_one > 0 else "      ∞"
         print(
-            f"{r['queue']:>5}{last['up']:9.3f}{last['down']:9.3f}{last['rtt']:9.3f}"
+            f"{label(r):>9}{last['up']:9.3f}{last['down']:9.3f}{last['rtt']:9.3f}"
             f"{last['up'] + last['down'] + PERIOD_MS:11.3f}{err_one:13.3f}{err_half:10.3f}{ratio}"
         )
     for r in results:

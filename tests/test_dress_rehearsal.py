@@ -10,16 +10,21 @@ Needs root, jackd, scsynth, jacktrip and Chromium.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser
 
-from bench.rehearsal import BOUND, check, cue_heard, rehearsed, restart, until_green
+from bench.rehearsal import BOUND, CONCERT, check, cue_heard, links_measured, rehearsed, restart, until_green
+from conductor.core.concert import load_concert
+from conductor.core.deployment import RehearsalSettings
 from conductor.core.preflight import concert_rows, node_rows
+from conductor.core.yamlcheck import InvalidFile
 from conductor.tools.check import jack_name
 from conductor.tools.rehearse import _unit_fields
+from conductor.tools.wan import Lag
 
 # Generous bounds for a busy shared machine; bench/rehearsal.py prints the figures (the issue's
 # targets: all green 30 s after the last process starts, 5 s after a host's restart).
@@ -76,6 +81,37 @@ async def test_four_rivers_as_six_ipv6_hosts_goes_green_checks_go_plays_together
         assert back < 2.0 and green < RECOVER_WITHIN, (back, green)
 
 
+# One-way ms from each campus to the conductor and hub's site; whcm's two ways differ.
+DELAYS = RehearsalSettings.model_validate({"delays": {"ucas": 4, "ccom": 8, "pku": 12, "whcm": {"to": 20, "back": 4}}})
+SLACK_MS = 1.5  # below a configured delay: the measuring impulse's own timing, and the clocks'
+
+
+@pytest.mark.integration
+async def test_four_rivers_with_each_campus_delay_measures_them_on_every_link(tmp_path: Path) -> None:
+    async with rehearsed(tmp_path, DELAYS, f"t20b-{os.getpid()}") as (rehearsal, _):
+        assert rehearsal.router is not None
+        lags = rehearsal.lags()
+        assert lags["pku-1", "hub"] == Lag(0.012) and lags["whcm-1", "pku-1"] == Lag(0.032)
+        assert lags["conductor", "hub"] == Lag(0.0) and lags["hub", "whcm-1"] == Lag(0.004)
+        table = rehearsal.delay_table()  # what `tutti deploy rehearse` prints: from each row's host to each column's
+        assert table[0].split()[-6:] == ["conductor", "hub", "ucas-1", "ccom-1", "pku-1", "whcm-1"], table
+        assert next(row for row in table if row.startswith("whcm-1")).split()[1:] == ["20", "20", "24", "28", "32", "-"]
+        # All green, each campus's clock off by half its asymmetry (bench/rehearsal.py's clock_skews).
+        await until_green(rehearsal, GREEN_WITHIN)
+        measured = await links_measured(rehearsal, GREEN_WITHIN)
+        trips = {site: m["rtt"] for site, m in measured.items()}
+        for site, m in measured.items():
+            campus, up, down = DELAYS.campus(site), m["up"], m["down"]
+            # The round trip and the two ways hold the configured delays (and jacktrip's queues besides).
+            assert trips[site] >= campus.to + campus.way_back, (site, trips)
+            assert up + down >= campus.to + campus.way_back - SLACK_MS, (site, up, down)
+            if campus.to == campus.way_back:  # whcm's ways each carry its clock's error (half the asymmetry)
+                assert min(up, down) >= campus.to - SLACK_MS, (site, up, down)
+        # Two campuses on queue-4 links, 4 and 12 ms away: 16 ms between their round trips, give or take.
+        assert trips["pku"] - trips["ucas"] > 8, trips
+        assert rehearsal.router.counts.forwarded > 0 and rehearsal.router.dropped() == "", rehearsal.router.counts
+
+
 @pytest.mark.unit
 def test_the_go_no_go_rows_say_what_to_fix() -> None:
     healthy = {
@@ -111,3 +147,34 @@ def test_a_rendered_unit_is_read_as_systemd_reads_it() -> None:
     assert fields["ExecStart"] == ["/usr/bin/jackd -R -n tutti-ucas-1 -d alsa -d hw:USB -r 48000 -p 128 -n 2"]
     assert fields["Environment"] == ["JACK_NO_AUDIO_RESERVATION=1"] and fields["Restart"] == ["always"]
     assert jack_name("tutti-ucas-1", "t20-7") == "t20-7-ucas-1" and jack_name("tutti-ucas-1", None) == "tutti-ucas-1"
+
+
+@pytest.mark.unit
+def test_a_rehearsal_section_gives_each_pair_of_campuses_its_delay_and_bad_ones_are_named(tmp_path: Path) -> None:
+    pair = DELAYS.pair
+    assert pair("pku", None) == (12, 0) and pair(None, "whcm") == (4, 0) and pair("whcm", None) == (20, 0)
+    assert pair("whcm", "ucas") == (24, 0) and pair("ucas", "whcm") == (8, 0) and pair("ccom", "ccom") == (0, 0)
+    assert pair("elsewhere", None) == (0, 0)  # a campus not named is beside the conductor
+    jittery = RehearsalSettings.model_validate(
+        {"delays": {"pku": {"to": 3, "jitter": 1}, "ccom": {"to": 2, "jitter": 2}}}
+    )
+    assert jittery.pair("pku", "ccom") == (5, 3)
+    text = CONCERT.read_text().replace("../scores/", f"{CONCERT.parent.parent}/scores/").split("\nrehearsal:")[0]
+    text = text.replace("ca: four-rivers-ca.pem", "ca: null")
+    bad = {
+        "{delays: {mit: 3}}": "rehearsal.delays.mit: no site 'mit' in the deployment",
+        "{delays: {pku: -1}}": "rehearsal.delays.pku: Input should be greater than or equal to 0",
+        "{delays: {pku: {to: 5, bak: 3}}}": "rehearsal.delays.pku.bak: unknown field",
+        "{delays: {pku: .inf}}": "rehearsal.delays.pku",
+        "{delays: {pku: true}}": "rehearsal.delays.pku",
+        "{delays: {pku: {to: 5, jitter: 500}}}": "rehearsal.delays.pku.jitter: Input should be less than or equal",
+    }
+    for section, said in bad.items():
+        path = tmp_path / "concert.yaml"
+        path.write_text(
+            text.split("\nrehearsal:")[0].replace("ca: four-rivers-ca.pem", "ca: null") + f"\nrehearsal: {section}\n"
+        )
+        with pytest.raises(InvalidFile) as e:
+            load_concert(path, resolve_tokens=False)
+        line = str(e.value).splitlines()[0]
+        assert line.startswith(f"{path}:") and said in line, line

@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from conductor.core.audio import AudioSettings, check_audio
-from conductor.core.deployment import Deployment
+from conductor.core.deployment import Deployment, RehearsalSettings
 from conductor.core.score import LoadedScore, load_score
 from conductor.core.yamlcheck import InvalidFile, YamlDocument
 
@@ -95,6 +95,7 @@ class ConcertFile(_Strict):
     link: LinkSettings = LinkSettings()
     tls: TlsSettings | None = None
     deployment: Deployment | None = None  # which machines run what (tutti deploy)
+    rehearsal: RehearsalSettings | None = None  # each campus's delay in tutti deploy rehearse
 
 
 class Concert:
@@ -217,6 +218,14 @@ def load_concert(path: Path | str, resolve_tokens: bool = True) -> Concert:
             problems.append(
                 doc.problem(("audio", "hub", "node"), f"set it to '{hub_machine.name}': the hub machine runs the hub")
             )
+    if settings.rehearsal is not None:
+        sites = settings.deployment.sites if settings.deployment else {}
+        if not settings.deployment:
+            problems.append(doc.problem(("rehearsal",), "rehearses a deployment: add a deployment section"))
+        for site in settings.rehearsal.delays:
+            if settings.deployment and site not in sites:
+                where = ("rehearsal", "delays", site)
+                problems.append(doc.problem(where, f"no site '{site}' in the deployment (sites: {', '.join(sites)})"))
     warnings = [f"{u} (needed where the conductor runs)" for u in unresolved]
     if settings.audio is not None:
         errors, cautions = check_audio(settings.audio)

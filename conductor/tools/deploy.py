@@ -377,7 +377,7 @@ def _conductor_files(concert: Concert, folder: Path) -> list[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(score.folder / name, target)
         written.append(target)
-    settings = concert.settings.model_dump(exclude_none=True, exclude={"deployment"})
+    settings = concert.settings.model_dump(exclude_none=True, exclude={"deployment", "rehearsal"})
     settings.update(score=f"score/{score.path.name}", journal=JOURNAL)
     tls = concert.settings.tls
     if tls is not None:  # its own certificate, beside the concert file as it will be in CONFIG

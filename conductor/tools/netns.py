@@ -3,7 +3,8 @@
 Namespaces share the filesystem, so JACK servers in them need distinct names; they do not share
 networks: a namespace sees only its own interfaces. ``connect_in`` opens a connection from this
 process into a namespace, and ``Forward`` offers one of its TCP services on this machine's loopback
-(a browser here can then open a rehearsal's console).
+(a browser here can then open a rehearsal's console). Hosts are joined on one bridge (``lan``), or
+through a router in this process that gives each pair of hosts its own delay (``wan``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import ctypes
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from conductor.tools.emulate import TcpDelayProxy
+from conductor.tools.wan import MTU, Router, open_tun
 
 CLONE_NEWNET = 0x40000000
 CONNECT_WITHIN = 5.0  # seconds
@@ -125,8 +127,34 @@ async def lan(prefix: str, hosts: dict[str, list[str]], length: int = 32) -> Asy
         yield made
 
 
-def _socket_in(netns: str, host: str, port: int, timeout: float) -> socket.socket:
-    """A TCP socket connected from inside ``netns`` (this thread enters it, then comes back)."""
+@contextlib.asynccontextmanager
+async def wan(
+    prefix: str, hosts: dict[str, list[str]], router: Router, route: str = "2001:db8::/32"
+) -> AsyncIterator[dict[str, Host]]:
+    """One host per name (namespace ``prefix-NAME``) with its addresses on a TUN device ``wan0``
+    that leads to ``router`` (in this process) for the whole ``route``: the router delays each
+    pair's packets as it is told (``conductor/tools/wan.py``). Yields name -> host."""
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(router.close)
+        made = {}
+        for name, addresses in hosts.items():
+            netns = await stack.enter_async_context(namespace(f"{prefix}-{name}"))
+            fd = await asyncio.to_thread(_tun_in, netns, "wan0")
+            stack.callback(os.close, fd)
+            # No link-local address: nothing to solicit on a link with no neighbours.
+            await ip("-n", netns, "link", "set", "wan0", "mtu", str(MTU), "addrgenmode", "none", "up")
+            for a in addresses:
+                await address(netns, "wan0", f"{a}/128")
+            await ip("-n", netns, "-6", "route", "add", route, "dev", "wan0")
+            router.attach(name, fd, addresses)
+            stack.callback(router.detach, name)
+            made[name] = await stack.enter_async_context(host(netns))
+        yield made
+
+
+@contextlib.contextmanager
+def _inside(netns: str) -> Iterator[None]:
+    """This thread in ``netns`` for a while (what it opens there stays there), then back home."""
     libc = ctypes.CDLL(None, use_errno=True)
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     there = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
@@ -134,22 +162,45 @@ def _socket_in(netns: str, host: str, port: int, timeout: float) -> socket.socke
         if libc.setns(there, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"cannot enter network namespace {netns}")
         try:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(timeout)
-                sock.connect((host, port))
-            except OSError:
-                sock.close()
-                raise
+            yield
         finally:
             if libc.setns(home, CLONE_NEWNET) != 0:  # never leave a pool thread in another network
                 os.abort()
     finally:
         os.close(home)
         os.close(there)
+
+
+def _socket_in(netns: str, host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP socket connected from inside ``netns``."""
+    with _inside(netns):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        except OSError:
+            sock.close()
+            raise
     sock.setblocking(False)
     return sock
+
+
+def _open_in(netns: str, kind: int, proto: int) -> socket.socket:
+    with _inside(netns):
+        return socket.socket(socket.AF_INET6, kind, proto)
+
+
+async def socket_in(netns: str, kind: int = socket.SOCK_DGRAM, proto: int = 0) -> socket.socket:
+    """An IPv6 socket of ``netns`` (non-blocking), for this process's event loop."""
+    sock = await asyncio.to_thread(_open_in, netns, kind, proto)
+    sock.setblocking(False)
+    return sock
+
+
+def _tun_in(netns: str, name: str) -> int:
+    with _inside(netns):
+        return open_tun(name)
 
 
 async def connect_in(netns: str, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

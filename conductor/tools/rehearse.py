@@ -1,7 +1,9 @@
 """``tutti deploy rehearse``: a concert's deployment brought up on this machine, one network namespace a host.
 
 The concert is rendered as ``tutti deploy render`` would; each machine of the deployment becomes a
-namespace with the file's own addresses, all on one bridge, and runs what its rendered units run:
+namespace with the file's own addresses, all on one bridge, or, when the concert file has a
+``rehearsal`` section, joined through a router in this process that delays each pair of hosts as
+their campuses' delays say (``conductor/tools/wan.py``); and each runs what its rendered units run:
 the ``ExecStart`` of each ``tutti-*.service`` with its environment file, and the hub's compose
 service's command. What a real machine has and this one lacks is stood in for, and said: Tutti
 runs from this checkout rather than ``/opt/tutti``; each machine's ``/etc/tutti`` is its rendered
@@ -34,6 +36,7 @@ from conductor.core.concert import Concert
 from conductor.tools import netns
 from conductor.tools.check import jack_name
 from conductor.tools.deploy import CONFIG, INSTALL, _certificate, _env_names, conductor_url, jack_server, render
+from conductor.tools.wan import Lag, Router
 
 log = logging.getLogger("tutti.rehearse")
 UP_WITHIN = 60.0  # seconds for each host's first process to answer
@@ -93,6 +96,7 @@ class Rehearsal:
         self.tokens: dict[str, str] = {}  # environment variable -> the rehearsal's token
         self.ca = folder / "rehearsal-ca.pem"
         self.console_url = ""  # the conductor, offered on this machine's loopback
+        self.router: Router | None = None  # with a rehearsal section: what carries the hosts' packets
         self._tasks: list[asyncio.Task[None]] = []
 
     def _labels(self) -> dict[str, str]:
@@ -104,6 +108,36 @@ class Rehearsal:
             for node in machines.nodes:
                 labels.setdefault(node.host, node.name)
         return labels
+
+    def lags(self) -> dict[tuple[str, str], Lag]:
+        """Each pair of hosts' delay one way (by their namespaces' short names), from the concert
+        file's ``rehearsal`` section; empty without one."""
+        settings = self.concert.settings.rehearsal
+        if settings is None or not settings.delays:
+            return {}
+        site = {node.host: name for name, machines in self.deployment.sites.items() for node in machines.nodes}
+        lags = {}
+        for a, label_a in self.labels.items():
+            for b, label_b in self.labels.items():
+                if a != b:
+                    delay, jitter = settings.pair(site.get(a), site.get(b))
+                    lags[label_a, label_b] = Lag(delay / 1000, jitter / 1000)
+        return lags
+
+    def delay_table(self) -> list[str]:
+        """The lags as a table of ms, from the row's host to the column's ("+0..J": jitter)."""
+        lags = self.lags()
+        names = list(self.labels.values())
+        width = max(len(n) for n in names) + 2
+        rows = ["from \\ to".ljust(width) + "".join(n.rjust(width) for n in names)]
+        for a in names:
+            cells = []
+            for b in names:
+                lag = lags.get((a, b), Lag())
+                cell = "-" if a == b else f"{lag.delay * 1000:g}" + (f"+0..{lag.jitter * 1000:g}" if lag.jitter else "")
+                cells.append(cell.rjust(width))
+            rows.append(a.ljust(width) + "".join(cells))
+        return rows
 
     def _jack_names(self) -> list[str]:
         names = [node.name for machines in self.deployment.sites.values() for node in machines.nodes]
@@ -221,7 +255,11 @@ class Rehearsal:
         await self.prepare()
         addresses = {self.labels[h]: [h] for h in self.labels}
         async with contextlib.AsyncExitStack() as stack:
-            made = await stack.enter_async_context(netns.lan(self.tag, addresses))
+            if lags := self.lags():
+                self.router = Router(lags)
+                made = await stack.enter_async_context(netns.wan(self.tag, addresses, self.router))
+            else:
+                made = await stack.enter_async_context(netns.lan(self.tag, addresses))
             self.hosts = {h: made[self.labels[h]] for h in self.labels}
             stack.push_async_callback(self._stop)
             port = self.concert.settings.port
@@ -324,6 +362,12 @@ async def rehearse(concert: Concert, folder: Path, tag: str, stop: asyncio.Event
     it is coming up)."""
     rehearsal = Rehearsal(concert, folder, tag)
     up = asyncio.Event()
+    if rehearsal.lags():
+        print("one-way delays (ms) from each host to each other, from the concert file's rehearsal section:")
+        for row in rehearsal.delay_table():
+            print(f"  {row}")
+    else:
+        print("no delays in the concert file (its rehearsal section): every host on one bridge, none between them")
 
     async def session() -> None:
         async with rehearsal.run():
@@ -346,4 +390,6 @@ async def rehearse(concert: Concert, folder: Path, tag: str, stop: asyncio.Event
     await asyncio.gather(stopped, return_exceptions=True)
     with contextlib.suppress(asyncio.CancelledError):
         await running
+    if rehearsal.router and (dropped := rehearsal.router.dropped()):
+        print(f"packets the rehearsal's network dropped: {dropped}")
     return 0
