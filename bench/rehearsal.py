@@ -111,9 +111,8 @@ def not_green(
 ) -> list[str]:
     """What keeps the concert from all green: each part's node up, each JackTrip end connected and
     measured, each node's clock within 1 ms (against the truth: one system clock here, less what
-    ``clock_expected`` expects), and the conductor's own go / no-go table (but for the clock rows of
-    nodes a rehearsal puts far away: see deploy/README.md); and the ``rejoined`` nodes joined since
-    conductor time ``since``."""
+    ``clock_expected`` expects), and the conductor's own go / no-go table; and the ``rejoined``
+    nodes joined since conductor time ``since``."""
     audio = rehearsal.concert.settings.audio
     assert audio is not None
     nodes = {c["name"]: c for c in status["clients"] if c["role"] == "node"}
@@ -148,12 +147,7 @@ def not_green(
         bound = CLOCK_BOUND + (floor + WAN_SLACK if floor else 0.0)
         if off > CLOCK_BOUND or health.get("error", 1.0) > bound:
             problems.append(f"{name}: clock off by {off * 1000:.2f} ms, error {health.get('error', 1.0) * 1000:.2f} ms")
-    far = {f"{name}: clock" for name, (_, floor) in expected.items() if floor > CLOCK_BOUND}
-    problems += [
-        f"no-go: {row['what']}: {row['detail']}"
-        for row in status.get("preflight", [])
-        if not row["go"] and row["what"] not in far
-    ]
+    problems += [f"no-go: {row['what']}: {row['detail']}" for row in status.get("preflight", []) if not row["go"]]
     return problems
 
 

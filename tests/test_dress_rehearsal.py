@@ -120,9 +120,16 @@ def test_the_go_no_go_rows_say_what_to_fix() -> None:
                    "links": [{"site": "ucas", "role": "client", "state": "connected", "latency_ms": 21.3}]},
     }  # fmt: skip
     assert all(row.go for row in node_rows(healthy))
-    unsettled = {**healthy, "health": {**healthy["health"], "error": 0.004, "synthdefs": 0}}
+    unsettled = {**healthy, "health": {**healthy["health"], "samples": 3, "synthdefs": 0}}
     rows = {row.what: row for row in node_rows(unsettled)}
     assert not rows["ucas-1: clock"].go and not rows["ucas-1: scsynth"].go
+    # A campus 12 ms away: its bound is half the round trip, settled all the same; a path too long
+    # to play over is no-go.
+    far = {**healthy, "health": {**healthy["health"], "error": 0.01265}}
+    row = {row.what: row for row in node_rows(far)}["ucas-1: clock"]
+    assert row.go and "long path" in row.detail
+    too_far = {**healthy, "health": {**healthy["health"], "error": 0.08}}
+    assert not {row.what: row for row in node_rows(too_far)}["ucas-1: clock"].go
     assert "tutti synths build" in rows["ucas-1: scsynth"].fix
     parts = [("yongding", "ucas"), ("liangma", "ccom"), ("browsers", None)]
     rows = {row.what: row for row in concert_rows([healthy], parts, None)}
