@@ -43,7 +43,7 @@ T = TypeVar("T")
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before each restart in a row
 STEADY = 10.0  # seconds connected after which a link counts as healthy again (backoff starts over)
 CONNECT_WITHIN = 2.5  # seconds a client may wait for the hub's audio, times the failures in a row
-SILENT_FOR = 3  # seconds without a packet after which a connected client joins again
+SILENT_FOR = 3  # seconds without a packet after which a connected end (not a hub) starts again
 SPREAD_OF = 10  # successive one-way measurements whose spread is reported as the jitter
 
 
@@ -201,9 +201,10 @@ class Link:
                     # A client can wait for the hub's audio for ever (seen after a reconnection).
                     self.state.last_error = f"no audio from the hub within {patience:g} s"
                     self.proc.kill()
-                elif self.state.role in CLIENTS and self.state.silent_s >= SILENT_FOR and self.proc.returncode is None:
-                    # The far end went (a restarted hub has new ports): jacktrip 1.7 would wait for
-                    # ever; joining again finds it when it is back.
+                elif self.state.role != "hub" and self.state.silent_s >= SILENT_FOR and self.proc.returncode is None:
+                    # The far end went (a restarted hub has new ports, a pair's client a new
+                    # process): jacktrip 1.7 would wait for ever; started again, each end finds the
+                    # other when it is back.
                     self.state.last_error = f"no audio from {self.state.peer} for {SILENT_FOR} s: joining again"
                     self.proc.kill()
             code = await self.proc.wait()
