@@ -65,12 +65,15 @@ async def performer(browser: Browser, conductor: ConductorProcess, part_id: str)
     await page.wait_for_function(
         "() => window.tuttiView?.sketches[0]?.ready && window.tutti.clock.samples >= 8", timeout=20_000
     )
-    return page, sketch_frame(page)
+    return page, await sketch_frame(page)
 
 
-def sketch_frame(page: Page) -> Frame:
-    """The page's sketch frame now (a live edit replaces it)."""
-    return [f for f in page.frames if f.parent_frame and not f.is_detached()][-1]
+async def sketch_frame(page: Page) -> Frame:
+    """The page's sketch frame now (a live edit replaces it), not its spare (waiting for the next)."""
+    element = await page.wait_for_selector(".sketch-frame:not([data-waiting])", state="attached")
+    frame = await element.content_frame()
+    assert frame is not None
+    return frame
 
 
 async def clock_error(frame: Frame, conductor: ConductorProcess) -> float:
@@ -198,9 +201,9 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         sketch.write_text(sketch.read_text().replace("heard`", "heard, take 2`"))
         for page in pages:
             await page.wait_for_function("tuttiView.edits === 1", timeout=10_000)
-            assert await sketch_frame(page).evaluate("draw.toString().includes('take 2')")
+            assert await (await sketch_frame(page)).evaluate("draw.toString().includes('take 2')")
             assert await page.evaluate("window.loadedOnce && tutti.socket.id === window.firstSocket")
-            assert await clock_error(sketch_frame(page), proc) < BOUND  # at its place in the piece
+            assert await clock_error(await sketch_frame(page), proc) < BOUND  # at its place in the piece
 
         # The score edited: the timeline's new shape is drawn from the new version, sketches left running.
         score.write_text(score.read_text().replace("end: 60}", "end: 90}"))
@@ -222,7 +225,7 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         assert any("edit refused" in line and f"{score}:" in line for line in proc.log_lines)
         for page in pages:
             assert await page.evaluate("tuttiView.edits") == 2
-            assert await sketch_frame(page).evaluate("draw.toString().includes('take 2') && frameCount > 0")
+            assert await (await sketch_frame(page)).evaluate("draw.toString().includes('take 2') && frameCount > 0")
             assert await page.evaluate("tuttiView.sketches[0].error") is None
         status = proc.status()
         assert sum(c["role"] == "performer" for c in status["clients"]) == 2  # the composer's views are not performers
