@@ -231,3 +231,69 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         assert sum(c["role"] == "performer" for c in status["clients"]) == 2  # the composer's views are not performers
     finally:
         proc.stop()
+
+
+# A loop without end that no loop statement shows (so the loop guard cannot stop it): a regular
+# expression that backtracks for ever, from the sketch's 90th frame.
+HANG = (
+    "function setup() { createCanvas(windowWidth, windowHeight); }\n"
+    "function draw() {\n  background(20, 60, 90);\n  circle(width / 2, height / 2, 40 + (frameCount % 60));\n"
+    "  if (frameCount === 90) /(a+)+b/.test('a'.repeat(60));\n}\n"
+)
+
+
+async def until_stuck(frame: Frame) -> None:
+    """Waits until the frame no longer answers (its sketch is in its loop)."""
+    for _ in range(20):
+        try:
+            await asyncio.wait_for(frame.evaluate("frameCount"), 1)
+        except TimeoutError:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the sketch's frame never hung")
+
+
+async def test_the_conductor_turns_a_parts_sketches_off_and_the_page_obeys(browser: Browser, tmp_path: Path) -> None:
+    (tmp_path / "hang.js").write_text(HANG)
+    score = tmp_path / "score.yaml"
+    score.write_text("title: Hangs\nduration: 120\nparts:\n" + part("hang", "hang.js", "1.x"))
+    proc = ConductorProcess(write_concert(tmp_path, score=score), "--play")
+    try:
+        page, frame = await performer(browser, proc, "hang")
+        console = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await console.goto(f"{proc.url}/console?token={TOKENS['conductor']}")
+        button = console.locator("#roster button[data-sketches=hang]")
+        await button.wait_for(timeout=10_000)
+        assert await button.inner_text() == "Sketch off"
+
+        # The sketch hangs: its frame, sandboxed without allow-same-origin, has a process of its own
+        # here (Chromium isolates sandboxed frames), so the page goes on drawing, in step.
+        await until_stuck(frame)
+        frames, position = await page.evaluate("[tuttiView.frames, tuttiView.position]")
+        await page.wait_for_function(f"tuttiView.frames > {frames + 30}", timeout=5000)
+        assert await page.evaluate("tuttiView.position") > position
+
+        # The console turns the part's sketches off: the page drops the frame, says so, and draws on.
+        await button.click()
+        await page.wait_for_function(
+            "tuttiView.sketches.length === 0 && !document.querySelector('.sketch-frame')"
+            " && !document.getElementById('sketch-off').hidden",
+            timeout=10_000,
+        )
+        assert "Sketch off by the conductor" in await page.inner_text("#sketch-off")
+        frames, position = await page.evaluate("[tuttiView.frames, tuttiView.position]")
+        await page.wait_for_function(f"tuttiView.frames > {frames + 30}", timeout=5000)
+        assert await page.evaluate("tuttiView.position") > position
+        await console.locator("#roster button[data-sketches=hang]", has_text="Sketch on").wait_for(timeout=5000)
+
+        # Journalled like any change; and on again: the page runs the sketch afresh.
+        journal = (tmp_path / "journal.jsonl").read_text()
+        assert '"cmd":"sketches","part":"hang","on":false' in journal.replace(" ", "")
+        await console.locator("#roster button[data-sketches=hang]").click()
+        await page.wait_for_function(
+            "tuttiView.sketches[0]?.ready && document.getElementById('sketch-off').hidden", timeout=20_000
+        )
+        rejected = await console.evaluate("tutti.command('sketches', {part: 'nobody', on: false})")
+        assert rejected["ok"] is False and rejected["code"] == "unknown_part"
+    finally:
+        proc.stop()

@@ -165,9 +165,19 @@ async function main() {
         return Object.assign(prepareFrame(stage, layer, conductor, part, boxOf(layer)), { area: layer.area });
       });
     });
+  // The conductor can turn a part's sketches off (a sketch that hangs the page): the score is then
+  // drawn without them, and a line says so where they were.
+  const sketchesOff = () => (conductor.state.rehearsal?.sketches_off ?? []).includes(partId);
   const mountSketches = async () => {
-    const layers = part.layers.filter((l) => l.type === "sketch");
-    const key = JSON.stringify(layers.map((l) => [l, conductor.files?.[l.src]]));
+    const off = sketchesOff();
+    const all = part.layers.filter((l) => l.type === "sketch");
+    const layers = off ? [] : all;
+    const key = JSON.stringify([off, layers.map((l) => [l, conductor.files?.[l.src]])]);
+    $("sketch-off").hidden = !off;
+    if (off && all.length) {
+      const box = areaOf(all[0], stage.clientWidth, stage.clientHeight);
+      Object.assign($("sketch-off").style, { left: `${box.x + 8}px`, top: `${box.y + 8}px` });
+    }
     if (key === sketchKey) return;
     sketchKey = key;
     const old = view.sketches;
@@ -189,6 +199,12 @@ async function main() {
     warmSpares(key, layers);
   };
   mountSketches(); // the rest of the view draws meanwhile
+  let wasOff = sketchesOff();
+  conductor.addEventListener("state", () => {
+    if (sketchesOff() === wasOff) return;
+    wasOff = sketchesOff();
+    mountSketches();
+  });
   conductor.addEventListener("score", async () => {
     const receivedAt = (performance.timeOrigin + performance.now()) / 1000;
     part = conductor.score.parts.find((p) => p.id === partId) ?? part;
