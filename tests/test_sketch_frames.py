@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Frame, Page
 
+from conductor.core import score as score_module
+from conductor.core.jscheck import MAX_SOURCE, SyntaxChecker
 from tests.conftest import SCORES, TOKENS, ConductorProcess, write_concert
 from tests.test_browser import conductor_position
 
@@ -253,6 +255,7 @@ async def until_stuck(frame: Frame) -> None:
     raise AssertionError("the sketch's frame never hung")
 
 
+@pytest.mark.integration
 async def test_the_conductor_turns_a_parts_sketches_off_and_the_page_obeys(browser: Browser, tmp_path: Path) -> None:
     (tmp_path / "hang.js").write_text(HANG)
     score = tmp_path / "score.yaml"
@@ -297,3 +300,28 @@ async def test_the_conductor_turns_a_parts_sketches_off_and_the_page_obeys(brows
         assert rejected["ok"] is False and rejected["code"] == "unknown_part"
     finally:
         proc.stop()
+
+
+@pytest.mark.integration
+def test_sketch_files_are_checked_by_one_node_and_errors_read_as_node_check_says() -> None:
+    node = shutil.which("node")
+    assert node
+    checker = SyntaxChecker(node)
+    try:
+        good = (SCORES / "sketches" / "call-and-response.js").read_bytes()
+        for i in range(20):  # twenty edits: one node process answers them all
+            assert checker.parses(good + f"\n// edit {i}\n".encode(), script=True) is True
+        assert checker.parses(b"export default (p) => { p.draw = () => {}; };\n", script=False) is True
+        assert checker.parses(b"function draw() {\n  let x = ;\n}\n", script=True) is False
+        assert checker.parses(b"export default (p) => { await 1; };\n", script=False) is False
+        assert checker.parses(b"export default 1;\n", script=True) is False  # a global-mode sketch is a script
+        assert checker.started == 1
+        assert checker.proc is not None
+        checker.proc.kill()  # a checker that died is started again
+        assert checker.parses(good, script=True) is True and checker.started == 2
+        assert checker.parses(b" " * (MAX_SOURCE + 1), script=True) is None  # too large: left to node --check
+    finally:
+        checker.close()
+    # What tutti check says of a file that does not parse is node --check's own line and error.
+    error = score_module._parse_error(node, b"function setup() {\n  let x = ;\n}\n// 1\n", True)
+    assert error == "line 2: SyntaxError: Unexpected token ';'"

@@ -99,21 +99,23 @@ class SyntaxChecker:
         text = source.decode("utf-8", errors="replace")
         line = json.dumps({"source": text, "script": script}).encode() + b"\n"
         with self.lock:
-            try:
-                if self.proc is None or self.proc.poll() is not None:
+            for _ in range(2):  # a process that has died since its last answer: once more, with a new one
+                fresh = self.proc is None or self.proc.poll() is not None
+                if fresh:
                     self._end()
                     self.proc = self._start()
-                answer = self._ask(self.proc, line)
-            except OSError:
-                answer = None
-            if answer is None:
+                assert self.proc is not None
+                try:
+                    answer = self._ask(self.proc, line)
+                    ok = json.loads(answer)["ok"] if answer is not None else None
+                except (OSError, ValueError, KeyError, TypeError):
+                    ok = None
+                if isinstance(ok, bool):
+                    return ok
                 self._end()  # started again next time
-                return None
-            try:
-                return bool(json.loads(answer)["ok"])
-            except (ValueError, KeyError, TypeError):
-                self._end()
-                return None
+                if fresh:
+                    return None
+            return None
 
 
 _checkers: dict[str, SyntaxChecker] = {}
