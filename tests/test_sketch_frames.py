@@ -204,6 +204,7 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         for page in pages:
             await page.wait_for_function("tuttiView.edits === 1", timeout=10_000)
             assert await (await sketch_frame(page)).evaluate("draw.toString().includes('take 2')")
+            assert await page.evaluate("tutti.sources['talk.js'].includes('take 2')")  # sent with the edit
             assert await page.evaluate("window.loadedOnce && tutti.socket.id === window.firstSocket")
             assert await clock_error(await sketch_frame(page), proc) < BOUND  # at its place in the piece
 

@@ -172,8 +172,9 @@ export function prepareFrame(container, layer, conductor, part, boxOf) {
   return state;
 }
 
-// The sketch's source, as the conductor serves this version of it.
-export async function sketchSource(layer, version = "") {
+// The sketch's source, as the conductor serves this version of it (or sent it with a live edit).
+export async function sketchSource(layer, version = "", sent = {}) {
+  if (typeof sent[layer.src] === "string") return sent[layer.src];
   const response = await fetch(`/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version)}`);
   if (!response.ok) throw new Error(`the conductor did not serve it (${response.status})`);
   return response.text();
@@ -184,7 +185,7 @@ export async function sketchSource(layer, version = "") {
 export async function mountFrame(container, layer, conductor, part, boxOf, version = "", spare = null) {
   const state = spare ?? prepareFrame(container, layer, conductor, part, boxOf);
   try {
-    const source = await sketchSource(layer, version);
+    const source = await sketchSource(layer, version, conductor.sources);
     state.run(layer, source, version);
   } catch (err) {
     state.fail(String(err?.message ?? err), 0);

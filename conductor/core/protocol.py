@@ -486,6 +486,12 @@ class ScoreUpdate(Outbound):
     version: str
     score: dict[str, Any]
     files: dict[str, str]  # sketch file -> its version
+    # The text of the sketch files this edit changed, if small (INLINE_SOURCES bytes in all), so that
+    # a page runs the new sketch without asking for it first; others a page fetches.
+    sources: dict[str, str] = {}
+
+
+INLINE_SOURCES = 256 * 1024
 
 
 class Welcome(Outbound):
