@@ -28,7 +28,7 @@ from bench.harness import CHROMIUM, CHROMIUM_ARGS
 from conductor.client import TuttiClient
 from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
 from tests.test_replay import make_archive, start_replay
-from tests.test_sketch_frames import TROUBLES, part
+from tests.test_sketch_frames import TROUBLES, part, talking_score
 
 VIEWPORTS = {"ipad-landscape": (1180, 820), "ipad-portrait": (820, 1180), "phone": (390, 844)}
 
@@ -201,6 +201,17 @@ async def main(out: Path) -> list[Path]:
     return written
 
 
+async def compose_shots(browser: Browser, conductor: ConductorProcess, out: Path, state: str, shown: str) -> list[Path]:
+    """The composer's page on an iPad and a phone, once ``shown`` (a JavaScript condition) holds."""
+    written = []
+    for name in ("ipad-landscape", "phone"):
+        compose = await open_view(browser, f"{conductor.url}/compose?token={TOKENS['conductor']}", VIEWPORTS[name])
+        await compose.wait_for_function(shown, timeout=30_000)
+        written.append(out / f"compose-{state}-{name}.png")
+        await compose.screenshot(path=str(written[-1]), full_page=True)
+    return written
+
+
 async def sketch_states(out: Path) -> list[Path]:
     """A global-mode sketch after another part's event reached it, and one that threw."""
     written: list[Path] = []
@@ -239,18 +250,10 @@ async def sketch_states(out: Path) -> list[Path]:
                 path = out / "console-edit-refused-ipad-landscape.png"
                 await console.screenshot(path=str(path), full_page=True)
                 written.append(path)
-                for name in ("ipad-landscape", "phone"):  # the composer's page, with the refused edit
-                    compose = await open_view(
-                        browser, f"{conductor.url}/compose?token={TOKENS['conductor']}", VIEWPORTS[name]
-                    )
-                    await compose.wait_for_selector("#refused:not([hidden])", timeout=10_000)
-                    await compose.wait_for_function(
-                        "[...document.querySelectorAll('.status')].every(s => /frames.s|stopped/.test(s.textContent))",
-                        timeout=30_000,
-                    )
-                    path = out / f"compose-edit-refused-{name}.png"
-                    await compose.screenshot(path=str(path), full_page=True)
-                    written.append(path)
+                shown = "[...document.querySelectorAll('.status')].every(s => /frames.s|stopped/.test(s.textContent))"
+                written += await compose_shots(
+                    browser, conductor, out, "edit-refused", f"!document.getElementById('refused').hidden && {shown}"
+                )
                 await browser.close()
         finally:
             conductor.stop()
@@ -263,10 +266,7 @@ async def sketch_off_states(out: Path) -> list[Path]:
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        shutil.copy(SCORES / "sketches" / "call-and-response.js", folder / "talk.js")
-        parts = part("call", "talk.js", "1.x") + part("response", "talk.js", "2.x")
-        (folder / "score.yaml").write_text("title: Sketches\nduration: 120\nparts:\n" + parts)
-        conductor = ConductorProcess(write_concert(folder, score=folder / "score.yaml"), "--play")
+        conductor = ConductorProcess(write_concert(folder, score=talking_score(folder, "Sketches")), "--play")
         try:
             async with async_playwright() as p:
                 browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -287,18 +287,11 @@ async def sketch_off_states(out: Path) -> list[Path]:
                     path = out / f"console-sketch-off-{name}.png"
                     await console.screenshot(path=str(path))
                     written.append(path)
-                for name in ("ipad-landscape", "phone"):
-                    compose = await open_view(
-                        browser, f"{conductor.url}/compose?token={TOKENS['conductor']}", VIEWPORTS[name]
-                    )
-                    await compose.wait_for_function(
-                        "document.querySelector('[data-part=call] .status').textContent.includes('sketch off')"
-                        " && /frames.s/.test(document.querySelector('[data-part=response] .status').textContent)",
-                        timeout=30_000,
-                    )
-                    path = out / f"compose-sketch-off-{name}.png"
-                    await compose.screenshot(path=str(path), full_page=True)
-                    written.append(path)
+                shown = (
+                    "document.querySelector('[data-part=call] .status').textContent.includes('sketch off')"
+                    " && /frames.s/.test(document.querySelector('[data-part=response] .status').textContent)"
+                )
+                written += await compose_shots(browser, conductor, out, "sketch-off", shown)
                 await browser.close()
         finally:
             conductor.stop()

@@ -44,6 +44,15 @@ def part(pid: str, src: str, p5: str) -> str:
     )
 
 
+def talking_score(folder: Path, title: str, duration: int = 120) -> Path:
+    """A score in ``folder`` whose parts call (p5 1.x) and response (2.x) run the openprocessing
+    sketch call-and-response.js (as talk.js): its path."""
+    shutil.copy(SCORES / "sketches" / "call-and-response.js", folder / "talk.js")
+    parts = part("call", "talk.js", "1.x") + part("response", "talk.js", "2.x")
+    (folder / "score.yaml").write_text(f"title: {title}\nduration: {duration}\nparts:\n" + parts)
+    return folder / "score.yaml"
+
+
 @pytest.fixture
 def sketches(tmp_path: Path) -> Iterator[ConductorProcess]:
     """A playing piece: two parts running the same openprocessing sketch (p5 1.x and 2.x), and three
