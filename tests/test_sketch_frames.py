@@ -207,6 +207,12 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         )
         for page in pages:
             await page.evaluate("window.loadedOnce = true; window.firstSocket = tutti.socket.id")
+            # Every frame the page draws from now on: is a sketch shown? (A swap must never leave the layer empty.)
+            await page.evaluate(
+                "window.emptyFrames = 0; (function look() { const shown = "
+                "document.querySelectorAll('.sketch-frame:not([data-waiting])').length; "
+                "if (!shown) emptyFrames += 1; requestAnimationFrame(look); })()"
+            )
 
         # A sketch edited: every page runs the new version, in place, on the same connection.
         sketch.write_text(sketch.read_text().replace("heard`", "heard, take 2`"))
@@ -216,6 +222,9 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
             assert await page.evaluate("tutti.sources['talk.js'].includes('take 2')")  # sent with the edit
             assert await page.evaluate("window.loadedOnce && tutti.socket.id === window.firstSocket")
             assert await clock_error(await sketch_frame(page), proc) < BOUND  # at its place in the piece
+            assert await page.evaluate("emptyFrames") == 0
+            # the new version, and (once the page is idle) the next spare, p5 loaded and waiting
+            await page.wait_for_function("document.querySelectorAll('.sketch-frame[data-waiting]').length === 1")
 
         # The score edited: the timeline's new shape is drawn from the new version, sketches left running.
         score.write_text(score.read_text().replace("end: 60}", "end: 90}"))
