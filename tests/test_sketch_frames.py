@@ -311,6 +311,12 @@ async def test_the_conductor_turns_a_parts_sketches_off_and_the_page_obeys(brows
         # Journalled like any change; and on again: the page runs the sketch afresh.
         journal = (tmp_path / "journal.jsonl").read_text()
         assert '"cmd":"sketches","part":"hang","on":false' in journal.replace(" ", "")
+        replay = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "conductor", "replay", str(tmp_path / "journal.jsonl"), "--speed", "100",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        replayed, _ = await asyncio.wait_for(replay.communicate(), 60)
+        assert replay.returncode == 0 and "sketches" in replayed.decode(), replayed.decode()
         await console.locator("#roster button[data-sketches=hang]").click()
         await page.wait_for_function(
             "tuttiView.sketches[0]?.ready && document.getElementById('sketch-off').hidden", timeout=20_000
