@@ -17,8 +17,6 @@ import selectors
 import subprocess
 import threading
 
-from conductor.core.process import die_with_parent
-
 ANSWER_WITHIN = 10.0  # seconds; a checker that takes longer is ended
 MAX_SOURCE = 4 * 2**20  # bytes; a larger file is left to node --check
 MAX_ANSWER = 4096  # bytes of one answer line
@@ -53,12 +51,12 @@ class SyntaxChecker:
 
     def _start(self) -> subprocess.Popen[bytes]:
         self.started += 1
+        # It ends when its stdin does: with this process, however that ends.
         return subprocess.Popen(
             [self.node, "--experimental-vm-modules", "--no-warnings", "-e", SERVER],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
         )
 
     def close(self) -> None:
