@@ -78,7 +78,9 @@
   // A sketch's error stops it, says so over its layer, and reaches the conductor's console with the
   // sketch file's line.
   const lineOf = (error) => Number(String(error?.stack ?? "").match(/tutti-sketch:(\d+)/)?.[1]) || 0;
+  let failed = false;
   const fail = (error) => {
+    failed = true;
     try {
       window.noLoop?.();
     } catch {
@@ -172,6 +174,7 @@
       }
     }
     const drawn = () => {
+      if (failed) return; // said so already
       if (typeof window.draw !== "function" || (window.frameCount ?? 0) > 0) post({ type: "running" });
       else requestAnimationFrame(drawn);
     };
