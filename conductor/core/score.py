@@ -472,16 +472,19 @@ def sketch_problems(loaded: LoadedScore) -> list[Problem]:
     node = shutil.which("node")
     if node is None:
         return []  # ./setup.sh installs node; without it the sketches are checked on stage only
-    doc = YamlDocument(loaded.path)
-    out = []
+    errors = []
     for i, part in enumerate(loaded.score.parts):
         for j, layer in enumerate(part.layers):
             if layer.type != "sketch":
                 continue
-            error = _parse_error(node, (loaded.folder / layer.src).read_bytes(), layer.p5 is not None)
+            # the bytes pages will be served (read with this version), not the file as it is by now
+            error = _parse_error(node, loaded.sources[layer.src], layer.p5 is not None)
             if error:
-                out.append(doc.problem(("parts", i, "layers", j, "src"), f"{layer.src} {error}"))
-    return out
+                errors.append((("parts", i, "layers", j, "src"), f"{layer.src} {error}"))
+    if not errors:
+        return []  # the score's YAML read again only to place a problem on its line
+    doc = YamlDocument(loaded.path)
+    return [doc.problem(loc, message) for loc, message in errors]
 
 
 def _duplicates(items: list[Any], field: str, loc: Loc) -> list[tuple[Loc, str]]:
