@@ -6,7 +6,9 @@ A playing piece of two parts, each running the openprocessing-style global-mode 
 ``scores/sketches/call-and-response.js`` (p5 1.x and 2.x), on ``--pages`` performer pages in
 headless Chromium. The sketch file is edited ``--edits`` times, then the score once; for each
 edit, the time from the file's write to each page showing the new version (its new sketch running,
-or the new score drawn). Printed: median and maximum over the pages for each edit, how many pages
+or the new score drawn), and its two parts: from the write to the page's receipt of the new version
+(the watch's look, ``tutti check``, the announcement), and from there to the new sketch having drawn
+on the page. Printed: median and maximum over the pages for each edit, how many pages
 reconnected (their socket changed) or reloaded, and the largest gap between a page's score
 position and the conductor's after the edits (a jump would show here).
 """
@@ -66,11 +68,17 @@ async def main(pages_count: int, edits: int) -> None:
             path.write_text(text)
             for page in pages:
                 await page.wait_for_function(f"tuttiView.edits >= {n}", timeout=30_000)
-            shown = [await p.evaluate("tuttiView.shownAt") - written for p in pages]
+            times = [await p.evaluate("[tuttiView.receivedAt, tuttiView.shownAt]") for p in pages]
+            shown = [s - written for _, s in times]
+            received = [r - written for r, _ in times]
+            on_page = [s - r for r, s in times]
             what = "score" if score_edit else "sketch"
             print(
                 f"edit {n} ({what}): shown after median {percentile(shown, 0.5) * 1000:.0f} ms, "
-                f"max {max(shown) * 1000:.0f} ms on {len(pages)} pages"
+                f"max {max(shown) * 1000:.0f} ms on {len(pages)} pages; of which checked and announced "
+                f"(write to the page's receipt) median {percentile(received, 0.5) * 1000:.0f} ms, max "
+                f"{max(received) * 1000:.0f} ms; on the page (new sketch running and drawn) median "
+                f"{percentile(on_page, 0.5) * 1000:.0f} ms, max {max(on_page) * 1000:.0f} ms"
             )
             await asyncio.sleep(1)
         status_url = f"{url}/api/status"

@@ -4,8 +4,9 @@ and a phone, the console before the downbeat with a part missing and while rehea
 (iPad and phone), its audio links each way (none measured, measured, a link restarting) on an
 iPad and a phone, the audience on a phone, a global-mode sketch (openprocessing.org style)
 running, and one that stopped, with a live edit refused on the console and on the composer's page,
-and the replay of a concert archive (``tutti replay``: the score and the scrub bar, and a recording
-that cannot be played) on an iPad and a phone.
+a part's sketch turned off by the conductor (its page, the console, the composer's page), and the
+replay of a concert archive (``tutti replay``: the score and the scrub bar, and a recording that
+cannot be played) on an iPad and a phone.
 
     .venv/bin/python -m bench.screenshots [--out test-output/screens]
 
@@ -27,7 +28,7 @@ from bench.harness import CHROMIUM, CHROMIUM_ARGS
 from conductor.client import TuttiClient
 from tests.conftest import ROOT, SCORES, TOKENS, ConductorProcess, write_concert
 from tests.test_replay import make_archive, start_replay
-from tests.test_sketch_frames import TROUBLES, part
+from tests.test_sketch_frames import TROUBLES, part, talking_score
 
 VIEWPORTS = {"ipad-landscape": (1180, 820), "ipad-portrait": (820, 1180), "phone": (390, 844)}
 
@@ -200,6 +201,17 @@ async def main(out: Path) -> list[Path]:
     return written
 
 
+async def compose_shots(browser: Browser, conductor: ConductorProcess, out: Path, state: str, shown: str) -> list[Path]:
+    """The composer's page on an iPad and a phone, once ``shown`` (a JavaScript condition) holds."""
+    written = []
+    for name in ("ipad-landscape", "phone"):
+        compose = await open_view(browser, f"{conductor.url}/compose?token={TOKENS['conductor']}", VIEWPORTS[name])
+        await compose.wait_for_function(shown, timeout=30_000)
+        written.append(out / f"compose-{state}-{name}.png")
+        await compose.screenshot(path=str(written[-1]), full_page=True)
+    return written
+
+
 async def sketch_states(out: Path) -> list[Path]:
     """A global-mode sketch after another part's event reached it, and one that threw."""
     written: list[Path] = []
@@ -238,18 +250,48 @@ async def sketch_states(out: Path) -> list[Path]:
                 path = out / "console-edit-refused-ipad-landscape.png"
                 await console.screenshot(path=str(path), full_page=True)
                 written.append(path)
-                for name in ("ipad-landscape", "phone"):  # the composer's page, with the refused edit
-                    compose = await open_view(
-                        browser, f"{conductor.url}/compose?token={TOKENS['conductor']}", VIEWPORTS[name]
-                    )
-                    await compose.wait_for_selector("#refused:not([hidden])", timeout=10_000)
-                    await compose.wait_for_function(
-                        "[...document.querySelectorAll('.status')].every(s => /frames.s|stopped/.test(s.textContent))",
-                        timeout=30_000,
-                    )
-                    path = out / f"compose-edit-refused-{name}.png"
-                    await compose.screenshot(path=str(path), full_page=True)
+                shown = "[...document.querySelectorAll('.status')].every(s => /frames.s|stopped/.test(s.textContent))"
+                written += await compose_shots(
+                    browser, conductor, out, "edit-refused", f"!document.getElementById('refused').hidden && {shown}"
+                )
+                await browser.close()
+        finally:
+            conductor.stop()
+    return written
+
+
+async def sketch_off_states(out: Path) -> list[Path]:
+    """A part's sketch turned off by the conductor: the performer's page (iPad both ways, phone), the
+    console's Parts table with its Sketch on button, and the composer's page (iPad, phone)."""
+    written: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        conductor = ConductorProcess(write_concert(folder, score=talking_score(folder, "Sketches")), "--play")
+        try:
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                base = f"{conductor.url}/perform?token={TOKENS['performer']}&name=Ana&part="
+                ready = "window.tuttiView?.sketches[0]?.ready"
+                pages = {name: await open_view(browser, base + "call", size, ready) for name, size in VIEWPORTS.items()}
+                console = await open_view(browser, f"{conductor.url}/console?token={TOKENS['conductor']}", (1180, 820))
+                await console.locator("#roster button[data-sketches=call]").click()
+                for page in pages.values():
+                    await page.wait_for_function("!document.getElementById('sketch-off').hidden", timeout=10_000)
+                written += await shoot(pages, out, "sketch-off")
+                await console.locator("#roster button[data-sketches=call]", has_text="Sketch on").wait_for()
+                for name, size in (("ipad-landscape", (1180, 820)), ("phone", VIEWPORTS["phone"])):
+                    await console.set_viewport_size({"width": size[0], "height": size[1]})
+                    await console.locator("#roster").scroll_into_view_if_needed()
+                    # a phone scrolls the table sideways to its last column: shown there
+                    await console.evaluate("document.getElementById('roster').closest('.wide-table').scrollLeft = 1e6")
+                    path = out / f"console-sketch-off-{name}.png"
+                    await console.screenshot(path=str(path))
                     written.append(path)
+                shown = (
+                    "document.querySelector('[data-part=call] .status').textContent.includes('sketch off')"
+                    " && /frames.s/.test(document.querySelector('[data-part=response] .status').textContent)"
+                )
+                written += await compose_shots(browser, conductor, out, "sketch-off", shown)
                 await browser.close()
         finally:
             conductor.stop()
@@ -286,5 +328,5 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=ROOT / "test-output" / "screens")
     out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
-    for path in asyncio.run(main(out)) + asyncio.run(sketch_states(out)):
+    for path in asyncio.run(main(out)) + asyncio.run(sketch_states(out)) + asyncio.run(sketch_off_states(out)):
         print(path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,18 +23,15 @@ from playwright.async_api import async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import CHROMIUM, CHROMIUM_ARGS, percentile
-from tests.conftest import SCORES, ConductorProcess, write_concert
+from tests.conftest import ConductorProcess, write_concert
 from tests.test_browser import conductor_position
-from tests.test_sketch_frames import clock_error, part, performer
+from tests.test_sketch_frames import clock_error, performer, talking_score
 
 
 async def main(events: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        shutil.copy(SCORES / "sketches" / "call-and-response.js", folder / "talk.js")
-        parts = part("call", "talk.js", "1.x") + part("response", "talk.js", "2.x")
-        (folder / "score.yaml").write_text("title: Timing\nduration: 600\nparts:\n" + parts)
-        conductor = ConductorProcess(write_concert(folder, score=folder / "score.yaml"), "--play")
+        conductor = ConductorProcess(write_concert(folder, score=talking_score(folder, "Timing", 600)), "--play")
         try:
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -9,9 +9,9 @@ from typing import Any
 import pydantic
 import pytest
 
-from conductor.core.protocol import Play, Rejected, SketchEvent
+from conductor.core.protocol import Play, Rejected, SetSketches, SketchEvent
 from conductor.core.score import InvalidFile, load_score
-from conductor.core.transport import Transport
+from conductor.core.transport import Change, Rehearsal, Transport
 from conductor.server.joins import Client
 from conductor.server.sketches import BURST, SketchRelay
 from conductor.server.watch import _checked
@@ -111,3 +111,32 @@ def test_a_live_edit_keeps_the_parts_and_parameters(tmp_path: Path) -> None:
         _checked(path, current)
     assert [p.field for p in refused.value.problems] == ["parameters"]
     assert "restart tutti serve" in str(refused.value)
+
+
+def test_the_conductor_turns_a_parts_sketches_off_and_on_as_a_journalled_change(tmp_path: Path) -> None:
+    score = tmp_path / "score.yaml"
+    layers = "    layers: [{type: sketch, src: s.js, p5: '1.x'}]\n"
+    parts = "".join(f"  - id: {p}\n    name: {p.upper()}\n" + (layers if p != "c" else "") for p in "abc")
+    score.write_text(f"title: S\nduration: 60\nparts:\n{parts}")
+    (tmp_path / "s.js").write_text("function draw() {}\n")
+    transport = Transport(load_score(score).score)
+    off = transport.plan(SetSketches(cmd="sketches", part="b", on=False), 1.0)
+    assert off.rehearsal == Rehearsal(sketches_off=("b",))
+    transport.apply(Change.from_json(off.to_json()))  # as a journal reads it back
+    assert transport.rehearsal.sketches_off == ("b",)
+    assert transport.snapshot(2.0)["rehearsal"]["sketches_off"] == ["b"]
+    for command, code in [
+        (SetSketches(cmd="sketches", part="b", on=False), "unchanged"),
+        (SetSketches(cmd="sketches", part="nobody", on=False), "unknown_part"),
+        (SetSketches(cmd="sketches", part="c", on=False), "unchanged"),  # c has no sketch
+    ]:
+        with pytest.raises(Rejected) as refused:
+            transport.plan(command, 2.0)
+        assert refused.value.code == code
+    transport.apply(transport.plan(SetSketches(cmd="sketches", part="b", on=True), 3.0))
+    assert transport.rehearsal == Rehearsal()
+    assert "sketches_off" not in Rehearsal().to_json()  # journals and snapshots without it read as before
+    with pytest.raises(ValueError, match="sketches_off"):
+        Rehearsal.from_json({"loop": None, "click": [], "sketches_off": "b"})
+    with pytest.raises(pydantic.ValidationError):
+        SetSketches.model_validate({"cmd": "sketches", "part": "b", "on": "off"})

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Frame, Page
 
+from conductor.core import score as score_module
+from conductor.core.jscheck import MAX_SOURCE, SyntaxChecker
 from tests.conftest import SCORES, TOKENS, ConductorProcess, write_concert
 from tests.test_browser import conductor_position
 
@@ -42,6 +44,15 @@ def part(pid: str, src: str, p5: str) -> str:
     )
 
 
+def talking_score(folder: Path, title: str, duration: int = 120) -> Path:
+    """A score in ``folder`` whose parts call (p5 1.x) and response (2.x) run the openprocessing
+    sketch call-and-response.js (as talk.js): its path."""
+    shutil.copy(SCORES / "sketches" / "call-and-response.js", folder / "talk.js")
+    parts = part("call", "talk.js", "1.x") + part("response", "talk.js", "2.x")
+    (folder / "score.yaml").write_text(f"title: {title}\nduration: {duration}\nparts:\n" + parts)
+    return folder / "score.yaml"
+
+
 @pytest.fixture
 def sketches(tmp_path: Path) -> Iterator[ConductorProcess]:
     """A playing piece: two parts running the same openprocessing sketch (p5 1.x and 2.x), and three
@@ -65,12 +76,15 @@ async def performer(browser: Browser, conductor: ConductorProcess, part_id: str)
     await page.wait_for_function(
         "() => window.tuttiView?.sketches[0]?.ready && window.tutti.clock.samples >= 8", timeout=20_000
     )
-    return page, sketch_frame(page)
+    return page, await sketch_frame(page)
 
 
-def sketch_frame(page: Page) -> Frame:
-    """The page's sketch frame now (a live edit replaces it)."""
-    return [f for f in page.frames if f.parent_frame and not f.is_detached()][-1]
+async def sketch_frame(page: Page) -> Frame:
+    """The page's sketch frame now (a live edit replaces it), not its spare (waiting for the next)."""
+    element = await page.wait_for_selector(".sketch-frame:not([data-waiting])", state="attached")
+    frame = await element.content_frame()
+    assert frame is not None
+    return frame
 
 
 async def clock_error(frame: Frame, conductor: ConductorProcess) -> float:
@@ -193,14 +207,24 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         )
         for page in pages:
             await page.evaluate("window.loadedOnce = true; window.firstSocket = tutti.socket.id")
+            # Every frame the page draws from now on: is a sketch shown? (A swap must never leave the layer empty.)
+            await page.evaluate(
+                "window.emptyFrames = 0; (function look() { const shown = "
+                "document.querySelectorAll('.sketch-frame:not([data-waiting])').length; "
+                "if (!shown) emptyFrames += 1; requestAnimationFrame(look); })()"
+            )
 
         # A sketch edited: every page runs the new version, in place, on the same connection.
         sketch.write_text(sketch.read_text().replace("heard`", "heard, take 2`"))
         for page in pages:
             await page.wait_for_function("tuttiView.edits === 1", timeout=10_000)
-            assert await sketch_frame(page).evaluate("draw.toString().includes('take 2')")
+            assert await (await sketch_frame(page)).evaluate("draw.toString().includes('take 2')")
+            assert await page.evaluate("tutti.sources['talk.js'].includes('take 2')")  # sent with the edit
             assert await page.evaluate("window.loadedOnce && tutti.socket.id === window.firstSocket")
-            assert await clock_error(sketch_frame(page), proc) < BOUND  # at its place in the piece
+            assert await clock_error(await sketch_frame(page), proc) < BOUND  # at its place in the piece
+            assert await page.evaluate("emptyFrames") == 0
+            # the new version, and (once the page is idle) the next spare, p5 loaded and waiting
+            await page.wait_for_function("document.querySelectorAll('.sketch-frame[data-waiting]').length === 1")
 
         # The score edited: the timeline's new shape is drawn from the new version, sketches left running.
         score.write_text(score.read_text().replace("end: 60}", "end: 90}"))
@@ -222,9 +246,107 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
         assert any("edit refused" in line and f"{score}:" in line for line in proc.log_lines)
         for page in pages:
             assert await page.evaluate("tuttiView.edits") == 2
-            assert await sketch_frame(page).evaluate("draw.toString().includes('take 2') && frameCount > 0")
+            assert await (await sketch_frame(page)).evaluate("draw.toString().includes('take 2') && frameCount > 0")
             assert await page.evaluate("tuttiView.sketches[0].error") is None
         status = proc.status()
         assert sum(c["role"] == "performer" for c in status["clients"]) == 2  # the composer's views are not performers
     finally:
         proc.stop()
+
+
+# A loop without end that no loop statement shows (so the loop guard cannot stop it): a regular
+# expression that backtracks for ever, from the sketch's 90th frame.
+HANG = (
+    "function setup() { createCanvas(windowWidth, windowHeight); }\n"
+    "function draw() {\n  background(20, 60, 90);\n  circle(width / 2, height / 2, 40 + (frameCount % 60));\n"
+    "  if (frameCount === 90) /(a+)+b/.test('a'.repeat(60));\n}\n"
+)
+
+
+async def until_stuck(frame: Frame) -> None:
+    """Waits until the frame no longer answers (its sketch is in its loop)."""
+    for _ in range(20):
+        try:
+            await asyncio.wait_for(frame.evaluate("frameCount"), 1)
+        except TimeoutError:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the sketch's frame never hung")
+
+
+@pytest.mark.integration
+async def test_the_conductor_turns_a_parts_sketches_off_and_the_page_obeys(browser: Browser, tmp_path: Path) -> None:
+    (tmp_path / "hang.js").write_text(HANG)
+    score = tmp_path / "score.yaml"
+    score.write_text("title: Hangs\nduration: 120\nparts:\n" + part("hang", "hang.js", "1.x"))
+    proc = ConductorProcess(write_concert(tmp_path, score=score), "--play")
+    try:
+        page, frame = await performer(browser, proc, "hang")
+        console = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await console.goto(f"{proc.url}/console?token={TOKENS['conductor']}")
+        button = console.locator("#roster button[data-sketches=hang]")
+        await button.wait_for(timeout=10_000)
+        assert await button.inner_text() == "Sketch off"
+
+        # The sketch hangs: its frame, sandboxed without allow-same-origin, has a process of its own
+        # here (Chromium isolates sandboxed frames), so the page goes on drawing, in step.
+        await until_stuck(frame)
+        frames, position = await page.evaluate("[tuttiView.frames, tuttiView.position]")
+        await page.wait_for_function(f"tuttiView.frames > {frames + 30}", timeout=5000)
+        assert await page.evaluate("tuttiView.position") > position
+
+        # The console turns the part's sketches off: the page drops the frame, says so, and draws on.
+        await button.click()
+        await page.wait_for_function(
+            "tuttiView.sketches.length === 0 && !document.querySelector('.sketch-frame')"
+            " && !document.getElementById('sketch-off').hidden",
+            timeout=10_000,
+        )
+        assert "Sketch off by the conductor" in await page.inner_text("#sketch-off")
+        frames, position = await page.evaluate("[tuttiView.frames, tuttiView.position]")
+        await page.wait_for_function(f"tuttiView.frames > {frames + 30}", timeout=5000)
+        assert await page.evaluate("tuttiView.position") > position
+        await console.locator("#roster button[data-sketches=hang]", has_text="Sketch on").wait_for(timeout=5000)
+
+        # Journalled like any change; and on again: the page runs the sketch afresh.
+        journal = (tmp_path / "journal.jsonl").read_text()
+        assert '"cmd":"sketches","part":"hang","on":false' in journal.replace(" ", "")
+        replay = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "conductor", "replay", str(tmp_path / "journal.jsonl"), "--speed", "100",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        replayed, _ = await asyncio.wait_for(replay.communicate(), 60)
+        assert replay.returncode == 0 and "sketches" in replayed.decode(), replayed.decode()
+        await console.locator("#roster button[data-sketches=hang]").click()
+        await page.wait_for_function(
+            "tuttiView.sketches[0]?.ready && document.getElementById('sketch-off').hidden", timeout=20_000
+        )
+        rejected = await console.evaluate("tutti.command('sketches', {part: 'nobody', on: false})")
+        assert rejected["ok"] is False and rejected["code"] == "unknown_part"
+    finally:
+        proc.stop()
+
+
+@pytest.mark.integration
+def test_sketch_files_are_checked_by_one_node_and_errors_read_as_node_check_says() -> None:
+    node = shutil.which("node")
+    assert node
+    checker = SyntaxChecker(node)
+    try:
+        good = (SCORES / "sketches" / "call-and-response.js").read_bytes()
+        for i in range(20):  # twenty edits: one node process answers them all
+            assert checker.parses(good + f"\n// edit {i}\n".encode(), script=True) is True
+        assert checker.parses(b"export default (p) => { p.draw = () => {}; };\n", script=False) is True
+        assert checker.parses(b"function draw() {\n  let x = ;\n}\n", script=True) is False
+        assert checker.parses(b"export default (p) => { await 1; };\n", script=False) is False
+        assert checker.parses(b"export default 1;\n", script=True) is False  # a global-mode sketch is a script
+        assert checker.started == 1
+        assert checker.proc is not None
+        checker.proc.kill()  # a checker that died is started again
+        assert checker.parses(good, script=True) is True and checker.started == 2
+        assert checker.parses(b" " * (MAX_SOURCE + 1), script=True) is None  # too large: left to node --check
+    finally:
+        checker.close()
+    # What tutti check says of a file that does not parse is node --check's own line and error.
+    error = score_module._parse_error(node, b"function setup() {\n  let x = ;\n}\n// 1\n", True)
+    assert error == "line 2: SyntaxError: Unexpected token ';'"

@@ -1,6 +1,6 @@
 // The composer's page: every part side by side as its performers see it (each a performer view,
 // joined as the composer, so the console does not count it as a performer), with each sketch's
-// errors and frame rate, and the last live edit the conductor refused (`tutti serve --watch`).
+// errors and frame rate (or that the conductor turned its sketches off), and the last live edit the conductor refused (`tutti serve --watch`).
 import { join, params } from "./join.js";
 
 const $ = (id) => document.getElementById(id);
@@ -39,7 +39,9 @@ async function main() {
         }),
       );
       const layers = part.layers.filter((l) => l.type === "sketch");
-      if (!sketches.length) status.textContent = layers.length ? "starting…" : "no sketch";
+      const off = (conductor.state.rehearsal?.sketches_off ?? []).includes(part.id);
+      if (off) status.textContent = "sketch off by the conductor";
+      else if (!sketches.length) status.textContent = layers.length ? "starting…" : "no sketch";
     }
     $("version").textContent = conductor.version ? `score version ${conductor.version}` : "";
   }, 500);

@@ -100,6 +100,7 @@ export class Conductor extends EventTarget {
       this.score = msg.score;
       this.version = msg.version;
       this.files = msg.files ?? {};
+      this.sources = {}; // sent with a live edit: a page that was away fetches the files of this version
       this.state = msg.state;
       this.connected = true;
       this.syncBurst();
@@ -108,7 +109,7 @@ export class Conductor extends EventTarget {
     });
     // A live edit taken by the conductor (`tutti serve --watch`): the views show it where they are.
     this.socket.on("score", (msg) => {
-      Object.assign(this, { score: msg.score, version: msg.version, files: msg.files });
+      Object.assign(this, { score: msg.score, version: msg.version, files: msg.files, sources: msg.sources ?? {} });
       this.emit("score", msg);
     });
     this.socket.on("state", (msg) => {

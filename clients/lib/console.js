@@ -129,7 +129,9 @@ function makeSlider(conductor, p) {
 }
 
 // Expected parts against who has joined: a part whose performer dropped shows as missing, and for how long.
-function rosterRows(score, feed, missingSince) {
+// Its last column: the part's sketches, with a button to turn them off (a sketch that hangs the
+// performer's page) or on again; `off` lists the parts whose sketches are off.
+function rosterRows(score, feed, missingSince, off) {
   return score.parts.map((part) => {
     const performers = feed.clients.filter((c) => c.role === "performer" && c.part === part.id);
     const nodes = feed.clients.filter((c) => c.role === "node" && (c.parts ?? []).includes(part.id));
@@ -139,8 +141,17 @@ function rosterRows(score, feed, missingSince) {
     const { seen, since } = missingSince[part.id];
     const missing = Math.round(feed.now - (since ?? feed.now));
     const state = performers.length ? ["joined", "ok"] : [seen ? `missing for ${missing} s` : `not joined yet (${missing} s)`, "missing"];
-    return row([[part.name], [part.site ?? "–"], [performers.map((c) => c.name).join(", ") || "–"],
+    const tr = row([[part.name], [part.site ?? "–"], [performers.map((c) => c.name).join(", ") || "–"],
       [nodes.map((c) => c.name).join(", ") || "–"], state]);
+    const cell = document.createElement("td");
+    if (part.layers.some((l) => l.type === "sketch")) {
+      const isOff = off.includes(part.id);
+      const button = Object.assign(document.createElement("button"), { textContent: isOff ? "Sketch on" : "Sketch off" });
+      Object.assign(button.dataset, { sketches: part.id, on: String(isOff) });
+      cell.append(isOff ? "off · " : "on · ", button);
+    } else cell.textContent = "–";
+    tr.append(cell);
+    return tr;
   });
 }
 
@@ -297,6 +308,10 @@ async function main() {
   conductor.addEventListener("disconnected", () => $("banner").classList.add("show"));
   conductor.addEventListener("welcome", () => $("banner").classList.remove("show"));
   const missingSince = {};
+  $("roster").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-sketches]");
+    if (button) send("sketches", { part: button.dataset.sketches, on: button.dataset.on === "true" });
+  });
   const history = {}; // site -> [[conductor time, median rtt]]
   conductor.socket.on("clients", (feed) => {
     const rows = feed.clients.map((c) => {
@@ -307,7 +322,7 @@ async function main() {
         soundOf(c)]);
     });
     $("clients").replaceChildren(...rows);
-    $("roster").replaceChildren(...rosterRows(score, feed, missingSince));
+    $("roster").replaceChildren(...rosterRows(score, feed, missingSince, conductor.state.rehearsal?.sketches_off ?? []));
     const moved = Object.entries(feed.controls ?? {});
     $("controls").textContent = moved.length
       ? moved.map(([k, v]) => `${k}: ${Array.isArray(v) ? v.map((x) => Number(x).toFixed(2)).join(", ") : typeof v === "number" ? v.toFixed(2) : v}`).join(" · ")

@@ -3,7 +3,7 @@
 import { followConnection, join, keepAwake, params } from "./join.js";
 import { LiveControl, refusalText } from "./live.js";
 import { areaOf, barBeat, drawPart, loopText, sectionAt } from "./score-view.js";
-import { mountFrame, mountSketch } from "./sketch.js";
+import { mountFrame, mountSketch, prepareFrame } from "./sketch.js";
 
 const $ = (id) => document.getElementById(id);
 const stage = $("stage");
@@ -140,40 +140,78 @@ async function main() {
   const conductor = await join({ role, part: partId, name: given ? given.slice(0, 40) : undefined });
   const score = conductor.score;
   if (!given) askName(conductor);
-  // For tests: frames drawn, the last position and when; the sketches; edits shown, the last one when.
-  const view = { frames: 0, position: 0, wall: 0, sketches: [], edits: 0, shownAt: 0 };
+  // For tests: frames drawn, the last position and when; the sketches; edits shown, the last one when
+  // it reached the page and when it was shown.
+  const view = { frames: 0, position: 0, wall: 0, sketches: [], edits: 0, receivedAt: 0, shownAt: 0 };
   window.tutti = conductor;
   window.tuttiView = view;
   let part = score.parts.find((p) => p.id === partId);
   document.title = `${part.name} — ${score.title}`;
   $("part").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
   // The part's sketches, mounted again when a live edit changes one (its file, or its layer): the new
-  // ones replace the old once they run, so the view never goes blank; nothing else is reloaded.
+  // ones replace the old once they have drawn, so the view never goes blank; nothing else is reloaded.
+  // Each global-mode layer keeps a spare frame, made when the page is idle, with p5 loaded in it and
+  // waiting: an edit then only runs the new sketch in it, rather than load and compile p5 again.
   let sketchKey = "";
+  let spares = []; // per layer: a frame waiting for its sketch, or null
+  const boxOf = (layer) => () => areaOf(layer, stage.clientWidth, stage.clientHeight);
+  const fits = (spare, layer) => spare && layer.p5 === spare.p5 && String(layer.area) === String(spare.area);
+  const idle = (fn) => (window.requestIdleCallback ? requestIdleCallback(fn, { timeout: 2000 }) : setTimeout(fn, 500));
+  const warmSpares = (key, layers) =>
+    idle(() => {
+      if (key !== sketchKey || spares.length) return; // an edit came meanwhile: its own spares follow it
+      spares = layers.map((layer) => {
+        if (!layer.p5) return null;
+        return Object.assign(prepareFrame(stage, layer, conductor, part, boxOf(layer)), { area: layer.area });
+      });
+    });
+  // The conductor can turn a part's sketches off (a sketch that hangs the page): the score is then
+  // drawn without them, and a line says so where they were.
+  const sketchesOff = () => (conductor.state.rehearsal?.sketches_off ?? []).includes(partId);
   const mountSketches = async () => {
-    const layers = part.layers.filter((l) => l.type === "sketch");
-    const key = JSON.stringify(layers.map((l) => [l, conductor.files?.[l.src]]));
+    const off = sketchesOff();
+    const all = part.layers.filter((l) => l.type === "sketch");
+    const layers = off ? [] : all;
+    const key = JSON.stringify([off, layers.map((l) => [l, conductor.files?.[l.src]])]);
+    $("sketch-off").hidden = !off;
+    if (off && all.length) {
+      const box = areaOf(all[0], stage.clientWidth, stage.clientHeight);
+      Object.assign($("sketch-off").style, { left: `${box.x + 8}px`, top: `${box.y + 8}px` });
+    }
     if (key === sketchKey) return;
     sketchKey = key;
     const old = view.sketches;
+    const warm = spares;
+    spares = [];
     const fresh = [];
-    for (const layer of layers) {
-      const boxOf = () => areaOf(layer, stage.clientWidth, stage.clientHeight);
+    for (const [i, layer] of layers.entries()) {
       const version = conductor.files?.[layer.src] ?? "";
-      if (layer.p5) fresh.push(await mountFrame(stage, layer, conductor, part, boxOf, version));
-      else fresh.push(await mountSketch(stage, layer, conductor, part, boxOf, version));
+      const spare = fits(warm[i], layer) ? warm[i] : null;
+      if (warm[i] && !spare) warm[i].unmount();
+      if (layer.p5) fresh.push(await mountFrame(stage, layer, conductor, part, boxOf(layer), version, spare));
+      else fresh.push(await mountSketch(stage, layer, conductor, part, boxOf(layer), version));
     }
+    warm.slice(layers.length).forEach((s) => s?.unmount());
     await Promise.all(fresh.map((s) => s.shown));
     if (key !== sketchKey) return fresh.forEach((s) => s.unmount()); // a newer edit came meanwhile
     view.sketches = fresh;
     old.forEach((s) => s.unmount());
+    warmSpares(key, layers);
   };
   mountSketches(); // the rest of the view draws meanwhile
+  let wasOff = sketchesOff();
+  conductor.addEventListener("state", () => {
+    if (sketchesOff() === wasOff) return;
+    wasOff = sketchesOff();
+    mountSketches();
+  });
   conductor.addEventListener("score", async () => {
+    const receivedAt = (performance.timeOrigin + performance.now()) / 1000;
     part = conductor.score.parts.find((p) => p.id === partId) ?? part;
     $("part").textContent = `${part.name}${part.site ? " · " + part.site : ""}`;
     await mountSketches();
     view.edits += 1;
+    view.receivedAt = receivedAt;
     view.shownAt = (performance.timeOrigin + performance.now()) / 1000;
   });
   const controls = part.controls.map((control) => makeControl(conductor, control));

@@ -1,5 +1,5 @@
-// The first script of a global-mode sketch's frame (see sketch.js, mountFrame): a classic script, so
-// that `tutti` and a socket.io-style `io()` exist before the sketch's own top-level code runs and
+// The first script of a global-mode sketch's frame (see sketch.js, prepareFrame): a classic script,
+// so that `tutti` and a socket.io-style `io()` exist before the sketch's own top-level code runs and
 // before p5 starts it. sketch-frame.js (a module, run before p5 starts) fills in the clock.
 // The frame is sandboxed (an opaque origin): it reaches the performer's page only by messages.
 // `tuttiRun()` runs the sketch once p5 is loaded: its loops guarded (a loop that runs on for
@@ -15,7 +15,7 @@
   const tutti = {
     part: init.part,
     score: init.score,
-    version: init.version,
+    version: "", // of the sketch's file, given with it
     get width() { return innerWidth; },
     get height() { return innerHeight; },
     // Until sketch-frame.js runs: the piece at its start. It replaces these before p5 calls setup().
@@ -78,7 +78,9 @@
   // A sketch's error stops it, says so over its layer, and reaches the conductor's console with the
   // sketch file's line.
   const lineOf = (error) => Number(String(error?.stack ?? "").match(/tutti-sketch:(\d+)/)?.[1]) || 0;
+  let failed = false;
   const fail = (error) => {
+    failed = true;
     try {
       window.noLoop?.();
     } catch {
@@ -146,15 +148,36 @@
     post({ type: "memory", used: memory.usedJSHeapSize });
   }, 100);
 
-  // Run as a <script> of the frame's (top-level functions and variables global, for p5 to find).
-  window.tuttiRun = () => {
+  // Runs the sketch sent to this frame (it waits, with p5 loaded, until then): as a <script> of the
+  // frame's (top-level functions and variables global, for p5 to find), then p5 in global mode, as p5
+  // itself would start it on load. Says "running" once the sketch has drawn (or has no draw).
+  let started = false;
+  window.tuttiRun = ({ source, score, version }) => {
+    if (started) return; // a frame runs one sketch: the next version gets a frame of its own
+    started = true;
+    Object.assign(tutti, { score, version });
     const script = document.createElement("script");
     try {
-      script.textContent = `${guarded(init.source)}\n//# sourceURL=tutti-sketch`;
+      script.textContent = `${guarded(source)}\n//# sourceURL=tutti-sketch`;
     } catch (error) {
       post({ type: "error", message: `does not parse: ${error.message}`, line: error.loc?.line ?? 0 });
       return;
     }
     document.body.append(script);
+    const hooks = typeof window.setup === "function" || typeof window.draw === "function";
+    if (hooks && !window.p5?.instance) {
+      try {
+        new window.p5();
+      } catch (error) {
+        fail(error);
+        return;
+      }
+    }
+    const drawn = () => {
+      if (failed) return; // said so already
+      if (typeof window.draw !== "function" || (window.frameCount ?? 0) > 0) post({ type: "running" });
+      else requestAnimationFrame(drawn);
+    };
+    drawn();
   };
 })();

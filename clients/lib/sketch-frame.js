@@ -55,5 +55,10 @@ addEventListener("message", (event) => {
   else if (msg.type === "clock") steer(msg.clock);
   else if (msg.type === "event") fireAt(msg.event);
   else if (msg.type === "answer") tutti._answer(msg.id, msg.answer);
+  else if (msg.type === "run") tuttiRun(msg);
 });
-parent.postMessage({ type: "ready" }, "*");
+// Ready for a sketch once p5 has loaded and looked for one (p5 starts a global-mode sketch itself
+// only if one is there on load: here it never is, the sketch comes later).
+const ready = () => setTimeout(() => parent.postMessage({ type: "ready" }, "*"));
+if (document.readyState === "complete") ready();
+else addEventListener("load", ready);

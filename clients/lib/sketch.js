@@ -57,13 +57,14 @@ export function sketchApi(conductor, part, box, signal) {
 
 const P5 = { "1.x": "/vendor/p5/p5.min.js", "2.x": "/vendor/p5-2/p5.min.js" };
 
-// The frame's document: the sketch's start (its source, state, clock, score) as JSON, then acorn,
-// sketch-boot.js, sketch-frame.js, p5 and the sketch itself, which p5 starts in global mode once the
-// frame has loaded. `crossorigin`: a sketch's errors pass through p5's code, and the browser would
-// hide their message ("Script error.") behind a script loaded without CORS.
-function frameDocument(layer, conductor, part, source) {
+// The frame's document: its start (state, clock, score) as JSON, then acorn, sketch-boot.js,
+// sketch-frame.js and p5, loaded and compiled once the frame is made. The sketch itself comes later,
+// in a message ("run"): a frame can wait, warm, for the next version of its layer's sketch.
+// `crossorigin`: a sketch's errors pass through p5's code, and the browser would hide their message
+// ("Script error.") behind a script loaded without CORS.
+function frameDocument(layer, conductor, part) {
   const memory = globalThis.tuttiSketchMemory ?? null; // bytes; a test sets a small limit
-  const init = { part, score: conductor.score, source, memory, state: conductor.state, clock: clockModel(conductor.clock) };
+  const init = { part, score: conductor.score, memory, state: conductor.state, clock: clockModel(conductor.clock) };
   const json = JSON.stringify(init).replaceAll("<", "\\u003c"); // no "</script>" inside the script
   return `<!doctype html><html><head><meta charset="utf-8">
 <style>html, body { margin: 0; overflow: hidden; background: transparent; } canvas { display: block; }</style>
@@ -72,22 +73,32 @@ function frameDocument(layer, conductor, part, source) {
 <script src="/clients/sketch-boot.js" crossorigin></script>
 <script type="module" src="/clients/sketch-frame.js"></script>
 <script src="${P5[layer.p5]}" crossorigin></script>
-</head><body><script>tuttiRun()</script></body></html>`;
+</head><body></body></html>`;
 }
 
-// A global-mode sketch in a sandboxed frame: its globals, its canvas (of any size) and its errors
-// stay inside it, and without `allow-same-origin` it cannot reach the page, the token or the socket.
-export async function mountFrame(container, layer, conductor, part, boxOf, version = "") {
+// A global-mode sketch's frame, made ahead of its sketch: p5 loads in it, unseen, and `state.warm`
+// resolves once it waits for a sketch. `state.run(layer, source, version)` then runs one in it: the frame
+// is shown (and `state.shown` resolves) once the sketch has drawn, or has failed. The frame is
+// sandboxed (an opaque origin): its globals, its canvas (of any size) and its errors stay inside it,
+// and without `allow-same-origin` it cannot reach the page, the token or the socket.
+export function prepareFrame(container, layer, conductor, part, boxOf) {
   const frame = document.createElement("iframe");
   frame.className = "sketch-layer sketch-frame";
   frame.dataset.src = layer.src;
+  frame.dataset.waiting = ""; // unseen until its sketch has drawn
   frame.sandbox = "allow-scripts";
   frame.allow = "accelerometer; gyroscope; magnetometer"; // deviceMoved and deviceTurned on an iPad
   frame.title = `sketch ${layer.src}`;
-  const state = { error: null, holder: frame, fps: 0, ready: false };
+  const state = { error: null, holder: frame, fps: 0, ready: false, p5: layer.p5, src: layer.src };
   const gone = new AbortController(); // its listeners, when it is replaced by a new version
-  let shown;
-  state.shown = new Promise((resolve) => (shown = resolve)); // once its frame runs (or has failed)
+  let warm, shown;
+  state.warm = new Promise((resolve) => (warm = resolve));
+  state.shown = new Promise((resolve) => (shown = resolve));
+  const show = () => {
+    delete frame.dataset.waiting;
+    state.ready = true;
+    shown();
+  };
   state.unmount = () => {
     gone.abort();
     observer.disconnect();
@@ -105,26 +116,27 @@ export async function mountFrame(container, layer, conductor, part, boxOf, versi
   observer.observe(container);
   const fail = (message, line) => {
     if (state.error) return;
-    state.error = line ? `${message} (${layer.src} line ${line})` : message;
+    state.error = line ? `${message} (${state.src} line ${line})` : message;
     const note = Object.assign(document.createElement("div"), { className: "sketch-error" });
-    note.textContent = `The sketch ${layer.src} stopped: ${state.error}`;
+    note.textContent = `The sketch ${state.src} stopped: ${state.error}`;
     note.style.left = frame.style.left;
     note.style.top = frame.style.top;
     container.append(note);
     state.note = note;
-    conductor.problem(`sketch ${layer.src}`, state.error);
-    shown();
+    conductor.problem(`sketch ${state.src}`, state.error);
+    show();
   };
   const on = (target, type, listener) => target.addEventListener(type, listener, { signal: gone.signal });
   on(window, "message", async (event) => {
     if (event.source !== frame.contentWindow) return;
     const msg = event.data ?? {};
     if (msg.type === "ready") {
-      state.ready = true;
-      shown();
       post({ type: "state", state: conductor.state });
       post({ type: "clock", clock: clockModel(conductor.clock) });
-    } else if (msg.type === "send") {
+      state.clockReady = true;
+      warm();
+    } else if (msg.type === "running") show();
+    else if (msg.type === "send") {
       const answer = await conductor.sketchEvent({ name: msg.name, data: msg.data, to: msg.to, at: msg.at });
       post({ type: "answer", id: msg.id, answer });
     } else if (msg.type === "error") fail(String(msg.message), Number(msg.line) || 0);
@@ -140,18 +152,43 @@ export async function mountFrame(container, layer, conductor, part, boxOf, versi
   // The page's estimate changes with each clock exchange: sent to the frame soon after.
   let steered = null;
   state.clockTimer = setInterval(() => {
-    if (!state.ready || conductor.clock._since === steered) return;
+    if (!state.clockReady || conductor.clock._since === steered) return;
     steered = conductor.clock._since;
     post({ type: "clock", clock: clockModel(conductor.clock) });
   }, 50);
+  frame.addEventListener("load", () => setTimeout(warm, 5000)); // a frame that never says it is ready
+  frame.srcdoc = frameDocument(layer, conductor, part);
   container.append(frame);
+  state.run = async (layer, source, version) => {
+    Object.assign(state, { src: layer.src, p5: layer.p5 });
+    frame.dataset.src = layer.src;
+    frame.title = `sketch ${layer.src}`;
+    await state.warm;
+    post({ type: "run", source, score: conductor.score, version });
+    setTimeout(show, 5000); // a sketch that neither draws nor fails (a long preload) is shown all the same
+    return state.shown;
+  };
+  state.fail = fail;
+  return state;
+}
+
+// The sketch's source, as the conductor serves this version of it (or sent it with a live edit).
+export async function sketchSource(layer, version = "", sent = {}) {
+  if (typeof sent[layer.src] === "string") return sent[layer.src];
+  const response = await fetch(`/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version)}`);
+  if (!response.ok) throw new Error(`the conductor did not serve it (${response.status})`);
+  return response.text();
+}
+
+// A global-mode sketch in a frame of its own: in `spare` (a frame prepared for the layer, which
+// has p5 loaded already) if given, or in a new one.
+export async function mountFrame(container, layer, conductor, part, boxOf, version = "", spare = null) {
+  const state = spare ?? prepareFrame(container, layer, conductor, part, boxOf);
   try {
-    const response = await fetch(`/score-files/${encodeURI(layer.src)}?v=${encodeURIComponent(version)}`);
-    if (!response.ok) throw new Error(`the conductor did not serve it (${response.status})`);
-    frame.srcdoc = frameDocument(layer, conductor, part, await response.text());
-    frame.addEventListener("load", () => setTimeout(shown, 2000)); // a frame that never says it is ready
+    const source = await sketchSource(layer, version, conductor.sources);
+    state.run(layer, source, version);
   } catch (err) {
-    fail(String(err?.message ?? err), 0);
+    state.fail(String(err?.message ?? err), 0);
   }
   return state;
 }

@@ -222,6 +222,18 @@ class SetClick(_Command):
         return self
 
 
+# --- a part's sketches off (and on again): the page draws the score without them ------------------
+
+
+class SetSketches(_Command):
+    """A part's sketch layers on or off on its performers' pages: a way out for a sketch that hangs
+    its page (a loop without end, where the browser cannot give its frame a process of its own)."""
+
+    cmd: Literal["sketches"]
+    part: Name
+    on: StrictBool
+
+
 Command = Annotated[
     Play
     | Pause
@@ -235,7 +247,8 @@ Command = Annotated[
     | Unloop
     | Repeat
     | GoToBar
-    | SetClick,
+    | SetClick
+    | SetSketches,
     Field(discriminator="cmd"),
 ]
 command_adapter: TypeAdapter[Command] = TypeAdapter(Command)
@@ -476,6 +489,12 @@ class ScoreUpdate(Outbound):
     version: str
     score: dict[str, Any]
     files: dict[str, str]  # sketch file -> its version
+    # The text of the sketch files this edit changed, if small (INLINE_SOURCES bytes in all), so that
+    # a page runs the new sketch without asking for it first; others a page fetches.
+    sources: dict[str, str] = {}
+
+
+INLINE_SOURCES = 256 * 1024
 
 
 class Welcome(Outbound):

@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from conductor.core.jscheck import checker
 from conductor.core.yamlcheck import InvalidFile, Loc, Problem, YamlDocument
 
 
@@ -440,9 +441,14 @@ PARSED_KEPT = 256
 
 def _parse_error(node: str, source: bytes, script: bool) -> str | None:
     """Why a sketch does not parse (node's line and error), or None. Remembered by content: with
-    ``tutti serve --watch`` only the file just edited costs a run of node."""
+    ``tutti serve --watch`` only the file just edited is checked, by the long-lived checker; node
+    --check runs only for a file it does not pass, to say why as node does."""
     key = (hashlib.sha256(source).hexdigest(), script)
-    if key not in _PARSED:
+    if key in _PARSED:
+        return _PARSED[key]
+    if checker(node).parses(source, script):
+        error = None
+    else:
         run = subprocess.run(
             [node, f"--input-type={'commonjs' if script else 'module'}", "--check"],
             input=source,
@@ -452,11 +458,12 @@ def _parse_error(node: str, source: bytes, script: bool) -> str | None:
         )
         lines = run.stderr.decode(errors="replace").splitlines()
         where = lines[0].removeprefix("[stdin]:") if lines else "?"
-        error = next((line for line in lines if "Error" in line), "does not parse")
-        if len(_PARSED) >= PARSED_KEPT:
-            _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[key] = f"line {where}: {error}" if run.returncode else None
-    return _PARSED[key]
+        why = next((line for line in lines if "Error" in line), "does not parse")
+        error = f"line {where}: {why}" if run.returncode else None
+    if len(_PARSED) >= PARSED_KEPT:
+        _PARSED.pop(next(iter(_PARSED)))
+    _PARSED[key] = error
+    return error
 
 
 def sketch_problems(loaded: LoadedScore) -> list[Problem]:
@@ -465,16 +472,19 @@ def sketch_problems(loaded: LoadedScore) -> list[Problem]:
     node = shutil.which("node")
     if node is None:
         return []  # ./setup.sh installs node; without it the sketches are checked on stage only
-    doc = YamlDocument(loaded.path)
-    out = []
+    errors = []
     for i, part in enumerate(loaded.score.parts):
         for j, layer in enumerate(part.layers):
             if layer.type != "sketch":
                 continue
-            error = _parse_error(node, (loaded.folder / layer.src).read_bytes(), layer.p5 is not None)
+            # the bytes pages will be served (read with this version), not the file as it is by now
+            error = _parse_error(node, loaded.sources[layer.src], layer.p5 is not None)
             if error:
-                out.append(doc.problem(("parts", i, "layers", j, "src"), f"{layer.src} {error}"))
-    return out
+                errors.append((("parts", i, "layers", j, "src"), f"{layer.src} {error}"))
+    if not errors:
+        return []  # the score's YAML read again only to place a problem on its line
+    doc = YamlDocument(loaded.path)
+    return [doc.problem(loc, message) for loc, message in errors]
 
 
 def _duplicates(items: list[Any], field: str, loc: Loc) -> list[tuple[Loc, str]]:

@@ -26,6 +26,7 @@ from conductor.core.protocol import (
     SetLoop,
     SetParam,
     SetParams,
+    SetSketches,
     SetTempo,
     Stop,
     Unloop,
@@ -89,20 +90,24 @@ class Loop:
 
 @dataclass(frozen=True)
 class Rehearsal:
-    """The rehearsal aids in effect: a loop, and where the click track sounds (``all``,
-    ``site:ID``, ``part:ID``)."""
+    """The rehearsal aids in effect: a loop, where the click track sounds (``all``, ``site:ID``,
+    ``part:ID``), and the parts whose sketches the conductor has turned off."""
 
     loop: Loop | None = None
     click: tuple[str, ...] = ()
+    sketches_off: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"loop": asdict(self.loop) if self.loop else None, "click": list(self.click)}
+        out: dict[str, Any] = {"loop": asdict(self.loop) if self.loop else None, "click": list(self.click)}
+        if self.sketches_off:  # written only when some are off: journals without it read the same
+            out["sketches_off"] = list(self.sketches_off)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rehearsal:
         """Read back from a journal or a snapshot; raises ValueError (naming the field) if it does not fit."""
-        if not isinstance(data, dict) or set(data) - {"loop", "click"}:
-            raise ValueError("rehearsal: needs only loop and click")
+        if not isinstance(data, dict) or set(data) - {"loop", "click", "sketches_off"}:
+            raise ValueError("rehearsal: needs only loop, click and sketches_off")
         loop = data.get("loop")
         if loop is not None:
             if not isinstance(loop, dict) or set(loop) != {"start", "end", "times", "passes"}:
@@ -119,7 +124,10 @@ class Rehearsal:
         click = data.get("click", [])
         if not isinstance(click, list) or len(click) > 64 or not all(isinstance(c, str) and len(c) < 80 for c in click):
             raise ValueError("rehearsal.click: a list of 'all', 'site:ID' or 'part:ID'")
-        return cls(loop, tuple(click))
+        off = data.get("sketches_off", [])
+        if not isinstance(off, list) or len(off) > 256 or not all(isinstance(p, str) and len(p) < 80 for p in off):
+            raise ValueError("rehearsal.sketches_off: a list of part ids")
+        return cls(loop, tuple(click), tuple(off))
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,8 @@ class Transport:
                 return moved(pos=self.bar_start(max(1, bar - preroll)))
             case SetClick():
                 return self._rehearsal(command, t, self._clicked(command))
+            case SetSketches():
+                return self._rehearsal(command, t, self._sketches(command))
         raise Rejected("bad_command", "unknown command")  # unreachable: commands are validated first
 
     # --- rehearsal ---------------------------------------------------------------------------------
@@ -275,6 +285,21 @@ class Transport:
         where = f"site:{command.site}" if command.site else f"part:{command.part}" if command.part else "all"
         click = [c for c in self.rehearsal.click if c != where and (where != "all" or command.on)]
         return replace(self.rehearsal, click=tuple(sorted([*click, where] if command.on else click)))
+
+    def _sketches(self, command: SetSketches) -> Rehearsal:
+        part = self.score.part(command.part)
+        if part is None:
+            known = ", ".join(p.id for p in self.score.parts)
+            raise Rejected("unknown_part", f"no part '{command.part}' (parts: {known})")
+        if not any(layer.type == "sketch" for layer in part.layers):
+            raise Rejected("unchanged", f"part '{command.part}' has no sketch layer")
+        off = set(self.rehearsal.sketches_off)
+        if (command.part not in off) == command.on:
+            raise Rejected(
+                "unchanged", f"the sketches of part '{command.part}' are already {'on' if command.on else 'off'}"
+            )
+        off = off - {command.part} if command.on else off | {command.part}
+        return replace(self.rehearsal, sketches_off=tuple(sorted(off)))
 
     def _rehearsal(self, command: Command, t: float, rehearsal: Rehearsal) -> Change:
         return Change(self.seq + 1, t, command.model_dump(exclude_none=True), rehearsal=rehearsal)

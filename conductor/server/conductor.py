@@ -298,10 +298,19 @@ class Conductor:
     async def take_score(self, loaded: LoadedScore) -> None:
         """A live edit (``tutti serve --watch``) that passed ``tutti check``, with the same parts and
         parameters: taken at once, at the performance's place, and sent to every page."""
+        before = self.score.file_versions
         self.score = self.concert.score = loaded
         for holder in (self.core, self.transport, self.journal.durable, self.roster):
             holder.score = loaded.score
-        update = protocol.ScoreUpdate(version=loaded.version, score=loaded.to_json(), files=loaded.file_versions)
+        changed = {
+            name: data for name, data in loaded.sources.items() if before.get(name) != loaded.file_versions[name]
+        }
+        sources = {}
+        if sum(len(data) for data in changed.values()) <= protocol.INLINE_SOURCES:
+            sources = {name: data.decode("utf-8", errors="replace") for name, data in changed.items()}
+        update = protocol.ScoreUpdate(
+            version=loaded.version, score=loaded.to_json(), files=loaded.file_versions, sources=sources
+        )
         for room in (FOLLOWERS, AUDIENCE_FOLLOWERS):
             await self.out.emit(protocol.SCORE, update.model_dump(), room=room)
         log.info("took version %s of the score %s", loaded.version, loaded.path)

@@ -72,6 +72,8 @@ class ScoreWatch(Periodic):
 
     async def start(self) -> None:
         self.seen = await asyncio.to_thread(_stamps, self._paths())
+        # The sketches' checks remembered and the syntax checker started now, not on the first edit.
+        await asyncio.to_thread(sketch_problems, self.current())
         await super().start()
 
     async def tick(self) -> None:
