@@ -157,13 +157,18 @@ async def test_a_restarted_hub_is_joined_again_by_every_site(sites: dict[str, An
     await until(joined, 30, "the sites did not join the restarted hub")
     print(f"both sites joined the restarted hub {time.monotonic() - killed:.2f} s after the kill")
     assert "joining again" in link(conductor, "ccom")["last_error"]
-    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-rejoin")
+    await tone_reaches_pku(sites, "ccom", "jacktrip-pku:receive_1", 10, "no tone from ccom through the restarted hub")
+
+
+async def tone_reaches_pku(sites: dict[str, Any], sender: str, port: str, within: float, what: str) -> None:
+    """A tone from ``sender``'s scsynth is heard at pku on ``port`` (a jacktrip's) within ``within`` s."""
+    recorder = Recorder(sites["servers"]["pku"], f"recorder-pku-from-{sender}")
     try:
         tone = osc_message("/s_new", ["tutti_tone", 5001, 0, 0, "freq", TONE, "amp", 0.5])
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.sendto(tone, ("127.0.0.1", sites["ports"]["ccom"]))
-        recorder.listen_to("jacktrip-pku:receive_1")
-        await until(lambda: hears_tone(recorder), 10, "no tone from ccom through the restarted hub")
+            sock.sendto(tone, ("127.0.0.1", sites["ports"][sender]))
+        recorder.listen_to(port)
+        await until(lambda: hears_tone(recorder), within, what)
     finally:
         recorder.close()
 
@@ -197,15 +202,7 @@ async def test_a_site_whose_hub_worker_jack_renamed_is_patched_and_measured(tmp_
 async def test_a_pair_links_two_sites_directly(sites: dict[str, Any]) -> None:
     conductor: ConductorProcess = sites["conductor"]
     assert link(conductor, "ucas", 1)["role"] == "p2p server" and link(conductor, "pku", 1)["peer"] == "ucas"
-    recorder = Recorder(sites["servers"]["pku"], "recorder-pku-pair")
-    try:
-        tone = osc_message("/s_new", ["tutti_tone", 5001, 0, 0, "freq", TONE, "amp", 0.5])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.sendto(tone, ("127.0.0.1", sites["ports"]["ucas"]))
-        recorder.listen_to("jacktrip-ucas:receive_1")
-        await until(lambda: hears_tone(recorder), 5, "the tone from ucas never reached pku directly")
-    finally:
-        recorder.close()
+    await tone_reaches_pku(sites, "ucas", "jacktrip-ucas:receive_1", 5, "the tone from ucas never reached pku directly")
     await until(lambda: link(conductor, "pku", 1).get("history_ms"), 30, "no round trip was measured on the pair")
     first = link(conductor, "pku", 1)["history_ms"][0] / 1000
     print(f"pair round trip {first * 1000:.3f} ms on connecting")
