@@ -42,7 +42,9 @@ T = TypeVar("T")
 
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before each restart in a row
 STEADY = 10.0  # seconds connected after which a link counts as healthy again (backoff starts over)
-CONNECT_WITHIN = 2.5  # seconds a client may wait for the hub's audio, times the failures in a row
+CONNECT_WITHIN = 5.0  # seconds a client waits for the hub's audio (times the failures in a row): a busy
+# machine takes seconds, and a client that gives up too soon, joining again and again, can leave
+# jacktrip 1.7's hub without a worker for it
 SILENT_FOR = 3  # seconds without a packet after which a connected end (not a hub) starts again
 SPREAD_OF = 10  # successive one-way measurements whose spread is reported as the jitter
 
