@@ -89,14 +89,14 @@ function canvasFor(box, link, which) {
 // The feed's ``links``: {rows, recent: {link: [[t, a_to_b, b_to_a, rtt]]}, concert: {...}}.
 // `ends`: how many JackTrip ends the nodes run (none: the concert has no audio links).
 export function showLinks(links, table, plots, hint, ends) {
-  if (!links) return;
+  links ??= {}; // a conductor without a journal keeps no link figures: none to show
   const rows = links.rows ?? [];
   table.replaceChildren(...tableRows(rows));
   table.closest(".wide-table")?.classList.toggle("hidden", !rows.length);
   const none = ends ? "No link measured yet: each end measures both ways within seconds of connecting. " : "None. ";
   hint.textContent = (rows.length ? "" : none) +
     (links.unwritten ? `${links.unwritten} seconds of figures could not be written to ${links.file}: check the disk.` : "");
-  for (const row of links.rows ?? []) {
+  for (const row of rows) {
     draw(canvasFor(plots, row.link, "recent"), links.recent?.[row.link] ?? [], `${row.link}, last minutes`, row);
     draw(canvasFor(plots, row.link, "concert"), links.concert?.[row.link] ?? [], `${row.link}, whole concert`, row);
   }
