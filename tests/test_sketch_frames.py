@@ -225,6 +225,13 @@ async def test_live_edits_reach_every_page_in_place_and_broken_ones_are_refused(
             assert await page.evaluate("emptyFrames") == 0
             # the new version, and (once the page is idle) the next spare, p5 loaded and waiting
             await page.wait_for_function("document.querySelectorAll('.sketch-frame[data-waiting]').length === 1")
+            # p5 and acorn are written into every frame from the page's one download: a frame's opaque
+            # origin has no cache, and would download them again and compile them anew.
+            for element in await page.query_selector_all(".sketch-frame"):
+                frame = await element.content_frame()
+                assert frame is not None
+                fetched = await frame.evaluate("performance.getEntriesByType('resource').map((e) => e.name)")
+                assert [url for url in fetched if "/vendor/" in url] == []
 
         # The score edited: the timeline's new shape is drawn from the new version, sketches left running.
         score.write_text(score.read_text().replace("end: 60}", "end: 90}"))

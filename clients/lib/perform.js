@@ -156,7 +156,7 @@ async function main() {
   let spares = []; // per layer: a frame waiting for its sketch, or null
   const boxOf = (layer) => () => areaOf(layer, stage.clientWidth, stage.clientHeight);
   const fits = (spare, layer) => spare && layer.p5 === spare.p5 && String(layer.area) === String(spare.area);
-  const idle = (fn) => (window.requestIdleCallback ? requestIdleCallback(fn, { timeout: 2000 }) : setTimeout(fn, 500));
+  const idle = (fn) => (window.requestIdleCallback ? requestIdleCallback(fn, { timeout: 300 }) : setTimeout(fn, 300));
   const warmSpares = (key, layers) =>
     idle(() => {
       if (key !== sketchKey || spares.length) return; // an edit came meanwhile: its own spares follow it

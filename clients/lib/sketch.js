@@ -56,23 +56,50 @@ export function sketchApi(conductor, part, box, signal) {
 }
 
 const P5 = { "1.x": "/vendor/p5/p5.min.js", "2.x": "/vendor/p5-2/p5.min.js" };
+const ACORN = "/vendor/acorn/acorn.js";
+
+// Whether a script can be written inside a <script> element: nothing in it would end the element
+// early, or keep it from ending (HTML's escaped script data).
+export const inlinable = (text) => !/<\/script|<!--[\s\S]*<script[\s/>]/i.test(text);
+
+// A sandboxed frame has an opaque origin, and the browser keeps no cache for it: every frame would
+// download p5 (1 MB) and compile it anew. So the page fetches each library once, through its own
+// cache, and writes it into the frames' documents, where the compiled code is shared too.
+const libraries = new Map(); // url -> promise of its text, or null where it cannot be inlined
+function library(url) {
+  if (!libraries.has(url)) {
+    const text = fetch(url)
+      .then((r) => (r.ok ? r.text() : null))
+      .then((t) => (t !== null && inlinable(t) ? t : null))
+      .catch(() => null);
+    libraries.set(url, text);
+  }
+  return libraries.get(url);
+}
+
+// A library's element in a frame's document: inline where it can be, loaded from its url otherwise
+// (`crossorigin`: a sketch's errors pass through p5's code, and the browser would hide their message,
+// "Script error.", behind a script loaded without CORS).
+async function scriptElement(url) {
+  const text = await library(url);
+  return text === null ? `<script src="${url}" crossorigin></script>` : `<script>${text}</script>`;
+}
 
 // The frame's document: its start (state, clock, score) as JSON, then acorn, sketch-boot.js,
 // sketch-frame.js and p5, loaded and compiled once the frame is made. The sketch itself comes later,
 // in a message ("run"): a frame can wait, warm, for the next version of its layer's sketch.
-// `crossorigin`: a sketch's errors pass through p5's code, and the browser would hide their message
-// ("Script error.") behind a script loaded without CORS.
-function frameDocument(layer, conductor, part) {
+async function frameDocument(layer, conductor, part) {
+  const [acorn, p5] = await Promise.all([scriptElement(ACORN), scriptElement(P5[layer.p5])]);
   const memory = globalThis.tuttiSketchMemory ?? null; // bytes; a test sets a small limit
   const init = { part, score: conductor.score, memory, state: conductor.state, clock: clockModel(conductor.clock) };
   const json = JSON.stringify(init).replaceAll("<", "\\u003c"); // no "</script>" inside the script
   return `<!doctype html><html><head><meta charset="utf-8">
 <style>html, body { margin: 0; overflow: hidden; background: transparent; } canvas { display: block; }</style>
 <script type="application/json" id="tutti-init">${json}</script>
-<script src="/vendor/acorn/acorn.js" crossorigin></script>
+${acorn}
 <script src="/clients/sketch-boot.js" crossorigin></script>
 <script type="module" src="/clients/sketch-frame.js"></script>
-<script src="${P5[layer.p5]}" crossorigin></script>
+${p5}
 </head><body></body></html>`;
 }
 
@@ -157,8 +184,11 @@ export function prepareFrame(container, layer, conductor, part, boxOf) {
     post({ type: "clock", clock: clockModel(conductor.clock) });
   }, 50);
   frame.addEventListener("load", () => setTimeout(warm, 5000)); // a frame that never says it is ready
-  frame.srcdoc = frameDocument(layer, conductor, part);
-  container.append(frame);
+  frameDocument(layer, conductor, part).then((doc) => {
+    if (gone.signal.aborted) return; // replaced before its libraries came
+    frame.srcdoc = doc;
+    container.append(frame);
+  });
   state.run = async (layer, source, version) => {
     Object.assign(state, { src: layer.src, p5: layer.p5 });
     frame.dataset.src = layer.src;
