@@ -16,6 +16,7 @@ import logging
 import math
 import ssl
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import pydantic
 from conductor.client import TuttiClient
 from conductor.core import protocol
 from conductor.core.osc import osc_bundle, osc_message
+from conductor.core.preflight import CLOCK_FAR, CLOCK_SAMPLES
 from conductor.core.transport import Transport
 from conductor.node.archive import ArchiveRecorder, link_tracks, scsynth_track
 from conductor.node.face import SclangFace
@@ -36,6 +38,8 @@ from conductor.node.scsynth import Health, Scsynth, _end, jack_env, start_jack
 log = logging.getLogger("tutti.node")
 SCLANG_PORT = 57120
 REMEMBER_CUES = 10_000  # score cues remembered, to play each once
+REPORT_EVERY = 1.0  # seconds between health reports ...
+LOOK_EVERY = 0.1  # ... and between looks at what the go / no-go table reads, reported at once when it changes
 
 
 class NodeAgent:
@@ -239,22 +243,41 @@ class NodeAgent:
     async def run(self) -> None:
         if self.start_jack:
             self._jack = await start_jack(self.jack_server, channels=self.scsynth.channels if self.scsynth else 2)
+        # Joined while scsynth boots: the link to the hub and the clock exchanges start sooner, and a
+        # node restarted in a concert is back sooner.
         if self.scsynth:
-            await self.scsynth.start()
-        await self.client.connect()
+            await self.scsynth.open()
+            await _together(self.scsynth.start(), self.client.connect())
+        else:
+            await self.client.connect()
         if self.link and self.face:
             self.link.start()
             self.face.start()
+        # A node back after a restart is all green again as soon as the conductor hears so.
+        reported, last = None, 0.0
         while True:
-            await asyncio.sleep(1.0)
             if self.client.sio.connected:
-                try:
-                    health = self.health().model_dump()
-                except pydantic.ValidationError as e:  # a report the conductor would refuse: say why here
-                    log.error("health not reported: %s", e)
-                    continue
-                with contextlib.suppress(Exception):  # a disconnect in between: the next report goes
-                    await self.client.sio.emit(protocol.HEALTH, health)
+                now = time.monotonic()
+                if (looks := self._looks()) != reported or now - last >= REPORT_EVERY:
+                    reported, last = looks, now
+                    await self._report()
+            await asyncio.sleep(LOOK_EVERY)
+
+    def _looks(self) -> tuple[Any, ...]:
+        """What the console's go / no-go rows for this node are read from."""
+        links = tuple((s.state, s.latency_ms is None, s.peers) for s in self.audio.states) if self.audio else ()
+        up = self.scsynth.health.up and self.scsynth.health.synthdefs > 0 if self.scsynth else True
+        clock = self.client.clock
+        return up, links, clock.samples >= CLOCK_SAMPLES and clock.error <= CLOCK_FAR
+
+    async def _report(self) -> None:
+        try:
+            health = self.health().model_dump()
+        except pydantic.ValidationError as e:  # a report the conductor would refuse: say why here
+            log.error("health not reported: %s", e)
+            return
+        with contextlib.suppress(Exception):  # a disconnect in between: the next report goes
+            await self.client.sio.emit(protocol.HEALTH, health)
 
     def health(self) -> protocol.Health:
         h = self.scsynth.health if self.scsynth else Health(up=True)
@@ -287,3 +310,14 @@ class NodeAgent:
         if self.scsynth:
             await self.scsynth.close()
         await _end(self._jack)
+
+
+async def _together(*steps: Coroutine[Any, Any, None]) -> None:
+    """Run these at once; the first to fail stops the others, and its error is raised."""
+    tasks = [asyncio.create_task(step) for step in steps]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        task.result()

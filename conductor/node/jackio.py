@@ -119,9 +119,10 @@ class Patchbay(_JackClient):
         return made
 
 
-SLOT = 2.0  # seconds of conductor time between impulses on one measuring channel, each way
-WINDOW = 0.9  # an impulse is looked for this long after its slot: longer delays go unmeasured
-PHASE = {"near": 0.0, "far": 1.0}  # the end that connects out sends on even seconds, the other on odd
+SLOT = 1.0  # seconds of conductor time between impulses on one measuring channel, each way: a link
+# (re)connected is measured within about a second, and a queue that steps is seen soon after
+WINDOW = 0.45  # an impulse is looked for this long after its slot: longer delays go unmeasured
+PHASE = {"near": 0.0, "far": 0.5}  # the end that connects out sends on whole seconds, the other half-way
 QUIET = 0.01  # seconds below the threshold before a new impulse counts
 LOUD = 0.3
 

@@ -45,7 +45,7 @@ STEADY = 10.0  # seconds connected after which a link counts as healthy again (b
 CONNECT_WITHIN = 5.0  # seconds a client waits for the hub's audio (times the failures in a row): a busy
 # machine takes seconds, and a client that gives up too soon, joining again and again, can leave
 # jacktrip 1.7's hub without a worker for it
-SILENT_FOR = 3  # seconds without a packet after which a connected end (not a hub) starts again
+SILENT_FOR = 2  # seconds without a packet after which a connected end (not a hub) starts again
 SPREAD_OF = 10  # successive one-way measurements whose spread is reported as the jitter
 
 

@@ -73,7 +73,10 @@ def conductor_url(concert: Concert, deployment: Deployment) -> str:
 
 def _unit(description: str, command: str, environment: str) -> str:
     return (
-        f"[Unit]\nDescription={description}\nAfter=network-online.target\nWants=network-online.target\n\n"
+        # Started again a second after it ends, for as long as it takes: systemd's own limit
+        # (five starts in ten seconds) would leave a concert's machine silent after a bad minute.
+        f"[Unit]\nDescription={description}\nAfter=network-online.target\nWants=network-online.target\n"
+        "StartLimitIntervalSec=0\n\n"
         f"[Service]\nExecStart={command}\nEnvironmentFile={CONFIG}/{environment}\nRestart=always\nRestartSec=1\n"
         # Every client, controller and cue channel is a file descriptor; 1024 is soon reached.
         "LimitRTPRIO=95\nLimitMEMLOCK=infinity\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n"
