@@ -5,7 +5,7 @@
 For each queue length: three JACK servers (dummy driver, 128-frame periods, 48 kHz), a hub at
 ucas and a client at pku, each run by its own ``tutti node`` from one concert file. The pku node
 measures the audio round trip on its measuring channel (an impulse out through the link, looped
-back at the hub, timed in JACK frames) every 2 s, and each end the way in from the other (an impulse
+back at the hub, timed in JACK frames) every second, and each end the way in from the other (an impulse
 sent at a known conductor time, timed where it arrives); printed: the first and the last round trip
 over 20 s, beside twice the queue in periods; then each way beside the round trip, and the mean
 error an aligned cue would have from each rule: with one-way delays, how far the next measurement
@@ -18,7 +18,8 @@ right and only the way between the campuses differs.
 
 Then, with queue 4, pku's jacktrip is killed ``--kills`` times; each time, the seconds until the
 node reports the link connected again, and until an impulse has been through it again (the node
-measures on every reconnection). The node reports once a second, so both are up to 1 s late.
+measures on every reconnection). The node reports a link's state when it changes, and is polled
+every 0.1 s.
 ``--jacktrip`` runs another jacktrip at both ends, e.g. 2.x from ``deploy/jacktrip2.sh``.
 """
 
