@@ -16,7 +16,6 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -243,13 +242,11 @@ class NodeAgent:
     async def run(self) -> None:
         if self.start_jack:
             self._jack = await start_jack(self.jack_server, channels=self.scsynth.channels if self.scsynth else 2)
-        # Joined while scsynth boots: the link to the hub and the clock exchanges start sooner, and a
-        # node restarted in a concert is back sooner.
+        # scsynth first: joined at once, a site's jacktrip could call a hub that is itself still
+        # starting, and jacktrip 1.7's hub may then never take it (seen under load in CI).
         if self.scsynth:
-            await self.scsynth.open()
-            await _together(self.scsynth.start(), self.client.connect())
-        else:
-            await self.client.connect()
+            await self.scsynth.start()
+        await self.client.connect()
         if self.link and self.face:
             self.link.start()
             self.face.start()
@@ -310,14 +307,3 @@ class NodeAgent:
         if self.scsynth:
             await self.scsynth.close()
         await _end(self._jack)
-
-
-async def _together(*steps: Coroutine[Any, Any, None]) -> None:
-    """Run these at once; the first to fail stops the others, and its error is raised."""
-    tasks = [asyncio.create_task(step) for step in steps]
-    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        task.result()
