@@ -242,8 +242,8 @@ class NodeAgent:
     async def run(self) -> None:
         if self.start_jack:
             self._jack = await start_jack(self.jack_server, channels=self.scsynth.channels if self.scsynth else 2)
-        # scsynth first: joined at once, a site's jacktrip could call a hub that is itself still
-        # starting, and jacktrip 1.7's hub may then never take it (seen under load in CI).
+        # scsynth first: joined at once, every site's jacktrip could call a hub that is still starting,
+        # and jacktrip 1.7's hub then may never take them (the dress rehearsal failed so in CI).
         if self.scsynth:
             await self.scsynth.start()
         await self.client.connect()
