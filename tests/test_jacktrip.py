@@ -113,8 +113,9 @@ async def test_audio_passes_between_sites_and_a_killed_link_comes_back(sites: di
     assert link(conductor, "ucas")["peers"] == 2
     recorder = Recorder(sites["servers"]["pku"], "recorder-pku")
     try:
-        connected = {p.name for p in recorder.client.get_all_connections("jacktrip-pku:receive_1")}
-        assert "scsynth-npku:in_3" in connected
+        # Patched within a pass of the node's patching (every 0.25 s) after the link is connected.
+        patched = lambda: {p.name for p in recorder.client.get_all_connections("jacktrip-pku:receive_1")}  # noqa: E731
+        await until(lambda: "scsynth-npku:in_3" in patched(), 5, f"pku's audio not patched into scsynth: {patched()}")
 
         # A tone from ccom's scsynth, out through ccom's link, through the hub, arrives at pku.
         tone = osc_message("/s_new", ["tutti_tone", 5000, 0, 0, "freq", TONE, "amp", 0.5])
