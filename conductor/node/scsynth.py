@@ -189,15 +189,9 @@ class Scsynth:
         self.controls: dict[tuple[int, str], list[Any]] = {}  # the latest /n_set of each group's control
         self._made: set[int] = set()  # groups created on the running scsynth
 
-    async def open(self) -> None:
-        """The socket that talks to scsynth. What is sent before scsynth answers is lost, as while it
-        restarts; the groups and controls are sent again once it is up."""
-        if self._transport is None:
-            loop = asyncio.get_running_loop()
-            self._transport, _ = await loop.create_datagram_endpoint(lambda: self._replies, local_addr=("127.0.0.1", 0))
-
     async def start(self) -> None:
-        await self.open()
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: self._replies, local_addr=("127.0.0.1", 0))
         await self._start_scsynth()
         self._tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._poll_status())]
 
