@@ -68,14 +68,20 @@ def sketches(tmp_path: Path) -> Iterator[ConductorProcess]:
     proc.stop()
 
 
-async def performer(browser: Browser, conductor: ConductorProcess, part_id: str) -> tuple[Page, Frame]:
-    """A performer's page, once its sketch's frame runs with the synced clock: the page and the frame."""
+async def performer_page(browser: Browser, conductor: ConductorProcess, part_id: str) -> Page:
+    """A performer's page, once its sketch's frame has run with the synced clock."""
     page = await browser.new_page(viewport={"width": 1024, "height": 768})
     await page.add_init_script("window.tuttiSketchMemory = 256 * 2 ** 20")  # the hog is stopped early
     await page.goto(f"{conductor.url}/perform?part={part_id}&token={TOKENS['performer']}&name={part_id}")
     await page.wait_for_function(
         "() => window.tuttiView?.sketches[0]?.ready && window.tutti.clock.samples >= 8", timeout=20_000
     )
+    return page
+
+
+async def performer(browser: Browser, conductor: ConductorProcess, part_id: str) -> tuple[Page, Frame]:
+    """A performer's page and its sketch's frame, for a sketch that goes on running."""
+    page = await performer_page(browser, conductor, part_id)
     return page, await sketch_frame(page)
 
 
@@ -167,7 +173,8 @@ async def test_openprocessing_sketches_run_unchanged_in_step_and_talk(
 async def test_a_sketch_that_throws_allocates_or_loops_stops_alone(
     browser: Browser, sketches: ConductorProcess
 ) -> None:
-    pages = [(await performer(browser, sketches, name.removesuffix(".js")))[0] for name in TROUBLES]
+    # A stopped sketch's frame is removed, perhaps before its page is looked at: pages only.
+    pages = [await performer_page(browser, sketches, name.removesuffix(".js")) for name in TROUBLES]
     reasons = ["composerDividedByZero", "allocated", "a loop ran on"]
     for page, reason in zip(pages, reasons, strict=True):
         await page.wait_for_function("() => window.tuttiView.sketches[0].error", timeout=20_000)

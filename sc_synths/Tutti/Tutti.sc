@@ -9,6 +9,7 @@ Tutti {
 	classvar <sections, <params, <heard = false;
 	classvar <>onBar, <>onSection, <>onPlay, <>onPause;
 	classvar offset = 0, standing = 0, target = false, players, paramActions, lastSection, responders;
+	classvar latest = 0; // the transport message being agreed with: an older one stops looking
 
 	*start { |latency|
 		if(clock.notNil) { ^clock };
@@ -80,20 +81,25 @@ Tutti {
 	}
 
 	*prTransport { |msg, time|
-		this.prAgree(msg, time, 0);
+		latest = latest + 1;
+		this.prAgree(msg, time, latest, 0);
 	}
 
-	// The node commits a new line to Link, then tells sclang; Link's own message may come second.
-	// Until the clock's phase agrees with the line, look again every few milliseconds. The line's
-	// beat is for the time of the bundle's timetag (the node's clock when it sent it): a message
-	// sclang reads late is still read right.
-	*prAgree { |msg, sent, tries|
+	// The node commits a new line to Link, then tells sclang; Link's own message may come second
+	// (on a busy machine, hundreds of milliseconds later). Until the clock's phase agrees with the
+	// line, look again every few milliseconds, for up to two seconds: a pattern started on the old
+	// phase would be off the score's beats. The line's beat is for the time of the bundle's
+	// timetag (the node's clock when it sent it): a message sclang reads late is still read right.
+	*prAgree { |msg, sent, which, tries|
 		var now = Main.elapsedTime;
 		var line = msg[3] + ((now - sent) * msg[2] / 60);
 		var apart = line - clock.secs2beats(now);
-		if((apart - apart.round(beatsPerBar)).abs > 0.01 and: { tries < 40 }) {
-			SystemClock.sched(0.005, { clock !? { this.prAgree(msg, sent, tries + 1) }; nil });
+		var agreed = (apart - apart.round(beatsPerBar)).abs <= 0.01;
+		if(which != latest) { ^this }; // a newer message came: it is followed instead
+		if(agreed.not and: { tries < 400 }) {
+			SystemClock.sched(0.005, { clock !? { this.prAgree(msg, sent, which, tries + 1) }; nil });
 		} {
+			if(agreed.not) { "Tutti: Link's clock has not taken the conductor's line; is tutti node running?".warn };
 			this.prFollow(msg[1] != 0, msg[2], apart.round(beatsPerBar), msg[4]);
 		};
 	}
