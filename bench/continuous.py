@@ -1,14 +1,17 @@
 """Continuous control at concert scale: 8 controllers moving faders at 60 Hz while 500 phones watch.
 
     .venv/bin/python bench/continuous.py [--controllers 8] [--rate 60] [--seconds 30] [--audience 500]
-                                         [--nodes 2] [--json out.json]
+                                         [--nodes 2] [--audience-nice 0] [--conductor-nice 0]
+                                         [--json out.json]
 
 (as root: arrivals are seen on the loopback interface, as in ``bench/relay.py``.)
 
 Each controller is a UDP socket sending a TouchOSC-style fader (``/fader/N``) routed to a
 parameter of its own, whose ``n_set`` reaches every node agent's scsynth. ``--audience`` clients
 (``bench/load.py``, two processes) follow the state. It prints: the conductor's event-loop lag
-over the run (p50, p99, max: ``/api/status`` ``loop_lag_ms``), values delivered at every scsynth
+over the run (p50, p99, max: ``/api/status`` ``loop_lag_ms``) and how much of the run it was
+ready to run but waiting for a CPU (all of this bench's processes share the machine's cores; in a
+concert the phones are elsewhere: ``--audience-nice 19`` stands for that), values delivered at every scsynth
 (read off the loopback interface) against values sent, and what the audience got: state messages
 per parameter per second at one audience client (at most one per display frame, 60 a second),
 clients joined and let go.
@@ -58,9 +61,9 @@ async def controller(index: int, osc_port: int, rate: float, seconds: float) -> 
     return sent
 
 
-async def audience(url: str, clients: int) -> asyncio.subprocess.Process:
+async def audience(url: str, clients: int, nice: int) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "bench" / "load.py"), url, "--clients", str(clients),
+        "nice", "-n", str(nice), sys.executable, str(ROOT / "bench" / "load.py"), url, "--clients", str(clients),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 30,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -86,6 +89,13 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--audience", type=int, default=500)
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument(
+        "--audience-nice", type=int, default=0,
+        help="niceness of the audience's processes: 19 stands for phones that are elsewhere, as in a concert",
+    )  # fmt: skip
+    parser.add_argument(
+        "--conductor-nice", type=int, default=0, help="the conductor's niceness: -10 as the deployment's units run it"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -99,12 +109,13 @@ async def main() -> None:
     )
     agents: list[asyncio.subprocess.Process] = []
     ports = [BASE_PORT + i for i in range(args.nodes)]
-    async with jack_server(JACK), running("serve", str(concert)) as url:
+    async with jack_server(JACK), running("serve", str(concert), nice=args.conductor_nice) as url:
         try:
             for i, port in enumerate(ports):
                 agents.append(await node_agent(url, TOKEN, f"n{i}", port, JACK))
             await nodes_up(url, args.nodes)
-            loads = [await audience(url, args.audience // 2), await audience(url, args.audience - args.audience // 2)]
+            halves = (args.audience // 2, args.audience - args.audience // 2)
+            loads = [await audience(url, n, args.audience_nice) for n in halves]
             sniffer = Sniffer(set(ports), {f"f{i}" for i in range(args.controllers)})
             started = time.time()
             sent = await asyncio.gather(
@@ -139,8 +150,12 @@ async def main() -> None:
     }
     lag = figures["loop_lag_ms"]
     print(f"{args.controllers} controllers x {args.rate:g} Hz for {args.seconds:g} s", end=", ")
-    print(f"{args.audience} audience, {args.nodes} nodes")
-    print(f"event-loop lag ms: p50 {lag['p50']:.2f}  p99 {lag['p99']:.2f}  max {lag['max']:.2f}")
+    print(f"{args.audience} audience (nice {args.audience_nice}), {args.nodes} nodes", end=", ")
+    print(f"conductor at nice {args.conductor_nice}")
+    print(f"event-loop lag ms: p50 {lag['p50']:.2f}  p99 {lag['p99']:.2f}  max {lag['max']:.2f}", end="")
+    if "cpu_wait_share" in lag:
+        print(f"; the loop was ready and waiting for a CPU {lag['cpu_wait_share'] * 100:.0f}% of the run", end="")
+    print()
     print(f"values at the nodes: {delivered} of {expected} ({expected - delivered} missing)")
     most = figures["state_messages_per_param_per_s_max"]
     print(f"audience: {figures['audience_joined']} joined, {figures['audience_let_go']} let go", end="; ")

@@ -78,9 +78,10 @@ async def started(*command: str, pattern: str) -> tuple[asyncio.subprocess.Proce
 
 
 @contextlib.asynccontextmanager
-async def running(*args: str) -> AsyncIterator[str]:
-    """Run ``tutti ARGS`` (serve or emulate) for the block; yields the address it announced."""
-    command = (sys.executable, "-m", "conductor", *args)
+async def running(*args: str, nice: int = 0) -> AsyncIterator[str]:
+    """Run ``tutti ARGS`` (serve or emulate) for the block, at niceness ``nice`` (as a unit's
+    ``Nice=``); yields the address it announced."""
+    command = ("nice", "-n", str(nice), sys.executable, "-m", "conductor", *args)
     proc, address = await started(*command, pattern=r"(?:listening on|emulating a link) (\S+)")
     try:
         yield address

@@ -106,6 +106,7 @@ def test_render_writes_units_that_parse_and_a_concert_the_conductor_loads(tmp_pa
         program = "/usr/bin/jackd " if unit.name.startswith("tutti-jack-") else "/opt/tutti/.venv/bin/tutti "
         assert parsed["Service"]["ExecStart"].startswith(program)
         assert parsed["Service"]["Restart"] == "always"
+        assert parsed["Service"]["Nice"] == "-10"  # ahead of the machine's other programs
     node = configparser.ConfigParser(interpolation=None)
     node.read(out / "2001_db8_40__2" / "tutti-node-whcm-1.service")
     command = node["Service"]["ExecStart"]

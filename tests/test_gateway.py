@@ -7,6 +7,8 @@ import base64
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,31 @@ async def _pong_blindly(writer: asyncio.StreamWriter) -> None:
     while True:
         writer.write(_masked(b"3"))
         await asyncio.sleep(1.0)
+
+
+async def test_the_status_tells_lateness_that_other_programs_cause(tmp_path: Path) -> None:
+    """A conductor that runs late because other programs have its CPU says so: the share of the
+    time its event loop was ready to run and waiting, read from the kernel."""
+    conductor = ConductorProcess(write_concert(tmp_path))
+    assert conductor.proc is not None
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        await until(lambda: "cpu_wait_share" in conductor.status()["loop_lag_ms"], 10, "no share told")
+        assert 0.0 <= conductor.status()["loop_lag_ms"]["cpu_wait_share"] <= 1.0
+        # The hog and the conductor's loop on one CPU, the conductor at the lowest priority.
+        cpu = min(os.sched_getaffinity(0))
+        for pid in (conductor.proc.pid, hog.pid):
+            os.sched_setaffinity(pid, {cpu})
+        os.setpriority(os.PRIO_PROCESS, conductor.proc.pid, 19)
+
+        def waiting() -> bool:
+            return conductor.status()["loop_lag_ms"]["cpu_wait_share"] > 0.3  # since it started: seconds
+
+        await until(waiting, 30, "the conductor's wait for a CPU was not told")
+    finally:
+        hog.kill()
+        hog.wait()
+        conductor.stop()
 
 
 async def test_a_client_that_reads_nothing_is_let_go_and_the_others_keep_up(tmp_path: Path) -> None:

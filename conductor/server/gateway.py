@@ -32,6 +32,7 @@ from conductor.server.joins import JOINED
 log = logging.getLogger("tutti.gateway")
 LAG_EVERY = 0.05  # seconds between looks at how late the event loop runs
 LAG_KEPT = 1200  # looks kept for /api/status: the last minute
+SCHEDSTAT = "/proc/thread-self/schedstat"  # Linux: its second field is the time spent runnable, not running
 SHED_SHARE = 0.1  # of the audience let go each second while overloaded (the latest to join first)
 RESERVED = frozenset({"*", "connect", "disconnect"})  # names python-socketio routes to handlers of its own
 REFUSALS_PER_SECOND = 20.0  # refused events a client may send, on average ...
@@ -126,6 +127,7 @@ class Gateway:
         self.performance: Performance | None = None  # set by ``serve``
         self.lag = 0.0  # how late the event loop runs (90th percentile over the last second)
         self.lags: deque[float] = deque(maxlen=LAG_KEPT)
+        self.waits: deque[tuple[float, float]] = deque(maxlen=LAG_KEPT)  # (seconds, of them waiting for a CPU)
         self.overloaded = False
         self._slow: set[str] = set()  # sids let go for reading nothing, counted when they leave
         self._refusals: dict[str, tuple[float, float]] = {}  # sid -> (allowance left, when)
@@ -241,10 +243,14 @@ class Gateway:
             status = await self._performance.status()
             # over the last minute, or the last ?lag_seconds= (a bench times its own run)
             seconds = _bounded(request.query.get("lag_seconds"), 1.0, LAG_KEPT * LAG_EVERY)
-            lags = sorted(list(self.lags)[-round(seconds / LAG_EVERY) :]) or [0.0]
+            looks = round(seconds / LAG_EVERY)
+            lags = sorted(list(self.lags)[-looks:]) or [0.0]
             status["loop_lag_ms"] = {  # how late this process's event loop ran
                 q: lags[round(f * (len(lags) - 1))] * 1000 for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
             }
+            waits = list(self.waits)[-looks:]
+            if waits:  # how much of that time it was ready to run while other programs had the CPUs
+                status["loop_lag_ms"]["cpu_wait_share"] = sum(w for _, w in waits) / sum(t for t, _ in waits)
             return web.json_response(status)
         except Rejected as r:
             return web.json_response(r.payload("status"), status=503)
@@ -361,22 +367,34 @@ class Gateway:
         loop = asyncio.get_running_loop()
         lags: deque[float] = deque(maxlen=round(1 / LAG_EVERY))
         shed_at = 0.0
+        since, waited = time.monotonic(), _waited()
         while True:
             due = loop.time() + LAG_EVERY
             await asyncio.sleep(LAG_EVERY)
             lags.append(max(0.0, time.monotonic() - due))
             self.lags.append(lags[-1])
+            if waited is not None and (now_waited := _waited()) is not None:
+                self.waits.append((time.monotonic() - since, now_waited - waited))
+                since, waited = time.monotonic(), now_waited
             self.lag = sorted(lags)[int(0.9 * (len(lags) - 1))]
             self.overloaded = len(lags) == lags.maxlen and self.lag > self.concert.settings.overload_lag
             if self.overloaded and time.monotonic() - shed_at >= 1.0:
                 shed_at = time.monotonic()
                 await self._shed()
 
+    def _waiting_share(self) -> float:
+        """Of the last second, the share the event loop was ready to run while other programs had the CPUs."""
+        recent = list(self.waits)[-round(1 / LAG_EVERY) :]
+        return sum(w for _, w in recent) / sum(t for t, _ in recent) if recent else 0.0
+
     async def _shed(self) -> None:
         audience = list(self._members("role:audience"))
         refused = self._overload()
         for sid in audience[-math.ceil(len(audience) * SHED_SHARE) :] if audience else []:
-            log.warning("overloaded (%.0f ms late): letting audience client %s go", self.lag * 1000, sid)
+            log.warning(
+                "overloaded (%.0f ms late, waiting for a CPU %.0f%% of the last second): letting audience client %s go",
+                self.lag * 1000, self._waiting_share() * 100, sid,
+            )  # fmt: skip
             await self._performance.count(refused, "overload", sid)
             await self.sio.emit(protocol.ERROR, refused.payload("overload"), to=sid)
             await self.sio.disconnect(sid)
@@ -419,6 +437,15 @@ async def _shared_code(request: web.Request, response: web.StreamResponse) -> No
     opaque one, and loads its modules (which need CORS) from here. The code holds no secret."""
     if request.path.startswith(SHARED_CODE):
         response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = "*"
+
+
+def _waited() -> float | None:
+    """Seconds this thread has been ready to run while others had the CPUs (None where not told)."""
+    try:
+        with open(SCHEDSTAT, "rb") as f:  # procfs: read from the kernel's memory, at once
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _bounded(text: str | None, low: float, high: float) -> float:

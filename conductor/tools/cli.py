@@ -334,6 +334,7 @@ async def run_node(args: argparse.Namespace) -> int:
         jacktrip=args.jacktrip, link=args.link, link_lead=args.link_lead, click_out=args.click_out,
         archive=Path(args.archive) if args.archive else None,
     )  # fmt: skip
+    gc.freeze()  # what was loaded to start lives as long as the node: a full collection need not walk it
     stop = stop_signal()
     task = asyncio.create_task(agent.run())
     await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
