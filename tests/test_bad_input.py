@@ -11,6 +11,7 @@ import pytest
 
 from conductor.client import TuttiClient
 from tests.conftest import TOKENS, ConductorProcess
+from tests.test_node import until
 
 BAD_EVENTS: list[tuple[str, Any, str]] = [
     ("command", "play", "bad_payload"),
@@ -76,6 +77,36 @@ async def test_bad_health_reports_are_refused(conductor: ConductorProcess) -> No
     await asyncio.sleep(0.3)
     await node.close()
     assert conductor.status()["rejections"] == {"bad_payload": 3}
+
+
+async def test_a_node_flooding_health_reports_is_held_to_a_rate_and_heard_again(conductor: ConductorProcess) -> None:
+    """Each report is read and kept for the console: a node (a buggy one, or a stolen token) that
+    sends them without end is refused beyond its allowance, and its next report in time is taken."""
+    node = TuttiClient(conductor.url, "node", TOKENS["node"], name="n1")
+    await node.connect()
+    try:
+        for _ in range(80):  # twice the burst a node may send at once; fewer than a flooder is let go for
+            await node.sio.emit("health", {"up": True, "late": 0, "cues": 0})
+
+        def refused() -> int:
+            return sum(e.get("code") == "rate_limited" for e in node.errors)
+
+        await until(lambda: refused() >= 30, 10, f"only {refused()} of the flood refused")
+        assert conductor.status()["rejections"]["rate_limited"] == refused()
+
+        def heard() -> bool:  # a report in time, once the allowance has grown again
+            nodes = [c for c in conductor.status()["clients"] if c["name"] == "n1"]
+            return bool(nodes and (nodes[0]["health"] or {}).get("cues") == 7)
+
+        for _ in range(50):  # reporting at a node's pace again (five a second here): soon taken
+            await node.sio.emit("health", {"up": True, "late": 0, "cues": 7})
+            await asyncio.sleep(0.2)
+            if heard():
+                break
+        assert heard(), "the node's reports after the flood were not taken"
+        assert node.sio.connected
+    finally:
+        await node.close()
 
 
 async def test_every_bad_event_gets_an_error_and_is_counted(conductor: ConductorProcess) -> None:

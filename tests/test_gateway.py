@@ -7,7 +7,6 @@ import base64
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -133,7 +132,7 @@ async def test_the_status_tells_lateness_that_other_programs_cause(tmp_path: Pat
     time its event loop was ready to run and waiting, read from the kernel."""
     conductor = ConductorProcess(write_concert(tmp_path))
     assert conductor.proc is not None
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    hog = await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
     try:
         await until(lambda: "cpu_wait_share" in conductor.status()["loop_lag_ms"], 10, "no share told")
         assert 0.0 <= conductor.status()["loop_lag_ms"]["cpu_wait_share"] <= 1.0
@@ -149,7 +148,7 @@ async def test_the_status_tells_lateness_that_other_programs_cause(tmp_path: Pat
         await until(waiting, 30, "the conductor's wait for a CPU was not told")
     finally:
         hog.kill()
-        hog.wait()
+        await hog.wait()
         conductor.stop()
 
 

@@ -31,6 +31,7 @@ from conductor.core.protocol import ControlInput, Health, Invite, PageProblem, R
 from conductor.core.scheduler import Lookahead
 from conductor.core.score import LoadedScore
 from conductor.core.transport import Transport
+from conductor.server.allowance import Allowance
 from conductor.server.broadcast import FRAME, StateBroadcast
 from conductor.server.console import ConsoleFeed, Refusals
 from conductor.server.cues import CHANNEL, NodeCues
@@ -53,6 +54,8 @@ from conductor.server.sketches import SketchLog, SketchRelay
 from conductor.server.watch import ScoreWatch
 
 log = logging.getLogger("tutti.conductor")
+HEALTH_RATE = 20.0  # health reports a node may send a second (it sends about one, and one on each change) ...
+HEALTH_BURST = 40.0  # ... and at once
 
 
 class Conductor:
@@ -136,6 +139,7 @@ class Conductor:
             self.sketch_log,
             lambda: self.score.version,
         )
+        self.health_allowance = Allowance(HEALTH_RATE, HEALTH_BURST)
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
             protocol.SYNC: self._sync,
             protocol.COMMAND: self._command,
@@ -278,6 +282,7 @@ class Conductor:
     async def leave(self, sid: str) -> None:
         self.roster.leave(sid)
         self.sketches.left(sid)
+        self.health_allowance.forget(sid)
         await self.nodes.left(sid)
 
     def forget_worker(self, worker: str) -> None:
@@ -358,6 +363,8 @@ class Conductor:
         _check_size(payload)
         if client.role != "node":
             raise Rejected("forbidden", "only nodes report health")
+        if not self.health_allowance.spend(client.sid, time.monotonic()):
+            raise Rejected("rate_limited", f"more than {HEALTH_RATE:g} health reports a second: report less often")
         health = Health.model_validate(payload).model_dump()
         late = health.get("cues_late", 0) - (client.health or {}).get("cues_late", 0)
         if isinstance(late, int) and late > 0:

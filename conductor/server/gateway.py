@@ -26,6 +26,7 @@ from conductor.core.concert import Concert
 from conductor.core.protocol import Rejected
 from conductor.files import CLIENTS, VENDOR
 from conductor.server import fanout
+from conductor.server.allowance import Allowance
 from conductor.server.connections import ConnectionGuard
 from conductor.server.joins import JOINED
 
@@ -130,7 +131,7 @@ class Gateway:
         self.waits: deque[tuple[float, float]] = deque(maxlen=LAG_KEPT)  # (seconds, of them waiting for a CPU)
         self.overloaded = False
         self._slow: set[str] = set()  # sids let go for reading nothing, counted when they leave
-        self._refusals: dict[str, tuple[float, float]] = {}  # sid -> (allowance left, when)
+        self._refusals = Allowance(REFUSALS_PER_SECOND, REFUSALS_BURST)  # refused events each client may send
         self._origins = set(concert.settings.cors_origins)
         self._background: set[asyncio.Task[None]] = set()  # counting refusals, letting flooders go
         self.sio = _Server(
@@ -281,7 +282,7 @@ class Gateway:
         return True
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
-        self._refusals.pop(sid, None)
+        self._refusals.forget(sid)
         if sid in self._slow:
             self._slow.discard(sid)
             unread = self.concert.settings.unread_limit
@@ -312,11 +313,8 @@ class Gateway:
     async def _refused(self, sid: str) -> None:
         """A client that keeps sending what is refused is let go: a flood of garbage from one
         connection would otherwise take the event loop from everyone else."""
-        now = asyncio.get_running_loop().time()
-        left, then = self._refusals.get(sid, (REFUSALS_BURST, now))
-        left = min(REFUSALS_BURST, left + (now - then) * REFUSALS_PER_SECOND) - 1
-        self._refusals[sid] = (left, now)
-        if left < 0 and self._refusals.pop(sid, None) is not None:
+        if not self._refusals.spend(sid, asyncio.get_running_loop().time()):
+            self._refusals.forget(sid)  # let go once: what it still sends is not read
             # After the refusal's acknowledgement has gone out: the client learns why.
             task = asyncio.ensure_future(self._let_flooder_go(sid))
             self._background.add(task)

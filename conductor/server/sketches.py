@@ -25,6 +25,7 @@ from conductor.core import protocol
 from conductor.core.protocol import Rejected, SketchDelivery, SketchEvent
 from conductor.core.score import Score
 from conductor.core.transport import Transport
+from conductor.server.allowance import Allowance
 from conductor.server.gateway import Out
 from conductor.server.joins import Client, part_room
 from conductor.server.periodic import Periodic
@@ -81,15 +82,12 @@ class SketchRelay:
     now: Callable[[], float]
     journal: SketchLog | None = None
     version: Callable[[], str] = lambda: ""  # of the score, journalled with each event
-    allowance: dict[str, tuple[float, float]] = field(default_factory=dict)  # sid -> (events it may send, when)
+    allowance: Allowance = field(default_factory=lambda: Allowance(RATE, BURST))  # events each sender may send
     relayed: int = 0
 
     def _spend(self, sid: str, now: float) -> None:
-        left, then = self.allowance.get(sid, (BURST, now))
-        left = min(BURST, left + (now - then) * RATE)
-        if left < 1:
+        if not self.allowance.spend(sid, now):
             raise Rejected("rate_limited", f"more than {RATE:g} sketch events a second ({BURST:g} at once): slow down")
-        self.allowance[sid] = (left - 1, now)
 
     def _when(self, at: float, now: float) -> float:
         """The conductor time the score reaches ``at``, as the piece plays now."""
@@ -123,4 +121,4 @@ class SketchRelay:
         return {"ok": True, **({"t": t} if t is not None else {})}
 
     def left(self, sid: str) -> None:
-        self.allowance.pop(sid, None)
+        self.allowance.forget(sid)
