@@ -152,14 +152,21 @@ def not_green(
 
 
 async def until_green(
-    rehearsal: Rehearsal, within: float, since: float = 0.0, rejoined: set[str] | None = None
+    rehearsal: Rehearsal,
+    within: float,
+    since: float = 0.0,
+    rejoined: set[str] | None = None,
+    seen: dict[str, float] | None = None,
 ) -> float:
-    """Seconds until all green, polling; raises with what is not green after ``within`` seconds."""
+    """Seconds until all green, polling; raises with what is not green after ``within`` seconds.
+    ``seen`` gets each problem's first words and the seconds (since ``start``) it was last seen."""
     start = time.monotonic()
     problems = ["no status yet"]
     while time.monotonic() - start < within:
         with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
             problems = not_green(rehearsal, await status(rehearsal), since, rejoined)
+            if seen is not None:
+                seen.update({" ".join(p.split()[:3]).rstrip(":,"): time.monotonic() - start for p in problems})
             if not problems:
                 return time.monotonic() - start
         await asyncio.sleep(0.1)
@@ -250,9 +257,12 @@ def tutti_unit(rehearsal: Rehearsal, host: str) -> Unit:
     return next(u for u in rehearsal.units_of(host) if "jackd" not in Path(u.argv[0]).name)
 
 
-async def restart(rehearsal: Rehearsal, host: str, within: float) -> tuple[float, float]:
+async def restart(
+    rehearsal: Rehearsal, host: str, within: float, seen: dict[str, float] | None = None
+) -> tuple[float, float]:
     """Kill a host's Tutti process; the seconds until its unit started it again, and until all green
-    with its nodes (every node, for the conductor's host) joined again."""
+    with its nodes (every node, for the conductor's host) joined again (``seen``: as ``until_green``'s,
+    in seconds since the kill)."""
     d = rehearsal.deployment
     if host == d.conductor:
         rejoined = {n.name for machines in d.sites.values() for n in machines.nodes} | (
@@ -271,7 +281,11 @@ async def restart(rehearsal: Rehearsal, host: str, within: float) -> tuple[float
         assert time.monotonic() - killed < within, f"{unit.name} on {host} was not started again"
         await asyncio.sleep(0.02)
     back = unit.starts[-1] - killed
-    await until_green(rehearsal, within, since, rejoined)
+    waited = time.monotonic() - killed
+    last: dict[str, float] = {}
+    await until_green(rehearsal, within, since, rejoined, last)
+    if seen is not None:
+        seen.update({problem: t + waited for problem, t in last.items()})
     return back, time.monotonic() - killed
 
 
@@ -390,13 +404,16 @@ async def main(screens: Path | None) -> dict[str, Any]:
             # The hub last: its sites do not join a restarted hub again (deploy/README.md).
             for host in sorted(rehearsal.hosts, key=lambda h: (h == hub, h == rehearsal.deployment.conductor)):
                 unit = tutti_unit(rehearsal, host)
+                seen: dict[str, float] = {}
                 try:
-                    back, green = await restart(rehearsal, host, 60)
+                    back, green = await restart(rehearsal, host, 60, seen)
                 except AssertionError as e:  # jacktrip 1.7 clients wait for a restarted hub's audio for ever
                     print(f"killed {unit.name:<26} on {host:<16} {e}")
                     figures.setdefault("restart_s", {})[host] = None
                     continue
                 print(f"killed {unit.name:<26} on {host:<16} started again {back:5.2f} s, all green {green:5.2f} s")
+                cleared = sorted(seen.items(), key=lambda kv: kv[1])
+                print("    last seen (s after the kill): " + "; ".join(f"{p} {t:.1f}" for p, t in cleared))
                 figures.setdefault("restart_s", {})[host] = [round(back, 2), round(green, 2)]
             if screens:  # a campus's JACK server frozen: its rows say what to fix
                 jack = next(u for u in rehearsal.units if u.name == "tutti-jack-pku-1.service")
