@@ -34,7 +34,7 @@ from conductor.core.audio import (
     pair_commands,
     parse_version,
 )
-from conductor.core.process import die_with_parent
+from conductor.core.process import tied
 from conductor.node.jackio import PHASE, SLOT, WINDOW, Heard, Patchbay, Probes, Sent
 
 log = logging.getLogger("tutti.jacktrip")
@@ -187,11 +187,7 @@ class Link:
         while True:
             started = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
-                *self.command,
-                env=self.env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=die_with_parent,
+                *tied(*self.command), env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
             )
             self.state.set("connecting" if self.state.role in CLIENTS else "waiting")
             self.state.packets = self.state.silent_s = 0  # this process's own
