@@ -138,6 +138,12 @@ async def test_console_drives_two_performer_pages_in_step(browser: Browser, slow
     table = await console.inner_text("#clients")
     assert "drones" in table and "pulses" in table
     assert "None: no node runs a JackTrip end" in await console.inner_text("#links-hint")  # not an empty table
+    # The round-trip plots are drawn at the size they are shown, a phone's too: labels stay 12 px, sharp.
+    await console.set_viewport_size({"width": 390, "height": 844})
+    await console.wait_for_function(
+        "() => [...document.querySelectorAll('#plots canvas')].some(c =>"
+        " c.clientWidth < 390 && c.width === Math.round(c.clientWidth * devicePixelRatio))"
+    )
     assert not await console.is_visible("#links-box") and not await console.is_visible("#ways-box")
     for page in (console, *performers):
         assert page.errors == []  # type: ignore[attr-defined]

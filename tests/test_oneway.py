@@ -70,6 +70,9 @@ async def console_follows_a_restart(page: Page, conductor: ConductorProcess, bas
     )
     assert await plotted(page) != before
     assert await page.evaluate("document.querySelectorAll('#wayplots canvas').length") == 2
+    sharp = "[...document.querySelectorAll('#wayplots canvas')].every(c =>"
+    sharp += " c.width === Math.round(c.clientWidth * devicePixelRatio))"
+    assert await page.evaluate(sharp)  # drawn at the size shown: its labels are 12 px on any screen
 
 
 def first(zero: float, onsets: list[float], at: float) -> float | None:

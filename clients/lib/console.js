@@ -2,6 +2,7 @@
 import { join } from "./join.js";
 import { showLinks } from "./linkplots.js";
 import { LiveControl, refusalText } from "./live.js";
+import { fitted } from "./plotcanvas.js";
 import { barBeat, formatTime, loopText, parsePosition, sectionAt } from "./score-view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -360,17 +361,16 @@ async function main() {
     for (const [site, points] of Object.entries(history)) {
       let canvas = plots.querySelector(`[data-site="${CSS.escape(site)}"]`);
       if (!canvas) {
-        canvas = Object.assign(document.createElement("canvas"), { width: 480, height: 60 });
+        canvas = document.createElement("canvas");
         canvas.dataset.site = site;
         plots.append(canvas);
       }
-      const g = canvas.getContext("2d");
+      const { g, width } = fitted(canvas, 60);
       const top = Math.max(0.002, ...points.map((p) => p[1])) * 1.2;
-      g.clearRect(0, 0, 480, 60);
       g.strokeStyle = "#5fa8d3";
       g.beginPath();
       points.forEach(([t, rtt], i) => {
-        const x = 480 - ((now - t) / 120) * 480;
+        const x = width - ((now - t) / 120) * width;
         const y = 58 - (rtt / top) * 50;
         if (i === 0) g.moveTo(x, y);
         else g.lineTo(x, y);

@@ -1,7 +1,8 @@
 // Each audio link, each way: the figures the conductor keeps once a second (conductor/server/linkmetrics.py),
 // a table and a plot per link over the last minutes and over the whole concert.
-const W = 480;
-const H = 96;
+import { fitted } from "./plotcanvas.js";
+
+const H = 96; // CSS pixels high; as wide as the page gives it
 const TOP = 36; // below the two lines of text
 const COLOURS = { a_to_b: "#5fa8d3", b_to_a: "#e9c46a", half: "#6c757d" };
 const num = (v, plus = false) => (v == null ? "–" : plus && v >= 0 ? `+${v.toFixed(2)}` : v.toFixed(2));
@@ -37,8 +38,7 @@ function tableRows(rows) {
 
 // One plot: both ways, and half the round trip (grey) for comparison, against time.
 function draw(canvas, points, label, row) {
-  const g = canvas.getContext("2d");
-  g.clearRect(0, 0, W, H);
+  const { g, width: W } = fitted(canvas, H);
   const values = points.flatMap((p) => [p[1], p[2], p[3] == null ? null : p[3] / 2]).filter((v) => v != null);
   g.fillStyle = "#aeb7c2";
   g.font = "12px system-ui";
@@ -77,8 +77,8 @@ function draw(canvas, points, label, row) {
 function canvasFor(box, link, which) {
   let canvas = box.querySelector(`canvas[data-link="${CSS.escape(link)}"][data-which="${which}"]`);
   if (!canvas) {
-    canvas = Object.assign(document.createElement("canvas"), { width: W, height: H });
-    canvas.style.height = "auto"; // the page's plots are shorter: keep this one's proportions
+    canvas = document.createElement("canvas");
+    canvas.style.height = `${H}px`; // the page's other plots are shorter
     canvas.dataset.link = link;
     canvas.dataset.which = which;
     box.append(canvas);
