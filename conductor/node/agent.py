@@ -147,7 +147,9 @@ class NodeAgent:
             tracks += link_tracks(AudioSettings.model_validate(welcome.audio), self.site)
         name, folder = f"tutti-archive-{self.client.auth['name']}", self.archive_folder
         try:
-            self.archive = ArchiveRecorder(self.jack_server, name, folder, tracks, self.client.clock.offset_at)
+            self.archive = await asyncio.to_thread(  # it opens a JACK client: off the event loop
+                ArchiveRecorder, self.jack_server, name, folder, tracks, self.client.clock.offset_at
+            )
             await self.archive.start()
         except (jack.JackError, OSError) as e:
             log.error("cannot record the archive in %s: %s", self.archive_folder, e)

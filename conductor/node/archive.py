@@ -102,6 +102,10 @@ class ArchiveRecorder:
                     self._overflow += 1
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._open)  # the disk and libjack, off the event loop
+        self._task = asyncio.create_task(self._run())
+
+    def _open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         for track in self.tracks:
             path = self.folder / f"{track.name}.wav"
@@ -113,7 +117,6 @@ class ArchiveRecorder:
         )
         self.client.activate()
         self._looked = self.client.frame_time
-        self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:

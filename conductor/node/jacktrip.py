@@ -380,17 +380,18 @@ class SiteAudio:
         running = [link for link in self.links if link.command]
         if not running:
             return
-        self.patchbay = Patchbay(self.jack_server, f"tutti-patch-{self.site}")
+        # jacktrip first (its connection takes longest); the JACK clients open meanwhile, off the event loop.
+        self._tasks = [asyncio.create_task(link.run()) for link in running]
+        self.patchbay = await self._in_jack(Patchbay, self.jack_server, f"tutti-patch-{self.site}")
         if self.patchbay.rate != self.audio.sample_rate:
             problem = f"JACK runs at {self.patchbay.rate} Hz here, the concert at {self.audio.sample_rate} Hz"
             for link in running:
                 link.state.last_error = problem
-        self._tasks = [asyncio.create_task(link.run()) for link in running]
         self._tasks.append(asyncio.create_task(self._keep_patched()))
         measured = [(link.state, probe) for link in running for probe in link.probes]
         if measured:
             phases = [probe.phase for _, probe in measured]
-            self.probes = Probes(self.jack_server, f"tutti-probe-{self.site}", phases)
+            self.probes = await self._in_jack(Probes, self.jack_server, f"tutti-probe-{self.site}", phases)
             self._tasks.append(asyncio.create_task(self._measure(measured)))
 
     async def _keep_patched(self) -> None:
