@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import statistics
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,13 @@ def conductor_position(conductor: ConductorProcess, wall: float, status: dict[st
 
 
 async def playhead_error(page: Page, conductor: ConductorProcess) -> float:
-    """How far the page's playhead is from the conductor's at one wall-clock instant, in seconds."""
-    wall, pos = await page.evaluate(SAMPLE)
-    return abs(pos - conductor_position(conductor, wall, conductor.status()))
+    """How far the page's playhead is from the conductor's at one wall-clock instant, in seconds:
+    the median of three readings (on a busy machine one may catch the page's clock mid-correction)."""
+    errors = []
+    for _ in range(3):
+        wall, pos = await page.evaluate(SAMPLE)
+        errors.append(abs(pos - conductor_position(conductor, wall, conductor.status())))
+    return statistics.median(errors)
 
 
 async def wait_for_change(conductor: ConductorProcess, seq: int) -> dict[str, Any]:

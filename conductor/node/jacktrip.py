@@ -380,13 +380,15 @@ class SiteAudio:
         running = [link for link in self.links if link.command]
         if not running:
             return
-        # jacktrip first (its connection takes longest); the JACK clients open meanwhile, off the event loop.
-        self._tasks = [asyncio.create_task(link.run()) for link in running]
+        # JACK clients open on the JACK thread, off the event loop. jacktrip starts after the patchbay is
+        # open: started before it, the dress rehearsal's first bring-up failed in a CI run (every site
+        # "connecting" to a jacktrip 1.7 hub that counted 5 peers for 4), as when sites joined sooner.
         self.patchbay = await self._in_jack(Patchbay, self.jack_server, f"tutti-patch-{self.site}")
         if self.patchbay.rate != self.audio.sample_rate:
             problem = f"JACK runs at {self.patchbay.rate} Hz here, the concert at {self.audio.sample_rate} Hz"
             for link in running:
                 link.state.last_error = problem
+        self._tasks = [asyncio.create_task(link.run()) for link in running]
         self._tasks.append(asyncio.create_task(self._keep_patched()))
         measured = [(link.state, probe) for link in running for probe in link.probes]
         if measured:
