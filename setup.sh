@@ -18,7 +18,6 @@ need jacktrip jacktrip
 need chromium chromium
 need redis-server redis-server
 need openssl openssl  # test certificates for HTTPS
-need setpriv util-linux  # ties the programs Tutti starts to it (--pdeathsig)
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 if ((${#packages[@]})); then
     echo "installing Debian packages: ${packages[*]}"

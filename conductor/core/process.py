@@ -1,11 +1,14 @@
-"""The programs Tutti starts (jackd, scsynth, jacktrip, web workers) end with the process that started them."""
+"""The programs Tutti starts (jackd, scsynth, jacktrip) end with the agent that started them."""
 
 from __future__ import annotations
 
+import ctypes
+import signal
 
-def tied(*command: str) -> tuple[str, ...]:
-    """``command`` started so that Linux ends it (SIGTERM) when the process that started it dies,
-    however it dies: util-linux's ``setpriv`` sets that and runs the command in its place (the same
-    pid). Not a ``preexec_fn``: Python runs that in the forked child of a process with threads
-    (libjack's, the event loop's executor), where it may deadlock before the command starts."""
-    return ("setpriv", "--pdeathsig", "TERM", "--", *command)
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Run in a child before exec: Linux ends it when its parent dies, however the parent dies."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -34,7 +34,7 @@ from conductor.core.audio import (
     pair_commands,
     parse_version,
 )
-from conductor.core.process import tied
+from conductor.core.process import die_with_parent
 from conductor.node.jackio import PHASE, SLOT, WINDOW, Heard, Patchbay, Probes, Sent
 
 log = logging.getLogger("tutti.jacktrip")
@@ -187,7 +187,11 @@ class Link:
         while True:
             started = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(
-                *tied(*self.command), env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+                *self.command,
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
             self.state.set("connecting" if self.state.role in CLIENTS else "waiting")
             self.state.packets = self.state.silent_s = 0  # this process's own
@@ -380,10 +384,7 @@ class SiteAudio:
         running = [link for link in self.links if link.command]
         if not running:
             return
-        # JACK clients open on the JACK thread, off the event loop. jacktrip starts after the patchbay is
-        # open: started before it, the dress rehearsal's first bring-up failed in a CI run (every site
-        # "connecting" to a jacktrip 1.7 hub that counted 5 peers for 4), as when sites joined sooner.
-        self.patchbay = await self._in_jack(Patchbay, self.jack_server, f"tutti-patch-{self.site}")
+        self.patchbay = Patchbay(self.jack_server, f"tutti-patch-{self.site}")
         if self.patchbay.rate != self.audio.sample_rate:
             problem = f"JACK runs at {self.patchbay.rate} Hz here, the concert at {self.audio.sample_rate} Hz"
             for link in running:
@@ -393,7 +394,7 @@ class SiteAudio:
         measured = [(link.state, probe) for link in running for probe in link.probes]
         if measured:
             phases = [probe.phase for _, probe in measured]
-            self.probes = await self._in_jack(Probes, self.jack_server, f"tutti-probe-{self.site}", phases)
+            self.probes = Probes(self.jack_server, f"tutti-probe-{self.site}", phases)
             self._tasks.append(asyncio.create_task(self._measure(measured)))
 
     async def _keep_patched(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from pythonosc.osc_message import OscMessage
 
 from conductor.core.osc import osc_message
-from conductor.core.process import tied
+from conductor.core.process import die_with_parent
 from conductor.files import SYNTHS
 
 log = logging.getLogger("tutti.scsynth")
@@ -119,9 +119,10 @@ async def start_jack(
     while time.monotonic() < deadline:
         if jackd is None or jackd.returncode is not None:
             jackd = await asyncio.create_subprocess_exec(
-                *tied("jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period),
-                      "-C", str(channels), "-P", str(channels)),
+                "jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period),
+                "-C", str(channels), "-P", str(channels),
                 env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )  # fmt: skip
         await asyncio.sleep(0.1)
         if jackd.returncode is not None:
@@ -196,10 +197,24 @@ class Scsynth:
 
     async def _start_scsynth(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            *tied("scsynth", "-u", str(self.port), "-i", str(self.inputs), "-o", str(self.channels), "-R", "0",
-                  "-l", "8", "-H", f"{self.jack_server}:{self.client_name}"),
-            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+            "scsynth",
+            "-u",
+            str(self.port),
+            "-i",
+            str(self.inputs),
+            "-o",
+            str(self.channels),
+            "-R",
+            "0",
+            "-l",
+            "8",
+            "-H",
+            f"{self.jack_server}:{self.client_name}",
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
         self._reader = asyncio.create_task(self._read_output(self._proc))
         await self.ask("/status", [], "/status.reply", within=10)
         await self.ask("/d_loadDir", [str(self.synth_dir)], "/done", within=10)

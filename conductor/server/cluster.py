@@ -35,7 +35,7 @@ import socketio
 
 from conductor.core.clock import ConductorClock
 from conductor.core.concert import Concert
-from conductor.core.process import tied
+from conductor.core.process import die_with_parent
 from conductor.core.protocol import Rejected
 from conductor.server import fanout
 from conductor.server.conductor import Conductor
@@ -219,7 +219,7 @@ class Workers:
         failures = 0
         while True:
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(*tied(*self.command, "--name", name))
+            proc = await asyncio.create_subprocess_exec(*self.command, "--name", name, preexec_fn=die_with_parent)
             self.procs[name] = proc
             code = await proc.wait()
             self.ready[name].clear()

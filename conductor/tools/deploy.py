@@ -34,7 +34,7 @@ DOCKERFILE = f"""\
 # The JackTrip hub's image: JACK (dummy driver: a hub needs no sound card), jacktrip and Tutti.
 FROM debian:bookworm-slim
 RUN apt-get update \\
- && apt-get install -y --no-install-recommends jackd2 jacktrip python3 python3-venv util-linux \\
+ && apt-get install -y --no-install-recommends jackd2 jacktrip python3 python3-venv \\
  && rm -rf /var/lib/apt/lists/*
 COPY tutti {INSTALL}
 RUN python3 -m venv {INSTALL}/.venv && {INSTALL}/.venv/bin/pip install --no-cache-dir {INSTALL}
