@@ -249,9 +249,8 @@ class Gateway:
             status["loop_lag_ms"] = {  # how late this process's event loop ran
                 q: lags[round(f * (len(lags) - 1))] * 1000 for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
             }
-            waits = list(self.waits)[-looks:]
-            if waits:  # how much of that time it was ready to run while other programs had the CPUs
-                status["loop_lag_ms"]["cpu_wait_share"] = sum(w for _, w in waits) / sum(t for t, _ in waits)
+            if self.waits:
+                status["loop_lag_ms"]["cpu_wait_share"] = self._waiting_share(looks)
             return web.json_response(status)
         except Rejected as r:
             return web.json_response(r.payload("status"), status=503)
@@ -380,9 +379,10 @@ class Gateway:
                 shed_at = time.monotonic()
                 await self._shed()
 
-    def _waiting_share(self) -> float:
-        """Of the last second, the share the event loop was ready to run while other programs had the CPUs."""
-        recent = list(self.waits)[-round(1 / LAG_EVERY) :]
+    def _waiting_share(self, looks: int = round(1 / LAG_EVERY)) -> float:
+        """Of the last ``looks`` (a second), the share the event loop was ready to run while other
+        programs had the CPUs."""
+        recent = list(self.waits)[-looks:]
         return sum(w for _, w in recent) / sum(t for t, _ in recent) if recent else 0.0
 
     async def _shed(self) -> None:
