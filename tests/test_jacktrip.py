@@ -8,9 +8,11 @@ This process listens at pku only: libjack talks to one JACK server per process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +31,7 @@ from conductor.core.osc import osc_message
 from conductor.core.scheduler import audio_delays
 from conductor.core.yamlcheck import InvalidFile
 from conductor.node.jackio import Recorder
-from conductor.node.jacktrip import LinkState, SiteAudio, wanted_connections
+from conductor.node.jacktrip import Link, LinkState, SiteAudio, wanted_connections
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_all, until
 
@@ -518,6 +520,78 @@ async def test_a_missing_jacktrip_is_reported_and_nothing_else_stops() -> None:
     [state] = site.states
     assert state.state == "stopped" and "no jacktrip at '/no/such/jacktrip'" in state.last_error
     await site.close()
+
+
+async def test_a_link_whose_jacktrip_leaves_its_output_open_is_started_again(tmp_path: Path) -> None:
+    """A jacktrip that ends while a process it left behind holds its output open (as a JACK
+    server that libjack starts by itself would) is started again all the same: the link follows
+    the process, not the pipe."""
+    program = tmp_path / "jacktrip"
+    program.write_text("#!/bin/sh\nsleep 60 &\necho 'JackTrip: no peer'\nexit 1\n")
+    program.chmod(0o755)
+    state = LinkState("pku", "client", peer="hub")
+    link_ = Link([str(program)], state, dict(os.environ))
+    started: set[asyncio.subprocess.Process] = set()
+
+    def restarted() -> bool:
+        started.add(link_.proc) if link_.proc else None
+        return state.restarts >= 2
+
+    running = asyncio.create_task(link_.run())
+    try:
+        await until(restarted, 10, "the link was not started again")
+        assert "jacktrip exited (1)" in state.last_error
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        pkill = await asyncio.create_subprocess_exec("pkill", "-f", "^sleep 60$")
+        await pkill.wait()
+        ended = lambda: all(p.returncode is not None and p.stdout and p.stdout.at_eof() for p in started)  # noqa: E731
+        await until(ended, 5, "the pipes did not close")
+
+
+NEVER_HEARS = """\
+import asyncio, os, sys
+import uvloop
+from conductor.node import jacktrip
+jacktrip.CONNECT_WITHIN, jacktrip.BACKOFF = 0.3, (0.05,)
+
+async def main() -> None:
+    state = jacktrip.LinkState("pku", "client", peer="hub")
+    link = jacktrip.Link([sys.argv[1]], state, dict(os.environ))
+    running = asyncio.create_task(link.run())
+    while state.restarts < 3 and not running.done():
+        await asyncio.sleep(0.05)
+    print(state.restarts, running.done() and repr(running.exception()), state.last_error, flush=True)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await link.close()
+
+uvloop.run(main())  # the node's loop
+"""
+
+
+async def test_a_client_that_never_hears_the_hub_is_started_again_each_time(tmp_path: Path) -> None:
+    """A client that waits for the hub's audio past its patience is ended and started again, each
+    time: its supervisor must outlive every way its jacktrip ends (a kill sent to a process that
+    had just ended once left a campus "connecting" for good after the hub restarted)."""
+    program = tmp_path / "jacktrip"
+    # It connects and never hears the hub, and leaves a process that holds its output open.
+    program.write_text("#!/bin/sh\nsleep 61 >&2 &\nexec sleep 60\n")
+    program.chmod(0o755)
+    script = tmp_path / "never_hears.py"
+    script.write_text(NEVER_HEARS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(program), stdout=-1, env=env)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        pkill = await asyncio.create_subprocess_exec("pkill", "-f", "^sleep 61$")
+        await pkill.wait()
+    restarts, failed, last_error = out.decode().split(" ", 2)
+    assert int(restarts) >= 3 and failed == "False", out
+    assert "no audio from the hub within" in last_error, out
 
 
 def test_every_link_state_reports_as_a_node_s_health_says() -> None:

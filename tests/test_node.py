@@ -492,6 +492,28 @@ async def test_a_killed_agent_takes_its_scsynth_and_jack_server_with_it(node: di
     raise AssertionError("scsynth or jackd outlived their node agent")
 
 
+async def test_a_process_whose_event_loop_is_stuck_ends_and_says_where(tmp_path: Path) -> None:
+    """The node agent's watchdog: a loop that stops turning (a call that never returns) ends the
+    process with its traceback, so that its unit starts it again; a loop that turns is left alone."""
+    program = tmp_path / "stuck.py"
+    program.write_text(
+        "import asyncio, time\n"
+        "from conductor.core.process import Watchdog\n"
+        "async def main():\n"
+        "    watchdog = asyncio.create_task(Watchdog(1.0).run())\n"
+        "    for _ in range(30):  # three times the limit, turning\n"
+        "        await asyncio.sleep(0.1)\n"
+        "    print('turned', flush=True)\n"
+        "    time.sleep(60)  # stuck\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(program), stdout=-1, stderr=-1, env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert out == b"turned\n", (out, err)
+    assert proc.returncode == 1 and b"Timeout" in err and b"in main" in err, err
+
+
 async def test_a_stopped_agent_leaves_no_shared_memory_of_its_scsynth(node: dict[str, Any]) -> None:
     segment = SHARED_MEMORY / f"SuperColliderServer_{node['port']}"  # 8 MiB, left by every ended scsynth
     assert segment.exists()

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +47,7 @@ STEADY = 10.0  # seconds connected after which a link counts as healthy again (b
 CONNECT_WITHIN = 5.0  # seconds a client waits for the hub's audio (times the failures in a row): a busy
 # machine takes seconds, and a client that gives up too soon, joining again and again, can leave
 # jacktrip 1.7's hub without a worker for it
+READ_AFTER_EXIT = 1.0  # seconds a link's last output is read for once its jacktrip has ended
 SILENT_FOR = 2  # seconds without a packet after which a connected end (not a hub) starts again
 SPREAD_OF = 10  # successive one-way measurements whose spread is reported as the jitter
 
@@ -196,20 +199,15 @@ class Link:
             self.state.set("connecting" if self.state.role in CLIENTS else "waiting")
             self.state.packets = self.state.silent_s = 0  # this process's own
             reader = asyncio.create_task(self._read(self.proc))
-            patience = CONNECT_WITHIN * (failures + 1)
-            while not reader.done():
-                await asyncio.wait([reader], timeout=0.25)
-                if self.state.state == "connecting" and time.monotonic() - started > patience:
-                    # A client can wait for the hub's audio for ever (seen after a reconnection).
-                    self.state.last_error = f"no audio from the hub within {patience:g} s"
-                    self.proc.kill()
-                elif self.state.role != "hub" and self.state.silent_s >= SILENT_FOR and self.proc.returncode is None:
-                    # The far end went (a restarted hub has new ports, a pair's client a new
-                    # process): jacktrip 1.7 would wait for ever; started again, each end finds the
-                    # other when it is back.
-                    self.state.last_error = f"no audio from {self.state.peer} for {SILENT_FOR} s: joining again"
-                    self.proc.kill()
-            code = await self.proc.wait()
+            exited = asyncio.create_task(self.proc.wait())
+            try:
+                code = await self._supervise(exited, started, CONNECT_WITHIN * (failures + 1))
+                await asyncio.wait([reader], timeout=READ_AFTER_EXIT)  # its last lines
+            finally:
+                for task in (reader, exited):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             self.state.restarts += 1
             self.state.peers = 0
             failures = 0 if time.monotonic() - started > STEADY else failures + 1
@@ -219,6 +217,31 @@ class Link:
             self.state.set("restarting")
             await asyncio.sleep(delay)
 
+    async def _supervise(self, exited: asyncio.Task[int], started: float, patience: float) -> int:
+        """Until the process ends (not its output: a pipe that another process holds open would
+        keep a killed link from ever starting again), ending it if it waits for audio too long."""
+        assert self.proc is not None
+        while True:
+            await asyncio.wait([exited], timeout=0.25)
+            if self.proc.returncode is not None:  # set on exit; ``wait`` may also wait for the pipes
+                return self.proc.returncode
+            if self.state.state == "connecting" and time.monotonic() - started > patience:
+                # A client can wait for the hub's audio for ever (seen after a reconnection).
+                self.state.last_error = f"no audio from the hub within {patience:g} s"
+                self._end(signal.SIGKILL)
+            elif self.state.role != "hub" and self.state.silent_s >= SILENT_FOR:
+                # The far end went (a restarted hub has new ports, a pair's client a new
+                # process): jacktrip 1.7 would wait for ever; started again, each end finds the
+                # other when it is back.
+                self.state.last_error = f"no audio from {self.state.peer} for {SILENT_FOR} s: joining again"
+                self._end(signal.SIGKILL)
+
+    def _end(self, how: signal.Signals) -> None:
+        """Send jacktrip ``how``; it may have ended by itself since we looked (then sending raises)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(how)
+
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
@@ -226,11 +249,11 @@ class Link:
 
     async def close(self) -> None:
         if self.proc and self.proc.returncode is None:
-            self.proc.terminate()
-            with contextlib.suppress(ProcessLookupError, TimeoutError):
+            self._end(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 5)
             if self.proc.returncode is None:
-                self.proc.kill()
+                self._end(signal.SIGKILL)
 
 
 # --- the node's side: which ends it runs, and their JACK connections ------------------------------
@@ -305,6 +328,15 @@ def _scsynth_patch(end: _End, jacktrip: str, scsynth: str, channels: int) -> lis
         if end.scsynth_to_send is not None:
             out.append((f"{scsynth}:out_{end.scsynth_to_send + i - 1}", f"{jacktrip}:send_{i}"))
     return out
+
+
+def _failed(state: LinkState, task: asyncio.Task[None]) -> None:
+    """A link's supervisor runs until the node stops: if it fails, the link says so, rather than
+    show for ever the state it was in."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("the supervisor of %s's jacktrip failed", state.site, exc_info=error)
+        state.last_error = f"its supervisor failed ({error.__class__.__name__}): restart the node"
+        state.set("stopped")
 
 
 class SiteAudio:
@@ -390,6 +422,8 @@ class SiteAudio:
             for link in running:
                 link.state.last_error = problem
         self._tasks = [asyncio.create_task(link.run()) for link in running]
+        for link, task in zip(running, self._tasks, strict=True):
+            task.add_done_callback(functools.partial(_failed, link.state))
         self._tasks.append(asyncio.create_task(self._keep_patched()))
         measured = [(link.state, probe) for link in running for probe in link.probes]
         if measured:

@@ -141,8 +141,11 @@ async def start_jack(
 
 
 def jack_env(server: str) -> dict[str, str]:
-    """The environment of a program that should use JACK server ``server``."""
-    return {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1", "JACK_DEFAULT_SERVER": server}
+    """The environment of a program that should use JACK server ``server``. One that cannot find
+    it fails and is started again: libjack would otherwise start a server of its own, with the
+    wrong settings, which outlives the program and holds on to its output."""
+    env = {"JACK_NO_AUDIO_RESERVATION": "1", "JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+    return {**os.environ, **env}
 
 
 def forget_shared_memory(port: int) -> None:

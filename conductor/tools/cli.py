@@ -322,6 +322,7 @@ def lead(text: str) -> float:
 
 
 async def run_node(args: argparse.Namespace) -> int:
+    from conductor.core.process import Watchdog
     from conductor.node.agent import NodeAgent
     from conductor.node.scsynth import Scsynth
 
@@ -336,11 +337,15 @@ async def run_node(args: argparse.Namespace) -> int:
     )  # fmt: skip
     gc.freeze()  # what was loaded to start lives as long as the node: a full collection need not walk it
     stop = stop_signal()
+    watchdog = asyncio.create_task(Watchdog().run())
     task = asyncio.create_task(agent.run())
     await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     print(f"node {args.name}: stopping", flush=True)
     task.cancel()
     await agent.close()
+    watchdog.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watchdog
     if task.done() and not task.cancelled() and task.exception():
         raise task.exception()  # type: ignore[misc]
     return 0
