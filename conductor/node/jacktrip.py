@@ -457,13 +457,16 @@ class SiteAudio:
         probes = self.probes
         assert probes is not None
         mine: list[deque[Sent]] = [deque(maxlen=4) for _ in measured]  # each port's latest impulses sent
-        routed, failing = 0.0, ""
+        routed, failing, connected = 0.0, "", [False] * len(measured)
         while True:
             await asyncio.sleep(0.1)
             try:
                 probes.offset = self.clock_offset()
-                if time.monotonic() - routed > 0.5:  # a restarted jacktrip's ports are new ones
-                    routed = time.monotonic()
+                # A restarted jacktrip's ports are new ones: routed again now and then, and at once
+                # when a link connects, so that it is measured at its first slot.
+                now_connected = [state.state == "connected" for state, _ in measured]
+                if time.monotonic() - routed > 0.5 or now_connected != connected:
+                    routed, connected = time.monotonic(), now_connected
                     await self._in_jack(self._route, measured)
                 sent, heard = probes.take()
                 for s in sent:
