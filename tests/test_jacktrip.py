@@ -31,7 +31,7 @@ from conductor.core.osc import osc_message
 from conductor.core.scheduler import audio_delays
 from conductor.core.yamlcheck import InvalidFile
 from conductor.node.jackio import Recorder
-from conductor.node.jacktrip import Link, LinkState, SiteAudio, wanted_connections
+from conductor.node.jacktrip import Link, LinkState, SiteAudio, join_after, wanted_connections
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_all, until
 
@@ -113,6 +113,13 @@ async def test_audio_passes_between_sites_and_a_killed_link_comes_back(sites: di
     conductor: ConductorProcess = sites["conductor"]
     # The hub sees both clients; pku's received audio goes into its scsynth, as configured.
     assert link(conductor, "ucas")["peers"] == 2
+    # A node of a site joining now is told who is on the hub: its site's link would join at once.
+    late = TuttiClient(conductor.url, "node", TOKENS["node"], site="pku", name="late-pku")
+    await late.connect()
+    try:
+        assert late.welcome["hub_joined"] == ["ccom", "pku"], late.welcome.get("hub_joined")
+    finally:
+        await late.close()
     recorder = Recorder(sites["servers"]["pku"], "recorder-pku")
     try:
         # Patched within a pass of the node's patching (every 0.25 s) after the link is connected.
@@ -592,6 +599,16 @@ async def test_a_client_that_never_hears_the_hub_is_started_again_each_time(tmp_
     restarts, failed, last_error = out.decode().split(" ", 2)
     assert int(restarts) >= 3 and failed == "False", out
     assert "no audio from the hub within" in last_error, out
+
+
+def test_the_sites_join_a_hub_that_nobody_has_joined_one_at_a_time() -> None:
+    """Coming up, the sites join the hub half a second apart in the file's order; a site whose node
+    starts again while others play (or whose conductor does not say) joins at once."""
+    links = [{"site": site} for site in ("ucas", "ccom", "pku", "whcm")]
+    audio = AudioSettings.model_validate({"hub": {"site": "hub", "address": "::1"}, "links": links})
+    assert [join_after(audio, site, []) for site in ("ucas", "ccom", "pku", "whcm")] == [0.0, 0.5, 1.0, 1.5]
+    assert join_after(audio, "whcm", ["ucas", "ccom"]) == 0.0
+    assert join_after(audio, "whcm", None) == 0.0
 
 
 def test_every_link_state_reports_as_a_node_s_health_says() -> None:

@@ -508,6 +508,7 @@ class Welcome(Outbound):
     audio: dict[str, Any] | None = None  # nodes that run a JackTrip end: the concert's audio section
     cue_channel: str | None = None  # nodes: the path (with a one-time ticket) of a WebSocket for their cues
     link: dict[str, Any] | None = None  # nodes: the concert's link section
+    hub_joined: list[str] | None = None  # nodes with a JackTrip end: the sites whose link to the hub is up now
 
 
 class PreflightRow(Outbound):

@@ -134,6 +134,7 @@ class NodeAgent:
                 jack_env(self.jack_server),
                 self.jacktrip,
                 lambda: self.client.clock.offset,
+                welcome.hub_joined,
             )
             await self.audio.start()
         if self.archive_folder is not None and self.archive is None:

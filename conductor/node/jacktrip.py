@@ -22,7 +22,7 @@ import re
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -48,6 +48,7 @@ CONNECT_WITHIN = 5.0  # seconds a client waits for the hub's audio (times the fa
 # machine takes seconds, and a client that gives up too soon, joining again and again, can leave
 # jacktrip 1.7's hub without a worker for it
 READ_AFTER_EXIT = 1.0  # seconds a link's last output is read for once its jacktrip has ended
+STAGGER = 0.5  # seconds between the sites' first joins of a hub that nobody has joined yet
 SILENT_FOR = 2  # seconds without a packet after which a connected end (not a hub) starts again
 SPREAD_OF = 10  # successive one-way measurements whose spread is reported as the jitter
 
@@ -178,14 +179,23 @@ class Probe:
 class Link:
     """One jacktrip process, kept running: restarted with backoff whenever it exits."""
 
-    def __init__(self, command: list[str], state: LinkState, env: dict[str, str], probes: list[Probe] | None = None):
+    def __init__(
+        self,
+        command: list[str],
+        state: LinkState,
+        env: dict[str, str],
+        probes: list[Probe] | None = None,
+        after: float = 0.0,
+    ):
         self.command = command
         self.state = state
         self.env = env
         self.probes = probes or []  # the measuring channels this end sends and hears on
+        self.after = after  # seconds to wait before the first start
         self.proc: asyncio.subprocess.Process | None = None
 
     async def run(self) -> None:
+        await asyncio.sleep(self.after)
         failures = 0
         while True:
             started = time.monotonic()
@@ -330,6 +340,17 @@ def _scsynth_patch(end: _End, jacktrip: str, scsynth: str, channels: int) -> lis
     return out
 
 
+def join_after(audio: AudioSettings, site: str, hub_joined: Collection[str] | None) -> float:
+    """Seconds a site waits before it first joins the hub. When no site has joined it yet (the
+    concert coming up), the sites join one at a time, ``STAGGER`` apart in the concert file's order:
+    four sites joining a jacktrip 1.7 hub within a second can leave its workers passing no audio
+    (deploy/README). A site whose node starts again while others play joins at once."""
+    sites = [link.site for link in audio.links]
+    if hub_joined is None or hub_joined or site not in sites:
+        return 0.0
+    return STAGGER * sites.index(site)
+
+
 def _failed(state: LinkState, task: asyncio.Task[None]) -> None:
     """A link's supervisor runs until the node stops: if it fails, the link says so, rather than
     show for ever the state it was in."""
@@ -351,8 +372,10 @@ class SiteAudio:
         env: dict[str, str],
         jacktrip: str = "jacktrip",
         clock_offset: Callable[[], float] = lambda: 0.0,
+        hub_joined: Collection[str] | None = None,
     ):
         self.audio = audio
+        self.hub_joined = hub_joined  # the sites joined to the hub when this node joined (None: not known)
         self.clock_offset = clock_offset  # conductor time minus this machine's: the impulses' times
         self.jacktrip = jacktrip  # the program: Debian 12's 1.7, or a 2.x (deploy/jacktrip2.sh)
         self.site = site
@@ -412,7 +435,8 @@ class SiteAudio:
                 state.set("stopped")
                 self.links.append(Link([], state, self.env))
             else:
-                self.links.append(Link([self.jacktrip, *command[1:]], state, self.env, probes))
+                after = join_after(self.audio, state.site, self.hub_joined) if state.role == "client" else 0.0
+                self.links.append(Link([self.jacktrip, *command[1:]], state, self.env, probes, after))
         running = [link for link in self.links if link.command]
         if not running:
             return

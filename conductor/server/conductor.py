@@ -270,6 +270,7 @@ class Conductor:
             if client.role == "node" and self.cue_channel
             else None,
             link=self.concert.settings.link.model_dump() if client.role == "node" else None,
+            hub_joined=roster.hub_joined() if roster.runs_audio(client) else None,
         )
         # Rooms first, the welcome last: a change broadcast after the welcome's snapshot reaches
         # this client after its welcome, even through Redis (one channel, in order).

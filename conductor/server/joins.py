@@ -232,3 +232,8 @@ class Roster:
     def links(self) -> list[dict[str, Any]]:
         """Every JackTrip end's last report, from the nodes' health."""
         return [link for c in self.clients.values() if c.health for link in c.health.get("links", [])]
+
+    def hub_joined(self) -> list[str]:
+        """The sites whose link to the hub is connected, as their nodes last said."""
+        joined = {link["site"] for link in self.links() if link["role"] == "client" and link["state"] == "connected"}
+        return sorted(joined)
