@@ -7,7 +7,9 @@ with a click every 0.25 s. A JACK-Client recorder (``conductor.jackio``) hears s
 gives each onset's wall-clock time; the conductor's clock minus wall time turns the cues' conductor
 times into wall-clock targets. The baseline, on the same scsynth in the same run, is python-osc
 sending each click straight to scsynth as a bundle timetagged with its wall-clock target: what
-scsynth and JACK do with a perfect timetag. Also printed: the JACK xruns seen, and the errors of
+scsynth and JACK do with a perfect timetag. The node moves each cue's timetag by where it has
+measured that scsynth places one (``conductor/node/placement.py``), so its clicks should land nearer
+their time than the baseline's. Also printed: the JACK xruns seen, and the errors of
 clicks with no xrun in the 5 s before them (scsynth resets its clock filter on every xrun).
 """
 

@@ -57,14 +57,14 @@ CONCERT = ROOT / "deploy" / "four-rivers.yaml"
 CLOCK_BOUND = 0.001  # seconds: every node's clock against the conductor's
 WAN_SLACK = 0.003  # seconds more for a clock's error bound, over a rehearsal's delays
 CLICK = ["tutti_click", -1, 0, 0]
-PARTNER = 0.02  # seconds from the cue to the recorder's own click
+PARTNER = 0.02  # seconds from the cue to the recorder's own click, sent without the node's correction
 BOUND = 0.010  # seconds: what is heard this near a target is its click (scsynth's clock may stray after an xrun)
 
 
 def record(server: str, port: str, scsynth: int) -> None:
     """The recorder on a campus's host: it records ``port`` and, for the target wall time it reads,
     sends its scsynth (on 127.0.0.1: scsynth is IPv4 only) a click of its own timetagged ``PARTNER``
-    later: what a perfect timetag gives on that scsynth then."""
+    later: where scsynth itself places a timetag then, without the node's correction (the baseline)."""
     from conductor.core.osc import osc_bundle
     from conductor.node.jackio import Recorder
 
@@ -214,7 +214,7 @@ async def check(rehearsal: Rehearsal, host: str) -> tuple[int, str, float]:
 async def cue_heard(rehearsal: Rehearsal, boss: TuttiClient, ahead: float = 1.0) -> dict[str, dict[str, Any]]:
     """A click played together at every campus, recorded on each campus's own host: for each node,
     the seconds from the cue's target time to what was heard (``cue``), the same for the recorder's
-    own click (``partner``, less ``PARTNER``), and the xruns around."""
+    own click sent straight to scsynth (``partner``, less ``PARTNER``), and the xruns around."""
     deployment = rehearsal.deployment
     nodes = [(n.name, n.host, n.port) for machines in deployment.sites.values() for n in machines.nodes]
     recorders = {}
@@ -394,12 +394,13 @@ async def main(screens: Path | None) -> dict[str, Any]:
                 figures.setdefault("check_s", {})[host] = [code, round(seconds, 2)]
             heard = await cue_heard(rehearsal, boss)
             for name, h in heard.items():
-                errors = [c - p for c in h["cue"] for p in h["partner"]]
+                xruns = sum(-1.0 < x < 0.05 for x in h["xruns"])
                 print(
                     f"cue heard at {name:<8} {', '.join(f'{e * 1000:+.3f}' for e in h['cue'])} ms from its target;"
-                    f" against a perfect timetag there {', '.join(f'{e * 1000:+.3f}' for e in errors)} ms"
+                    f" a timetag sent straight to scsynth, {', '.join(f'{e * 1000:+.3f}' for e in h['partner'])} ms"
+                    f" ({xruns} xruns in the second before)"
                 )
-                figures.setdefault("cue_ms", {})[name] = {"target": h["cue"], "against_timetag": errors}
+                figures.setdefault("cue_ms", {})[name] = {"target": h["cue"], "straight": h["partner"], "xruns": xruns}
             hub = rehearsal.deployment.hub.host if rehearsal.deployment.hub else None
             # The hub last: its sites do not join a restarted hub again (deploy/README.md).
             for host in sorted(rehearsal.hosts, key=lambda h: (h == hub, h == rehearsal.deployment.conductor)):

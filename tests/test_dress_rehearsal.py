@@ -25,12 +25,13 @@ from conductor.core.yamlcheck import InvalidFile
 from conductor.tools.check import jack_name
 from conductor.tools.rehearse import _unit_fields
 from conductor.tools.wan import Lag
+from tests.test_node import XRUN_REACH
 
 # Generous bounds for a busy shared machine; bench/rehearsal.py prints the figures (the issue's
 # targets: all green 30 s after the last process starts, 5 s after a host's restart).
 GREEN_WITHIN = 60.0
 RECOVER_WITHIN = 30.0
-TOGETHER = 0.001  # seconds: a cue against what a perfect timetag gives on the same scsynth
+TOGETHER = 0.001  # seconds: a cue heard at each campus against its target
 
 
 @pytest.mark.integration
@@ -65,15 +66,15 @@ async def test_four_rivers_as_six_ipv6_hosts_goes_green_checks_go_plays_together
 
         # A cue played together, recorded at each campus by a recorder on its own host.
         heard = await cue_heard(rehearsal, boss)
-        compared = 0
+        judged = 0
         for name, h in heard.items():
             assert len(h["cue"]) == 1, f"{name} heard {h}"
             assert abs(h["cue"][0]) < BOUND, f"{name}: {h}"
-            # scsynth resets its clock filter on an xrun, and the recorder misses an xrun's period.
-            if len(h["partner"]) == 1 and not any(abs(x) < 0.05 for x in h["xruns"]):
-                assert abs(h["cue"][0] - h["partner"][0]) < TOGETHER, f"{name}: {h}"
-                compared += 1
-        assert compared >= 3, heard
+            # scsynth's clock starts again at an xrun: the node allows for it in cues sent after it.
+            if not any(-XRUN_REACH < x < 0.05 for x in h["xruns"]):
+                assert abs(h["cue"][0]) < TOGETHER, f"{name}: {h}"
+                judged += 1
+        assert judged >= 3, heard
 
         # A campus's node agent killed (its scsynth and jacktrip go with it): its unit starts it
         # again, and it joins the conductor and the hub again.

@@ -4,13 +4,13 @@ A JACK client records scsynth's output and knows when each frame sounded (``cond
 the conductor reports its clock minus wall time, so each onset is compared with the conductor time
 its cue was scheduled for.
 
-Each cue's click must sound within 1 ms of where a perfectly timetagged click sent straight to the
-same scsynth 20 ms later sounds, and within 10 ms of its wall-clock time. Why both: between xruns,
-onsets land within ±0.3 ms of their time. But on these virtual machines JACK reports an xrun every
-few seconds even with only jackd and scsynth running, and scsynth answers each xrun by resetting its
-clock filter (SC_Jack.cpp, ``XRun``), which then takes seconds to settle: any bundle, Tutti's or not,
-sounds up to about 4 ms early until it has. ``bench/onsets.py`` prints the figures. A relayed cue
-without a timetag would sound a whole lookahead (300 ms) early.
+Each cue's click must sound within 1 ms of its wall-clock time. scsynth alone would miss that: it
+places a timetag by a clock filter that takes tens of seconds to settle after it starts and after
+every xrun (up to 1.6 ms off after a start, 4 ms after an xrun, here), and on these virtual machines
+JACK reports an xrun every few seconds at times. The node measures where scsynth places a timetag and
+allows for it (``conductor/node/placement.py``); a click in the second after an xrun is held only to
+10 ms, as the correction follows scsynth's new clock only for cues sent after it. ``bench/onsets.py``
+prints the figures. A relayed cue without a timetag would sound a whole lookahead (300 ms) early.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from playwright.async_api import Browser
 from pythonosc.osc_message import OscMessage
 
 from conductor.client import TuttiClient
-from conductor.core.osc import osc_bundle, osc_message
+from conductor.core.osc import osc_message
 from conductor.core.score import PART_GROUP_BASE
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import SHARED_MEMORY
@@ -39,8 +39,8 @@ from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_conc
 
 CLICKS = [1.0, 1.5, 2.0, 2.75]
 HELLO = 1.25  # a cue for sclang
-PARTNER = 0.02  # seconds from each cue's click to the test's own
 BOUND = 0.010  # seconds; see above
+XRUN_REACH = 1.0  # seconds after an xrun in which a click is not judged to the millisecond
 SCORE = """\
 title: Clicks
 duration: 30
@@ -146,37 +146,27 @@ async def play_and_record(conductor: ConductorProcess, recorder: Recorder, boss:
 
 
 async def hear_at(recorder: Recorder, targets: list[float], port: int) -> None:
-    """Check that a click sounds at each of ``targets`` (wall-clock times).
-
-    Beside each click, the test sends scsynth a click of its own, timetagged for exactly
-    ``PARTNER`` later: what a perfect timetag gives at that moment on this scsynth. Compared
-    with its partner, a click must sound within 1 ms of its time. Against the wall clock, it must
-    sound within ``BOUND``: that includes how far scsynth's own timing has drifted after xruns.
-    """
-    direct = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for target in targets:
-        await asyncio.sleep(max(0.0, target - 0.2 - time.time()))
-        direct.sendto(osc_bundle(target + PARTNER, "/s_new", ["tutti_click", -1, 0, 0]), ("127.0.0.1", port))
-    direct.close()
+    """Check that a click sounds at each of ``targets`` (wall-clock times): within 1 ms, unless JACK
+    reported an xrun in the second before it (scsynth's clock starts again, and the node's
+    correction follows it only for cues sent after that); within ``BOUND`` in any case."""
     await asyncio.sleep(targets[-1] + 0.5 - time.time())
     heard = [h.time for h in recorder.onsets()]
-    near = {t: [h for h in heard if abs(h - t) < BOUND] for t in (x + d for x in targets for d in (0, PARTNER))}
+    near = {t: [h for h in heard if abs(h - t) < BOUND] for t in targets}
     ms = {f"{t:.3f}": [f"{(h - t) * 1000:+.3f} ms" for h in hs] for t, hs in near.items()}
     assert sum(map(len, near.values())) == len(heard), f"clicks nobody scheduled: {heard}, {ms}"
-    compared = 0
+    judged = 0
     for target in targets:
-        cue, partner = near[target], near[target + PARTNER]
-        xrun = any(target - 0.05 < x < target + 0.05 for x in recorder.xruns)
-        if not (cue and partner):
+        xrun = any(target - XRUN_REACH < x < target + 0.05 for x in recorder.xruns)
+        if not near[target]:
             # The recorder misses the period of an xrun (these virtual machines have several a
             # second at times): that is JACK's loss, not a click that did not sound.
             assert xrun, f"no click at {target:.3f} (xruns at {recorder.xruns}): {ms}"
             continue
-        assert len(cue) == 1 and len(partner) == 1, ms
-        if not xrun:  # scsynth resets its clock filter on an xrun: the two are comparable only without one
-            assert abs((cue[0] - target) - (partner[0] - target - PARTNER)) < 0.001, ms
-            compared += 1
-    assert compared >= len(targets) // 2, f"xruns at {recorder.xruns} left {compared} clicks to compare"
+        assert len(near[target]) == 1, ms
+        if not xrun:
+            assert abs(near[target][0] - target) < 0.001, ms
+            judged += 1
+    assert judged >= len(targets) // 2, f"xruns at {recorder.xruns} left {judged} clicks to judge"
 
 
 async def test_cues_sound_at_their_time_and_survive_a_scsynth_crash(node: dict[str, Any]) -> None:

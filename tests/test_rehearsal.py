@@ -3,7 +3,6 @@ and a click track on the score's beat grid at the sites and parts it is on for."
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import statistics
@@ -18,7 +17,7 @@ from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
 from conductor.core import journal
-from conductor.core.osc import osc_bundle, osc_message
+from conductor.core.osc import osc_message
 from conductor.core.performance import Performance, Timing
 from conductor.core.protocol import (
     CLICK_ID,
@@ -36,7 +35,7 @@ from conductor.core.transport import Loop, Rehearsal, Transport
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import start_jack
 from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
-from tests.test_node import start_node, stop_all, until
+from tests.test_node import XRUN_REACH, start_node, stop_all, until
 from tests.test_scheduling import settled
 
 BAR = 2.0  # 120 bpm, 4/4
@@ -199,36 +198,17 @@ async def two_sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         await jackd.wait()
 
 
-PARTNER = 0.02  # seconds from each sound due to the test's own, timetagged straight to each scsynth
-
-
-async def send_partners(ports: list[int], wall: float, due: list[tuple[int, float]]) -> None:
-    """Beside each sound due (bus, conductor time), a click straight from the test to each scsynth,
-    timetagged for exactly PARTNER later: where a perfect timetag lands on that scsynth then. Each
-    scsynth maps time to samples with its own filter, which xruns upset (see test_scheduling.py)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as direct:
-        for bus, at in sorted(due, key=lambda d: d[1]):
-            await asyncio.sleep(max(0.0, wall + at - 0.2 - time.time()))
-            for port in ports:
-                bundle = osc_bundle(wall + at + PARTNER, "/s_new", ["tutti_click", -1, 0, 0, "out", bus])
-                direct.sendto(bundle, ("127.0.0.1", port))
-
-
-def placed(heard: list[list[float]], due: list[float], recorder: Recorder, wall: float) -> list[float]:
-    """How far from its time each sound due was placed at each site, against its partner. Left out:
-    sounds with an xrun between them and their partner, and partners the test itself sent too late
-    (a busy machine): they are not comparable."""
+def off(heard: list[list[float]], due: list[float], recorder: Recorder, wall: float) -> list[float]:
+    """How far from its time each sound due was heard at each site. Left out: sounds in the second
+    after an xrun (scsynth's clock starts again; the nodes allow for it in cues sent after it)."""
     out = []
     for onsets in heard:
         for at in due:
             sound = min(onsets, key=lambda o: abs(o - at))
-            partner = min(onsets, key=lambda o: abs(o - at - PARTNER))
             assert abs(sound - at) < 0.05, (at, onsets)
-            if abs(partner - at - PARTNER) > 0.005 or sound == partner:
-                continue
-            if not any(sound - 0.01 < x - wall < partner + 0.01 for x in recorder.xruns):
-                out.append(abs(sound - partner + PARTNER))
-    assert len(out) > len(due), f"xruns at {recorder.xruns} left {len(out)} sounds to compare"
+            if not any(at - XRUN_REACH < x - wall < at + 0.05 for x in recorder.xruns):
+                out.append(abs(sound - at))
+    assert len(out) >= len(due), f"xruns at {recorder.xruns} left {len(out)} sounds to judge"
     return out
 
 
@@ -262,12 +242,8 @@ async def test_a_loop_three_times_and_the_click_track_sound_in_step_at_two_sites
         # on the click's bus the count-in's bar and then every beat.
         cues = [downbeat + p * 2 * BAR + at for p in range(3) for at in (0.0, 3.0)] + [downbeat + 6 * BAR]
         beats = [downbeat - BAR + k * 0.5 for k in range(4 + 14 * 2)]
-        partners = asyncio.create_task(
-            send_partners(two_sites["ports"], wall, [(0, t) for t in cues] + [(2, t) for t in beats])
-        )
         end = downbeat + 3 * 2 * BAR + BAR  # three passes, then bar 5
         await until(lambda: time.time() > end + wall + 0.3, 30, "the loop never ended")
-        await partners
         nodes = [c["health"] or {} for c in conductor.status()["clients"] if c["role"] == "node"]
         late = sum(h.get("cues_late", 0) for h in nodes)
         # A rehearsal change without a move reaches the pages too.
@@ -286,15 +262,14 @@ async def test_a_loop_three_times_and_the_click_track_sound_in_step_at_two_sites
     assert jumps == [("conductor", "loop")] * 2
 
     heard = [[o.time - wall for o in recorder.onsets(port=i)] for i in range(4)]
-    # Nothing else sounded (a cue past the loop's end, or a pass too many): every onset is a cue or its partner.
-    expected = [t for at in cues for t in (at, at + PARTNER)]
+    # Nothing else sounded (a cue past the loop's end, or a pass too many): every onset is a cue.
     for h in heard[:2]:
-        assert all(min(abs(t - e) for e in expected) < 0.05 for t in h), [round(t - downbeat, 3) for t in h]
-    loop = placed(heard[:2], cues, recorder, wall)
-    click = placed(heard[2:], beats, recorder, wall)
+        assert all(min(abs(t - e) for e in cues) < 0.05 for t in h), [round(t - downbeat, 3) for t in h]
+    loop = off(heard[:2], cues, recorder, wall)
+    click = off(heard[2:], beats, recorder, wall)
     print(
-        f"loop cues placed: p50 {statistics.median(loop) * 1e3:.3f} ms, max {max(loop) * 1e3:.3f} ms; "
-        f"click track placed: p50 {statistics.median(click) * 1e3:.3f} ms, max {max(click) * 1e3:.3f} ms "
+        f"loop cues off: p50 {statistics.median(loop) * 1e3:.3f} ms, max {max(loop) * 1e3:.3f} ms; "
+        f"click track off: p50 {statistics.median(click) * 1e3:.3f} ms, max {max(click) * 1e3:.3f} ms "
         f"({len(recorder.xruns)} xruns)"
     )
     # Within 1 ms at the nodes, each cue and click at both sites, but for cues that reached a node late

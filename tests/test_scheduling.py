@@ -18,19 +18,17 @@ import pytest
 from playwright.async_api import Browser
 
 from conductor.client import TuttiClient
-from conductor.core.osc import osc_bundle
 from conductor.core.scheduler import Lookahead, audio_delays, moved
 from conductor.core.score import Aligned, load_score
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import start_jack
 from conductor.tools.emulate import TcpDelayProxy, UdpDelayProxy
 from tests.conftest import TOKENS, ConductorProcess, udp_ports, write_concert
-from tests.test_node import node_health, start_node, stop_node, until
+from tests.test_node import XRUN_REACH, node_health, start_node, stop_node, until
 
 DELAYS = {"a": 0.002, "b": 0.015, "c": 0.040}
 JITTER = 0.005
 TOGETHER = [1.0 + 0.5 * k for k in range(8)]
-PARTNER = 0.02  # seconds from each cue's click to the test's own
 CLICK = "[tutti_click, -1, 0, 0]"
 LATE = {"skip": 6.0, "play": 6.5, "next_beat": 7.0}  # after those: cues for site c only, one per rule
 SCORE = (
@@ -113,33 +111,20 @@ async def test_cues_sound_together_at_three_sites_and_the_lookahead_follows_the_
 
     boss, zero = await play(conductor)
     try:
-        # Beside each cue's click, each scsynth gets one straight from the test, timetagged for
-        # exactly PARTNER later: where a perfect timetag lands on that scsynth at that moment.
-        # Each scsynth maps time to samples with its own filter, which JACK's xruns upset (see
-        # test_node.py); measured against its partner, a click shows only where Tutti put it.
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as direct:
-            for at in TOGETHER:
-                await asyncio.sleep(max(0.0, zero + at - 0.2 - time.time()))
-                for port in sites["ports"]:
-                    direct.sendto(
-                        osc_bundle(zero + at + PARTNER, "/s_new", ["tutti_click", -1, 0, 0]), ("127.0.0.1", port)
-                    )
         await asyncio.sleep(zero + TOGETHER[-1] + 0.5 - time.time())
         heard = [[o.time for o in recorder.onsets(port=i)] for i in range(3)]
         for site, onsets in zip(DELAYS, heard, strict=True):
-            assert len(onsets) == 2 * len(TOGETHER), (site, [t - zero for t in onsets])
-        raw, placed = [], []
+            assert len(onsets) == len(TOGETHER), (site, [t - zero for t in onsets])
+        raw, off = [], []
         for k, at in enumerate(TOGETHER):
-            cues = [h[2 * k] for h in heard]
-            partners = [h[2 * k + 1] for h in heard]
+            cues = [h[k] for h in heard]
             raw.append(max(cues) - min(cues))
-            if any(min(cues) - 0.01 < x < max(partners) + 0.01 for x in recorder.xruns):
-                continue  # an xrun between a click and its partner: they are not comparable
-            where = [c - (p - (zero + at + PARTNER)) for c, p in zip(cues, partners, strict=True)]
-            placed.append(max(where) - min(where))
+            # scsynth's clock starts again at an xrun; the nodes allow for it in cues sent after it
+            if not any(zero + at - XRUN_REACH < x < zero + at + 0.05 for x in recorder.xruns):
+                off.append(max(abs(c - zero - at) for c in cues))
         print("spread per cue as heard, ms:", " ".join(f"{s * 1000:.3f}" for s in raw))
-        print("spread per cue as placed, ms:", " ".join(f"{s * 1000:.3f}" for s in placed))
-        assert len(placed) >= len(TOGETHER) // 2, f"xruns at {recorder.xruns} left {len(placed)} cues to compare"
+        print("furthest from its time per cue, ms:", " ".join(f"{s * 1000:.3f}" for s in off))
+        assert len(off) >= len(TOGETHER) // 2, f"xruns at {recorder.xruns} left {len(off)} cues to judge"
 
         # A cue that reached its node after its time (a starved process on a busy machine) sounds
         # at once: the node counts it, and only as many cues as were counted may be off.
@@ -149,7 +134,7 @@ async def test_cues_sound_together_at_three_sites_and_the_lookahead_follows_the_
         await until(lambda: all(h.get("cues", 0) >= len(TOGETHER) for h in reports()), 5, "cues not reported")
         late = sum(h.get("cues_late", 0) for h in reports())
         assert late <= 2, f"{late} cues arrived late"
-        assert sorted(placed)[len(placed) - late - 1] < 0.001, [f"{s * 1000:.3f} ms" for s in placed]
+        assert sorted(off)[len(off) - late - 1] < 0.001, [f"{s * 1000:.3f} ms" for s in off]
         assert sorted(raw)[len(raw) - late - 1] < 0.01, [f"{s * 1000:.3f} ms" for s in raw]  # a relay: 38 ms
 
         # Jitter rises on the way to c: the lookahead grows to cover it.

@@ -384,6 +384,8 @@ class Health(Message):
     error: Annotated[Num, Field(ge=0, le=60)] = 60.0  # the bound on that offset's error (s)
     links: Annotated[list[LinkReport], Field(max_length=16)] = []
     link: LinkHealth | None = None
+    # What the node adds to scsynth's timetags now, for where scsynth places them (ms; None: no scsynth)
+    placement_ms: Annotated[Num, Field(ge=-100, le=100)] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from conductor.node.archive import ArchiveRecorder, link_tracks, scsynth_track
 from conductor.node.face import SclangFace
 from conductor.node.jacktrip import AudioSettings, SiteAudio
 from conductor.node.link import LinkPeer
+from conductor.node.placement import Placement
 from conductor.node.scsynth import Health, Scsynth, _end, jack_env, start_jack
 
 log = logging.getLogger("tutti.node")
@@ -66,6 +67,8 @@ class NodeAgent:
         archive: Path | None = None,
     ):
         self.scsynth = scsynth
+        # Where scsynth places a timetag, allowed for in every cue it is sent
+        self.placement = Placement(scsynth, jack_server, f"tutti-mark-{name}") if scsynth else None
         self.click_out = click_out  # the output bus of the click track and count-in (headphones)
         self.archive_folder = archive  # where this node records its sound and its links' (None: nowhere)
         self.archive: ArchiveRecorder | None = None
@@ -216,6 +219,8 @@ class NodeAgent:
         # Aligned cues play early by the audio's way from this site to the one they are aligned at.
         early = (cue.align or {}).get(self.site, 0.0)
         local = self.client.clock.to_local(cue.t) - early
+        if port is None and self.placement:
+            local += self.placement.correction(local)
         now = time.time()
         if local < now:  # it came too late: the score says what to do
             self.cues_late += 1
@@ -249,6 +254,8 @@ class NodeAgent:
         # and jacktrip 1.7's hub then may never take them (the dress rehearsal failed so in CI).
         if self.scsynth:
             await self.scsynth.start()
+        if self.placement:
+            await self.placement.start()
         await self.client.connect()
         if self.link and self.face:
             self.link.start()
@@ -293,6 +300,7 @@ class NodeAgent:
             if self.audio
             else [],
             link=protocol.LinkHealth.model_validate(self.link.report()) if self.link else None,
+            placement_ms=round(self.placement.correction(time.time()) * 1000, 3) if self.placement else None,
         )  # fmt: skip
 
     async def close(self) -> None:
@@ -307,6 +315,8 @@ class NodeAgent:
             await self.archive.close()
         if self.audio:
             await self.audio.close()
+        if self.placement:
+            await self.placement.close()
         if self.scsynth:
             await self.scsynth.close()
         await _end(self._jack)

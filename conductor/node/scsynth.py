@@ -7,6 +7,7 @@ import contextlib
 import logging
 import mmap
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from conductor.core.process import die_with_parent
 from conductor.files import SYNTHS
 
 log = logging.getLogger("tutti.scsynth")
+OUTPUT_LATENCY = re.compile(r"max output latency ([0-9.]+) ms")  # SC_Jack.cpp, as the graph changes
 DEFAULT_GROUP = 1  # as sclang's Server makes it: where cues with target 1 put their synths
 
 
@@ -163,7 +165,8 @@ async def _end(proc: asyncio.subprocess.Process | None) -> None:
 
 
 class Scsynth:
-    """A supervised scsynth on UDP ``port``, on JACK server ``jack_server``."""
+    """A supervised scsynth on UDP ``port``, on JACK server ``jack_server``, with ``channels``
+    outputs and one more, its last, for the node's timing mark (``placement.py``)."""
 
     def __init__(
         self,
@@ -181,6 +184,7 @@ class Scsynth:
         self.synth_dir = synth_dir
         self.channels = channels
         self.inputs = inputs
+        self.output_latency = 0.0  # seconds scsynth plays early for the sound card (it prints it)
         self.health = Health()
         self.env = jack_env(jack_server)
         self._proc: asyncio.subprocess.Process | None = None
@@ -199,6 +203,7 @@ class Scsynth:
         self._tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._poll_status())]
 
     async def _start_scsynth(self) -> None:
+        self.output_latency = 0.0
         self._proc = await asyncio.create_subprocess_exec(
             "scsynth",
             "-u",
@@ -206,7 +211,7 @@ class Scsynth:
             "-i",
             str(self.inputs),
             "-o",
-            str(self.channels),
+            str(self.channels + 1),
             "-R",
             "0",
             "-l",
@@ -229,6 +234,11 @@ class Scsynth:
         self.health.up = True
         log.info("scsynth up on port %d with the synths of %s", self.port, self.synth_dir)
 
+    @property
+    def mark_output(self) -> str:
+        """The JACK port of the timing mark: scsynth's last output."""
+        return f"{self.client_name}:out_{self.channels + 1}"
+
     def make_groups(self, groups: list[int]) -> None:
         """Create the default group and these part groups on this scsynth, once each."""
         self.groups = sorted(set(self.groups) | set(groups))
@@ -243,6 +253,8 @@ class Scsynth:
             text = line.decode(errors="replace").strip()
             if text.startswith("late "):
                 self.health.late += 1
+            elif m := OUTPUT_LATENCY.search(text):
+                self.output_latency = float(m[1]) / 1000
             elif "error" in text.lower() or "fail" in text.lower():
                 self.health.failures += text.startswith("FAILURE")
                 self.health.last_error = text[:200]
