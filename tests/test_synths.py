@@ -32,7 +32,7 @@ def test_the_committed_synths_are_up_to_date() -> None:
 def test_check_finds_stale_missing_and_orphaned_files(tmp_path: Path) -> None:
     for source in SYNTHS.glob("tutti_*.scd"):
         shutil.copy(source, tmp_path)
-    assert sorted(synths.build(tmp_path)) == ["tutti_click", "tutti_drone", "tutti_ping", "tutti_tone"]
+    assert sorted(synths.build(tmp_path)) == ["tutti_click", "tutti_drone", "tutti_mark", "tutti_ping", "tutti_tone"]
     assert synths.check(tmp_path) == []
     (tmp_path / "tutti_ping.scd").write_text((tmp_path / "tutti_ping.scd").read_text().replace("880", "440"))
     (tmp_path / "tutti_click.scsyndef").unlink()
