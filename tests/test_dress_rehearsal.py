@@ -64,16 +64,18 @@ async def test_four_rivers_as_six_ipv6_hosts_goes_green_checks_go_plays_together
         for row in ("certificate verified", "SynthDefs loaded", "round trip", "port udp/4464"):
             assert row in "".join(text for _, text, _ in said), row
 
-        # A cue played together, recorded at each campus by a recorder on its own host.
-        heard = await cue_heard(rehearsal, boss)
-        judged = 0
-        for name, h in heard.items():
-            assert len(h["cue"]) == 1, f"{name} heard {h}"
-            assert abs(h["cue"][0]) < BOUND, f"{name}: {h}"
-            # scsynth's clock starts again at an xrun: the node allows for it in cues sent after it.
-            if not any(-XRUN_REACH < x < 0.05 for x in h["xruns"]):
-                assert abs(h["cue"][0]) < TOGETHER, f"{name}: {h}"
-                judged += 1
+        # A cue played together, recorded at each campus by a recorder on its own host; played
+        # again if xruns left fewer than three campuses to hold to the millisecond.
+        judged, plays = 0, 0
+        while judged < 3 and plays < 3:
+            heard, plays = await cue_heard(rehearsal, boss), plays + 1
+            for name, h in heard.items():
+                assert len(h["cue"]) == 1, f"{name} heard {h}"
+                assert abs(h["cue"][0]) < BOUND, f"{name}: {h}"
+                # scsynth's clock starts again at an xrun: the node allows for it in cues sent after it.
+                if not any(-XRUN_REACH < x < 0.05 for x in h["xruns"]):
+                    assert abs(h["cue"][0]) < TOGETHER, f"{name}: {h}"
+                    judged += 1
         assert judged >= 3, heard
 
         # A campus's node agent killed (its scsynth and jacktrip go with it): its unit starts it

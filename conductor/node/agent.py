@@ -38,6 +38,8 @@ from conductor.node.scsynth import Health, Scsynth, _end, jack_env, start_jack
 log = logging.getLogger("tutti.node")
 SCLANG_PORT = 57120
 REMEMBER_CUES = 10_000  # score cues remembered, to play each once
+SEND_AHEAD = 0.2  # seconds before its time a cue goes to scsynth, at the latest
+HELD_PRUNE = 1024  # cues held for scsynth before those already sent are forgotten
 REPORT_EVERY = 1.0  # seconds between health reports ...
 LOOK_EVERY = 0.1  # ... and between looks at what the go / no-go table reads, reported at once when it changes
 
@@ -94,6 +96,7 @@ class NodeAgent:
         self._http: aiohttp.ClientSession | None = None
         self._ssl = ssl.create_default_context(cafile=ca) if ca else None
         self._channel: asyncio.Task[None] | None = None
+        self._held: set[asyncio.TimerHandle] = set()  # cues waiting to go to scsynth
         # This machine's Link session and its sclang follow the transport (not on a hub).
         self.link = LinkPeer(self._transport, self.client.now, self._propose, link_lead) if link and scsynth else None
         self.face = SclangFace(self.link, sclang_port) if self.link else None
@@ -219,8 +222,6 @@ class NodeAgent:
         # Aligned cues play early by the audio's way from this site to the one they are aligned at.
         early = (cue.align or {}).get(self.site, 0.0)
         local = self.client.clock.to_local(cue.t) - early
-        if port is None and self.placement:
-            local += self.placement.correction(local)
         now = time.time()
         if local < now:  # it came too late: the score says what to do
             self.cues_late += 1
@@ -230,8 +231,24 @@ class NodeAgent:
             if cue.late == "next_beat" and cue.beat > 0:
                 local += math.ceil((now - local) / cue.beat) * cue.beat
                 self.cues_moved += 1
-        self.scsynth.send(osc_bundle(local, address, args), port)
+        if port is None and self.placement and local - now > SEND_AHEAD:
+            # Held until shortly before its time: the correction for where scsynth places it is
+            # then the latest (scsynth's clock starts again at every xrun).
+            loop = asyncio.get_running_loop()
+            if len(self._held) >= HELD_PRUNE:  # the ones gone already
+                self._held = {h for h in self._held if not h.cancelled() and h.when() > loop.time()}
+            self._held.add(loop.call_later(local - now - SEND_AHEAD, self._send, local, address, args))
+        else:
+            self._send(local, address, args, port)
         self.cues_played += 1
+
+    def _send(self, local: float, address: str, args: list[Any], port: int | None = None) -> None:
+        """A bundle for ``local`` (this machine's wall clock) to scsynth, allowing for where it places
+        timetags, or to sclang."""
+        assert self.scsynth is not None
+        if port is None and self.placement:
+            local += self.placement.correction(local)
+        self.scsynth.send(osc_bundle(local, address, args), port)
 
     def _repeated(self, cue: protocol.NodeCue) -> bool:
         """Whether this score cue, at this time, was played already: a cue sounds once."""
@@ -315,6 +332,8 @@ class NodeAgent:
             await self.archive.close()
         if self.audio:
             await self.audio.close()
+        for handle in self._held:
+            handle.cancel()
         if self.placement:
             await self.placement.close()
         if self.scsynth:

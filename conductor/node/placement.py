@@ -18,27 +18,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
+import sys
 import time
 from collections import deque
+from typing import TextIO
 
 import jack
 import numpy as np
 
 from conductor.core.osc import osc_bundle
+from conductor.core.process import die_with_parent
 from conductor.node.jackio import _connect, _FrameClock, _JackClient
-from conductor.node.scsynth import Scsynth
+from conductor.node.scsynth import Scsynth, _end, jack_env
 
 log = logging.getLogger("tutti.placement")
 
-EVERY = 0.2  # seconds between marks
-AHEAD = 0.15  # seconds ahead a mark is timetagged: its bundle is at scsynth well before
-KEPT = 10  # marks the line is drawn through: two seconds of them
+EVERY = 0.1  # seconds between marks: after an xrun, the line starts again from the next
+AHEAD = 0.1  # seconds ahead a mark is timetagged: its bundle is at scsynth well before
+KEPT = 20  # marks the line is drawn through: two seconds of them
 LINE_FROM = 4  # marks needed for a line; fewer give their mean
 AHEAD_MOST = 2.0  # seconds past the last mark the line is followed; beyond, it is held
 STEEPEST = 0.002  # seconds per second: a slope beyond this is not scsynth's filter settling
 JUMP = 0.0005  # seconds off the line: scsynth's clock started again (an xrun JACK did not report)
 LIMIT = 0.015  # seconds: a mark heard further than this from its time is not the mark
 SETTLE = 0.05  # seconds after an xrun before marks count: the frame clock itself restarts
+PASS_ON_EVERY = 0.05  # seconds between the listener's reports
+RESTART_AFTER = 1.0  # seconds before a listener that ended is started again
+LEAVE_WITHIN = 2.0  # seconds a listener is given to leave JACK before it is terminated
 AMP = 0.1  # the mark's level (alone on its output) ...
 HEARD = 0.05  # ... and what counts as hearing it
 
@@ -79,13 +87,18 @@ class Drift:
 
 
 class _Listener:
-    """A JACK client of ``server`` that hears the marks; made and closed in a thread (libjack's
-    calls wait on the server). Its callbacks only note times, read on the event loop."""
+    """The JACK client that hears the marks, in a process of its own (``python -m
+    conductor.node.placement SERVER NAME``): a Python JACK callback needs the interpreter's lock
+    every cycle, and in the node agent, whose event loop holds it for up to the switch interval,
+    it was late often enough under load to give JACK an xrun a few times a second (723 in 30 s,
+    against 18 here, with two CPU hogs). Its callbacks only note times; its main thread, idle
+    otherwise, passes them on as lines (``heard T``, ``xrun T``: wall-clock seconds) and takes
+    ``listen PORT`` to hear scsynth's mark output."""
 
     def __init__(self, server: str, name: str):
         self.jack = _JackClient(server, name)
         self.port = self.jack.client.inports.register("mark")
-        self.heard: deque[float] = deque(maxlen=64)  # wall times
+        self.heard: deque[float] = deque(maxlen=64)
         self.xruns: deque[float] = deque(maxlen=64)
         clock, rate = _FrameClock(self.jack.rate), self.jack.rate
         client, port = self.jack.client, self.port
@@ -103,74 +116,124 @@ class _Listener:
 
         client.activate()
 
-    def listen_to(self, output: str) -> None:
-        _connect(self.jack.client, self.port, output, out=False)
+    def serve(self, commands: int, out: TextIO) -> None:
+        """Until ``commands`` (a file descriptor) ends: take commands, pass on what was heard."""
+        pending = b""
+        while True:
+            if select.select([commands], [], [], PASS_ON_EVERY)[0]:
+                read = os.read(commands, 4096)
+                if not read:
+                    return
+                *lines, pending = (pending + read).split(b"\n")
+                for line in lines:
+                    verb, _, port = line.decode().partition(" ")
+                    if verb == "listen":
+                        try:
+                            _connect(self.jack.client, self.port, port, out=False)
+                        except jack.JackError as e:
+                            out.write(f"error cannot hear {port}: {e}\n")
+            said = [f"xrun {self.xruns.popleft()!r}" for _ in range(len(self.xruns))]
+            said += [f"heard {self.heard.popleft()!r}" for _ in range(len(self.heard))]
+            if said:
+                out.write("\n".join(said) + "\n")
+            out.flush()
 
 
 class Placement:
     """The node's measure of where its scsynth places timetags: ``correction(at)`` is what to add
-    to a timetag for its bundle to sound at ``at``."""
+    to a timetag for its bundle to sound at ``at``. Its listener is a process it keeps running."""
 
     def __init__(self, scsynth: Scsynth, jack_server: str, name: str):
         self.scsynth = scsynth
         self.jack_server = jack_server
         self.name = name
         self.drift = Drift()
-        self._listener: _Listener | None = None
         self._due: deque[tuple[float, float]] = deque(maxlen=32)  # (timetag, where scsynth means it)
         self._settle_until = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        try:
-            self._listener = await asyncio.to_thread(_Listener, self.jack_server, self.name)
-        except jack.JackError as e:  # the cues still play, as scsynth places them
-            log.warning("cannot hear scsynth's timing mark (%s): cues are not corrected for where it places them", e)
-            return
         self._task = asyncio.create_task(self._run())
 
     def correction(self, at: float) -> float:
         return -self.drift.at(at)
 
     async def _run(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        scsynth, started = self.scsynth, -1
         while True:
-            await asyncio.sleep(EVERY)
-            self._take(listener)
-            if not scsynth.health.up:
-                continue
-            if scsynth.health.restarts != started:  # a new scsynth: new ports, a new clock filter
-                try:
-                    await asyncio.to_thread(listener.listen_to, scsynth.mark_output)
-                except jack.JackError as e:
-                    log.warning("cannot hear scsynth's timing mark: %s", e)
-                    continue
-                started = scsynth.health.restarts
-                self.drift.reset()
-                self._due.clear()
-            at = time.time() + AHEAD
-            scsynth.send(osc_bundle(at, "/s_new", ["tutti_mark", -1, 0, 0, "out", scsynth.channels, "amp", AMP]))
-            self._due.append((at, at - scsynth.output_latency))
+            try:
+                await self._listen()
+            except OSError as e:
+                log.warning("scsynth's timing mark: %s", e)
+            self.drift.reset()  # cues go as scsynth places them until a new listener hears marks
+            await asyncio.sleep(RESTART_AFTER)
 
-    def _take(self, listener: _Listener) -> None:
-        """What was heard since the last look."""
-        while listener.xruns:
-            self._settle_until = listener.xruns.popleft() + SETTLE
-            self.drift.reset()
-        while listener.heard:
-            heard = listener.heard.popleft()
-            due = min(self._due, key=lambda d: abs(heard - d[1]), default=None)
-            if due is None or abs(heard - due[1]) > LIMIT or heard < self._settle_until:
-                continue
-            self._due.remove(due)
-            self.drift.add(due[0], heard - due[1])
+    async def _listen(self) -> None:
+        listener = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "conductor.node.placement", self.jack_server, self.name,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=jack_env(self.jack_server),
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+        assert listener.stdin is not None and listener.stdout is not None
+        reader = asyncio.create_task(self._read(listener.stdout))
+        scsynth, started = self.scsynth, -1
+        try:
+            while not reader.done():
+                await asyncio.sleep(EVERY)
+                if not scsynth.health.up:
+                    continue
+                if scsynth.health.restarts != started:  # a new scsynth: new ports, a new clock filter
+                    listener.stdin.write(f"listen {scsynth.mark_output}\n".encode())
+                    started = scsynth.health.restarts
+                    self.drift.reset()
+                    self._due.clear()
+                at = time.time() + AHEAD
+                scsynth.send(osc_bundle(at, "/s_new", ["tutti_mark", -1, 0, 0, "out", scsynth.channels, "amp", AMP]))
+                self._due.append((at, at - scsynth.output_latency))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            listener.stdin.close()  # it leaves JACK when its commands end
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.wait(), LEAVE_WITHIN)
+            await _end(listener)
+        log.warning("scsynth's timing mark: its listener ended (%s); starting another", listener.returncode)
+
+    async def _read(self, lines: asyncio.StreamReader) -> None:
+        while line := await lines.readline():
+            what, _, value = line.decode().strip().partition(" ")
+            if what == "xrun":
+                self._settle_until = float(value) + SETTLE
+                self.drift.reset()
+            elif what == "heard":
+                self._heard(float(value))
+            elif what == "error":
+                log.warning("scsynth's timing mark: %s", value)
+
+    def _heard(self, heard: float) -> None:
+        due = min(self._due, key=lambda d: abs(heard - d[1]), default=None)
+        if due is None or abs(heard - due[1]) > LIMIT or heard < self._settle_until:
+            return
+        self._due.remove(due)
+        self.drift.add(due[0], heard - due[1])
 
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._listener:
-            await asyncio.to_thread(self._listener.jack.close)
+
+
+def main(server: str, name: str) -> None:
+    try:
+        listener = _Listener(server, name)
+    except jack.JackError as e:
+        sys.exit(f"cannot hear scsynth's timing mark on JACK server {server}: {e}")
+    try:
+        listener.serve(sys.stdin.fileno(), sys.stdout)
+    finally:
+        listener.jack.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
