@@ -12,14 +12,22 @@ of frames against time over the whole recording would be wrong: after every xrun
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import os
+import select
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TextIO
 
 import jack
 import numpy as np
+
+from conductor.core.process import die_with_parent
 
 NEIGHBOURS = 8  # cycles either side whose earliest start is taken as this cycle's
 
@@ -125,6 +133,9 @@ WINDOW = 0.45  # an impulse is looked for this long after its slot: longer delay
 PHASE = {"near": 0.0, "far": 0.5}  # the end that connects out sends on whole seconds, the other half-way
 QUIET = 0.01  # seconds below the threshold before a new impulse counts
 LOUD = 0.3
+PASS_ON_EVERY = 0.05  # seconds between a measuring process's reports
+ROUTE_WITHIN = 5.0  # seconds a measuring process has to patch a channel
+LEAVE_WITHIN = 2.0  # seconds a measuring process is given to leave JACK before it is killed
 
 
 @dataclass(frozen=True)
@@ -155,14 +166,14 @@ class _FrameClock:
         return min(self._offsets)
 
 
-class Probes:
+class _ProbeClients:
     """Impulses on measuring channels at known conductor times, and their arrivals in conductor time.
 
     Two JACK clients, so neither sits in a loop with the jacktrip it measures (a loop delays one of
     them by a period): ``<name>-send`` writes, and ``<name>-hear`` listens. Port ``k`` sends an
     impulse at every slot of its phase (``SLOT`` seconds apart in conductor time); whatever arrives
     on its input is returned with its conductor time. ``offset`` (conductor minus local time) is
-    kept up to date by the caller; the JACK threads only read it.
+    kept up to date by the ``offset`` command; the JACK threads only read it.
     """
 
     def __init__(self, server: str, name: str, phases: list[float]):
@@ -173,7 +184,7 @@ class Probes:
         self.phases = phases
         self.outs = [self.sender.client.outports.register(f"probe_{k + 1}") for k in range(len(phases))]
         self.ins = [self.hearer.client.inports.register(f"in_{k + 1}") for k in range(len(phases))]
-        self.sent: deque[Sent] = deque(maxlen=256)  # appended on JACK's threads, drained by ``take``
+        self.sent: deque[Sent] = deque(maxlen=256)  # appended on JACK's threads, drained by ``serve``
         self.heard: deque[Heard] = deque(maxlen=256)
         send_clock, hear_clock = _FrameClock(self.rate), _FrameClock(self.rate)
         last_slot = [-1] * len(phases)
@@ -213,17 +224,143 @@ class Probes:
         _connect(self.sender.client, self.outs[k], send, out=True)
         _connect(self.hearer.client, self.ins[k], receive, out=False)
 
-    def take(self) -> tuple[list[Sent], list[Heard]]:
-        """What was sent and heard since the last call."""
-        sent = [self.sent.popleft() for _ in range(len(self.sent))]
-        heard = [self.heard.popleft() for _ in range(len(self.heard))]
-        return sent, heard
+    def serve(self, commands: int, out: TextIO) -> None:
+        """Until ``commands`` (a file descriptor) ends: take ``offset X`` and ``route K SEND RECEIVE``,
+        answer each route (``routed K`` or ``error K WHY``), and pass on what was sent and heard."""
+        pending = b""
+        while True:
+            if select.select([commands], [], [], PASS_ON_EVERY)[0]:
+                read = os.read(commands, 4096)
+                if not read:
+                    return
+                *lines, pending = (pending + read).split(b"\n")
+                for line in lines:
+                    verb, *args = line.decode().split(" ")
+                    if verb == "offset":
+                        self.offset = float(args[0])
+                    elif verb == "route":
+                        try:
+                            self.route(int(args[0]), args[1], args[2])
+                            out.write(f"routed {args[0]}\n")
+                        except jack.JackError as e:
+                            why = str(e).replace("\n", " ")
+                            out.write(f"error {args[0]} {why}\n")
+            sent = [self.sent.popleft() for _ in range(len(self.sent))]
+            heard = [self.heard.popleft() for _ in range(len(self.heard))]
+            said = [f"sent {x.port} {x.frame} {x.slot!r}" for x in sent]
+            said += [f"heard {x.port} {x.frame} {x.t!r}" for x in heard]
+            if said:
+                out.write("\n".join(said) + "\n")
+            out.flush()
 
     def close(self) -> None:
         self.sender.close()
         self.hearer.close()
 
 
+class Probes:
+    """Impulses on measuring channels at known conductor times, and their arrivals in conductor
+    time (``_ProbeClients``), measured in a process of its own: a Python JACK callback needs the
+    interpreter's lock every cycle, and in the busy node agent it was late often enough to give
+    JACK xruns under load, and to hold up the jacktrip that the probes feed. ``offset`` (conductor
+    minus local time) is passed on whenever it is set."""
+
+    def __init__(self, server: str, name: str, phases: list[float]):
+        self.server, self.name, self.phases = server, name, phases
+        self.rate = 0
+        self._offset = 0.0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._sent: list[Sent] = []
+        self._heard: list[Heard] = []
+        self._routed: dict[int, asyncio.Future[str]] = {}
+
+    async def start(self, env: dict[str, str]) -> None:
+        """Start the measuring process; raises OSError if it cannot join the JACK server."""
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "conductor.node.jackio", self.server, self.name, *map(repr, self.phases),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, preexec_fn=die_with_parent,
+        )  # fmt: skip
+        assert self._proc.stdout is not None
+        first = await self._proc.stdout.readline()
+        if not first.startswith(b"ready "):
+            await self.close()
+            raise OSError(f"the measuring clients did not start on JACK server {self.server}")
+        self.rate = int(first.split()[1])
+        self._reader = asyncio.create_task(self._read(self._proc.stdout))
+
+    @property
+    def offset(self) -> float:
+        return self._offset
+
+    @offset.setter
+    def offset(self, value: float) -> None:
+        if value != self._offset and self._proc and self._proc.stdin:
+            self._proc.stdin.write(f"offset {value!r}\n".encode())
+        self._offset = value
+
+    async def route(self, k: int, send: str, receive: str) -> None:
+        """Port ``k`` sends into ``send`` and hears ``receive``; raises OSError if it cannot."""
+        assert self._proc is not None and self._proc.stdin is not None
+        answer = self._routed[k] = asyncio.get_running_loop().create_future()
+        self._proc.stdin.write(f"route {k} {send} {receive}\n".encode())
+        async with asyncio.timeout(ROUTE_WITHIN):
+            why = await answer
+        if why:
+            raise OSError(why)
+
+    def take(self) -> tuple[list[Sent], list[Heard]]:
+        """What was sent and heard since the last call."""
+        sent, heard, self._sent, self._heard = self._sent, self._heard, [], []
+        return sent, heard
+
+    async def _read(self, lines: asyncio.StreamReader) -> None:
+        while line := await lines.readline():
+            verb, *args = line.decode().split(" ", 3)
+            if verb == "sent":
+                self._sent.append(Sent(int(args[0]), int(args[1]), float(args[2])))
+            elif verb == "heard":
+                self._heard.append(Heard(int(args[0]), int(args[1]), float(args[2])))
+            elif verb in ("routed", "error") and (answer := self._routed.pop(int(args[0]), None)):
+                answer.set_result(" ".join(args[1:]).strip() if verb == "error" else "")
+        for answer in self._routed.values():
+            answer.set_result("the measuring process ended")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def close(self) -> None:
+        if self._proc and self._proc.stdin:
+            self._proc.stdin.close()  # it leaves JACK when its commands end
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), LEAVE_WITHIN)
+            if self._proc.returncode is None:
+                self._proc.kill()
+                await self._proc.wait()
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
 def _connect(client: jack.Client, port: jack.Port, other: str, out: bool) -> None:
     if other not in {p.name for p in client.get_all_connections(port)}:
         client.connect(*((port, other) if out else (other, port)))
+
+
+def main(server: str, name: str, *phases: str) -> None:
+    """The measuring process (``Probes``): its clients, until its commands end."""
+    try:
+        clients = _ProbeClients(server, name, [float(p) for p in phases])
+    except jack.JackError as e:
+        sys.exit(f"cannot measure on JACK server {server}: {e}")
+    try:
+        print(f"ready {clients.rate}", flush=True)
+        clients.serve(sys.stdin.fileno(), sys.stdout)
+    finally:
+        clients.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

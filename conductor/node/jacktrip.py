@@ -485,13 +485,17 @@ class SiteAudio:
         while True:
             await asyncio.sleep(0.1)
             try:
+                if not probes.running:  # not started yet, or ended: (again) with every channel routed anew
+                    await probes.close()
+                    await probes.start(self.env)
+                    routed = 0.0
                 probes.offset = self.clock_offset()
                 # A restarted jacktrip's ports are new ones: routed again now and then, and at once
                 # when a link connects, so that it is measured at its first slot.
                 now_connected = [state.state == "connected" for state, _ in measured]
                 if time.monotonic() - routed > 0.5 or now_connected != connected:
                     routed, connected = time.monotonic(), now_connected
-                    await self._in_jack(self._route, measured)
+                    await self._route(measured)
                 sent, heard = probes.take()
                 for s in sent:
                     mine[s.port].append(s)
@@ -504,8 +508,9 @@ class SiteAudio:
                 if repr(e) != failing:  # said once, not ten times a second
                     log.exception("measuring the audio links")
                 failing = repr(e)
+                await asyncio.sleep(1.0)
 
-    def _route(self, measured: list[tuple[LinkState, Probe]]) -> None:
+    async def _route(self, measured: list[tuple[LinkState, Probe]]) -> None:
         assert self.probes is not None
         names = namesakes(self._ports)
         for k, (state, probe) in enumerate(measured):
@@ -514,9 +519,9 @@ class SiteAudio:
             ports = [f"{probe.jacktrip}:{way}_{probe.channel}" for way in ("send", "receive")]
             try:
                 for client in names.get(probe.jacktrip, [probe.jacktrip]):
-                    self.probes.route(k, f"{client}:send_{probe.channel}", f"{client}:receive_{probe.channel}")
+                    await self.probes.route(k, f"{client}:send_{probe.channel}", f"{client}:receive_{probe.channel}")
                 state.probe_error = ""
-            except Exception as e:  # the link's ports may be gone for a moment; said if it lasts
+            except (OSError, TimeoutError) as e:  # the link's ports may be gone for a moment; said if it lasts
                 state.probe_error = f"cannot patch the measuring channel ({' and '.join(ports)}): {e}"[:200]
 
     @staticmethod
@@ -540,7 +545,8 @@ class SiteAudio:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(link.close() for link in self.links))
-        for jack_clients in (self.patchbay, self.probes):
-            if jack_clients:
-                await self._in_jack(jack_clients.close)
+        if self.probes:
+            await self.probes.close()
+        if self.patchbay:
+            await self._in_jack(self.patchbay.close)
         self._jack.shutdown()

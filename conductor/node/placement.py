@@ -6,10 +6,11 @@ The filter is slow (0.012 Hz) and starts again at every xrun from the moment of 
 tens of seconds after scsynth starts or JACK reports an xrun every bundle sounds off its time by a
 smoothly shrinking amount: up to 1.6 ms after a start and 4 ms after an xrun here, 0.3 ms when it has
 settled. A node therefore plays a mark (``tutti_mark``: one sample) on scsynth's last output, which
-nothing else plays on, every ``EVERY`` seconds, hears it on a JACK client of its own, and times it
-as the recorder does (``jackio``). A line through the last few marks' errors, started afresh at
-every xrun, says how far scsynth strays at any moment; the node moves each cue's timetag by that
-much. scsynth's own allowance for the sound card's output latency (the ``max output latency`` it
+nothing else plays on, every ``EVERY`` seconds, hears it on a JACK client in a process of its own,
+and times it as the recorder does (``jackio``). A line through the last two seconds of marks'
+errors, started afresh at every xrun, says how far scsynth strays at any moment; the node moves
+each cue's timetag by that much when it sends the cue to scsynth, shortly before its time
+(``agent.SEND_AHEAD``). scsynth's own allowance for the sound card's output latency (the ``max output latency`` it
 prints) is kept: that is where a bundle is meant to sound in the graph.
 """
 
