@@ -110,7 +110,13 @@ async def test_four_rivers_with_each_campus_delay_measures_them_on_every_link(tm
             assert up + down >= campus.to + campus.way_back - SLACK_MS, (site, up, down)
             if campus.to == campus.way_back:  # whcm's ways each carry its clock's error (half the asymmetry)
                 assert min(up, down) >= campus.to - SLACK_MS, (site, up, down)
-        # Two campuses on queue-4 links, 4 and 12 ms away: 16 ms between their round trips, give or take.
+        # Two campuses on queue-4 links, 4 and 12 ms away: 16 ms between their round trips, give or
+        # take their jitter buffers, which move by periods (once here 8 ms at the first measurement):
+        # measured again until the distance shows.
+        deadline = time.monotonic() + GREEN_WITHIN
+        while trips["pku"] - trips["ucas"] <= 8 and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            trips = {site: m["rtt"] for site, m in (await links_measured(rehearsal, GREEN_WITHIN)).items()}
         assert trips["pku"] - trips["ucas"] > 8, trips
         assert rehearsal.router.counts.forwarded > 0 and rehearsal.router.dropped() == "", rehearsal.router.counts
 
