@@ -562,7 +562,7 @@ NEVER_HEARS = """\
 import asyncio, os, sys
 import uvloop
 from conductor.node import jacktrip
-jacktrip.CONNECT_WITHIN, jacktrip.BACKOFF = float(sys.argv[2]), (0.05,)
+jacktrip.CONNECT_WITHIN, jacktrip.BACKOFF = 0.3, (0.05,)
 
 async def main() -> None:
     state = jacktrip.LinkState("pku", "client", peer="hub")
@@ -590,7 +590,7 @@ async def test_a_client_that_never_hears_the_hub_is_started_again_each_time(tmp_
     script = tmp_path / "never_hears.py"
     script.write_text(NEVER_HEARS)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(program), "0.3", stdout=-1, env=env)
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(program), stdout=-1, env=env)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
     finally:
@@ -599,24 +599,6 @@ async def test_a_client_that_never_hears_the_hub_is_started_again_each_time(tmp_
     restarts, failed, last_error = out.decode().split(" ", 2)
     assert int(restarts) >= 3 and failed == "False", out
     assert "no audio from the hub within" in last_error, out
-
-
-async def test_a_client_that_sees_the_hub_stop_joins_again_at_once(tmp_path: Path) -> None:
-    """jacktrip 1.7 says the hub stopped and ends only seconds later by itself: its supervisor
-    starts it again at once (a restarted hub was joined 5 s later by the sites that had seen it)."""
-    program = tmp_path / "jacktrip"
-    program.write_text("#!/bin/sh\necho 'Received Connection from Peer!'\necho 'Peer Stopped'\nexec sleep 60\n")
-    program.chmod(0o755)
-    script = tmp_path / "sees_it_stop.py"
-    script.write_text(NEVER_HEARS)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    started = time.monotonic()
-    # A patience for the hub's audio far longer than the test: only the stop it saw ends it.
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(program), "60", stdout=-1, env=env)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    restarts, failed, last_error = out.decode().split(" ", 2)
-    assert int(restarts) >= 3 and failed == "False", out
-    assert "Peer Stopped" in last_error and time.monotonic() - started < 20, out
 
 
 def test_the_sites_join_a_hub_that_nobody_has_joined_one_at_a_time() -> None:

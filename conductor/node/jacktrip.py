@@ -239,10 +239,6 @@ class Link:
                 # A client can wait for the hub's audio for ever (seen after a reconnection).
                 self.state.last_error = f"no audio from the hub within {patience:g} s"
                 self._end(signal.SIGKILL)
-            elif self.state.role != "hub" and self.state.state == "peer lost":
-                # jacktrip saw the far end stop: it would end by itself only seconds later (a
-                # restarted hub was joined again 5 s later than by the ends that had not seen it)
-                self._end(signal.SIGKILL)
             elif self.state.role != "hub" and self.state.silent_s >= SILENT_FOR:
                 # The far end went (a restarted hub has new ports, a pair's client a new
                 # process): jacktrip 1.7 would wait for ever; started again, each end finds the
