@@ -76,9 +76,7 @@ def record(server: str, port: str, scsynth: int) -> None:
         direct.sendto(osc_bundle(target + PARTNER, "/s_new", CLICK), ("127.0.0.1", scsynth))
     time.sleep(max(0.0, target + PARTNER + 0.5 - time.time()))
     print(json.dumps({"onsets": [o.time for o in recorder.onsets()], "xruns": recorder.xruns}), flush=True)
-    # Not recorder.close(): JACK-Client's deactivate waited for ever here once, on an xrun callback
-    # waiting for the interpreter's lock; the process's end leaves JACK all the same.
-    os._exit(0)
+    recorder.close()
 
 
 async def status(rehearsal: Rehearsal) -> dict[str, Any]:

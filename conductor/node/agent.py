@@ -16,8 +16,9 @@ import logging
 import math
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import jack
@@ -36,6 +37,7 @@ from conductor.node.placement import Placement
 from conductor.node.scsynth import Health, Scsynth, _end, jack_env, start_jack
 
 log = logging.getLogger("tutti.node")
+T = TypeVar("T")
 SCLANG_PORT = 57120
 REMEMBER_CUES = 10_000  # score cues remembered, to play each once
 SEND_AHEAD = 0.2  # seconds before its time a cue goes to scsynth, at the latest
@@ -164,21 +166,13 @@ class NodeAgent:
             self.archive = None
 
     async def _hub_started(self, data: Any) -> None:
-        try:
-            started = protocol.HubStarted.model_validate(data)
-        except pydantic.ValidationError as e:
-            log.warning("hub event not understood: %s", e)
-            return
-        if self.audio:
+        started = _understood(protocol.HubStarted.model_validate, data, "hub event")
+        if started and self.audio:
             self.audio.hub_started(self.client.clock.to_local(started.at))
 
     async def _cues(self, data: Any) -> None:
-        try:
-            batch = protocol.cues_adapter.validate_python(data)
-        except pydantic.ValidationError as e:
-            log.warning("cues not understood: %s", e)
-            return
-        for cue in batch.cues:
+        batch = _understood(protocol.cues_adapter.validate_python, data, "cues")
+        for cue in batch.cues if batch else []:
             self.play(cue)
 
     async def _read_channel(self, url: str) -> None:
@@ -190,12 +184,8 @@ class NodeAgent:
                 async for message in ws:
                     if message.type != aiohttp.WSMsgType.TEXT:
                         continue
-                    try:
-                        batch = protocol.cues_adapter.validate_json(message.data)
-                    except pydantic.ValidationError as e:
-                        log.warning("cues not understood: %s", e)
-                        continue
-                    for cue in batch.cues:
+                    batch = _understood(protocol.cues_adapter.validate_json, message.data, "cues")
+                    for cue in batch.cues if batch else []:
                         self.play(cue)
         except (aiohttp.ClientError, OSError) as e:  # the events still bring every cue
             log.warning("no cue channel at %s (%s): cues come as Socket.IO events", url, e)
@@ -349,3 +339,12 @@ class NodeAgent:
         if self.scsynth:
             await self.scsynth.close()
         await _end(self._jack)
+
+
+def _understood(validate: Callable[[Any], T], data: Any, what: str) -> T | None:
+    """``data`` as ``validate`` reads it; None (and a warning) if it does not fit."""
+    try:
+        return validate(data)
+    except pydantic.ValidationError as e:
+        log.warning("%s not understood: %s", what, e)
+        return None

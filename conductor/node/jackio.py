@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -133,7 +134,7 @@ WINDOW = 0.45  # an impulse is looked for this long after its slot: longer delay
 PHASE = {"near": 0.0, "far": 0.5}  # the end that connects out sends on whole seconds, the other half-way
 QUIET = 0.01  # seconds below the threshold before a new impulse counts
 LOUD = 0.3
-PASS_ON_EVERY = 0.05  # seconds between a measuring process's reports
+PASS_ON_EVERY = 0.05  # seconds between the reports of a process that holds a node's JACK clients
 ROUTE_WITHIN = 5.0  # seconds a measuring process has to patch a channel
 LEAVE_WITHIN = 2.0  # seconds a measuring process is given to leave JACK before it is killed
 
@@ -224,34 +225,26 @@ class _ProbeClients:
         _connect(self.sender.client, self.outs[k], send, out=True)
         _connect(self.hearer.client, self.ins[k], receive, out=False)
 
-    def serve(self, commands: int, out: TextIO) -> None:
-        """Until ``commands`` (a file descriptor) ends: take ``offset X`` and ``route K SEND RECEIVE``,
-        answer each route (``routed K`` or ``error K WHY``), and pass on what was sent and heard."""
-        pending = b""
-        while True:
-            if select.select([commands], [], [], PASS_ON_EVERY)[0]:
-                read = os.read(commands, 4096)
-                if not read:
-                    return
-                *lines, pending = (pending + read).split(b"\n")
-                for line in lines:
-                    verb, *args = line.decode().split(" ")
-                    if verb == "offset":
-                        self.offset = float(args[0])
-                    elif verb == "route":
-                        try:
-                            self.route(int(args[0]), args[1], args[2])
-                            out.write(f"routed {args[0]}\n")
-                        except jack.JackError as e:
-                            why = str(e).replace("\n", " ")
-                            out.write(f"error {args[0]} {why}\n")
-            sent = [self.sent.popleft() for _ in range(len(self.sent))]
-            heard = [self.heard.popleft() for _ in range(len(self.heard))]
-            said = [f"sent {x.port} {x.frame} {x.slot!r}" for x in sent]
-            said += [f"heard {x.port} {x.frame} {x.t!r}" for x in heard]
-            if said:
-                out.write("\n".join(said) + "\n")
-            out.flush()
+    def command(self, line: str, out: TextIO) -> None:
+        """``offset X``, or ``route K SEND RECEIVE`` (answered ``routed K`` or ``error K WHY``)."""
+        verb, *args = line.split(" ")
+        if verb == "offset":
+            self.offset = float(args[0])
+        elif verb == "route":
+            try:
+                self.route(int(args[0]), args[1], args[2])
+                out.write(f"routed {args[0]}\n")
+            except jack.JackError as e:
+                why = str(e).replace("\n", " ")
+                out.write(f"error {args[0]} {why}\n")
+
+    def report(self) -> list[str]:
+        """What was sent and heard since the last report, a line each."""
+        sent = [self.sent.popleft() for _ in range(len(self.sent))]
+        heard = [self.heard.popleft() for _ in range(len(self.heard))]
+        return [f"sent {x.port} {x.frame} {x.slot!r}" for x in sent] + [
+            f"heard {x.port} {x.frame} {x.t!r}" for x in heard
+        ]
 
     def close(self) -> None:
         self.sender.close()
@@ -344,6 +337,24 @@ class Probes:
                 await self._reader
 
 
+def serve(commands: int, out: TextIO, command: Callable[[str, TextIO], None], report: Callable[[], list[str]]) -> None:
+    """The main loop of a process that holds JACK clients for a node (its Python callbacks then
+    never wait for the node's event loop): until ``commands`` (a file descriptor) ends, each line
+    goes to ``command``, and every ``PASS_ON_EVERY`` s what ``report`` says goes to ``out``."""
+    pending = b""
+    while True:
+        if select.select([commands], [], [], PASS_ON_EVERY)[0]:
+            read = os.read(commands, 4096)
+            if not read:
+                return
+            *lines, pending = (pending + read).split(b"\n")
+            for line in lines:
+                command(line.decode(), out)
+        if said := report():
+            out.write("\n".join(said) + "\n")
+        out.flush()
+
+
 def _connect(client: jack.Client, port: jack.Port, other: str, out: bool) -> None:
     if other not in {p.name for p in client.get_all_connections(port)}:
         client.connect(*((port, other) if out else (other, port)))
@@ -357,7 +368,7 @@ def main(server: str, name: str, *phases: str) -> None:
         sys.exit(f"cannot measure on JACK server {server}: {e}")
     try:
         print(f"ready {clients.rate}", flush=True)
-        clients.serve(sys.stdin.fileno(), sys.stdout)
+        serve(sys.stdin.fileno(), sys.stdout, clients.command, clients.report)
     finally:
         clients.close()
 

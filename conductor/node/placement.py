@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import select
 import sys
 import time
 from collections import deque
@@ -31,7 +29,7 @@ import numpy as np
 
 from conductor.core.osc import osc_bundle
 from conductor.core.process import die_with_parent
-from conductor.node.jackio import _connect, _FrameClock, _JackClient
+from conductor.node.jackio import _connect, _FrameClock, _JackClient, serve
 from conductor.node.scsynth import Scsynth, _end, jack_env
 
 log = logging.getLogger("tutti.placement")
@@ -45,7 +43,6 @@ STEEPEST = 0.002  # seconds per second: a slope beyond this is not scsynth's fil
 JUMP = 0.0005  # seconds off the line: scsynth's clock started again (an xrun JACK did not report)
 LIMIT = 0.015  # seconds: a mark heard further than this from its time is not the mark
 SETTLE = 0.05  # seconds after an xrun before marks count: the frame clock itself restarts
-PASS_ON_EVERY = 0.05  # seconds between the listener's reports
 RESTART_AFTER = 1.0  # seconds before a listener that ended is started again
 LEAVE_WITHIN = 2.0  # seconds a listener is given to leave JACK before it is terminated
 AMP = 0.1  # the mark's level (alone on its output) ...
@@ -117,27 +114,18 @@ class _Listener:
 
         client.activate()
 
-    def serve(self, commands: int, out: TextIO) -> None:
-        """Until ``commands`` (a file descriptor) ends: take commands, pass on what was heard."""
-        pending = b""
-        while True:
-            if select.select([commands], [], [], PASS_ON_EVERY)[0]:
-                read = os.read(commands, 4096)
-                if not read:
-                    return
-                *lines, pending = (pending + read).split(b"\n")
-                for line in lines:
-                    verb, _, port = line.decode().partition(" ")
-                    if verb == "listen":
-                        try:
-                            _connect(self.jack.client, self.port, port, out=False)
-                        except jack.JackError as e:
-                            out.write(f"error cannot hear {port}: {e}\n")
-            said = [f"xrun {self.xruns.popleft()!r}" for _ in range(len(self.xruns))]
-            said += [f"heard {self.heard.popleft()!r}" for _ in range(len(self.heard))]
-            if said:
-                out.write("\n".join(said) + "\n")
-            out.flush()
+    def command(self, line: str, out: TextIO) -> None:
+        """``listen PORT``: hear scsynth's mark output there."""
+        verb, _, port = line.partition(" ")
+        if verb == "listen":
+            try:
+                _connect(self.jack.client, self.port, port, out=False)
+            except jack.JackError as e:
+                out.write(f"error cannot hear {port}: {e}\n")
+
+    def report(self) -> list[str]:
+        said = [f"xrun {self.xruns.popleft()!r}" for _ in range(len(self.xruns))]
+        return said + [f"heard {self.heard.popleft()!r}" for _ in range(len(self.heard))]
 
 
 class Placement:
@@ -231,7 +219,7 @@ def main(server: str, name: str) -> None:
     except jack.JackError as e:
         sys.exit(f"cannot hear scsynth's timing mark on JACK server {server}: {e}")
     try:
-        listener.serve(sys.stdin.fileno(), sys.stdout)
+        serve(sys.stdin.fileno(), sys.stdout, listener.command, listener.report)
     finally:
         listener.jack.close()
 
