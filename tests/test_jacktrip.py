@@ -32,7 +32,6 @@ from conductor.core.scheduler import audio_delays
 from conductor.core.yamlcheck import InvalidFile
 from conductor.node.jackio import Recorder
 from conductor.node.jacktrip import Link, LinkState, SiteAudio, join_after, wanted_connections
-from conductor.server.conductor import hub_started
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 from tests.test_node import node_health, start_node, stop_all, until
 
@@ -625,45 +624,3 @@ def test_every_link_state_reports_as_a_node_s_health_says() -> None:
     for report in reports:
         health = protocol.Health.model_validate({"up": True, "late": 0, "cues": 0, "links": [report]})
         assert health.links[0].state == report["state"]
-
-
-async def test_a_site_that_called_the_hub_before_it_started_joins_it_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The conductor says when the hub's jacktrip started (``hub``): a site's jacktrip that called
-    it before then is started again at once, not after its backoff or its patience for the hub's
-    audio (a restarted hub was joined by some sites 8 s after it was killed); one that called it
-    since is left to connect."""
-    monkeypatch.setattr("conductor.node.jacktrip.BACKOFF", (30.0,))  # without the news, half a minute
-    monkeypatch.setattr("conductor.node.jacktrip.CONNECT_WITHIN", 60.0)
-    program = tmp_path / "jacktrip"
-    program.write_text("#!/bin/sh\nexec sleep 60\n")  # calls the hub and hears nothing
-    program.chmod(0o755)
-    state = LinkState("pku", "client", peer="hub")
-    link = Link([str(program)], state, dict(os.environ))
-    running = asyncio.create_task(link.run())
-    try:
-        await until(lambda: link.proc is not None and state.state == "connecting", 10, "never started")
-        link.rejoin(link.started - 1.0, 0.0)  # the hub started before this jacktrip called it
-        assert state.last_error == "" and link.proc is not None and link.proc.returncode is None
-        first = link.started
-        link.rejoin(time.time(), 0.0)  # the hub started since: this jacktrip called nobody
-        again = lambda: state.restarts == 1 and link.started > first and state.state == "connecting"  # noqa: E731
-        await until(again, 10, f"not started again: {state}")
-        assert "the hub started again" in state.last_error
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await link.close()
-
-
-def test_the_conductor_tells_the_nodes_once_a_hub_s_jacktrip_has_started() -> None:
-    """Once per hub jacktrip: its node's first report of it, from a node that joined again or a
-    jacktrip its node started again; not as the hub's sites come and go."""
-    hub = {"site": "hub", "role": "hub", "state": "waiting", "restarts": 0, "for_s": 0.4}
-    report = {"links": [hub]}
-    assert hub_started(None, report) == 0.4  # the hub's node joined (again)
-    assert hub_started(report, {"links": [{**hub, "state": "connected", "for_s": 3.0}]}) is None
-    assert hub_started(report, {"links": [{**hub, "state": "peer lost"}]}) is None
-    assert hub_started(report, {"links": [{**hub, "restarts": 1, "for_s": 0.2}]}) == 0.2
-    assert hub_started(None, {"links": [{**hub, "role": "client"}]}) is None

@@ -44,7 +44,6 @@ CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
 SCORE = "score"  # to every joined client but nodes, when `tutti serve --watch` takes an edit: ScoreUpdate
 ERROR = "error"  # to one client: ErrorMessage
-HUB = "hub"  # to nodes, when the JackTrip hub's jacktrip has started (again): HubStarted
 
 ROLES = ("conductor", "performer", "audience", "node", "composer")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
@@ -498,13 +497,6 @@ class ScoreUpdate(Outbound):
 
 
 INLINE_SOURCES = 256 * 1024
-
-
-class HubStarted(Outbound):
-    """The hub's jacktrip started (again) at conductor time ``at``, as its node reports: a site's
-    end that called the hub before then joins it again now."""
-
-    at: float
 
 
 class Welcome(Outbound):

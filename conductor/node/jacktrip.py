@@ -193,29 +193,12 @@ class Link:
         self.probes = probes or []  # the measuring channels this end sends and hears on
         self.after = after  # seconds to wait before the first start
         self.proc: asyncio.subprocess.Process | None = None
-        self.started = 0.0  # wall-clock time the running jacktrip started
-        self._rejoin = asyncio.Event()  # set: start again after ``_rejoin_after``, not the backoff
-        self._rejoin_after = 0.0
-
-    def rejoin(self, hub_started: float, after: float) -> None:
-        """The hub's jacktrip started at ``hub_started`` (wall clock): a jacktrip of this end that
-        called it before then called a hub that was not there (jacktrip 1.7 waits for it for ever),
-        and one waiting to start again need not wait out its backoff. Both start in ``after`` s."""
-        if self.state.state == "connected" or (self.proc is not None and self.started >= hub_started):
-            return
-        self._rejoin_after = after
-        self._rejoin.set()
-        if self.proc is not None and self.proc.returncode is None:
-            self.state.last_error = "the hub started again: joining it"
-            self._end(signal.SIGKILL)
 
     async def run(self) -> None:
         await asyncio.sleep(self.after)
         failures = 0
         while True:
-            self._rejoin.clear()
             started = time.monotonic()
-            self.started = time.time()
             self.proc = await asyncio.create_subprocess_exec(
                 *self.command,
                 env=self.env,
@@ -242,11 +225,7 @@ class Link:
             self.state.last_error = self.state.last_error or f"jacktrip exited ({code})"
             log.warning("jacktrip for %s exited (%s); restarting in %.1f s", self.state.site, code, delay)
             self.state.set("restarting")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rejoin.wait(), delay)
-            if self._rejoin.is_set():  # the hub is back: it is joined at once (staggered), afresh
-                failures = 0
-                await asyncio.sleep(self._rejoin_after)
+            await asyncio.sleep(delay)
 
     async def _supervise(self, exited: asyncio.Task[int], started: float, patience: float) -> int:
         """Until the process ends (not its output: a pipe that another process holds open would
@@ -475,13 +454,6 @@ class SiteAudio:
             phases = [probe.phase for _, probe in measured]
             self.probes = Probes(self.jack_server, f"tutti-probe-{self.site}", phases)
             self._tasks.append(asyncio.create_task(self._measure(measured)))
-
-    def hub_started(self, at: float) -> None:
-        """The hub's jacktrip started at ``at`` (wall clock): this site's link to it joins again now
-        if it called before then, in the concert file's order as when nobody has joined the hub."""
-        for link in self.links:
-            if link.state.role == "client" and link.command:
-                link.rejoin(at, join_after(self.audio, self.site, []))
 
     async def _keep_patched(self) -> None:
         """Make the wanted connections whenever their ports exist: after a reconnect, a restart."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -57,7 +56,6 @@ from conductor.server.watch import ScoreWatch
 log = logging.getLogger("tutti.conductor")
 HEALTH_RATE = 20.0  # health reports a node may send a second (it sends about one, and one on each change) ...
 HEALTH_BURST = 40.0  # ... and at once
-HUB_EVERY = 2.0  # seconds: the sites are told a hub started at most this often
 
 
 class Conductor:
@@ -142,7 +140,6 @@ class Conductor:
             lambda: self.score.version,
         )
         self.health_allowance = Allowance(HEALTH_RATE, HEALTH_BURST)
-        self._hub_told = -math.inf  # when the nodes were last told a hub started (monotonic)
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
             protocol.SYNC: self._sync,
             protocol.COMMAND: self._command,
@@ -374,23 +371,7 @@ class Conductor:
         if isinstance(late, int) and late > 0:
             log.warning("%s got %d cues late; the lookahead grows", client.name, late)
             self.lookahead.late(late)
-        started = hub_started(client.health, health) if self._runs_hub(client) else None
         client.health = health
-        now = time.monotonic()
-        if started is not None and now - self._hub_told > HUB_EVERY:  # a real hub restarts in seconds
-            self._hub_told = now
-            at = self.clock.now() - started
-            log.info("the JackTrip hub at %s started %.1f s ago: the sites join it again", client.name, started)
-            await self.out.emit(protocol.HUB, protocol.HubStarted(at=at).model_dump(), room=NODES)
-
-    def _runs_hub(self, client: Client) -> bool:
-        audio = self.concert.settings.audio
-        return (
-            audio is not None
-            and audio.hub is not None
-            and self.roster.runs_audio(client)
-            and client.site == audio.hub.site
-        )
 
     async def _invite(self, client: Client, payload: Any) -> dict[str, Any]:
         """Each part's performer link, with its token, as a URL and a QR code (SVG) for the console."""
@@ -473,16 +454,3 @@ def _check_size(payload: Any) -> None:
     size = len(json.dumps(payload, separators=(",", ":"), default=str))
     if size > protocol.MAX_EVENT_BYTES:
         raise Rejected("too_large", f"payload of {size} bytes (at most {protocol.MAX_EVENT_BYTES})")
-
-
-def hub_started(before: dict[str, Any] | None, now: dict[str, Any]) -> float | None:
-    """Seconds since the hub's jacktrip started, if this node's report is the first from that
-    process (a node that joined again, or a jacktrip its node started again), else None."""
-
-    def hub(health: dict[str, Any] | None) -> dict[str, Any] | None:
-        return next((x for x in (health or {}).get("links", []) if x["role"] == "hub"), None)
-
-    new, old = hub(now), hub(before)
-    if new is None or (old is not None and old["restarts"] == new["restarts"]):
-        return None
-    return float(new["for_s"])
