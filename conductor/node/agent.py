@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import ssl
@@ -41,7 +42,6 @@ T = TypeVar("T")
 SCLANG_PORT = 57120
 REMEMBER_CUES = 10_000  # score cues remembered, to play each once
 SEND_AHEAD = 0.2  # seconds before its time a cue goes to scsynth, at the latest
-HELD_PRUNE = 1024  # cues held for scsynth before those already sent are forgotten
 REPORT_EVERY = 1.0  # seconds between health reports ...
 LOOK_EVERY = 0.1  # ... and between looks at what the go / no-go table reads, reported at once when it changes
 
@@ -98,7 +98,8 @@ class NodeAgent:
         self._http: aiohttp.ClientSession | None = None
         self._ssl = ssl.create_default_context(cafile=ca) if ca else None
         self._channel: asyncio.Task[None] | None = None
-        self._held: set[asyncio.TimerHandle] = set()  # cues waiting to go to scsynth
+        self._held: dict[int, asyncio.TimerHandle] = {}  # cues waiting to go to scsynth
+        self._holding = itertools.count()
         # This machine's Link session and its sclang follow the transport (not on a hub).
         self.link = LinkPeer(self._transport, self.client.now, self._propose, link_lead) if link and scsynth else None
         self.face = SclangFace(self.link, sclang_port) if self.link else None
@@ -228,13 +229,16 @@ class NodeAgent:
         if port is None and self.placement and local - now > SEND_AHEAD:
             # Held until shortly before its time: the correction for where scsynth places it is
             # then the latest (scsynth's clock starts again at every xrun).
-            loop = asyncio.get_running_loop()
-            if len(self._held) >= HELD_PRUNE:  # the ones gone already
-                self._held = {h for h in self._held if not h.cancelled() and h.when() > loop.time()}
-            self._held.add(loop.call_later(local - now - SEND_AHEAD, self._send, local, address, args))
+            key = next(self._holding)
+            delay = local - now - SEND_AHEAD
+            self._held[key] = asyncio.get_running_loop().call_later(delay, self._send_held, key, local, address, args)
         else:
             self._send(local, address, args, port)
         self.cues_played += 1
+
+    def _send_held(self, key: int, local: float, address: str, args: list[Any]) -> None:
+        del self._held[key]
+        self._send(local, address, args)
 
     def _send(self, local: float, address: str, args: list[Any], port: int | None = None) -> None:
         """A bundle for ``local`` (this machine's wall clock) to scsynth, allowing for where it places
@@ -326,7 +330,7 @@ class NodeAgent:
             await self.archive.close()
         if self.audio:
             await self.audio.close()
-        for handle in self._held:
+        for handle in self._held.values():
             handle.cancel()
         if self.placement:
             await self.placement.close()

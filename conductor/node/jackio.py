@@ -136,7 +136,7 @@ QUIET = 0.01  # seconds below the threshold before a new impulse counts
 LOUD = 0.3
 PASS_ON_EVERY = 0.05  # seconds between the reports of a process that holds a node's JACK clients
 ROUTE_WITHIN = 5.0  # seconds a measuring process has to patch a channel
-LEAVE_WITHIN = 2.0  # seconds a measuring process is given to leave JACK before it is killed
+LEAVE_WITHIN = 2.0  # seconds a node's JACK helper process is given to leave JACK before it is killed
 
 
 @dataclass(frozen=True)
@@ -270,10 +270,9 @@ class Probes:
 
     async def start(self, env: dict[str, str]) -> None:
         """Start the measuring process; raises OSError if it cannot join the JACK server."""
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "conductor.node.jackio", self.server, self.name, *map(repr, self.phases),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, preexec_fn=die_with_parent,
-        )  # fmt: skip
+        self._proc = await start_helper(
+            "conductor.node.jackio", self.server, self.name, *map(repr, self.phases), env=env
+        )
         assert self._proc.stdout is not None
         first = await self._proc.stdout.readline()
         if not first.startswith(b"ready "):
@@ -324,17 +323,32 @@ class Probes:
         return self._proc is not None and self._proc.returncode is None
 
     async def close(self) -> None:
-        if self._proc and self._proc.stdin:
-            self._proc.stdin.close()  # it leaves JACK when its commands end
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._proc.wait(), LEAVE_WITHIN)
-            if self._proc.returncode is None:
-                self._proc.kill()
-                await self._proc.wait()
+        if self._proc:
+            await end_helper(self._proc)
         if self._reader:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+
+
+async def start_helper(module: str, *args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``python -m module args``: a process that holds JACK clients for this node (``serve``), its
+    commands on its standard input, its reports on its standard output, ending with the node."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, preexec_fn=die_with_parent,
+    )  # fmt: skip
+
+
+async def end_helper(proc: asyncio.subprocess.Process) -> None:
+    """Close its commands, so that it leaves JACK; killed if it has not within ``LEAVE_WITHIN``."""
+    if proc.stdin:
+        proc.stdin.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), LEAVE_WITHIN)
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
 
 
 def serve(commands: int, out: TextIO, command: Callable[[str, TextIO], None], report: Callable[[], list[str]]) -> None:

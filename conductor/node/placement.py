@@ -28,9 +28,8 @@ import jack
 import numpy as np
 
 from conductor.core.osc import osc_bundle
-from conductor.core.process import die_with_parent
-from conductor.node.jackio import _connect, _FrameClock, _JackClient, serve
-from conductor.node.scsynth import Scsynth, _end, jack_env
+from conductor.node.jackio import _connect, _FrameClock, _JackClient, end_helper, serve, start_helper
+from conductor.node.scsynth import Scsynth, jack_env
 
 log = logging.getLogger("tutti.placement")
 
@@ -44,7 +43,6 @@ JUMP = 0.0005  # seconds off the line: scsynth's clock started again (an xrun JA
 LIMIT = 0.015  # seconds: a mark heard further than this from its time is not the mark
 SETTLE = 0.05  # seconds after an xrun before marks count: the frame clock itself restarts
 RESTART_AFTER = 1.0  # seconds before a listener that ended is started again
-LEAVE_WITHIN = 2.0  # seconds a listener is given to leave JACK before it is terminated
 AMP = 0.1  # the mark's level (alone on its output) ...
 HEARD = 0.05  # ... and what counts as hearing it
 
@@ -157,11 +155,9 @@ class Placement:
             await asyncio.sleep(RESTART_AFTER)
 
     async def _listen(self) -> None:
-        listener = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "conductor.node.placement", self.jack_server, self.name,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=jack_env(self.jack_server),
-            preexec_fn=die_with_parent,
-        )  # fmt: skip
+        listener = await start_helper(
+            "conductor.node.placement", self.jack_server, self.name, env=jack_env(self.jack_server)
+        )
         assert listener.stdin is not None and listener.stdout is not None
         reader = asyncio.create_task(self._read(listener.stdout))
         scsynth, started = self.scsynth, -1
@@ -182,10 +178,7 @@ class Placement:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            listener.stdin.close()  # it leaves JACK when its commands end
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(listener.wait(), LEAVE_WITHIN)
-            await _end(listener)
+            await end_helper(listener)
         log.warning("scsynth's timing mark: its listener ended (%s); starting another", listener.returncode)
 
     async def _read(self, lines: asyncio.StreamReader) -> None:
