@@ -37,6 +37,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -58,6 +59,7 @@ CLOCK_BOUND = 0.001  # seconds: every node's clock against the conductor's
 WAN_SLACK = 0.003  # seconds more for a clock's error bound, over a rehearsal's delays
 CLICK = ["tutti_click", -1, 0, 0]
 PARTNER = 0.02  # seconds from the cue to the recorder's own click, sent without the node's correction
+CLOSE_WITHIN = 5.0  # seconds a recorder waits for its JACK client to close
 BOUND = 0.010  # seconds: what is heard this near a target is its click (scsynth's clock may stray after an xrun)
 
 
@@ -76,7 +78,14 @@ def record(server: str, port: str, scsynth: int) -> None:
         direct.sendto(osc_bundle(target + PARTNER, "/s_new", CLICK), ("127.0.0.1", scsynth))
     time.sleep(max(0.0, target + PARTNER + 0.5 - time.time()))
     print(json.dumps({"onsets": [o.time for o in recorder.onsets()], "xruns": recorder.xruns}), flush=True)
-    recorder.close()
+    # Closed, not left: a JACK client that vanishes is one more thing for its server to clean up,
+    # and a campus's JACK server was found stuck after such ends. But JACK-Client's deactivate
+    # waited for ever here once (an xrun callback waiting for the interpreter's lock): then leave.
+    closing = threading.Thread(target=recorder.close, daemon=True)
+    closing.start()
+    closing.join(CLOSE_WITHIN)
+    if closing.is_alive():
+        os._exit(0)
 
 
 async def status(rehearsal: Rehearsal) -> dict[str, Any]:

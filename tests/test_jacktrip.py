@@ -84,7 +84,7 @@ async def sites(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
             await until(lambda s=site: node_health(conductor, f"n{s}").get("up") is True, 60, f"{site} never came up")
         up = [("ccom", 0), ("pku", 0), ("pku", 1)]
         await until(lambda: all(link(conductor, s, i).get("state") == "connected" for s, i in up), 20, "links down")
-        yield {"conductor": conductor, "ports": ports, "servers": servers, "base": base}
+        yield {"conductor": conductor, "ports": ports, "servers": servers, "base": base, "agents": agents}
     finally:
         await stop_all(conductor, agents.values())
 
@@ -168,6 +168,35 @@ async def test_a_restarted_hub_is_joined_again_by_every_site(sites: dict[str, An
     print(f"both sites joined the restarted hub {time.monotonic() - killed:.2f} s after the kill")
     assert "joining again" in link(conductor, "ccom")["last_error"]
     await tone_reaches_pku(sites, "ccom", "jacktrip-pku:receive_1", 10, "no tone from ccom through the restarted hub")
+
+
+async def test_a_hub_node_started_again_is_joined_as_soon_as_its_jacktrip_runs(sites: dict[str, Any]) -> None:
+    """The hub's node killed and started again, as its unit would: its jacktrip ended with it and
+    told the sites it stopped, and jacktrip 1.7 waits seconds before it ends by itself. The
+    conductor tells the sites when the new hub's jacktrip started, and they join it at once."""
+    conductor: ConductorProcess = sites["conductor"]
+    agents = sites["agents"]
+    agents["ucas"].kill()
+    await agents["ucas"].wait()
+    killed = time.monotonic()
+    await until(lambda: not node_health(conductor, "nucas"), 10, "the killed node still listed")
+    agents["ucas"] = await start_node(conductor.url, "nucas", "ucas", sites["ports"]["ucas"], sites["servers"]["ucas"])
+    hub_up = lambda: link(conductor, "ucas").get("up_s") is not None  # noqa: E731
+    await until(hub_up, 60, "the hub's node did not start its jacktrip again")
+    hub_started = time.monotonic() - link(conductor, "ucas")["up_s"]
+
+    def joined() -> bool:
+        up = all(link(conductor, s).get("state") == "connected" for s in ("ccom", "pku"))
+        return up and link(conductor, "ucas").get("peers") == 2
+
+    await until(joined, 30, "the sites did not join the hub started again")
+    print(
+        f"hub's jacktrip started {hub_started - killed:.2f} s after the kill; "
+        f"both sites joined it {time.monotonic() - hub_started:.2f} s later"
+    )
+    told = [s for s in ("ccom", "pku") if "the hub started again" in link(conductor, s)["last_error"]]
+    assert told, [link(conductor, s)["last_error"] for s in ("ccom", "pku")]
+    await tone_reaches_pku(sites, "ccom", "jacktrip-pku:receive_1", 10, "no tone from ccom through the new hub")
 
 
 async def tone_reaches_pku(sites: dict[str, Any], sender: str, port: str, within: float, what: str) -> None:
@@ -624,3 +653,70 @@ def test_every_link_state_reports_as_a_node_s_health_says() -> None:
     for report in reports:
         health = protocol.Health.model_validate({"up": True, "late": 0, "cues": 0, "links": [report]})
         assert health.links[0].state == report["state"]
+
+
+async def test_a_site_that_called_the_hub_before_it_started_joins_it_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conductor says when the hub's jacktrip started (``hub``): a site's jacktrip that called
+    it before then is started again at once, not after its backoff or its patience for the hub's
+    audio (a restarted hub was joined by some sites 8 s after it was killed); one that called it
+    since is left to connect."""
+    monkeypatch.setattr("conductor.node.jacktrip.BACKOFF", (30.0,))  # without the news, half a minute
+    monkeypatch.setattr("conductor.node.jacktrip.CONNECT_WITHIN", 60.0)
+    program = tmp_path / "jacktrip"
+    program.write_text("#!/bin/sh\nexec sleep 60\n")  # calls the hub and hears nothing
+    program.chmod(0o755)
+    state = LinkState("pku", "client", peer="hub")
+    link = Link([str(program)], state, dict(os.environ))
+    running = asyncio.create_task(link.run())
+    try:
+        await until(lambda: link.proc is not None and state.state == "connecting", 10, "never started")
+        first = state.started
+        assert first is not None and 0 <= state.report()["up_s"] < 10
+        link.rejoin(first - 1.0, 0.0)  # the hub started before this jacktrip called it
+        assert state.last_error == "" and link.proc is not None and link.proc.returncode is None
+        link.rejoin(time.time(), 0.0)  # the hub started since: this jacktrip called nobody
+        again = lambda: state.restarts == 1 and (state.started or 0) > first and state.state == "connecting"  # noqa: E731
+        await until(again, 10, f"not started again: {state}")
+        assert "the hub started again" in state.last_error
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await link.close()
+
+
+async def test_the_conductor_tells_the_nodes_when_the_hub_s_jacktrip_started(tmp_path: Path) -> None:
+    """From the hub node's reports (``up_s``: how long its jacktrip has run), once per jacktrip
+    process: not again for the same process, nor for a node that is not the hub's."""
+    (tmp_path / "score.yaml").write_text(SCORE)
+    conductor = ConductorProcess(write_concert(tmp_path, score=tmp_path / "score.yaml", audio=audio_settings(4464)))
+    hub = TuttiClient(conductor.url, "node", TOKENS["node"], site="ucas", name="nucas")
+    site = TuttiClient(conductor.url, "node", TOKENS["node"], site="pku", name="npku")
+    told: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    site.sio.on(protocol.HUB, told.put)
+    end = {"site": "ucas", "role": "hub", "state": "waiting"}
+
+    async def report(node: TuttiClient, **link: Any) -> None:
+        answer = await node.sio.call("health", {"up": True, "late": 0, "cues": 0, "links": [{**end, **link}]})
+        assert answer is None, answer  # accepted (a refusal says why)
+
+    try:
+        await hub.connect()
+        await site.connect()
+        await report(hub, up_s=None)  # not running yet: nothing to tell
+        await report(hub, up_s=0.25)
+        first = (await asyncio.wait_for(told.get(), 5))["at"]
+        assert abs(hub.now() - 0.25 - first) < 0.1, first
+        started_again = time.monotonic() + 2.1  # the nodes are told at most every 2 s
+        await report(hub, up_s=1.25)  # the same jacktrip, a second on: not news
+        await report(site, up_s=0.01, site="pku")  # not the hub's node
+        await until(lambda: time.monotonic() > started_again, 5, "")
+        await report(hub, up_s=0.5)  # a new jacktrip: the next thing the sites hear
+        second = (await asyncio.wait_for(told.get(), 5))["at"]
+        assert abs(hub.now() - 0.5 - second) < 0.1 and second > first + 1, (first, second)
+        assert told.empty()
+    finally:
+        await hub.close()
+        await site.close()
+        conductor.stop()

@@ -44,6 +44,7 @@ CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
 SCORE = "score"  # to every joined client but nodes, when `tutti serve --watch` takes an edit: ScoreUpdate
 ERROR = "error"  # to one client: ErrorMessage
+HUB = "hub"  # to nodes, when the JackTrip hub's jacktrip has started (again): HubStarted
 
 ROLES = ("conductor", "performer", "audience", "node", "composer")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
@@ -327,6 +328,7 @@ class LinkReport(Message):
     peer: StrictStr = ""
     state: Name
     for_s: Finite = 0.0  # seconds in this state
+    up_s: Annotated[Num, Field(ge=0, le=1e9)] | None = None  # seconds its jacktrip has run (None: not running)
     restarts: Count = 0
     underruns: Count = 0
     overflows: Count = 0
@@ -497,6 +499,13 @@ class ScoreUpdate(Outbound):
 
 
 INLINE_SOURCES = 256 * 1024
+
+
+class HubStarted(Outbound):
+    """The hub's jacktrip started at conductor time ``at``, as its node reports: a site's end that
+    is not connected and called the hub before then joins it again now."""
+
+    at: float
 
 
 class Welcome(Outbound):

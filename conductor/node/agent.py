@@ -86,6 +86,7 @@ class NodeAgent:
             url, "node", token, site=site, name=name, parts=parts, synth=synth, ca=ca, rejoin=True
         )
         self.client.sio.on(protocol.CUES, self._cues)
+        self.client.sio.on(protocol.HUB, self._hub_started)
         self.client.on_welcome = self._welcome
         self.audio: SiteAudio | None = None  # this site's JackTrip end, if the concert gives it one
         self.site = ""  # as the conductor's welcome gives it
@@ -164,6 +165,11 @@ class NodeAgent:
         except (jack.JackError, OSError) as e:
             log.error("cannot record the archive in %s: %s", self.archive_folder, e)
             self.archive = None
+
+    async def _hub_started(self, data: Any) -> None:
+        started = _understood(protocol.HubStarted.model_validate, data, "hub event")
+        if started and self.audio:
+            self.audio.hub_started(self.client.clock.to_local(started.at))
 
     async def _cues(self, data: Any) -> None:
         batch = _understood(protocol.cues_adapter.validate_python, data, "cues")

@@ -82,6 +82,7 @@ class LinkState:
     peer: str = ""  # the site at the other end (a hub's are its clients)
     state: str = "starting"  # connecting, connected, peer lost, restarting, stopped
     since: float = field(default_factory=time.time)
+    started: float | None = None  # wall-clock time its running jacktrip started
     restarts: int = 0
     underruns: int = 0
     overflows: int = 0
@@ -142,6 +143,7 @@ class LinkState:
             "peer": self.peer,
             "state": self.state,
             "for_s": round(time.time() - self.since, 1),
+            "up_s": None if self.started is None else round(time.time() - self.started, 3),
             "restarts": self.restarts,
             "underruns": self.underruns,
             "overflows": self.overflows,
@@ -193,12 +195,29 @@ class Link:
         self.probes = probes or []  # the measuring channels this end sends and hears on
         self.after = after  # seconds to wait before the first start
         self.proc: asyncio.subprocess.Process | None = None
+        self._rejoin = asyncio.Event()  # set: start again after ``_rejoin_after``, not the backoff
+        self._rejoin_after = 0.0
+
+    def rejoin(self, hub_started: float, after: float) -> None:
+        """The hub's jacktrip started at ``hub_started`` (wall clock): a jacktrip of this end that
+        called it before then called a hub that was not there (jacktrip 1.7 waits for it for ever),
+        and one waiting to start again need not wait out its backoff. Both start in ``after`` s."""
+        started = self.state.started
+        if self.state.state == "connected" or (started is not None and started >= hub_started):
+            return
+        self._rejoin_after = after
+        self._rejoin.set()
+        if self.proc is not None and self.proc.returncode is None:
+            self.state.last_error = "the hub started again: joining it"
+            self._end(signal.SIGKILL)
 
     async def run(self) -> None:
         await asyncio.sleep(self.after)
         failures = 0
         while True:
+            self._rejoin.clear()
             started = time.monotonic()
+            self.state.started = time.time()
             self.proc = await asyncio.create_subprocess_exec(
                 *self.command,
                 env=self.env,
@@ -219,13 +238,17 @@ class Link:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             self.state.restarts += 1
-            self.state.peers = 0
+            self.state.peers, self.state.started = 0, None
             failures = 0 if time.monotonic() - started > STEADY else failures + 1
             delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
             self.state.last_error = self.state.last_error or f"jacktrip exited ({code})"
             log.warning("jacktrip for %s exited (%s); restarting in %.1f s", self.state.site, code, delay)
             self.state.set("restarting")
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rejoin.wait(), delay)
+            if self._rejoin.is_set():  # the hub is back: it is joined at once (staggered), afresh
+                failures = 0
+                await asyncio.sleep(self._rejoin_after)
 
     async def _supervise(self, exited: asyncio.Task[int], started: float, patience: float) -> int:
         """Until the process ends (not its output: a pipe that another process holds open would
@@ -454,6 +477,13 @@ class SiteAudio:
             phases = [probe.phase for _, probe in measured]
             self.probes = Probes(self.jack_server, f"tutti-probe-{self.site}", phases)
             self._tasks.append(asyncio.create_task(self._measure(measured)))
+
+    def hub_started(self, at: float) -> None:
+        """The hub's jacktrip started at ``at`` (wall clock): this site's link to it joins again now
+        if it called before then, in the concert file's order as when nobody has joined the hub."""
+        for link in self.links:
+            if link.state.role == "client" and link.command:
+                link.rejoin(at, join_after(self.audio, self.site, []))
 
     async def _keep_patched(self) -> None:
         """Make the wanted connections whenever their ports exist: after a reconnect, a restart."""

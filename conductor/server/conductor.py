@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,6 +57,8 @@ from conductor.server.watch import ScoreWatch
 log = logging.getLogger("tutti.conductor")
 HEALTH_RATE = 20.0  # health reports a node may send a second (it sends about one, and one on each change) ...
 HEALTH_BURST = 40.0  # ... and at once
+HUB_EVERY = 2.0  # seconds: the sites are told a hub started at most this often (a real one takes seconds)
+HUB_SAME = 1.0  # seconds: a hub start this close to the last one told is the same jacktrip
 
 
 class Conductor:
@@ -140,6 +143,8 @@ class Conductor:
             lambda: self.score.version,
         )
         self.health_allowance = Allowance(HEALTH_RATE, HEALTH_BURST)
+        self._hub_at = -math.inf  # when the hub's jacktrip started (conductor time), as last told to the nodes
+        self._hub_told = -math.inf  # ... and when they were told (monotonic)
         self._handlers: dict[str, Callable[[Client, Any], Awaitable[Any]]] = {
             protocol.SYNC: self._sync,
             protocol.COMMAND: self._command,
@@ -372,6 +377,29 @@ class Conductor:
             log.warning("%s got %d cues late; the lookahead grows", client.name, late)
             self.lookahead.late(late)
         client.health = health
+        if self._runs_hub(client):
+            await self._hub_news(health)
+
+    async def _hub_news(self, health: dict[str, Any]) -> None:
+        """Tell the nodes when the hub's jacktrip started, once per process: its node's first
+        report of it (it started again, or the node joined again) or this conductor's first."""
+        up = next((link["up_s"] for link in health.get("links", []) if link["role"] == "hub"), None)
+        if up is None:
+            return
+        at, now = self.clock.now() - up, time.monotonic()
+        if at - self._hub_at > HUB_SAME and now - self._hub_told > HUB_EVERY:
+            self._hub_at, self._hub_told = at, now
+            log.info("the JackTrip hub's jacktrip started %.1f s ago: sites that called it before join again", up)
+            await self.out.emit(protocol.HUB, protocol.HubStarted(at=at).model_dump(), room=NODES)
+
+    def _runs_hub(self, client: Client) -> bool:
+        audio = self.concert.settings.audio
+        return (
+            audio is not None
+            and audio.hub is not None
+            and self.roster.runs_audio(client)
+            and client.site == audio.hub.site
+        )
 
     async def _invite(self, client: Client, payload: Any) -> dict[str, Any]:
         """Each part's performer link, with its token, as a URL and a QR code (SVG) for the console."""
