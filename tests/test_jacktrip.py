@@ -134,6 +134,8 @@ async def test_audio_passes_between_sites_and_a_killed_link_comes_back(sites: di
         await until(lambda: hears_tone(recorder), 5, "the tone from ccom never reached pku")
 
         await kill_and_hear_again(conductor, recorder, sites["base"])
+        # The hub counts its sites again: the worker the killed jacktrip left is replaced, not added to.
+        await until(lambda: link(conductor, "ucas").get("peers") == 2, 10, f"the hub counts {link(conductor, 'ucas')}")
     finally:
         recorder.close()
 
@@ -638,6 +640,28 @@ def test_the_sites_join_a_hub_that_nobody_has_joined_one_at_a_time() -> None:
     assert [join_after(audio, site, []) for site in ("ucas", "ccom", "pku", "whcm")] == [0.0, 0.5, 1.0, 1.5]
     assert join_after(audio, "whcm", ["ucas", "ccom"]) == 0.0
     assert join_after(audio, "whcm", None) == 0.0
+
+
+def test_a_hub_counts_the_sites_whose_workers_run() -> None:
+    """As jacktrip 1.7 and 2.5 say it: a site joining again is counted once, one that stops is
+    said but is not the hub's failure."""
+    hub = LinkState("ucas", "hub")
+    hub.read("JackTrip HUB SERVER: Waiting for client connections...")
+    assert (hub.state, hub.peers) == ("waiting", 0)
+    for _ in range(2):
+        hub.read("JackTrip HUB SERVER: Client Connection Received!")
+        hub.read("JackTrip HUB SERVER: Total Running Threads:  1")
+        hub.read("spawning jacktripWorker so change patch")
+    assert (hub.state, hub.peers) == ("connected", 2)
+    hub.read("JackTrip HUB SERVER: Total Running Threads:  3")  # a site joining again, its old worker still there
+    hub.read("spawning jacktripWorker (auto hub patching disabled)")
+    hub.read("releasing jacktripWorker (auto hub patching disabled)")  # ... replaced
+    assert (hub.state, hub.peers) == ("connected", 2)
+    hub.read("Peer Stopped")
+    hub.read("releasing jacktripWorker so change patch")
+    assert (hub.state, hub.peers, hub.last_error) == ("connected", 1, "Peer Stopped")
+    hub.read("releasing jacktripWorker so change patch")
+    assert (hub.state, hub.peers) == ("waiting", 0)
 
 
 def test_every_link_state_reports_as_a_node_s_health_says() -> None:

@@ -75,6 +75,15 @@ IOSTAT = re.compile(
 CLIENTS = ("client", "p2p client")  # the ends that connect out, and wait for audio to come back
 
 
+def _stopped(line: str) -> bool:
+    """jacktrip says the far end went."""
+    return "Timed Out" in line or "Peer Stopped" in line or "stopped responding" in line.lower()
+
+
+def _trouble(line: str) -> bool:
+    return "error" in line.lower() or "could not" in line.lower()
+
+
 @dataclass
 class LinkState:
     site: str
@@ -113,23 +122,31 @@ class LinkState:
             su, so, ru, ro, lost, _ooo, _rev, tot = (int(x) for x in m.groups())
             self.silent_s = self.silent_s + 1 if tot == self.packets and self.state == "connected" else 0
             self.underruns, self.overflows, self.lost, self.packets = ru + su, ro + so, lost, tot
+        elif self.role == "hub":
+            self._read_hub(line)
         elif "Received Connection from Peer" in line:
             self.set("connected")
-        elif "Waiting for Peer" in line or "Waiting for client connections" in line:
-            if self.role == "hub":
-                self.set("connected" if self.peers else "waiting")
-            else:
-                self.set("connecting" if self.role in CLIENTS else "waiting")
-        elif "Client Connection Received" in line:
-            self.peers += 1
-            self.set("connected")
-        elif m := re.search(r"Total Running Threads:\s*(\d+)", line):
-            self.peers = int(m[1])
-        elif "Timed Out" in line or "Peer Stopped" in line or "stopped responding" in line.lower():
+        elif "Waiting for Peer" in line:
+            self.set("connecting" if self.role in CLIENTS else "waiting")
+        elif _stopped(line):
             self.last_error = line.strip()[:200]
             self.set("peer lost")
-        elif "error" in line.lower() or "could not" in line.lower():
+        elif _trouble(line):
             self.last_error = line.strip()[:200]
+
+    def _read_hub(self, line: str) -> None:
+        """A hub's sites are its workers, counted as they start and end (jacktrip's "Total Running
+        Threads" is said only when a site joins, and counts the worker that a site joining again
+        replaces moments later). One site stopping is not the hub's failure: it is said, no more."""
+        if "spawning jacktripWorker" in line:
+            self.peers += 1
+        elif "releasing jacktripWorker" in line:
+            self.peers = max(0, self.peers - 1)
+        elif "Waiting for client connections" not in line:
+            if _stopped(line) or _trouble(line):
+                self.last_error = line.strip()[:200]
+            return
+        self.set("connected" if self.peers else "waiting")
 
     def way_in(self, peer: str, seconds: float) -> None:
         """A one-way delay measured from ``peer`` to this end."""
