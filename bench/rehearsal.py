@@ -77,13 +77,14 @@ def record(server: str, port: str, scsynth: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as direct:
         direct.sendto(osc_bundle(target + PARTNER, "/s_new", CLICK), ("127.0.0.1", scsynth))
     time.sleep(max(0.0, target + PARTNER + 0.5 - time.time()))
-    print(json.dumps({"onsets": [o.time for o in recorder.onsets()], "xruns": recorder.xruns}), flush=True)
-    # Closed, not left: a JACK client that vanishes is one more thing for its server to clean up,
-    # and a campus's JACK server was found stuck after such ends. But JACK-Client's deactivate
-    # waited for ever here once (an xrun callback waiting for the interpreter's lock): then leave.
+    # Out of JACK before the onsets are looked for: a Python callback waiting for the interpreter
+    # while the main thread searches thousands of blocks is late, and a campus's JACK server was
+    # found stuck for good after such a recorder ("not finished", then every client after it).
+    # JACK-Client's deactivate waited for ever once here: then the process's end leaves JACK.
     closing = threading.Thread(target=recorder.close, daemon=True)
     closing.start()
     closing.join(CLOSE_WITHIN)
+    print(json.dumps({"onsets": [o.time for o in recorder.onsets()], "xruns": recorder.xruns}), flush=True)
     if closing.is_alive():
         os._exit(0)
 

@@ -32,6 +32,7 @@ from pythonosc.osc_message import OscMessage
 
 from conductor.client import TuttiClient
 from conductor.core.osc import osc_message
+from conductor.core.preflight import node_rows
 from conductor.core.score import PART_GROUP_BASE
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import SHARED_MEMORY
@@ -491,6 +492,47 @@ async def test_a_killed_agent_takes_its_scsynth_and_jack_server_with_it(node: di
             return
         await asyncio.sleep(0.1)
     raise AssertionError("scsynth or jackd outlived their node agent")
+
+
+async def test_a_node_whose_scsynth_stops_answering_says_so(node: dict[str, Any]) -> None:
+    """A scsynth that runs but answers nothing (hung; or, as it starts, on a JACK server that no
+    longer runs its clients) is reported within seconds, its row on the console says what to do,
+    and all is well again once it answers."""
+    conductor: ConductorProcess = node["conductor"]
+    pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", f"scsynth -u {node['port']} ", stdout=-1)
+    scsynth = int((await pgrep.communicate())[0].split()[0])
+    os.kill(scsynth, signal.SIGSTOP)
+    try:
+        await until(lambda: node_health(conductor).get("up") is False, 15, "scsynth still said to answer")
+        health = node_health(conductor)
+        assert "does not answer" in health["last_error"] and "tutti-jack-n1" in health["last_error"], health
+        row = next(r for r in node_rows({"name": "n1", "health": health}) if r.what == "n1: scsynth")
+        assert not row.go and "not answering" in row.detail and "tutti-jack-n1" in row.fix, row
+    finally:
+        os.kill(scsynth, signal.SIGCONT)
+    await until(lambda: node_health(conductor).get("up") is True, 15, "scsynth not answering again")
+    assert node_health(conductor)["restarts"] == 0  # the same scsynth
+
+
+async def test_a_node_whose_scsynth_never_answers_ends_with_one_line_that_says_what_to_do(tmp_path: Path) -> None:
+    """As when its JACK server is stuck: scsynth starts and answers nothing. The node ends (its unit
+    starts it again) saying what to restart, without a traceback."""
+    conductor = ConductorProcess(write_concert(tmp_path))
+    (tmp_path / "scsynth").write_text("#!/bin/sh\nexec sleep 60\n")
+    (tmp_path / "scsynth").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "conductor", "node", "--url", conductor.url, "--token", TOKENS["node"],
+            "--name", "n9", "--port", str(udp_ports(1)[0]), "--jack-server", "nowhere", "--no-jack",
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=-1,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        conductor.stop()
+    last = err.decode().strip().splitlines()[-1]
+    assert proc.returncode == 1 and b"Traceback" not in err, err
+    assert last.startswith("node n9: no /status.reply from scsynth") and "restart that server" in last, last
 
 
 async def test_a_process_whose_event_loop_is_stuck_ends_and_says_where(tmp_path: Path) -> None:

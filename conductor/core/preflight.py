@@ -19,7 +19,10 @@ CLOCK_SAMPLES = 8  # clock exchanges before a node's estimate is trusted
 
 
 def scsynth_fix(node: str) -> str:
-    return f"see `journalctl -u tutti-node-{node}`; `tutti synths build` if no SynthDefs are loaded"
+    return (
+        f"see `journalctl -u tutti-node-{node}`; `tutti synths build` if no SynthDefs are loaded;"
+        f" if scsynth runs but does not answer, its JACK server is stuck: `systemctl restart tutti-jack-{node}`"
+    )
 
 
 def node_rows(node: dict[str, Any]) -> list[PreflightRow]:

@@ -294,7 +294,7 @@ class NodeAgent:
     def _looks(self) -> tuple[Any, ...]:
         """What the console's go / no-go rows for this node are read from."""
         links = tuple((s.state, s.latency_ms is None, s.peers) for s in self.audio.states) if self.audio else ()
-        up = self.scsynth.health.up and self.scsynth.health.synthdefs > 0 if self.scsynth else True
+        up = self.scsynth.health.answering and self.scsynth.health.synthdefs > 0 if self.scsynth else True
         clock = self.client.clock
         return up, links, clock.samples >= CLOCK_SAMPLES and clock.error <= CLOCK_FAR
 
@@ -311,7 +311,7 @@ class NodeAgent:
         h = self.scsynth.health if self.scsynth else Health(up=True)
         clock = self.client.clock
         return protocol.Health(
-            up=h.up, synth=self.scsynth is not None, restarts=h.restarts, late=h.late, failures=h.failures,
+            up=h.answering, synth=self.scsynth is not None, restarts=h.restarts, late=h.late, failures=h.failures,
             ugens=h.ugens, synths=h.synths, synthdefs=h.synthdefs, cpu_avg=h.cpu_avg, cpu_peak=h.cpu_peak,
             last_error=h.last_error[-500:],
             cues=self.cues_played, cues_late=self.cues_late, cues_skipped=self.cues_skipped,

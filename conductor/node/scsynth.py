@@ -22,6 +22,11 @@ from conductor.files import SYNTHS
 
 log = logging.getLogger("tutti.scsynth")
 OUTPUT_LATENCY = re.compile(r"max output latency ([0-9.]+) ms")  # SC_Jack.cpp, as the graph changes
+UNANSWERED = 3  # status polls in a row (a second apart) left unanswered before scsynth counts as not answering
+STUCK = (  # what a scsynth that runs and answers nothing means, most often
+    "it is hung, or its JACK server {server} no longer runs its clients (its log says 'Process error'"
+    " every cycle): restart that server (in a deployment: systemctl restart tutti-jack-{node})"
+)
 DEFAULT_GROUP = 1  # as sclang's Server makes it: where cues with target 1 put their synths
 
 
@@ -30,6 +35,10 @@ JACK_REGISTRY = SHARED_MEMORY / "jack-shm-registry"  # jack2's list of servers (
 JACK_REGISTRY_HEADER = struct.Struct("<IHxxiiii")  # magic, protocol, type, size, hdr_len, entry_len
 JACK_MAGIC = 0x4A41434B  # "JACK"
 JACK_MAX_SERVERS = 8
+
+
+class ScsynthUnanswered(TimeoutError):
+    """scsynth did not answer in time (while it starts, or a scsynth whose JACK server is stuck)."""
 
 
 class _Replies(asyncio.DatagramProtocol):
@@ -61,7 +70,12 @@ class Health:
     cpu_avg: float = 0.0
     cpu_peak: float = 0.0
     last_error: str = ""
+    unanswered: int = 0  # status polls in a row it did not answer
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answering(self) -> bool:
+        return self.up and self.unanswered < UNANSWERED
 
 
 def forget_killed_jack_servers(registry: Path = JACK_REGISTRY) -> int:
@@ -231,7 +245,7 @@ class Scsynth:
         for args in self.controls.values():
             self.send(osc_message("/n_set", args))
         await self.ask("/sync", [1], "/synced", within=5)
-        self.health.up = True
+        self.health.up, self.health.unanswered = True, 0
         log.info("scsynth up on port %d with the synths of %s", self.port, self.synth_dir)
 
     @property
@@ -284,7 +298,17 @@ class Scsynth:
             try:
                 reply = await self.ask("/status", [], "/status.reply", within=0.5, tries=1)
             except TimeoutError:
+                self.health.unanswered += 1
+                if self.health.unanswered == UNANSWERED:  # it runs, but nothing it is sent is done
+                    node = self.client_name.removeprefix("scsynth-")
+                    self.health.last_error = (
+                        f"scsynth does not answer: {STUCK.format(server=self.jack_server, node=node)}"
+                    )
+                    log.error("%s", self.health.last_error)
                 continue
+            if self.health.unanswered >= UNANSWERED:
+                log.warning("scsynth answers again")
+            self.health.unanswered = 0
             _, ugens, synths, _groups, defs, avg, peak = reply.params[:7]
             self.health.ugens, self.health.synths, self.health.synthdefs = ugens, synths, defs
             self.health.cpu_avg, self.health.cpu_peak = round(avg, 2), round(peak, 2)
@@ -306,7 +330,7 @@ class Scsynth:
                     return await future
             if loop.time() >= deadline:
                 break
-        raise TimeoutError(f"no {reply} from scsynth on port {self.port}")
+        raise ScsynthUnanswered(f"no {reply} from scsynth on port {self.port} within {within:g} s")
 
     async def close(self) -> None:
         for task in self._tasks:

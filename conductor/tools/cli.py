@@ -325,7 +325,7 @@ def lead(text: str) -> float:
 async def run_node(args: argparse.Namespace) -> int:
     from conductor.core.process import Watchdog
     from conductor.node.agent import NodeAgent
-    from conductor.node.scsynth import Scsynth
+    from conductor.node.scsynth import STUCK, Scsynth, ScsynthUnanswered
 
     token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
     channels = max(2, args.click_out + 2)  # the click's stereo pair on its own outputs
@@ -350,8 +350,13 @@ async def run_node(args: argparse.Namespace) -> int:
     watchdog.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watchdog
-    if task.done() and not task.cancelled() and task.exception():
-        raise task.exception()  # type: ignore[misc]
+    if task.done() and not task.cancelled() and (error := task.exception()):
+        if isinstance(error, ScsynthUnanswered):  # one line that says what to do, not a traceback
+            print(
+                f"node {args.name}: {error}: {STUCK.format(server=args.jack_server, node=args.name)}", file=sys.stderr
+            )
+            return 1
+        raise error
     return 0
 
 
