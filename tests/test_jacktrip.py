@@ -152,8 +152,9 @@ async def kill_and_hear_again(conductor: ConductorProcess, recorder: Recorder, b
 
 
 async def test_a_restarted_hub_is_joined_again_by_every_site(sites: dict[str, Any]) -> None:
-    """The hub's jacktrip killed (its node starts it again, with new ports): each site's jacktrip,
-    silent for a few seconds, joins again by itself, and audio passes through the new hub."""
+    """The hub's jacktrip killed (its node starts it again, with new ports): each site's jacktrip
+    joins again, told that the hub started again (or, silent for 2 s, by itself), and audio passes
+    through the new hub."""
     conductor: ConductorProcess = sites["conductor"]
     base = sites["base"]
     before = {site: link(conductor, site).get("restarts", 0) for site in ("ccom", "pku")}
@@ -168,7 +169,7 @@ async def test_a_restarted_hub_is_joined_again_by_every_site(sites: dict[str, An
 
     await until(joined, 30, "the sites did not join the restarted hub")
     print(f"both sites joined the restarted hub {time.monotonic() - killed:.2f} s after the kill")
-    assert "joining again" in link(conductor, "ccom")["last_error"]
+    assert "joining" in link(conductor, "ccom")["last_error"]  # told the hub started again, or heard nothing
     await tone_reaches_pku(sites, "ccom", "jacktrip-pku:receive_1", 10, "no tone from ccom through the restarted hub")
 
 
@@ -704,6 +705,13 @@ async def test_a_site_that_called_the_hub_before_it_started_joins_it_at_once(
         again = lambda: state.restarts == 1 and (state.started or 0) > first and state.state == "connecting"  # noqa: E731
         await until(again, 10, f"not started again: {state}")
         assert "the hub started again" in state.last_error
+        # Connected: to this hub if since it listens (a client that called again by itself), else to one gone.
+        second, state.last_error = state.started or 0.0, ""
+        state.set("connected")
+        link.rejoin((second + state.since) / 2, 0.0)
+        assert state.restarts == 1 and state.last_error == "", state
+        link.rejoin(state.since + 0.5, 0.0)
+        await until(lambda: state.restarts == 2 and state.state == "connecting", 10, f"not started again: {state}")
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

@@ -91,7 +91,7 @@ class LinkState:
     peer: str = ""  # the site at the other end (a hub's are its clients)
     state: str = "starting"  # connecting, connected, peer lost, restarting, stopped
     since: float = field(default_factory=time.time)
-    started: float | None = None  # wall-clock time its running jacktrip started
+    started: float | None = None  # wall-clock time its running jacktrip started (a hub's: began to listen)
     restarts: int = 0
     underruns: int = 0
     overflows: int = 0
@@ -142,7 +142,9 @@ class LinkState:
             self.peers += 1
         elif "releasing jacktripWorker" in line:
             self.peers = max(0, self.peers - 1)
-        elif "Waiting for client connections" not in line:
+        elif "Waiting for client connections" in line:
+            self.started = time.time()  # a site that called before now was not heard
+        else:
             if _stopped(line) or _trouble(line):
                 self.last_error = line.strip()[:200]
             return
@@ -216,16 +218,19 @@ class Link:
         self._rejoin_after = 0.0
 
     def rejoin(self, hub_started: float, after: float) -> None:
-        """The hub's jacktrip started at ``hub_started`` (wall clock): a jacktrip of this end that
-        called it before then called a hub that was not there (jacktrip 1.7 waits for it for ever),
-        and one waiting to start again need not wait out its backoff. Both start in ``after`` s."""
-        started = self.state.started
-        if self.state.state == "connected" or (started is not None and started >= hub_started):
+        """The hub's jacktrip began to listen at ``hub_started`` (wall clock): a jacktrip of this
+        end that called it before then is connected to a hub that has gone (1.7 may not notice for
+        seconds) or waits for one that never answers (1.7 waits for ever), and one waiting to
+        start again need not wait out its backoff. Both start in ``after`` s."""
+        state = self.state
+        if state.state == "connected" and state.since >= hub_started:  # connected to this hub
+            return
+        if state.started is not None and state.started >= hub_started:  # called this hub
             return
         self._rejoin_after = after
         self._rejoin.set()
         if self.proc is not None and self.proc.returncode is None:
-            self.state.last_error = "the hub started again: joining it"
+            state.last_error = "the hub started again: joining it"
             self._end(signal.SIGKILL)
 
     async def run(self) -> None:
@@ -234,7 +239,7 @@ class Link:
         while True:
             self._rejoin.clear()
             started = time.monotonic()
-            self.state.started = time.time()
+            self.state.started = None if self.state.role == "hub" else time.time()
             self.proc = await asyncio.create_subprocess_exec(
                 *self.command,
                 env=self.env,
