@@ -342,6 +342,9 @@ async def console_shots(rehearsal: Rehearsal, out: Path, state: str) -> None:
             path = out / f"console-preflight-{state.lower()}-{name}.png"
             await page.screenshot(path=str(path))
             print(path)
+            whole = out / f"console-{state.lower()}-{name}-whole.png"  # every table, links and ways too
+            await page.screenshot(path=str(whole), full_page=True)
+            print(whole)
             await context.close()
         await browser.close()
 

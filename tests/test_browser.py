@@ -150,6 +150,15 @@ async def test_console_drives_two_performer_pages_in_step(browser: Browser, slow
         " c.clientWidth < 390 && c.width === Math.round(c.clientWidth * devicePixelRatio))"
     )
     assert not await console.is_visible("#links-box") and not await console.is_visible("#ways-box")
+    # On a phone the tables are cards of labelled cells: nothing scrolls sideways.
+    wide = await console.evaluate(
+        "[document.documentElement, ...document.querySelectorAll('.wide-table')]"
+        ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.id || e.tagName)"
+    )
+    assert wide == [], wide
+    first_row = "#clients tr:first-child td"
+    labels = await console.evaluate(f"[...document.querySelectorAll('{first_row}')].map(td => td.dataset.label)")
+    assert labels[:4] == ["name", "role", "part(s)", "site"], labels
     for page in (console, *performers):
         assert page.errors == []  # type: ignore[attr-defined]
 

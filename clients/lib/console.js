@@ -10,6 +10,18 @@ const ms = (s) => (s == null ? "–" : (s * 1000).toFixed(2));
 const LOOPBACK = /^(127\.|localhost$|\[::1\]$|::1$)/;
 const PHASES = { waiting: "waiting for the downbeat", "count-in": "count-in", playing: "playing", paused: "paused", ended: "ended" };
 
+// On a phone each table row is a card (console.html): every cell says which column it is, from
+// its table's header, whoever fills the table and whenever.
+function labelCells(table) {
+  const names = [...table.querySelectorAll("thead th")].map((th) => th.textContent);
+  const label = () => {
+    for (const tr of table.tBodies[0]?.rows ?? []) [...tr.cells].forEach((td, i) => (td.dataset.label = names[i] ?? ""));
+  };
+  new MutationObserver(label).observe(table.tBodies[0], { childList: true });
+  label();
+}
+document.querySelectorAll(".wide-table table").forEach(labelCells);
+
 // A node's scsynth at a glance: a crashed or late one must stand out.
 function soundOf(client) {
   const h = client.health;
