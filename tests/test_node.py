@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -253,6 +254,9 @@ async def test_the_console_shows_each_node_and_its_scsynth(node: dict[str, Any],
     await page.wait_for_function("document.querySelector('#clients').innerText.includes('scsynth up')")
     row = await page.inner_text("#clients")
     assert "n1" in row and "node" in row and "here" in row
+    # What the node adds for where its scsynth places a timetag, as its health says.
+    placement = node_health(conductor)["placement_ms"]
+    assert placement is not None and re.search(r"placement [+-]\d+\.\d\d ms", row), (placement, row)
 
 
 async def test_the_console_plays_a_sound_on_a_node(node: dict[str, Any], browser: Browser) -> None:

@@ -27,7 +27,9 @@ function soundOf(client) {
   const h = client.health;
   if (!h) return [client.role === "node" ? "no report yet" : ""];
   if (!h.up) return [`scsynth DOWN (${h.restarts} restarts) ${h.last_error ?? ""}`, "stale"];
-  let text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues${linkOf(h.link)}`;
+  // What the node adds to scsynth's timetags for where scsynth places them (its timing mark).
+  const placed = h.placement_ms == null ? "" : ` · placement ${h.placement_ms >= 0 ? "+" : ""}${h.placement_ms.toFixed(2)} ms`;
+  let text = `scsynth up · cpu ${h.cpu_avg}% · ${h.synths} synths · ${h.cues} cues${placed}${linkOf(h.link)}`;
   if (h.late || h.cues_late) text += ` · ${h.late + h.cues_late} late`;
   // scsynth's own refusals (a SynthDef it does not have, a node ID in use): the sound did not play.
   if (h.failures) text += ` · ${h.failures} refused by scsynth: ${h.last_error ?? ""}`;
