@@ -44,7 +44,7 @@ CUES = "cues"  # to the nodes the cues target: Cues
 CLIENTS = "clients"  # to conductors, every second: ConsoleFeed
 SCORE = "score"  # to every joined client but nodes, when `tutti serve --watch` takes an edit: ScoreUpdate
 ERROR = "error"  # to one client: ErrorMessage
-HUB = "hub"  # to nodes, when the JackTrip hub's jacktrip has started (again): HubStarted
+HUB = "hub"  # to nodes, when the JackTrip hub's jacktrip has begun to listen (again): HubStarted
 
 ROLES = ("conductor", "performer", "audience", "node", "composer")
 MAX_EVENT_BYTES = 16_384  # a Tutti message is small; anything larger is refused (and counted)
@@ -328,7 +328,7 @@ class LinkReport(Message):
     peer: StrictStr = ""
     state: Name
     for_s: Finite = 0.0  # seconds in this state
-    up_s: Annotated[Num, Field(ge=0, le=1e9)] | None = None  # seconds its jacktrip has run (None: not running)
+    up_s: Annotated[Num, Field(ge=0, le=1e9)] | None = None  # seconds its jacktrip has run (a hub's: listened)
     restarts: Count = 0
     underruns: Count = 0
     overflows: Count = 0
@@ -502,8 +502,8 @@ INLINE_SOURCES = 256 * 1024
 
 
 class HubStarted(Outbound):
-    """The hub's jacktrip started at conductor time ``at``, as its node reports: a site's end that
-    is not connected and called the hub before then joins it again now."""
+    """The hub's jacktrip began to listen at conductor time ``at``, as its node reports: a site's
+    end that called the hub before then, and hears no audio, joins it again now."""
 
     at: float
 

@@ -381,8 +381,8 @@ class Conductor:
             await self._hub_news(health)
 
     async def _hub_news(self, health: dict[str, Any]) -> None:
-        """Tell the nodes when the hub's jacktrip started, once per process: its node's first
-        report of it (it started again, or the node joined again) or this conductor's first."""
+        """Tell the nodes when the hub's jacktrip began to listen, once per process: its node's
+        first report of it (it started again, or the node joined again) or this conductor's first."""
         up = next((link["up_s"] for link in health.get("links", []) if link["role"] == "hub"), None)
         if up is None:
             return
