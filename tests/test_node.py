@@ -36,7 +36,7 @@ from conductor.core.osc import osc_message
 from conductor.core.preflight import node_rows
 from conductor.core.score import PART_GROUP_BASE
 from conductor.node.jackio import Recorder
-from conductor.node.scsynth import SHARED_MEMORY
+from conductor.node.scsynth import SHARED_MEMORY, end_stuck_jack, jack_env, jackd_pids
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
 
 CLICKS = [1.0, 1.5, 2.0, 2.75]
@@ -537,6 +537,44 @@ async def test_a_node_whose_scsynth_never_answers_ends_with_one_line_that_says_w
     last = err.decode().strip().splitlines()[-1]
     assert proc.returncode == 1 and b"Traceback" not in err, err
     assert last.startswith("node n9: no /status.reply from scsynth") and "restart that server" in last, last
+
+
+async def test_a_node_ends_its_own_unit_s_jack_server_when_it_no_longer_runs_its_clients(tmp_path: Path) -> None:
+    """A JACK server of its own unit (a sound card's) that is stuck runs no client again until it is
+    started again: the node, whose scsynth never answers on it, ends it so that its unit starts it
+    again, and says so in one line. A server that runs its clients is left alone."""
+    conductor = ConductorProcess(write_concert(tmp_path))
+    server = f"tutti-stuck-{os.getpid()}"
+    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
+    jackd = await asyncio.create_subprocess_exec(
+        "jackd", "-n", server, "-d", "dummy", "-r", "48000", "-p", "128", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        async def answers() -> bool:
+            lsp = await asyncio.create_subprocess_exec("jack_lsp", env=jack_env(server), stdout=-3, stderr=-3)
+            return await lsp.wait() == 0
+
+        await until_async(answers, 20, f"JACK server {server} never came up")
+        assert not await end_stuck_jack(server)  # it runs its clients: left alone
+        assert jackd.returncode is None and jackd_pids(server) == [jackd.pid]
+        jackd.send_signal(signal.SIGSTOP)  # stuck: it runs nothing, and answers nobody
+        node = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "conductor", "node", "--url", conductor.url, "--token", TOKENS["node"],
+            "--name", "n8", "--port", str(udp_ports(1)[0]), "--jack-server", server, "--no-jack",
+            cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=-1,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(node.communicate(), 60)
+        last = err.decode().strip().splitlines()[-1]
+        assert node.returncode == 1 and b"Traceback" not in err, err
+        assert f"its JACK server {server} no longer ran its clients: ended it" in last, last
+        assert await asyncio.wait_for(jackd.wait(), 10) == -signal.SIGKILL
+    finally:
+        if jackd.returncode is None:
+            jackd.kill()
+            await jackd.wait()
+        conductor.stop()
 
 
 async def test_a_process_whose_event_loop_is_stuck_ends_and_says_where(tmp_path: Path) -> None:

@@ -136,6 +136,7 @@ QUIET = 0.01  # seconds below the threshold before a new impulse counts
 LOUD = 0.3
 PASS_ON_EVERY = 0.05  # seconds between the reports of a process that holds a node's JACK clients
 ROUTE_WITHIN = 5.0  # seconds a measuring process has to patch a channel
+RUNS_WITHIN = 3.0  # seconds a new client waits for its process callback before its JACK server counts as stuck
 LEAVE_WITHIN = 2.0  # seconds a node's JACK helper process is given to leave JACK before it is killed
 
 
@@ -387,5 +388,24 @@ def main(server: str, name: str, *phases: str) -> None:
         clients.close()
 
 
+def runs(server: str) -> None:
+    """``python -m conductor.node.jackio runs SERVER``: ends 0 once a new client of ``server`` has
+    had its process callback called, 1 if not within ``RUNS_WITHIN`` (a stuck server)."""
+    called = threading.Event()
+    try:
+        client = jack.Client("tutti-runs", servername=server, no_start_server=True)
+        client.set_process_callback(lambda frames: called.set())
+        client.activate()
+    except jack.JackError:
+        sys.exit(1)
+    if not called.wait(RUNS_WITHIN):
+        os._exit(1)  # not closed: a stuck server would not answer
+    client.deactivate()
+    client.close()
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "runs":
+        runs(sys.argv[2])
+    else:
+        main(*sys.argv[1:])

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import mmap
 import os
 import re
+import signal
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from pythonosc.osc_message import OscMessage
 from conductor.core.osc import osc_message
 from conductor.core.process import die_with_parent
 from conductor.files import SYNTHS
+from conductor.node.jackio import RUNS_WITHIN
 
 log = logging.getLogger("tutti.scsynth")
 OUTPUT_LATENCY = re.compile(r"max output latency ([0-9.]+) ms")  # SC_Jack.cpp, as the graph changes
@@ -154,6 +158,44 @@ async def start_jack(
     if jackd is not None and jackd.returncode is None:
         jackd.kill()
     raise RuntimeError(f"JACK server {name} did not start")
+
+
+async def end_stuck_jack(server: str) -> bool:
+    """End JACK server ``server`` if it no longer runs its clients (a stuck jackd never recovers:
+    its log says 'Process error' every cycle), so that its unit starts it again; whether it did."""
+    check = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "conductor.node.jackio", "runs", server,
+        env=jack_env(server), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        if await asyncio.wait_for(check.wait(), RUNS_WITHIN + 2) == 0:
+            return False
+    except TimeoutError:  # it could not even join
+        check.kill()
+        await check.wait()
+    ended = [pid for pid in jackd_pids(server) if _kill(pid)]
+    log.error("JACK server %s does not run its clients: ended it (%s)", server, ended)
+    return bool(ended)
+
+
+def jackd_pids(server: str, proc: Path = Path("/proc")) -> list[int]:
+    """The jackd processes of JACK server ``server`` (by their command lines)."""
+    pids = []
+    for entry in proc.glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = entry.read_bytes().split(b"\0")
+            named = any(a in (b"-n", b"--name") and b == server.encode() for a, b in itertools.pairwise(argv))
+            if argv and Path(argv[0].decode(errors="replace")).name == "jackd" and named:
+                pids.append(int(entry.parent.name))
+    return pids
+
+
+def _kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def jack_env(server: str) -> dict[str, str]:

@@ -325,7 +325,7 @@ def lead(text: str) -> float:
 async def run_node(args: argparse.Namespace) -> int:
     from conductor.core.process import Watchdog
     from conductor.node.agent import NodeAgent
-    from conductor.node.scsynth import STUCK, Scsynth, ScsynthUnanswered
+    from conductor.node.scsynth import STUCK, Scsynth, ScsynthUnanswered, end_stuck_jack
 
     token = args.token or os.environ.get("TUTTI_NODE_TOKEN", "")
     channels = max(2, args.click_out + 2)  # the click's stereo pair on its own outputs
@@ -352,9 +352,15 @@ async def run_node(args: argparse.Namespace) -> int:
         await watchdog
     if task.done() and not task.cancelled() and (error := task.exception()):
         if isinstance(error, ScsynthUnanswered):  # one line that says what to do, not a traceback
-            print(
-                f"node {args.name}: {error}: {STUCK.format(server=args.jack_server, node=args.name)}", file=sys.stderr
-            )
+            # A JACK server of its own unit that no longer runs its clients is ended, for the unit
+            # to start it again (this node's own server ended with the node).
+            if args.no_jack and await end_stuck_jack(args.jack_server):
+                why = (
+                    f"its JACK server {args.jack_server} no longer ran its clients: ended it, for its unit to start it"
+                )
+            else:
+                why = STUCK.format(server=args.jack_server, node=args.name)
+            print(f"node {args.name}: {error}: {why}", file=sys.stderr)
             return 1
         raise error
     return 0
