@@ -503,7 +503,7 @@ INLINE_SOURCES = 256 * 1024
 
 class HubStarted(Outbound):
     """The hub's jacktrip began to listen at conductor time ``at``, as its node reports: a site's
-    end that called the hub before then, and hears no audio, joins it again now."""
+    end that called the hub before then, and has not connected since, joins it again now."""
 
     at: float
 

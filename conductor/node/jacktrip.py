@@ -49,7 +49,6 @@ CONNECT_WITHIN = 5.0  # seconds a client waits for the hub's audio (times the fa
 # jacktrip 1.7's hub without a worker for it
 READ_AFTER_EXIT = 1.0  # seconds a link's last output is read for once its jacktrip has ended
 STAGGER = 0.5  # seconds between the sites' first joins of a hub that nobody has joined yet
-HEARD_WITHIN = 1.5  # seconds: a connected end that heard packets this recently is not cut off by news of the hub
 SILENT_FOR = 2  # seconds without a packet after which a connected end (not a hub) starts again
 SPREAD_OF = 10  # successive one-way measurements whose spread is reported as the jitter
 
@@ -99,7 +98,6 @@ class LinkState:
     lost: int = 0
     packets: int = 0  # received in all
     silent_s: int = 0  # seconds in a row, connected, with no packet received
-    heard: float = 0.0  # wall-clock time packets were last seen arriving (jacktrip says so each second)
     peers: int = 0  # hub: clients connected
     last_error: str = ""
     latency_ms: float | None = None  # the latest measured audio round trip
@@ -123,8 +121,6 @@ class LinkState:
         if m := IOSTAT.search(line):
             su, so, ru, ro, lost, _ooo, _rev, tot = (int(x) for x in m.groups())
             self.silent_s = self.silent_s + 1 if tot == self.packets and self.state == "connected" else 0
-            if tot > self.packets:
-                self.heard = time.time()
             self.underruns, self.overflows, self.lost, self.packets = ru + su, ro + so, lost, tot
         elif self.role == "hub":
             self._read_hub(line)
@@ -224,11 +220,12 @@ class Link:
     def rejoin(self, hub_started: float, after: float) -> None:
         """The hub's jacktrip began to listen at ``hub_started`` (wall clock): a jacktrip of this
         end that called it before then is connected to a hub that has gone (1.7 may not notice for
-        seconds) or waits for one that never answers (1.7 waits for ever), and one waiting to
-        start again need not wait out its backoff. Both start in ``after`` s."""
+        seconds, and may even take audio from a new worker on its old port, meant for another
+        site) or waits for one that never answers (1.7 waits for ever), and one waiting to start
+        again need not wait out its backoff. Both start in ``after`` s."""
         state = self.state
-        if state.state == "connected" and (state.since >= hub_started or time.time() - state.heard < HEARD_WITHIN):
-            return  # connected to this hub, or hearing audio all the same (the news is wrong)
+        if state.state == "connected" and state.since >= hub_started:  # connected to this hub
+            return
         if state.started is not None and state.started >= hub_started:  # called this hub
             return
         self._rejoin_after = after
