@@ -79,12 +79,20 @@ def link_restarts(conductor: ConductorProcess, node: str) -> int:
     return links[0].get("restarts", 0)
 
 
-async def relisten(reference: Recorder, indices: list[int]) -> None:
-    """Record these sources again once their ports are back (a restarted client's are new, and
-    may refuse connections for a moment)."""
+def uuids(reference: Recorder, indices: list[int]) -> dict[int, str]:
+    """The JACK ports of these sources as they are now (a restarted client's are new ones)."""
+    return {i: reference.client.get_port_by_name(SOURCES[i]).uuid for i in indices}
+
+
+async def relisten(reference: Recorder, indices: list[int], gone: dict[int, str] | None = None) -> None:
+    """Record these sources again once their ports are back: not the ``gone`` ones (the hub's
+    worker for a client that was killed still sends for a moment, its ports named as its
+    successor's will be), and a new client's may refuse connections for a moment."""
 
     def listening(i: int) -> bool:
         try:
+            if gone and reference.client.get_port_by_name(SOURCES[i]).uuid == gone.get(i):
+                return False
             reference.listen_to(SOURCES[i], i)
         except jack.JackError:
             return False
@@ -152,6 +160,7 @@ async def test_two_sites_recorded_through_an_scsynth_kill_are_aligned_on_conduct
         back = {"scsynth": (killed, time.time() - wall)}  # while the reference was not listening
         await until(lambda: time.time() > wall + start + CUT_AT, 20, "never got to the cut")
         pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", f" -C ::1 -P {base} -B {base + 1} ", stdout=-1)
+        before = uuids(reference, [2])
         cut = time.time() - wall
         os.kill(int((await pgrep.communicate())[0].split()[0]), signal.SIGKILL)
         await until(lambda: link_restarts(conductor, "nb") >= 1, 20, "b's link never restarted")
@@ -161,7 +170,7 @@ async def test_two_sites_recorded_through_an_scsynth_kill_are_aligned_on_conduct
         with contextlib.suppress(AssertionError):
             await until(lambda: link_state(conductor, "nb") == "connected" or time.time() > end - 2, 60, "")
             if link_state(conductor, "nb") == "connected":
-                await relisten(reference, [2, 3])
+                await relisten(reference, [2, 3], before)
                 back["link"] = (cut, time.time() - wall)
         await until(lambda: time.time() > wall + start + CLICKS[-1] + 0.5, 30, "the piece never got to its end")
         heard = [[o.time - wall for o in reference.onsets(port=i)] for i in range(4)]
