@@ -54,11 +54,12 @@ async def test_an_overloaded_conductor_lets_the_audience_go_first(tmp_path: Path
             await _join_when_let_in(client)
 
         invite = {"base": "http://127.0.0.1"}
-        for _ in range(20):
+        shed: list[TuttiClient] = []
+        for _ in range(60):  # until some are let go for it (a quieter machine takes more rounds)
             await asyncio.gather(*(boss.sio.call(protocol.INVITE, invite, timeout=10) for _ in range(20)))
-            if sum(not a.sio.connected for a in audience) >= 5:
+            shed = [a for a in audience if any(e["code"] == "overloaded" for e in a.errors)]
+            if len(shed) >= 5:
                 break
-        shed = [a for a in audience if any(e["code"] == "overloaded" for e in a.errors)]
         assert shed, "nobody was let go"
         assert all(not a.sio.connected for a in shed)
         # The performer, the node and the conductor stayed, and were never refused.
