@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 from conductor.core.score import Score
 from conductor.core.transport import Change, Rehearsal, Segment, Transport
 
@@ -722,4 +724,7 @@ async def _encoded(records: list[Record]) -> bytes:
 
 
 def _line(entry: dict[str, Any]) -> bytes:
-    return (json.dumps(entry, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    line = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)  # a twentieth of json's time
+    if b"null" in line:  # orjson writes NaN and infinity as null; json refuses them
+        line = (json.dumps(entry, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    return line

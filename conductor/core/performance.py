@@ -135,9 +135,8 @@ class Performance:
                 continue
             control, synth_value = param.n_set.control, param.synth_value(value)
             for part in param.n_set.parts or [p.id for p in self.score.parts]:
-                # Built from a validated value: constructed, not validated again (a fader's every value)
                 args = [self.score.group(part), control, synth_value]
-                cue = NodeCue.model_construct(t=t, address="/n_set", args=args, align=align)
+                cue = NodeCue(t=t, address="/n_set", args=args, align=align)
                 out.append(Routed(f"nodes:part:{part}", cue))
         return out
 

@@ -329,11 +329,10 @@ class OscIngress:
         for v in values:
             pairs = zip(v.route.names, v.values, strict=True)
             scaled = {name: self._scaled(name, v.route, value) for name, value in pairs}
-            # finite and in range by construction: not validated again
             command: SetParam | SetParams = (
-                SetParam.model_construct(cmd="param", name=v.route.names[0], value=scaled[v.route.names[0]], at=v.at)
+                SetParam(cmd="param", name=v.route.names[0], value=scaled[v.route.names[0]], at=v.at)
                 if v.route.param is not None
-                else SetParams.model_construct(cmd="params", values=scaled, at=v.at)
+                else SetParams(cmd="params", values=scaled, at=v.at)
             )
             try:
                 done = self._submit(command, {"role": "osc", "name": f"{v.source[0]}:{v.source[1]}"},
