@@ -77,7 +77,7 @@ class Performance:
             timing = replace(timing, lookahead=max(timing.lookahead, timing.transport))
         t = timing.now if at_once else max(self.when(command.at, timing, align), timing.sent_until)
         clicks = self.count_in(command, t)
-        change = self.transport.plan(command, t + len(clicks) * self.beat(t))
+        change = self.transport.plan(command, t + len(clicks) * self.beat(t) if clicks else t)
         if clicks and change.segment is not None:
             change = replace(change, segment=replace(change.segment, count_in=change.t - t))
         self.transport.apply(change)

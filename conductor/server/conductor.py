@@ -424,7 +424,7 @@ class Conductor:
         if not self.nodes.members.get(routed.room):
             where = "no node has joined" if sound.target == "all" else f"no node sounds {sound.target}"
             raise Rejected("no_nodes", f"{where}: nothing would play it (start one with `tutti node`)")
-        self.nodes.queue(routed)
+        self.nodes.queue([routed])
         return {"ok": True, "t": routed.cue.t}
 
     async def _problem(self, client: Client, payload: Any) -> None:

@@ -69,22 +69,27 @@ class NodeCues:
     # --- outputs of the pipeline ---------------------------------------------------------------
 
     def accepted(self, accepted: Accepted) -> None:
-        for routed in accepted.cues:
-            self.queue(routed)
+        self.queue(accepted.cues)
 
     def reverted(self) -> None:
         """The state went back: set every node's synths to it again."""
-        for routed in self.core.settings(self.now()):
-            self.queue(routed)
+        self.queue(self.core.settings(self.now()))
 
-    def queue(self, routed: Routed) -> None:
-        self._queued.setdefault(routed.room, []).append(routed.cue)
-        if not self._sending:  # every cue queued until the loop's next pass goes in one batch
+    def queue(self, cues: list[Routed]) -> None:
+        """The first cues of a loop's pass leave at once; the rest of the pass's go in one batch at its end."""
+        if not cues:
+            return
+        for routed in cues:
+            self._queued.setdefault(routed.room, []).append(routed.cue)
+        if not self._sending:
+            self._send()
             self._sending = True
             asyncio.get_running_loop().call_soon(self._send)
 
     def _send(self) -> None:
         self._sending = False
+        if not self._queued:
+            return
         queued, self._queued = self._queued, {}
         for room, cues in queued.items():
             batch = protocol.Cues(cues=cues)
@@ -214,16 +219,16 @@ class NodeCues:
                 while (at := self.core.transport.next_jump(self.sent_until, horizon)) is not None:
                     if not self.repeat(at):
                         break
-                for routed in self.core.clicks(self.sent_until, horizon):
-                    self.queue(routed)
+                due = self.core.clicks(self.sent_until, horizon)
                 for routed in self.core.score_cues(self.sent_until, horizon, self.align):
                     if self.core.immediate(score.cues[routed.cue.id or 0]):
                         self._held.append(routed)
                     else:
-                        self.queue(routed)
+                        due.append(routed)
                 self.sent_until = horizon
                 while self._held and (self._held[0].cue.t or 0.0) <= now:
                     routed = self._held.pop(0)
-                    self.queue(Routed(routed.room, routed.cue.model_copy(update={"t": None})))
+                    due.append(Routed(routed.room, routed.cue.model_copy(update={"t": None})))
+                self.queue(due)
             except Exception:
                 log.exception("sending cues")
