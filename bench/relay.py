@@ -16,6 +16,13 @@ altered to be measured.
 - throughput: a burst sent as fast as the socket allows; controller messages per second until the
   last delivery arrived (each message is delivered once to every scsynth), and deliveries lost
   (none arrived for 2 s).
+
+    .venv/bin/python bench/relay.py --cost [--values 20000] [--rounds 5]
+
+prints what a routed value costs the conductor itself, steadier than the timings above on a
+shared machine: a real conductor in this process is handed the controller's datagrams in a tight
+loop (no network, no nodes), and the time per value from its datagram to its cues queued and its
+journal record encoded is the median over the rounds.
 """
 
 from __future__ import annotations
@@ -51,8 +58,10 @@ from bench.harness import (  # noqa: E402
     save,
     started,
 )
+from conductor.core.concert import load_concert  # noqa: E402
 from conductor.core.osc import osc_message  # noqa: E402
 from conductor.core.score import PART_GROUP_BASE  # noqa: E402
+from conductor.server.conductor import local  # noqa: E402
 from conductor.tools.cli import run  # noqa: E402
 
 SCORE = """\
@@ -257,14 +266,40 @@ async def two_hops(controller: socket.socket, ports: list[int]) -> AsyncIterator
             await proc.wait()
 
 
+async def cost(values: int, rounds: int) -> None:
+    conductor, _gateway = local(load_concert(relay_concert(0)))
+    await conductor.start("127.0.0.1")
+    packets = [osc_message("/seq", [float(n)]) for n in range(values)]
+    per_value = []
+    try:
+        for _ in range(rounds + 1):  # the first warms up
+            start = time.perf_counter()
+            for n, packet in enumerate(packets, start=1):
+                conductor.osc.receive(packet, ("127.0.0.1", 9))
+                if n % 64 == 0:  # the journal's writer and the outputs take their turns, as under a burst
+                    await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            per_value.append((time.perf_counter() - start) / values * 1e6)
+    finally:
+        await conductor.stop()
+    rounds_us = ", ".join(f"{us:.1f}" for us in per_value[1:])
+    print(f"a routed value costs the conductor {statistics.median(per_value[1:]):.1f} us (rounds: {rounds_us})")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=300, help="paced messages per case, for latency")
     parser.add_argument("--burst", type=int, default=2000, help="messages per case, for throughput")
     parser.add_argument("--nodes", default="1,4,8")
     parser.add_argument("--json")
+    parser.add_argument("--cost", action="store_true", help="what a value costs the conductor, in one process")
+    parser.add_argument("--values", type=int, default=20000, help="values per round, with --cost")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, with --cost")
     parser.add_argument("--forward", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cost:
+        await cost(args.values, args.rounds)
+        return
     if args.forward:
         await forward(int(args.forward[0]), [int(port) for port in args.forward[1].split(",")])
         return
