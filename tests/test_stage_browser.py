@@ -174,7 +174,7 @@ async def test_console_before_the_downbeat(browser: Browser, tmp_path: Path) -> 
         # The roster by part: who plays what, and the part nobody plays.
         await shows(console, "#roster tr", "Ana")
         await shows(console, "#roster tr", "Ben")
-        await shows(console, "#roster tr:has-text('Sketch') td.missing", "not joined yet")
+        await shows(console, "#roster tr:has-text('Sketch') td.waiting", "no performer yet")
         await pulses.close()  # a performer drops: the part says so rather than vanishing
         await shows(console, "#roster tr:has-text('Pulses') td.missing", "missing for")
         await shows(console, "#phase", "waiting for the downbeat")

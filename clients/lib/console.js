@@ -150,12 +150,13 @@ function rosterRows(score, feed, missingSince, off) {
   return score.parts.map((part) => {
     const performers = feed.clients.filter((c) => c.role === "performer" && c.part === part.id);
     const nodes = feed.clients.filter((c) => c.role === "node" && (c.parts ?? []).includes(part.id));
-    // A part seen and then gone is "missing for"; one nobody has joined since this console opened, "not joined".
+    // A part seen and then gone is "missing for"; one nobody has joined since this console opened, "no performer yet".
     if (performers.length) missingSince[part.id] = { seen: true };
     else if (!missingSince[part.id]?.since) missingSince[part.id] = { seen: missingSince[part.id]?.seen, since: feed.now };
     const { seen, since } = missingSince[part.id];
     const missing = Math.round(feed.now - (since ?? feed.now));
-    const state = performers.length ? ["joined", "ok"] : [seen ? `missing for ${missing} s` : `not joined yet (${missing} s)`, "missing"];
+    // Nobody yet is not a fault (a part may be played from SuperCollider alone); a performer gone is.
+    const state = performers.length ? ["joined", "ok"] : seen ? [`missing for ${missing} s`, "missing"] : ["no performer yet", "waiting"];
     const tr = row([[part.name], [part.site ?? "–"], [performers.map((c) => c.name).join(", ") || "–"],
       [nodes.map((c) => c.name).join(", ") || "–"], state]);
     const cell = document.createElement("td");
@@ -163,7 +164,9 @@ function rosterRows(score, feed, missingSince, off) {
       const isOff = off.includes(part.id);
       const button = Object.assign(document.createElement("button"), { textContent: isOff ? "Sketch on" : "Sketch off" });
       Object.assign(button.dataset, { sketches: part.id, on: String(isOff) });
-      cell.append(isOff ? "off · " : "on · ", button);
+      const span = document.createElement("span"); // one item: on a phone the cell spreads its items apart
+      span.append(isOff ? "off · " : "on · ", button);
+      cell.append(span);
     } else cell.textContent = "–";
     tr.append(cell);
     return tr;
