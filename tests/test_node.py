@@ -249,7 +249,7 @@ async def test_a_sound_from_the_conductor_sounds_at_its_time(node: dict[str, Any
 
 async def test_the_console_shows_each_node_and_its_scsynth(node: dict[str, Any], browser: Browser) -> None:
     conductor: ConductorProcess = node["conductor"]
-    page = await browser.new_page()
+    page = await browser.new_page(viewport={"width": 820, "height": 1180})  # an iPad held upright
     await page.goto(f"{conductor.url}/console?token={TOKENS['conductor']}")
     await page.wait_for_function("document.querySelector('#clients').innerText.includes('scsynth up')")
     row = await page.inner_text("#clients")
@@ -257,6 +257,10 @@ async def test_the_console_shows_each_node_and_its_scsynth(node: dict[str, Any],
     # What the node adds for where its scsynth places a timetag, as its health says.
     placement = node_health(conductor)["placement_ms"]
     assert placement is not None and re.search(r"placement [+-]\d+\.\d\d ms", row), (placement, row)
+    # The node's long sound cell wraps: the table fits the iPad's width, nothing to scroll sideways.
+    table = "document.querySelector('#clients').closest('div')"
+    box = await page.evaluate(f"(e => [e.scrollWidth, e.clientWidth])({table})")
+    assert box[0] <= box[1], f"the clients table is {box[0]} px wide in a {box[1]} px box"
 
 
 async def test_the_console_plays_a_sound_on_a_node(node: dict[str, Any], browser: Browser) -> None:
