@@ -105,6 +105,13 @@ def n_sets(packet: bytes) -> list[tuple[str, float]]:
         end = packet.index(0, len(N_SET) + 4)
         (value,) = struct.unpack_from(">f", packet, (end + 4) & ~3)
         return [(packet[len(N_SET) + 4 : end].decode(), value)]
+    if packet.startswith(b"#bundle\x00") and packet[20:].startswith(N_SET):  # a node's timetagged cue
+        out, at = [], 16
+        while at + 4 <= len(packet):
+            (size,) = struct.unpack_from(">i", packet, at)
+            out += n_sets(packet[at + 4 : at + 4 + size])
+            at += 4 + size
+        return out
     try:
         messages = [m.message for m in OscPacket(packet).messages]
     except Exception:
