@@ -146,6 +146,10 @@ def on_beat(sites: Sites, start: float, end: float, change: float | None = None)
     """The onsets heard at each site between wall times start and end, their errors against the
     score's beats, and the spread between the sites' onsets of each beat."""
     assert sites.recorder is not None
+    # From a little before ``start``: an onset on the beat at ``start`` may be heard a millisecond
+    # early, and that beat may round to just before it (it was left out, and the next beat taken
+    # for the bar).
+    start -= ON_BEAT
     beats = sites.beats(start + sites.clock_minus_wall, end + BEAT + sites.clock_minus_wall)  # an onset may be early
     xruns = list(sites.recorder.xruns)
     heard = [[t for t in sites.onsets(site) if start <= t < end] for site in sites.sites]
