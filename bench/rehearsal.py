@@ -331,7 +331,8 @@ async def console_shots(rehearsal: Rehearsal, out: Path, state: str) -> None:
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for name, (width, height) in {"ipad-landscape": (1180, 820), "phone": (390, 844)}.items():
+        sizes = {"ipad-landscape": (1180, 820), "ipad-portrait": (820, 1180), "phone": (390, 844)}
+        for name, (width, height) in sizes.items():
             context = await browser.new_context(viewport={"width": width, "height": height}, ignore_https_errors=True)
             page = await context.new_page()
             await page.goto(f"{rehearsal.console_url}/console?token={rehearsal.token('conductor')}")

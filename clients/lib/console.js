@@ -6,7 +6,8 @@ import { fitted } from "./plotcanvas.js";
 import { barBeat, formatTime, loopText, parsePosition, sectionAt } from "./score-view.js";
 
 const $ = (id) => document.getElementById(id);
-const ms = (s) => (s == null ? "–" : (s * 1000).toFixed(2));
+// Milliseconds to two places; a value that rounds to zero reads 0.00, not -0.00.
+const ms = (s) => (s == null ? "–" : (s * 1000).toFixed(2).replace(/^-(0\.00)$/, "$1"));
 const LOOPBACK = /^(127\.|localhost$|\[::1\]$|::1$)/;
 const PHASES = { waiting: "waiting for the downbeat", "count-in": "count-in", playing: "playing", paused: "paused", ended: "ended" };
 

@@ -1,8 +1,9 @@
 """The node-cue sender: what the nodes play, sent ahead so that it sounds together.
 
-Cues reach the nodes as ``protocol.Cues``, a batch per room: every cue queued while the event
-loop runs one pass goes in one message, so a burst of fader values costs one message per room,
-not one per value. A node that opened its cue channel (``CHANNEL``: a plain WebSocket, whose
+Cues reach the nodes as ``protocol.Cues``, a batch per room: the first cues of an event loop's
+pass leave at once (a lone fader value waits for nothing), and every cue queued in the rest of
+the pass goes in one message, so a burst of fader values costs two messages per room, not one per
+value. A node that opened its cue channel (``CHANNEL``: a plain WebSocket, whose
 ticket its welcome gave it) is sent each batch there as one text frame, encoded once for all:
 the lightest way to a node, and measured so (``bench/relay.py``). Any other node (or every node,
 with web workers) gets ``cues`` Socket.IO events. The cues of an accepted change (parameter
