@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pythonosc.osc_packet import OscPacket
 
 from bench.link import BPM, FACE, LEAD, Sites, nearest
 from conductor.client import TuttiClient
 from conductor.core.score import Score
 from conductor.core.transport import Segment, Transport
-from conductor.node.link import Line, LinkPeer, line_of, wrapped
+from conductor.node.face import SclangFace
+from conductor.node.link import MARGIN, Line, LinkPeer, line_of, wrapped
 from tests.conftest import TOKENS, ConductorProcess, write_concert
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +119,33 @@ async def test_another_peer_s_tempo_is_put_back_unless_the_concert_lets_peers_se
         assert fake.beat == pytest.approx(transport.position(clock["now"]) * 2)
 
 
+@pytest.mark.unit
+async def test_sclang_is_told_the_segment_committed_to_link_even_before_it_takes_effect() -> None:
+    # A play is committed ``lead`` (and a margin) before its time; a report sent in between tells
+    # sclang that line and that play, never the pause still in effect with the new line's beats.
+    clock = {"now": 1000.2 - 0.2 - MARGIN / 2}
+    transport = transport_of([Segment(990.0, 0.0, 1.0, False), Segment(1000.2, 0.0, 1.0, True)])
+    peer = LinkPeer(lambda: transport, lambda: clock["now"], lead=0.2)
+    peer.link = FakeLink(lambda: clock["now"])  # type: ignore[assignment]
+    peer._step()
+    assert peer.playing and peer.line == Line(1000.2, 0.0, 120.0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sclang:
+        sclang.bind(("127.0.0.1", 0))
+        sclang.setblocking(False)
+        face = SclangFace(peer, sclang.getsockname()[1])
+        face.start()
+        try:
+            loop = asyncio.get_running_loop()
+            messages = []
+            while not any(m.address == "/tutti/transport" for m in messages):
+                packet = await asyncio.wait_for(loop.sock_recv(sclang, 65536), 5)
+                messages += [p.message for p in OscPacket(packet).messages]
+        finally:
+            await face.close()
+    playing, bpm, _, begins = next(m.params for m in messages if m.address == "/tutti/transport")
+    assert (playing, bpm, begins) == (1, 120.0, 0.0)
+
+
 # --- the sclang class library, run by real sclang -------------------------------------------------
 
 
@@ -124,19 +154,24 @@ def test_the_tutti_class_library_in_real_sclang(tmp_path: Path) -> None:
     config = tmp_path / "sclang.yaml"
     config.write_text(f"includePaths:\n  - {FACE}\nexcludePaths: []\npostInlineWarnings: false\n")
     netns = f"tutti-face-{os.getpid()}"  # its own network: no other Link peer moves its clock
+    log = tmp_path / "sclang.log"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
         env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QTWEBENGINE_DISABLE_SANDBOX": "1"}
         script = ROOT / "tests" / "sclang" / "test_tutti.scd"
-        run = subprocess.run(
-            ["ip", "netns", "exec", netns, "sclang", "-l", str(config), str(script)],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        with log.open("w") as out:
+            subprocess.run(
+                ["ip", "netns", "exec", netns, "sclang", "-l", str(config), str(script)],
+                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=60,
+            )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"sclang did not end within 60 s:\n{log.read_text()[-3000:]}")
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=True)
-    lines = run.stdout.splitlines()
-    assert "PASS" in lines, "\n".join(line for line in lines if "FAIL" in line or "ERROR" in line) or run.stdout[-2000:]
+    output = log.read_text()
+    lines = output.splitlines()
+    assert "PASS" in lines, "\n".join(line for line in lines if "FAIL" in line or "ERROR" in line) or output[-2000:]
 
 
 # --- two sites ---------------------------------------------------------------------------------

@@ -91,12 +91,14 @@ class SclangFace:
     async def _report(self) -> None:
         while True:
             transport = self.link.transport()
-            if transport is not None and self.link.line is not None:
+            if transport is not None and self.link.segment is not None and self.link.line is not None:
                 score = transport.score
                 per_beat = score.tempo.bpm / 60.0
                 sections = [x for s in score.sections for x in (s.id, s.start * per_beat)]
                 self._send("/tutti/score", score.tempo.bpm, score.tempo.beats_per_bar, self.link.lead, *sections)
-                self._transport(transport.segments.at(self.link.now() + self.link.lead), self.link.line)
+                # What was committed, not the segment due ``lead`` from now: in the moment between a
+                # commit and that, the two differ, and sclang followed a line that was not Link's.
+                self._transport(self.link.segment, self.link.line)
                 self._params.clear()
                 self.changed()
             await asyncio.sleep(EVERY)

@@ -81,6 +81,7 @@ class LinkPeer:
         self.on_commit: Callable[[Segment, Line], None] | None = None  # a new line is in the session
         self.link: aalink.Link | None = None
         self.line: Line | None = None  # the line committed to the session
+        self.segment: Segment | None = None  # the segment whose line it is (it may take effect up to ``lead`` later)
         self.playing = False
         self.phase_error = 0.0  # seconds, at the last check
         self.put_back = 0  # times another peer's tempo or phase was put back
@@ -158,6 +159,7 @@ class LinkPeer:
                     " lookahead or this node a shorter --link-lead",
                     (due - segment.t) * 1000,
                 )
+            self.segment = segment
             self._commit(line, segment.playing, now)
             if self.on_commit:
                 self.on_commit(segment, line)

@@ -72,6 +72,7 @@ Tutti {
 			lead = msg[3];
 			clock.latency = lead;
 			Server.default.latency = lead;
+			this.prWake;
 		};
 		if(meter != beatsPerBar) {
 			beatsPerBar = meter;
@@ -118,8 +119,16 @@ Tutti {
 		} {
 			if(on.not) { standing = begins };
 		};
-		clock.sched(0, { nil }); // the clock's next wait was reckoned on the old line: wake it
+		this.prWake;
 	}
+
+	// The clock's thread sleeps until its first task's time as reckoned when it went to sleep, and
+	// neither Link moving the line (another peer) nor a new latency wakes it: only a task that
+	// becomes the first one does (TempoClock::Add). One scheduled after the first (at now, when
+	// the first is overdue on the new line) does not: a pattern that starts at the bar just past
+	// waited up to a bar, and its first notes were late. Link moves the phase by less than a bar,
+	// so nothing queued is two bars overdue.
+	*prWake { clock.schedAbs(clock.beats - (2 * beatsPerBar), { nil }) }
 
 	*prChange { |on, begins|
 		playing = on;
