@@ -37,7 +37,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -59,7 +58,6 @@ CLOCK_BOUND = 0.001  # seconds: every node's clock against the conductor's
 WAN_SLACK = 0.003  # seconds more for a clock's error bound, over a rehearsal's delays
 CLICK = ["tutti_click", -1, 0, 0]
 PARTNER = 0.02  # seconds from the cue to the recorder's own click, sent without the node's correction
-CLOSE_WITHIN = 5.0  # seconds a recorder waits for its JACK client to close
 BOUND = 0.010  # seconds: what is heard this near a target is its click (scsynth's clock may stray after an xrun)
 
 
@@ -81,11 +79,9 @@ def record(server: str, port: str, scsynth: int) -> None:
     # while the main thread searches thousands of blocks is late, and a campus's JACK server was
     # found stuck for good after such a recorder ("not finished", then every client after it).
     # JACK-Client's deactivate waited for ever once here: then the process's end leaves JACK.
-    closing = threading.Thread(target=recorder.close, daemon=True)
-    closing.start()
-    closing.join(CLOSE_WITHIN)
+    closed = recorder.close()
     print(json.dumps({"onsets": [o.time for o in recorder.onsets()], "xruns": recorder.xruns}), flush=True)
-    if closing.is_alive():
+    if not closed:
         os._exit(0)
 
 

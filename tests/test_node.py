@@ -35,6 +35,7 @@ from conductor.client import TuttiClient
 from conductor.core.osc import osc_message
 from conductor.core.preflight import node_rows
 from conductor.core.score import PART_GROUP_BASE
+from conductor.node import jackio
 from conductor.node.jackio import Recorder
 from conductor.node.scsynth import SHARED_MEMORY, end_stuck_jack, jack_env, jackd_pids
 from tests.conftest import ROOT, TOKENS, ConductorProcess, udp_ports, write_concert
@@ -549,18 +550,8 @@ async def test_a_node_ends_its_own_unit_s_jack_server_when_it_no_longer_runs_its
     again, and says so in one line. A server that runs its clients is left alone."""
     conductor = ConductorProcess(write_concert(tmp_path))
     server = f"tutti-stuck-{os.getpid()}"
-    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
-    jackd = await asyncio.create_subprocess_exec(
-        "jackd", "-n", server, "-d", "dummy", "-r", "48000", "-p", "128", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    jackd = await jack_server_of_its_own(server)
     try:
-
-        async def answers() -> bool:
-            lsp = await asyncio.create_subprocess_exec("jack_lsp", env=jack_env(server), stdout=-3, stderr=-3)
-            return await lsp.wait() == 0
-
-        await until_async(answers, 20, f"JACK server {server} never came up")
         assert not await end_stuck_jack(server)  # it runs its clients: left alone
         assert jackd.returncode is None and jackd_pids(server) == [jackd.pid]
         jackd.send_signal(signal.SIGSTOP)  # stuck: it runs nothing, and answers nobody
@@ -579,6 +570,46 @@ async def test_a_node_ends_its_own_unit_s_jack_server_when_it_no_longer_runs_its
             jackd.kill()
             await jackd.wait()
         conductor.stop()
+
+
+async def test_a_jack_client_of_a_stuck_server_is_let_go_of_within_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stuck jackd answers nothing, and libjack's deactivate waits for ever (once it held up a whole
+    # test run): closing gives up after CLOSE_WITHIN, and the client goes with the server.
+    monkeypatch.setattr(jackio, "CLOSE_WITHIN", 1.0)
+    server = f"tutti-stuck-client-{os.getpid()}"
+    jackd = await jack_server_of_its_own(server)
+    try:
+        running = Recorder(server, "recorder-running")
+        assert await asyncio.to_thread(running.close)  # a server that runs its clients lets go at once
+        recorder = Recorder(server, "recorder-stuck")
+        jackd.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        assert not await asyncio.to_thread(recorder.close)
+        assert time.monotonic() - started < 1.0 + 5.0
+    finally:
+        jackd.kill()
+        await jackd.wait()
+
+
+async def jack_server_of_its_own(server: str) -> asyncio.subprocess.Process:
+    """A dummy-driver jackd named ``server``, once it answers."""
+    env = {**os.environ, "JACK_NO_AUDIO_RESERVATION": "1"}
+    jackd = await asyncio.create_subprocess_exec(
+        "jackd", "-n", server, "-d", "dummy", "-r", "48000", "-p", "128", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+    async def answers() -> bool:
+        lsp = await asyncio.create_subprocess_exec("jack_lsp", env=jack_env(server), stdout=-3, stderr=-3)
+        return await lsp.wait() == 0
+
+    try:
+        await until_async(answers, 20, f"JACK server {server} never came up")
+    except BaseException:
+        jackd.kill()
+        await jackd.wait()
+        raise
+    return jackd
 
 
 async def test_a_process_whose_event_loop_is_stuck_ends_and_says_where(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 from conductor.core.process import die_with_parent
 
 NEIGHBOURS = 8  # cycles either side whose earliest start is taken as this cycle's
+CLOSE_WITHIN = 5.0  # seconds a JACK server has to let a client go
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,16 @@ class _JackClient:
         self.client = jack.Client(name, servername=server, no_start_server=True)
         self.rate = self.client.samplerate
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Leave the graph; False if the server had not let go within ``CLOSE_WITHIN``: a jackd 1.9.21
+        that stopped running its clients holds ``deactivate`` for ever, and the client is then left
+        to the server's or the process's end rather than holding up whatever is closing it."""
+        leaving = threading.Thread(target=self._leave, name=f"{self.client.name}-close", daemon=True)
+        leaving.start()
+        leaving.join(CLOSE_WITHIN)
+        return not leaving.is_alive()
+
+    def _leave(self) -> None:
         self.client.deactivate()
         self.client.close()
 
