@@ -131,6 +131,10 @@ async def test_cues_sound_together_at_three_sites_and_the_lookahead_follows_the_
         def reports() -> list[dict[str, Any]]:
             return [c["health"] or {} for c in conductor.status()["clients"] if c["role"] == "node"]
 
+        print(
+            "each node's allowance for where its scsynth places cues, ms:", [h.get("placement_ms") for h in reports()]
+        )
+
         await until(lambda: all(h.get("cues", 0) >= len(TOGETHER) for h in reports()), 5, "cues not reported")
         late = sum(h.get("cues_late", 0) for h in reports())
         assert late <= 2, f"{late} cues arrived late"

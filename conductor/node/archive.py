@@ -4,10 +4,10 @@ One JACK client records every track (``scsynth``: the scsynth's main outputs; ``
 a link receives) into one WAV file each, 24-bit at JACK's rate, through libsndfile (``soundfile``).
 All tracks share JACK's frame count, so one clock map serves them: ``clock.jsonl`` gives, about
 every second, a file frame and the conductor time at which it sounded (the node's synced clock at
-the JACK cycle's start, taken as the earliest among neighbouring cycles, as ``jackio.Recorder``
-does). Nothing is ever left out or shifted: frames JACK skipped (an xrun) are written as silence,
-and while a track's source is gone (scsynth restarting, a link reconnecting) it records silence
-too. Each such gap is written to ``gaps.jsonl`` with its kind, track, first frame and length.
+the start of its JACK cycle, the earliest among neighbouring cycles, as ``jackio`` times frames).
+Nothing is ever left out or shifted: frames JACK skipped (an xrun) are written as silence, and
+while a track's source is gone (scsynth restarting, a link reconnecting) it records silence too.
+Each such gap is written to ``gaps.jsonl`` with its kind, track, first frame and length.
 ``conductor/tools/archive.py`` collects these folders and mixes them on conductor time.
 
 JACK-Client calls back on JACK's real-time thread: the callback only copies the block; the
@@ -33,6 +33,7 @@ import numpy as np
 import soundfile
 
 from conductor.core.audio import AudioSettings, client_name
+from conductor.node.jackio import cycle_start
 
 log = logging.getLogger("tutti.archive")
 EVERY = 0.25  # seconds between writes (and looks at the sources)
@@ -93,11 +94,12 @@ class ArchiveRecorder:
 
         @self.client.set_process_callback
         def process(frames: int) -> None:
-            started = time.time()
+            start = self.client.last_frame_time
+            started = cycle_start(self.client)
             block = np.stack([p.get_array() for p in every]).astype(np.float32, copy=True)
             with self._lock:
                 if len(self._held) < MAX_HELD:
-                    self._held.append((self.client.last_frame_time, started, block))
+                    self._held.append((start, started, block))
                 else:
                     self._overflow += 1
 
@@ -185,7 +187,7 @@ class ArchiveRecorder:
 
     def _map(self, offsets: list[tuple[int, float]]) -> None:
         """Clock-map points: a frame and the conductor time it sounded at. A cycle's time is the
-        earliest start among its neighbours (a callback starts late, never early). A point is
+        earliest start among its neighbours (JACK's driver wakes late, never early). A point is
         written every MAP_EVERY of audio, and wherever JACK's timing broke (after an xrun the
         dummy driver, and some real ones, start their timing again): time JACK lost there is a gap."""
         window = self._window

@@ -3,11 +3,15 @@
 JACK-Client calls back on JACK's own real-time thread (the one place Tutti uses a thread, as the
 library requires); the callback only copies the block and notes the time.
 
-When did a frame sound? Each block is played when JACK runs its cycle, which is when the process
-callback starts, give or take the few microseconds before Python gets the GIL. That delay is never
-negative, so the lowest offset among neighbouring cycles is the cycle's own time. A straight line
-of frames against time over the whole recording would be wrong: after every xrun JACK's drivers
-(and the dummy driver often, on virtual machines) restart their timing, and the line breaks.
+When did a frame sound? When JACK's driver began the cycle that carries it: JACK counts the frames
+since then (``frames_since_cycle_start``, from the moment its driver woke), and the wall clock read
+beside that count places the cycle, however late the callback runs: after the clients ahead of it
+in the graph, or waiting for the interpreter's lock while its process runs Python (timed by when
+the callback started, a recorder whose process was busy heard every sound 2.4 ms late). The driver
+itself wakes late, never early, so the lowest reading among neighbouring cycles is the cycle's own
+time. JACK's smoothed timer (``frame_time``) is not used: after an xrun the dummy driver starts its
+timing again, and that timer takes seconds to follow (4 ms off, seen here). A straight line of
+frames against time over the whole recording would be wrong for the same reason: the line breaks.
 """
 
 from __future__ import annotations
@@ -69,15 +73,16 @@ class Recorder(_JackClient):
         super().__init__(server, name)
         self.ports = [self.client.inports.register(f"in_{i + 1}") for i in range(ports)]
         self.lock = threading.Lock()
-        self.blocks: list[tuple[int, float, np.ndarray]] = []  # first frame, wall time, samples (port, frame)
+        self.blocks: list[tuple[int, float, np.ndarray]] = []  # first frame, wall time of frame 0, samples
         self.xruns: list[float] = []  # wall-clock times
+        clock = _FrameClock(self.client)
 
         @self.client.set_process_callback
         def process(frames: int) -> None:
-            started = time.time()
+            start = self.client.last_frame_time
             block = np.stack([port.get_array() for port in self.ports])
             with self.lock:
-                self.blocks.append((self.client.last_frame_time, started, block))
+                self.blocks.append((start, clock.cycle(start), block))
 
         @self.client.set_xrun_callback
         def xrun(delay: float) -> None:
@@ -102,18 +107,15 @@ class Recorder(_JackClient):
             blocks = list(self.blocks)
         if not blocks:
             return []
-        frames = np.array([b[0] for b in blocks], dtype=np.float64)
-        offsets = np.array([b[1] for b in blocks]) - frames / self.rate  # wall time minus frame time
         quiet_frames = int(silence * self.rate)
         out = []
         quiet_since = -quiet_frames - 1
-        for k, (start, _, both) in enumerate(blocks):
+        for start, zero, both in blocks:
             block = both[port]
             for i in np.flatnonzero(np.abs(block) > threshold):
                 frame = start + int(i)
                 if frame > quiet_since + quiet_frames:
-                    offset = offsets[max(0, k - NEIGHBOURS) : k + NEIGHBOURS + 1].min()
-                    out.append(Onset(frame / self.rate + offset, frame, float(np.abs(block[i:]).max())))
+                    out.append(Onset(frame / self.rate + zero, frame, float(np.abs(block[i:]).max())))
                 quiet_since = frame
         return out
 
@@ -164,18 +166,28 @@ class Sent:
     slot: float  # the conductor time it was sent at (to a sample)
 
 
-class _FrameClock:
-    """JACK frames to local wall time, from the earliest cycle start among the recent cycles (the
-    callback starts late, never early); the recorder does the same over neighbours both sides."""
+def cycle_start(client: jack.Client) -> float:
+    """The wall time at which JACK's driver began the cycle under way, whose first frame
+    ``last_frame_time`` numbers (read that first: the two then belong to one cycle, or this one to a
+    later cycle, which the earliest of neighbouring readings leaves out)."""
+    before, since, after = time.time(), client.frames_since_cycle_start, time.time()
+    return (before + after) / 2 - (since + 0.5) / client.samplerate  # JACK counts whole frames
 
-    def __init__(self, rate: int):
-        self.rate = rate
-        self._offsets: deque[float] = deque(maxlen=2 * NEIGHBOURS)
+
+class _FrameClock:
+    """JACK frames to local wall time for a client's process callback: the earliest of the latest
+    cycles' starts (``cycle_start``)."""
+
+    def __init__(self, client: jack.Client):
+        self.client = client
+        self.rate = client.samplerate
+        self._zeros: deque[float] = deque(maxlen=2 * NEIGHBOURS)
 
     def cycle(self, frame: int) -> float:
-        """Note this cycle's start; the wall time of frame 0 as now best known."""
-        self._offsets.append(time.time() - frame / self.rate)
-        return min(self._offsets)
+        """Note the start of the cycle that began at ``frame``; the wall time of frame 0 as now best
+        known."""
+        self._zeros.append(cycle_start(self.client) - frame / self.rate)
+        return min(self._zeros)
 
 
 class _ProbeClients:
@@ -198,7 +210,7 @@ class _ProbeClients:
         self.ins = [self.hearer.client.inports.register(f"in_{k + 1}") for k in range(len(phases))]
         self.sent: deque[Sent] = deque(maxlen=256)  # appended on JACK's threads, drained by ``serve``
         self.heard: deque[Heard] = deque(maxlen=256)
-        send_clock, hear_clock = _FrameClock(self.rate), _FrameClock(self.rate)
+        send_clock, hear_clock = _FrameClock(self.sender.client), _FrameClock(self.hearer.client)
         last_slot = [-1] * len(phases)
         quiet_since = [-(10**12)] * len(phases)
         quiet = int(QUIET * self.rate)

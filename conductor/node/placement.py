@@ -96,7 +96,7 @@ class _Listener:
         self.port = self.jack.client.inports.register("mark")
         self.heard: deque[float] = deque(maxlen=64)
         self.xruns: deque[float] = deque(maxlen=64)
-        clock, rate = _FrameClock(self.jack.rate), self.jack.rate
+        clock, rate = _FrameClock(self.jack.client), self.jack.rate
         client, port = self.jack.client, self.port
 
         @client.set_process_callback
