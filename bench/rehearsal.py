@@ -59,6 +59,7 @@ WAN_SLACK = 0.003  # seconds more for a clock's error bound, over a rehearsal's 
 CLICK = ["tutti_click", -1, 0, 0]
 PARTNER = 0.02  # seconds from the cue to the recorder's own click, sent without the node's correction
 BOUND = 0.010  # seconds: what is heard this near a target is its click (scsynth's clock may stray after an xrun)
+WAIT_MOST = 60.0  # seconds a helper on a host (a recorder, `tutti deploy check`) may take, on a busy machine
 
 
 def record(server: str, port: str, scsynth: int) -> None:
@@ -213,7 +214,12 @@ async def check(rehearsal: Rehearsal, host: str) -> tuple[int, str, float]:
     proc = await asyncio.create_subprocess_exec(
         *rehearsal.check_command(host), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
-    out, _ = await proc.communicate()
+    try:
+        async with asyncio.timeout(WAIT_MOST):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError(f"`tutti deploy check` on {host} had not ended after {WAIT_MOST:g} s") from None
     return proc.returncode or 0, out.decode(), time.monotonic() - start
 
 
@@ -233,7 +239,7 @@ async def cue_heard(rehearsal: Rehearsal, boss: TuttiClient, ahead: float = 1.0)
     try:
         for proc in recorders.values():
             assert proc.stdout is not None
-            async with asyncio.timeout(60):  # numpy and libjack on a busy machine
+            async with asyncio.timeout(WAIT_MOST):  # numpy and libjack on a busy machine
                 line = await proc.stdout.readline()
             assert line == b"ready\n", f"a recorder did not start: {line!r}"
         played = await boss.sound("/s_new", CLICK, target="all", at=boss.now() + ahead)
@@ -245,7 +251,11 @@ async def cue_heard(rehearsal: Rehearsal, boss: TuttiClient, ahead: float = 1.0)
             await proc.stdin.drain()
         heard = {}
         for name, proc in recorders.items():
-            out, _ = await proc.communicate()
+            try:
+                async with asyncio.timeout(WAIT_MOST):
+                    out, _ = await proc.communicate()
+            except TimeoutError:
+                raise AssertionError(f"{name}'s recorder had said nothing after {WAIT_MOST:g} s") from None
             result = json.loads(out.decode().splitlines()[-1])
             near = [t - target for t in result["onsets"] if abs(t - target) < BOUND]
             partner = [t - target - PARTNER for t in result["onsets"] if abs(t - target - PARTNER) < BOUND]

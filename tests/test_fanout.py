@@ -117,3 +117,17 @@ async def test_a_client_that_leaves_too_much_unread_is_let_go_once() -> None:
     outlet.put(message("c"))  # the connection is closing: dropped, not queued for ever
     assert transport.aborted and slow == ["s1"]
     assert len(transport.written) == 2 and socket.queue.empty()
+
+
+async def test_a_client_s_own_packets_of_one_pass_are_written_at_once_and_in_order() -> None:
+    socket, transport = FakeSocket(), FakeTransport()
+    outlet = Outlet(socket, Outlets(1 << 20, lambda sid: None))
+    outlet.transport = transport  # type: ignore[assignment]
+    for x in ("ack1", "ack2"):  # acknowledgements of one batch of changes, as python-engineio sends them
+        await outlet.send(message(x))
+    outlet.put(message("state"), frame("4state"))  # a broadcast behind them waits its turn
+    assert transport.written == []
+    await asyncio.sleep(0)  # the end of the loop's pass
+    assert transport.written == [b"".join(frame(f"4{x}") for x in ("ack1", "ack2", "state"))]
+    outlet.put(message("next"), frame("4next"))  # nothing held: a broadcast goes at once
+    assert transport.written[-1] == frame("4next")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +184,39 @@ def test_every_osc_packet_is_routed_or_refused_with_a_reason(packet: bytes) -> N
     assert all(code.startswith("osc_") and why for code, why in refused)
     assert "osc_refused" not in {code for code, _ in refused}, refused  # an internal error, not a refusal
     assert all(0.0 <= c.value <= 1.0 for c in applied)
+
+
+def as_read(value: Any) -> Any:
+    """``value`` as a browser would read it back: an integer beyond 64 bits is a double."""
+    if isinstance(value, bool) or not isinstance(value, int | list | dict):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else float(value)
+    if isinstance(value, list):
+        return [as_read(v) for v in value]
+    return {k: as_read(v) for k, v in value.items()}
+
+
+any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=8)  # lone surrogates too
+
+
+@FUZZ
+@given(value=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
+    max_leaves=12,
+))  # fmt: skip
+def test_socket_io_messages_read_back_what_was_written(value: Any) -> None:
+    # Written by the conductor, or by any peer (a browser, python-socketio: the standard library).
+    for text in (protocol.FiniteJson.dumps(value, separators=(",", ":")), json.dumps(value)):
+        assert protocol.FiniteJson.loads(text) == as_read(value)
+
+
+def test_socket_io_messages_have_no_nan_nor_infinity() -> None:
+    for text in ("NaN", "[1, Infinity]", "-Infinity", "1e999", '{"a": -1e400}', "1" * 400):
+        with pytest.raises(ValueError):
+            protocol.FiniteJson.loads(text)
+    assert protocol.FiniteJson.dumps([float("nan"), float("inf")]) == "[null,null]"  # a browser reads that
 
 
 # --- Socket.IO: every event is answered, refusals counted, and the conductor serves on ------------

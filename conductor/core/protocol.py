@@ -12,6 +12,7 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -73,15 +74,26 @@ class FiniteJson:
 
     ``1e999`` is valid JSON that Python reads as infinity; a browser that receives ``Infinity``
     cannot parse the packet at all, so one peer's number would silence every page that is sent it.
+    orjson reads and writes every message (a tenth of the standard library's time, on each of
+    the thousands a second a conductor handles): it refuses ``NaN`` and numbers beyond a double
+    when it reads, and writes ``null`` for a NaN or an infinity. What it refuses (also a lone
+    surrogate, or an integer beyond 64 bits to write) goes to the standard library, which reads it
+    as before, or refuses it with the reason.
     """
 
     @staticmethod
     def dumps(obj: Any, **kwargs: Any) -> str:
-        return json.dumps(obj, **{**kwargs, "allow_nan": False})
+        try:
+            return orjson.dumps(obj).decode()
+        except orjson.JSONEncodeError:
+            return json.dumps(obj, **{**kwargs, "allow_nan": False})
 
     @staticmethod
     def loads(text: str | bytes, **kwargs: Any) -> Any:
-        return json.loads(text, parse_float=_finite_float, parse_int=_bounded_int, parse_constant=_no_constant)
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text, parse_float=_finite_float, parse_int=_bounded_int, parse_constant=_no_constant)
 
 
 def finite(value: Any, depth: int = 0) -> bool:

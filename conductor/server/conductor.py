@@ -12,7 +12,6 @@ role may send commands; anything malformed, oversized, unknown or forbidden is a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -479,6 +478,6 @@ def local(concert: Concert, fresh: bool = False, skip_bad_journal_lines: bool = 
 
 
 def _check_size(payload: Any) -> None:
-    size = len(json.dumps(payload, separators=(",", ":"), default=str))
+    size = len(protocol.FiniteJson.dumps(payload).encode())
     if size > protocol.MAX_EVENT_BYTES:
         raise Rejected("too_large", f"payload of {size} bytes (at most {protocol.MAX_EVENT_BYTES})")
