@@ -8,6 +8,12 @@ them, with up to ``--window`` in flight. Each acknowledgement means the change i
 Two conductors are measured in the same run: Tutti's, whose journal writes every change waiting
 in one batch with one ``fdatasync``, and the same conductor with batches of one change (one
 ``fdatasync`` per change, the path before group commit). Prints the median of the rounds.
+
+    .venv/bin/python bench/commands.py --cost [--commands 20000] [--rounds 5]
+
+prints what a command costs the conductor itself, without Socket.IO: a real conductor in this
+process is handed each command as its gateway hands it on, ``--window`` in flight, each
+acknowledged once on disk; the process's CPU time per command, median over the rounds.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,15 +65,48 @@ async def rate(url: str, commands: int, window: int) -> float:
     return commands / result["seconds"]
 
 
+async def cost(commands: int, window: int, rounds: int) -> None:
+    from conductor.core.concert import load_concert
+    from conductor.server.conductor import local
+    from conductor.server.joins import Client
+
+    conductor, _gateway = local(load_concert(concert_file({"conductor": TOKEN}, lookahead=0.05)))
+    await conductor.start("127.0.0.1")
+    conductor.clients["bench"] = Client(sid="bench", role="conductor", name="bench", joined=0.0, last_seen=0.0)
+    per_command = []
+    try:
+        for _ in range(rounds + 1):  # the first warms up
+            start, pending, answers = time.process_time(), set(), []
+            for i in range(commands):
+                payload = {"cmd": "param", "name": "density", "value": (i % 100) / 100}
+                pending.add(asyncio.ensure_future(conductor.handle("bench", "command", [payload])))
+                if len(pending) >= window:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    answers += [d.result() for d in done]
+            answers += await asyncio.gather(*pending)
+            per_command.append((time.process_time() - start) / commands * 1e6)
+            if refused := [a for a in answers if not a["ok"]]:
+                raise RuntimeError(f"{len(refused)} commands refused: {refused[0]}")
+    finally:
+        await conductor.stop()
+    rounds_us = ", ".join(f"{us:.1f}" for us in per_command[1:])
+    print(f"a command costs the conductor {statistics.median(per_command[1:]):.1f} us of CPU (rounds: {rounds_us})")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands", type=int, default=3000)
+    parser.add_argument("--commands", type=int, default=0, help="commands per round (3000; 20000 with --cost)")
     parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=0, help="rounds (3; 5 with --cost)")
+    parser.add_argument("--cost", action="store_true", help="what a command costs the conductor, in one process")
     parser.add_argument("--json")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--max-batch", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cost:
+        await cost(args.commands or 20000, args.window, args.rounds or 5)
+        return
+    args.commands, args.rounds = args.commands or 3000, args.rounds or 3
     if args.serve:
         await serve(args.serve, args.max_batch)
         return
