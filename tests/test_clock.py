@@ -104,6 +104,19 @@ def test_conductor_clock_follows_wall_time_and_never_goes_back() -> None:
     assert abs(clock.now() - time.time()) < 0.01
 
 
+def test_the_conductor_clock_less_the_wall_clock_is_read_between_two_close_wall_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tests take it as the truth their clients' offsets are held to: a process preempted between
+    # its two reads (3 ms here, on the first try) must not move it.
+    clock = ConductorClock(origin=1000.0)
+    monotonic = iter([5.0, 5.1, 5.2])
+    wall = iter([1004.998, 1005.001, 1005.0999995, 1005.1000005, 1005.1999995, 1005.2000005])
+    monkeypatch.setattr(time, "monotonic", lambda: next(monotonic))
+    monkeypatch.setattr(time, "time", lambda: next(wall))
+    assert clock.minus_wall() == pytest.approx(0.0, abs=1e-9)
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is installed by the set-up command")
 def test_browser_estimator_is_the_same_algorithm() -> None:
     """Feed identical exchanges (including impossible ones) to both; every output must agree."""

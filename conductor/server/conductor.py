@@ -128,7 +128,7 @@ class Conductor:
         self.osc: OscIngress | None = None
         if concert.settings.osc is not None:
             ranges = {p.id: (p.min, p.max) for p in self.score.score.parameters}
-            clocks = SenderClocks(self._node_clocks, lambda: self.clock.now() - time.time())
+            clocks = SenderClocks(self._node_clocks, self.clock.minus_wall)
             self.osc = OscIngress(concert.settings.osc, ranges, self.pipeline.submit, self.refusals.count, clocks)
             self.pipeline.on_accepted.append(self.osc.echo)
         self.watch: ScoreWatch | None = None  # tutti serve --watch
@@ -197,7 +197,7 @@ class Conductor:
         return {
             "title": self.concert.title,
             "now": now,
-            "clock_minus_wall": now - time.time(),
+            "clock_minus_wall": self.clock.minus_wall(),
             "position": self.transport.position(now),
             "state": self.transport.snapshot(now),
             # Open to anyone: no sids (with one, a client could be sent events in another's name).
