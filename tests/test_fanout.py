@@ -119,15 +119,16 @@ async def test_a_client_that_leaves_too_much_unread_is_let_go_once() -> None:
     assert len(transport.written) == 2 and socket.queue.empty()
 
 
-async def test_a_client_s_own_packets_of_one_pass_are_written_at_once_and_in_order() -> None:
+async def test_a_client_s_own_packets_of_one_pass_after_the_first_are_written_together_in_order() -> None:
     socket, transport = FakeSocket(), FakeTransport()
     outlet = Outlet(socket, Outlets(1 << 20, lambda sid: None))
     outlet.transport = transport  # type: ignore[assignment]
-    for x in ("ack1", "ack2"):  # acknowledgements of one batch of changes, as python-engineio sends them
+    for x in ("ack1", "ack2", "ack3"):  # acknowledgements of one batch of changes, as python-engineio sends them
         await outlet.send(message(x))
     outlet.put(message("state"), frame("4state"))  # a broadcast behind them waits its turn
-    assert transport.written == []
+    assert transport.written == [frame("4ack1")]  # the first at once: a lone answer is not held up
     await asyncio.sleep(0)  # the end of the loop's pass
-    assert transport.written == [b"".join(frame(f"4{x}") for x in ("ack1", "ack2", "state"))]
+    assert transport.written[1:] == [b"".join(frame(f"4{x}") for x in ("ack2", "ack3", "state"))]
     outlet.put(message("next"), frame("4next"))  # nothing held: a broadcast goes at once
-    assert transport.written[-1] == frame("4next")
+    await outlet.send(message("sync"))  # a new pass: its first packet goes at once
+    assert transport.written[2:] == [frame("4next"), frame("4sync")]

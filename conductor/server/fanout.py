@@ -54,16 +54,17 @@ class Outlet:
         self.outlets = outlets
         self.transport: asyncio.Transport | None = None
         self.queued = 0  # packets in the python-engineio queue that are not yet written
-        self._held: list[bytes] = []  # frames for this client until the end of the loop's pass
+        self._held: list[bytes] | None = None  # after a packet of this pass: the rest, until its end
         self._poll = socket.poll
         socket.send = self.send  # every packet for this client comes through here
         socket.poll = self.poll
 
     async def send(self, pkt: eio_packet.Packet) -> None:
-        """What python-engineio's ``AsyncSocket.send`` does, the direct way when it can. A client's
-        own packets are held to the end of the event loop's pass and written together: a batch of
-        changes on disk at once answers each of its commands in the same pass, and one write for
-        them all costs a fraction of one each."""
+        """What python-engineio's ``AsyncSocket.send`` does, the direct way when it can. The first
+        of a client's own packets in a pass of the event loop goes at once (a clock sync's answer
+        is not held up); the rest of the pass's are written together at its end: a batch of changes
+        on disk at once answers each of its commands in the same pass, and one write for them all
+        costs a fraction of one each."""
         if await self.socket.check_ping_timeout():
             self.put(pkt, held=True)
 
@@ -93,16 +94,20 @@ class Outlet:
             s.queue.put_nowait(_Queued(pkt, self))
         elif not transport.is_closing():
             data = framed or frame(pkt.encode())
-            if held or self._held:  # behind held frames, a broadcast waits its turn
-                if not self._held:
-                    asyncio.get_running_loop().call_soon(self._write_held)
+            if self._held:  # behind held frames, a broadcast waits its turn too
+                self._held.append(data)
+            elif held and self._held is None:  # the pass's first: at once, and the rest are held
+                self._write(transport, data)
+                self._held = []
+                asyncio.get_running_loop().call_soon(self._write_held)
+            elif held:
                 self._held.append(data)
             else:
                 self._write(transport, data)
 
     def _write_held(self) -> None:
-        held, self._held = self._held, []
-        if self.transport is not None and not self.transport.is_closing():  # a closing packet too
+        held, self._held = self._held, None
+        if held and self.transport is not None and not self.transport.is_closing():  # a closing packet too
             self._write(self.transport, b"".join(held))
 
     def _write(self, transport: asyncio.Transport, data: bytes) -> None:
