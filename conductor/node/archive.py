@@ -95,7 +95,7 @@ class ArchiveRecorder:
         @self.client.set_process_callback
         def process(frames: int) -> None:
             start = self.client.last_frame_time
-            started = cycle_start(self.client)
+            started = cycle_start(self.client, self.rate)
             block = np.stack([p.get_array() for p in every]).astype(np.float32, copy=True)
             with self._lock:
                 if len(self._held) < MAX_HELD:

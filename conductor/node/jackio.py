@@ -34,7 +34,7 @@ import numpy as np
 
 from conductor.core.process import die_with_parent
 
-NEIGHBOURS = 8  # cycles either side whose earliest start is taken as this cycle's
+KEPT = 16  # the latest cycles, whose earliest start is taken as this one's
 CLOSE_WITHIN = 5.0  # seconds a JACK server has to let a client go
 
 
@@ -166,12 +166,12 @@ class Sent:
     slot: float  # the conductor time it was sent at (to a sample)
 
 
-def cycle_start(client: jack.Client) -> float:
+def cycle_start(client: jack.Client, rate: int) -> float:
     """The wall time at which JACK's driver began the cycle under way, whose first frame
     ``last_frame_time`` numbers (read that first: the two then belong to one cycle, or this one to a
     later cycle, which the earliest of neighbouring readings leaves out)."""
     before, since, after = time.time(), client.frames_since_cycle_start, time.time()
-    return (before + after) / 2 - (since + 0.5) / client.samplerate  # JACK counts whole frames
+    return (before + after) / 2 - (since + 0.5) / rate  # JACK counts whole frames
 
 
 class _FrameClock:
@@ -181,12 +181,12 @@ class _FrameClock:
     def __init__(self, client: jack.Client):
         self.client = client
         self.rate = client.samplerate
-        self._zeros: deque[float] = deque(maxlen=2 * NEIGHBOURS)
+        self._zeros: deque[float] = deque(maxlen=KEPT)
 
     def cycle(self, frame: int) -> float:
         """Note the start of the cycle that began at ``frame``; the wall time of frame 0 as now best
         known."""
-        self._zeros.append(cycle_start(self.client) - frame / self.rate)
+        self._zeros.append(cycle_start(self.client, self.rate) - frame / self.rate)
         return min(self._zeros)
 
 

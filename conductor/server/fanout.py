@@ -94,16 +94,13 @@ class Outlet:
             s.queue.put_nowait(_Queued(pkt, self))
         elif not transport.is_closing():
             data = framed or frame(pkt.encode())
-            if self._held:  # behind held frames, a broadcast waits its turn too
-                self._held.append(data)
-            elif held and self._held is None:  # the pass's first: at once, and the rest are held
-                self._write(transport, data)
-                self._held = []
-                asyncio.get_running_loop().call_soon(self._write_held)
-            elif held:
+            if self._held is not None and (self._held or held):  # behind held frames, a broadcast too
                 self._held.append(data)
             else:
                 self._write(transport, data)
+                if held:  # the pass's first went at once; the rest of the pass's are held to its end
+                    self._held = []
+                    asyncio.get_running_loop().call_soon(self._write_held)
 
     def _write_held(self) -> None:
         held, self._held = self._held, None
